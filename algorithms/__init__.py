@@ -1,0 +1,26 @@
+"""Algorithms by name. Each lives in its own folder: config, loss, training step."""
+
+from __future__ import annotations
+
+import importlib
+
+from rl.config import AlgorithmConfig, closest
+
+# name -> "module:ConfigClass"; imported on demand so `--algo ppo` never imports the others.
+ALGORITHMS: dict[str, str] = {
+    "ppo": "algorithms.ppo:PPOConfig",
+}
+
+
+class UnknownAlgorithmError(ValueError):
+    """``--algo`` names no algorithm we have."""
+
+
+def get_config_class(name: str) -> type[AlgorithmConfig]:
+    key = name.lower()
+    if key not in ALGORITHMS:
+        raise UnknownAlgorithmError(
+            f"unknown algorithm {name!r}{closest(key, ALGORITHMS)} (available: {', '.join(sorted(ALGORITHMS))})"
+        )
+    module, cls = ALGORITHMS[key].split(":")
+    return getattr(importlib.import_module(module), cls)

@@ -1,0 +1,35 @@
+"""PPO's training step: sample, GAE, minibatch epochs, broadcast."""
+
+from __future__ import annotations
+
+from algorithms.ppo.config import PPOConfig
+from algorithms.ppo.learner import PPOLearner
+from rl.algorithm import Algorithm
+from rl.batch import concat_batches, flatten_time
+from rl.postprocessing import compute_gae
+
+
+class PPO(Algorithm):
+    config: PPOConfig
+
+    def build_learner(self) -> PPOLearner:
+        return PPOLearner(module_spec=self.module_spec, config=self.config)
+
+    def training_step(self) -> dict[str, float]:
+        c = self.config
+        batch = concat_batches([f.batch for f in self.sample()])  # (T, B_total)
+        batch["advantages"], batch["value_targets"] = compute_gae(
+            batch["rewards"],
+            batch["values"],
+            batch["next_values"],
+            batch["terminated"],
+            batch["truncated"],
+            gamma=c.gamma,
+            lam=c.gae_lambda,
+        )
+        rows = flatten_time({k: batch[k] for k in ("obs", "actions", "logp", "values", "advantages", "value_targets")})
+        metrics = self.learner_group.update(
+            rows, num_epochs=c.num_epochs, minibatch_size=c.minibatch_size, env_steps=self.env_steps
+        )
+        self.sync_weights()
+        return metrics

@@ -1,0 +1,82 @@
+"""PPO's loss: clipped surrogate, (optionally clipped) value loss, entropy bonus."""
+
+from __future__ import annotations
+
+import torch
+
+from algorithms.ppo.config import PPOConfig
+from rl.learner import Learner, TensorBatch
+from rl.module import ModuleSpec
+
+
+def ppo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    value_targets: torch.Tensor,
+    entropy: torch.Tensor,
+    *,
+    clip_param: float,
+    vf_clip_param: float | None,
+    vf_coef: float,
+    entropy_coef: float,
+    normalize_advantages: bool,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """All inputs are (N,) over the minibatch's rows."""
+    if normalize_advantages:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    log_ratio = logp - old_logp
+    ratio = log_ratio.exp()
+    policy_loss = -torch.min(ratio * advantages, ratio.clamp(1 - clip_param, 1 + clip_param) * advantages).mean()
+    value_err = (values - value_targets).pow(2)
+    if vf_clip_param is not None:
+        clipped = old_values + (values - old_values).clamp(-vf_clip_param, vf_clip_param)
+        value_err = torch.max(value_err, (clipped - value_targets).pow(2))
+    value_loss = 0.5 * value_err.mean()
+    entropy_mean = entropy.mean()
+    loss = policy_loss + vf_coef * value_loss - entropy_coef * entropy_mean
+    with torch.no_grad():
+        # k3 estimator of KL(old || new) (Schulman 2020): unbiased and always >= 0.
+        approx_kl = ((ratio - 1) - log_ratio).mean()
+        clip_fraction = ((ratio - 1).abs() > clip_param).float().mean()
+    metrics = {
+        "losses/policy_loss": policy_loss.detach(),
+        "losses/value_loss": value_loss.detach(),
+        "losses/entropy": entropy_mean.detach(),
+        "losses/approx_kl": approx_kl,
+        "losses/clip_fraction": clip_fraction,
+    }
+    return loss, metrics
+
+
+class PPOLearner(Learner):
+    def __init__(self, *, module_spec: ModuleSpec, config: PPOConfig) -> None:
+        super().__init__(
+            module_spec=module_spec,
+            lr=config.lr,
+            lr_schedule=config.lr_schedule,
+            grad_clip=config.grad_clip,
+            device=config.device,
+            seed=config.seed,
+        )
+        self.config = config
+
+    def compute_loss(self, batch: TensorBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        c = self.config
+        dist, values = self.module.forward_train(batch["obs"])
+        return ppo_loss(
+            dist.logp(batch["actions"]),
+            batch["logp"],
+            batch["advantages"],
+            values,
+            batch["values"],
+            batch["value_targets"],
+            dist.entropy(),
+            clip_param=c.clip_param,
+            vf_clip_param=c.vf_clip_param,
+            vf_coef=c.vf_coef,
+            entropy_coef=c.entropy_coef,
+            normalize_advantages=c.normalize_advantages,
+        )

@@ -1,0 +1,15 @@
+"""Simulators: the registry that turns a user's ``env`` into a creator, contract checks,
+and small test environments. Imports nothing else of ours."""
+
+from envs.checks import EnvContractError, ContractCheckWrapper
+from envs.registry import EnvCreator, EnvNotFoundError, make_env_creator, register_env, registered_envs
+
+__all__ = [
+    "ContractCheckWrapper",
+    "EnvContractError",
+    "EnvCreator",
+    "EnvNotFoundError",
+    "make_env_creator",
+    "register_env",
+    "registered_envs",
+]

@@ -1,0 +1,81 @@
+"""Turn whatever the user hands in as ``env`` into a picklable creator of one env.
+
+Accepted: a name registered here with :func:`register_env`, a gymnasium id (also ids the
+user registered with ``gymnasium.register``), a ``gymnasium.Env`` subclass (built as
+``cls(**env_config)``), or any callable ``creator(env_config) -> Env``. The creator is a
+plain picklable object so remote actors can build their own envs from it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any, Callable
+
+import gymnasium as gym
+
+_REGISTRY: dict[str, Callable[[dict], gym.Env]] = {}
+
+
+class EnvNotFoundError(ValueError):
+    """The ``env`` given is neither registered, a gymnasium id, an Env class nor a callable."""
+
+
+def register_env(name: str, creator: Callable[[dict], gym.Env]) -> None:
+    """Register ``creator(env_config) -> Env`` under ``name`` (usable from the CLI)."""
+    _REGISTRY[name] = creator
+
+
+def registered_envs() -> list[str]:
+    """Names usable as ``env``: ours first, then gymnasium's."""
+    return sorted(_REGISTRY) + sorted(gym.registry.keys())
+
+
+class EnvCreator:
+    """A picklable ``() -> Env`` for one env spec and config; ``name`` is for messages."""
+
+    def __init__(self, env: Any, env_config: dict | None = None) -> None:
+        self.env = env
+        self.env_config = dict(env_config or {})
+        self.name = env if isinstance(env, str) else getattr(env, "__name__", type(env).__name__)
+
+    def __call__(self) -> gym.Env:
+        env, cfg = self.env, self.env_config
+        if isinstance(env, str):
+            if env in _REGISTRY:
+                return _REGISTRY[env](cfg)
+            return gym.make(env, **cfg)
+        if inspect.isclass(env):
+            return env(**cfg)
+        return env(cfg)
+
+
+def make_env_creator(env: Any, env_config: dict | None = None) -> EnvCreator:
+    """Validate ``env`` and return its creator; unknown names name the closest valid one."""
+    if env is None:
+        raise EnvNotFoundError("no env given: set `env` to a gymnasium id, an Env class or a creator")
+    if isinstance(env, str):
+        if env not in _REGISTRY and env not in gym.registry:
+            _import_namespace_of(env)
+        if env not in _REGISTRY and env not in gym.registry:
+            close = difflib.get_close_matches(env, registered_envs(), n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise EnvNotFoundError(f"unknown env {env!r}{hint}")
+    elif inspect.isclass(env):
+        if not issubclass(env, gym.Env):
+            raise EnvNotFoundError(f"env class {env.__name__} is not a gymnasium.Env subclass")
+    elif not callable(env):
+        raise EnvNotFoundError(f"env must be a str, an Env class or a callable, got {type(env).__name__}")
+    return EnvCreator(env, env_config)
+
+
+def _import_namespace_of(env_id: str) -> None:
+    """Ids like ``ALE/Pong-v5`` register once their package is imported; try it quietly."""
+    namespace = env_id.split("/")[0] if "/" in env_id else None
+    modules = {"ALE": "ale_py"}
+    module = modules.get(namespace or "")
+    if module:
+        try:
+            gym.register_envs(__import__(module))
+        except ImportError:
+            pass

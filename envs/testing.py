@@ -1,0 +1,123 @@
+"""Small envs for tests and benchmarks: nested spaces, images, contract breakers, costs."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+
+class CorridorEnv(gym.Env):
+    """Walk right along a corridor of ``length`` cells; reward 1 at the end, -0.01 a step."""
+
+    def __init__(self, length: int = 5, max_steps: int = 50) -> None:
+        self.length, self.max_steps = length, max_steps
+        self.observation_space = spaces.Box(0.0, 1.0, (1,), np.float32)
+        self.action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.pos, self.t = 0, 0
+        return self._obs(), {}
+
+    def _obs(self) -> np.ndarray:
+        return np.array([self.pos / self.length], np.float32)
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self.t += 1
+        self.pos = max(0, self.pos + (1 if action == 1 else -1))
+        terminated = self.pos >= self.length
+        reward = 1.0 if terminated else -0.01
+        return self._obs(), reward, terminated, self.t >= self.max_steps, {}
+
+
+class NestedObsEnv(gym.Env):
+    """Dict observation (vector + discrete) and Tuple action (Discrete, Box): exercises
+    dm-tree flattening end to end. Reward is high when the action echoes the observation."""
+
+    def __init__(self, max_steps: int = 20) -> None:
+        self.max_steps = max_steps
+        self.observation_space = spaces.Dict(
+            {"pos": spaces.Box(-1.0, 1.0, (2,), np.float32), "mode": spaces.Discrete(3)}
+        )
+        self.action_space = spaces.Tuple((spaces.Discrete(3), spaces.Box(-1.0, 1.0, (1,), np.float32)))
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def _obs(self) -> dict:
+        self.mode = int(self.np_random.integers(3))
+        self.pos = self.np_random.uniform(-1, 1, 2).astype(np.float32)
+        return {"pos": self.pos, "mode": self.mode}
+
+    def step(self, action: tuple) -> tuple[dict, float, bool, bool, dict]:
+        choice, value = action
+        reward = float(choice == self.mode) - float(abs(value[0] - self.pos[0]))
+        self.t += 1
+        return self._obs(), reward, False, self.t >= self.max_steps, {}
+
+
+class ImageEnv(gym.Env):
+    """uint8 image observation (HWC); the reward says whether the bright half was chosen."""
+
+    def __init__(self, size: int = 32, max_steps: int = 10) -> None:
+        self.size, self.max_steps = size, max_steps
+        self.observation_space = spaces.Box(0, 255, (size, size, 3), np.uint8)
+        self.action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def _obs(self) -> np.ndarray:
+        self.side = int(self.np_random.integers(2))
+        img = np.zeros((self.size, self.size, 3), np.uint8)
+        half = self.size // 2
+        img[:, self.side * half : (self.side + 1) * half] = 255
+        return img
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        reward = float(action == self.side)
+        self.t += 1
+        return self._obs(), reward, False, self.t >= self.max_steps, {}
+
+
+class OutOfSpaceEnv(CorridorEnv):
+    """Breaks the contract: after ``bad_step`` steps its observation leaves the Box."""
+
+    def __init__(self, bad_step: int = 3) -> None:
+        super().__init__()
+        self.bad_step = bad_step
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        obs, reward, terminated, truncated, info = super().step(action)
+        if self.t >= self.bad_step:
+            obs = np.array([7.5], np.float32)
+        return obs, reward, terminated, truncated, info
+
+
+class BusyEnv(gym.Env):
+    """Burns ``step_cost_ms`` of CPU per step (a stand-in for a real simulator's cost)."""
+
+    def __init__(self, step_cost_ms: float = 2.0, max_steps: int = 200) -> None:
+        self.step_cost_s, self.max_steps = step_cost_ms / 1000.0, max_steps
+        self.observation_space = spaces.Box(-1.0, 1.0, (4,), np.float32)
+        self.action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(4, np.float32), {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        end = time.perf_counter() + self.step_cost_s
+        while time.perf_counter() < end:
+            pass
+        self.t += 1
+        return np.zeros(4, np.float32), 1.0, False, self.t >= self.max_steps, {}

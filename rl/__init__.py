@@ -1,0 +1,1 @@
+"""The framework: spaces, modules, batches, env runners, learners, the driver loop."""

@@ -1,0 +1,227 @@
+"""The driver: one ``train()`` call is one iteration (sample, learn, broadcast, log)."""
+
+from __future__ import annotations
+
+import abc
+import collections
+import random
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import tree
+
+from envs import make_env_creator
+from rl.batch import Fragment
+from rl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from rl.config import AlgorithmConfig
+from rl.connectors import MeanStdFilter
+from rl.env_runner import EnvRunner
+from rl.env_runner_group import EnvRunnerFactory, EnvRunnerGroup
+from rl.learner import Learner, LearnerGroup
+from rl.metrics import MetricsLogger
+from rl.module import ModuleSpec
+from rl.spaces import check_spaces
+from runtime import make_runtime
+
+CHECKPOINT_FORMAT = 1
+
+
+def _to_torch(state: Any) -> Any:
+    return tree.map_structure(lambda x: torch.from_numpy(x) if isinstance(x, np.ndarray) else x, state)
+
+
+def _to_numpy(state: Any) -> Any:
+    return tree.map_structure(lambda x: x.numpy() if isinstance(x, torch.Tensor) else x, state)
+
+
+class Algorithm(abc.ABC):
+    def __init__(self, config: AlgorithmConfig) -> None:
+        config.validate()
+        self.config = config
+        torch.set_num_threads(config.torch_threads)
+        random.seed(config.seed)
+        np.random.seed(config.seed)
+        torch.manual_seed(config.seed)
+
+        self.env_creator = make_env_creator(config.env, config.env_config)
+        probe = self.env_creator()
+        observation_space, action_space = probe.observation_space, probe.action_space
+        probe.close()
+        self.check_spaces(observation_space, action_space)
+        self.module_spec = ModuleSpec(
+            observation_space,
+            action_space,
+            hidden_sizes=tuple(config.hidden_sizes),
+            activation=config.activation,
+            shared_encoder=config.shared_encoder,
+            env_name=self.env_creator.name,
+        )
+        self.runtime = make_runtime("local")
+        self.learner_group = LearnerGroup(self.build_learner())
+        self.runner_factory = EnvRunnerFactory(
+            env_creator=self.env_creator,
+            env_name=self.env_creator.name,
+            module_spec=self.module_spec,
+            num_envs=config.num_envs_per_runner,
+            fragment_length=config.rollout_fragment_length,
+            seed=config.seed,
+            vectorize_mode=config.vectorize_mode,
+            normalize_obs=config.normalize_obs,
+        )
+        self.env_runner_group = EnvRunnerGroup(self.runtime, self.runner_factory, max(1, config.num_env_runners))
+        self.obs_filter = MeanStdFilter(observation_space) if config.normalize_obs else None
+        self.eval_runner: EnvRunner | None = None
+        self.logger = MetricsLogger(config.logdir, console=config.log_to_console)
+
+        self.iteration = 0
+        self.env_steps = 0
+        self.episodes = 0
+        self.weights_version = 0
+        self.policy_lag: list[int] = []
+        self.episode_returns: collections.deque[float] = collections.deque(maxlen=config.metrics_smoothing_episodes)
+        self.episode_lengths: collections.deque[int] = collections.deque(maxlen=config.metrics_smoothing_episodes)
+        self.time_before_restore = 0.0
+        self.started = time.perf_counter()
+        self.sync_weights()
+
+    # -- what an algorithm supplies ------------------------------------------------------
+    def check_spaces(self, observation_space: Any, action_space: Any) -> None:
+        """Refuse spaces this algorithm cannot handle; override to narrow further."""
+        check_spaces(observation_space, action_space, self.env_creator.name)
+
+    @abc.abstractmethod
+    def build_learner(self) -> Learner: ...
+
+    @abc.abstractmethod
+    def training_step(self) -> dict[str, float]:
+        """One iteration's work; returns the learner's metrics."""
+
+    # -- building blocks for training_step ---------------------------------------------
+    def sample(self) -> list[Fragment]:
+        """Collect one fragment per runner and account for its steps and episodes."""
+        fragments = self.env_runner_group.sample()
+        for frag in fragments:
+            self.env_steps += frag.env_steps
+            self.episodes += len(frag.episode_returns)
+            self.episode_returns.extend(frag.episode_returns)
+            self.episode_lengths.extend(frag.episode_lengths)
+            self.policy_lag.append(self.weights_version - frag.weights_version)
+        if self.obs_filter is not None:
+            self.env_runner_group.sync_filters(self.obs_filter)
+        return fragments
+
+    def sync_weights(self) -> None:
+        """Put the learner's weights into the object store once; every runner gets the ref."""
+        self.weights_version += 1
+        ref = self.runtime.put(self.learner_group.get_weights())
+        self.env_runner_group.sync_weights(ref, self.weights_version)
+
+    # -- the public loop ---------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        """Run one iteration; return a flat dict (the same keys as a progress.jsonl line)."""
+        t0, steps0 = time.perf_counter(), self.env_steps
+        metrics = self.training_step()
+        self.iteration += 1
+        dt = time.perf_counter() - t0
+        lag = self.policy_lag or [0]
+        result: dict[str, Any] = {
+            "iteration": self.iteration,
+            "env_steps": self.env_steps,
+            "time_s": self.time_before_restore + time.perf_counter() - self.started,
+            "episode_return_mean": float(np.mean(self.episode_returns)) if self.episode_returns else float("nan"),
+            "episode_return_max": float(np.max(self.episode_returns)) if self.episode_returns else float("nan"),
+            "episode_return_min": float(np.min(self.episode_returns)) if self.episode_returns else float("nan"),
+            "episode_len_mean": float(np.mean(self.episode_lengths)) if self.episode_lengths else float("nan"),
+            "episodes_total": self.episodes,
+            "env_steps_per_s": (self.env_steps - steps0) / max(dt, 1e-9),
+            "policy_lag_mean": float(np.mean(lag)),
+            "policy_lag_max": int(np.max(lag)),
+            "weights_version": self.weights_version,
+            **metrics,
+        }
+        self.policy_lag = []
+        self.logger.log(result)
+        return result
+
+    def evaluate(self) -> dict[str, float]:
+        """Greedy returns over ``evaluation_num_episodes`` episodes on separate envs."""
+        n = self.config.evaluation_num_episodes
+        if self.eval_runner is None:
+            self.eval_runner = EnvRunner(
+                **{**self.runner_factory.kwargs, "num_envs": min(n, 8)}, seed=self.config.seed + 999_983, index=-1
+            )
+        self.eval_runner.set_weights(self.learner_group.get_weights(), self.weights_version)
+        if self.obs_filter is not None:
+            self.eval_runner.set_filter_state(self.obs_filter.get_state())
+        returns = self.eval_runner.evaluate(n)
+        return {
+            "evaluation/episode_return_mean": float(np.mean(returns)),
+            "evaluation/episode_return_min": float(np.min(returns)),
+            "evaluation/episode_return_max": float(np.max(returns)),
+            "evaluation/num_episodes": len(returns),
+        }
+
+    # -- checkpoints -------------------------------------------------------------------
+    def get_state(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "algo": self.config.algo_name,
+            "config": self.config.to_dict(),
+            "learner": self.learner_group.get_state(),
+            "obs_filter": _to_torch(self.obs_filter.get_state()) if self.obs_filter is not None else None,
+            "counters": {
+                "iteration": self.iteration,
+                "env_steps": self.env_steps,
+                "episodes": self.episodes,
+                "weights_version": self.weights_version,
+                "time_s": self.time_before_restore + time.perf_counter() - self.started,
+            },
+            "episode_returns": list(self.episode_returns),
+            "episode_lengths": list(self.episode_lengths),
+            "rng": {"python": random.getstate(), "numpy": _to_torch(np.random.get_state()), "torch": torch.get_rng_state()},
+        }
+
+    def save(self, path: str) -> str:
+        """Write a checkpoint into directory ``path`` atomically; returns the file written."""
+        return save_checkpoint(path, self.get_state())
+
+    def restore(self, path: str) -> None:
+        """Continue from a checkpoint: weights, optimiser, connectors, counters and RNG."""
+        state = load_checkpoint(path)
+        if state["algo"] != self.config.algo_name:
+            raise CheckpointError(f"checkpoint {path!r} is for {state['algo']!r}, not {self.config.algo_name!r}")
+        if (state["obs_filter"] is None) != (self.obs_filter is None):
+            raise CheckpointError(f"checkpoint {path!r}: normalize_obs differs from this config")
+        self.learner_group.set_state(state["learner"])
+        if self.obs_filter is not None:
+            self.obs_filter.set_state(_to_numpy(state["obs_filter"]))
+            self.env_runner_group.group.call("set_filter_state", self.runtime.put(self.obs_filter.get_state()))
+        c = state["counters"]
+        self.iteration, self.env_steps, self.episodes = c["iteration"], c["env_steps"], c["episodes"]
+        self.weights_version = c["weights_version"]
+        self.time_before_restore, self.started = c["time_s"], time.perf_counter()
+        self.episode_returns.clear()
+        self.episode_returns.extend(state["episode_returns"])
+        self.episode_lengths.clear()
+        self.episode_lengths.extend(state["episode_lengths"])
+        random.setstate(state["rng"]["python"])
+        np.random.set_state(_to_numpy(state["rng"]["numpy"]))
+        torch.set_rng_state(state["rng"]["torch"])
+        self.sync_weights()
+
+    def stop(self) -> None:
+        """Release envs, actors and log files."""
+        self.env_runner_group.stop()
+        if self.eval_runner is not None:
+            self.eval_runner.stop()
+        self.learner_group.stop()
+        self.logger.close()
+        self.runtime.shutdown()
+
+    def __enter__(self) -> "Algorithm":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,61 @@
+"""Sample batches: dicts of (nested) numpy arrays, handled with dm-tree.
+
+A fragment from one env runner is time-major, every column shaped (T, B, ...) for T steps
+of B envs:
+
+    obs          (T, B, ...) nested like the observation space, after obs connectors
+    actions      list of action leaves (T, B, ...) in dm-tree order, unclipped samples
+    logp         (T, B) log-probability of the actions under the sampling policy
+    values       (T, B) value estimates V(s_t) of the sampling policy
+    next_values  (T, B) V(s_{t+1}) of the true next state: on truncation the value of the
+                 final observation (bootstrap), on termination 0
+    rewards      (T, B) float32, as the env returned them
+    terminated   (T, B) bool, the MDP ended (no bootstrap)
+    truncated    (T, B) bool, cut by a time limit (bootstrap from next_values)
+
+Postprocessing adds ``advantages`` and ``value_targets`` (T, B). A learner receives rows:
+every column reshaped from (T, B, ...) to (T*B, ...) by :func:`flatten_time`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import numpy as np
+import tree
+
+SampleBatch = dict[str, Any]
+
+
+@dataclasses.dataclass
+class Fragment:
+    """What one env runner returns from one ``sample()`` call."""
+
+    batch: SampleBatch  # time-major (T, B, ...)
+    episode_returns: list[float]  # one per episode finished inside this fragment
+    episode_lengths: list[int]
+    env_steps: int
+    weights_version: int  # the broadcast version of the weights that sampled it
+    runner_index: int = 0
+    num_env_errors: int = 0
+
+
+def concat_batches(batches: Sequence[SampleBatch], axis: int = 1) -> SampleBatch:
+    """Concatenate batches column by column; axis 1 joins fragments side by side (more envs)."""
+    if len(batches) == 1:
+        return batches[0]
+    return tree.map_structure(lambda *cols: np.concatenate(cols, axis=axis), *batches)
+
+
+def flatten_time(batch: SampleBatch) -> SampleBatch:
+    """(T, B, ...) -> (T*B, ...) for every column."""
+    return tree.map_structure(lambda x: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]), batch)
+
+
+def num_rows(batch: SampleBatch) -> int:
+    return len(tree.flatten(batch)[0])
+
+
+def take_rows(batch: SampleBatch, idx: np.ndarray | slice) -> SampleBatch:
+    return tree.map_structure(lambda x: x[idx], batch)

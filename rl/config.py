@@ -1,0 +1,187 @@
+"""The shared base of every algorithm's typed config.
+
+Checked at construction (``__post_init__``), with errors that quote the numbers; loadable
+from a dict or YAML; an unknown key is an error naming the closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from typing import Any, ClassVar
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key or value that cannot be used; the message names it."""
+
+
+def closest(name: str, choices: typing.Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest choice, or an empty string."""
+    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.4)
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Make YAML/CLI values fit the field's type (YAML reads ``1e-3`` as a string)."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config key {key!r}: cannot use {value!r} as {hint}")
+    try:
+        if hint is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            return float(value)
+        if hint is int and isinstance(value, (int, str)) and not isinstance(value, bool):
+            return int(value)
+        if hint is bool and isinstance(value, str):
+            if value.lower() in ("true", "1", "yes"):
+                return True
+            if value.lower() in ("false", "0", "no"):
+                return False
+            raise ValueError(value)
+        if hint is str and not isinstance(value, str):
+            raise ValueError(value)
+        if origin is tuple and isinstance(value, (list, tuple)):
+            return tuple(_coerce(v, args[0], key) for v in value)
+    except ValueError:
+        raise ConfigError(f"config key {key!r}: cannot use {value!r} as {getattr(hint, '__name__', hint)}") from None
+    return value
+
+
+@dataclasses.dataclass
+class AlgorithmConfig:
+    """Settings shared by all algorithms. Subclasses add theirs and set ``algo_name``."""
+
+    algo_name: ClassVar[str] = "base"
+
+    # --- environment ---
+    env: Any = None
+    """A gymnasium id, a registered name, an ``Env`` subclass, or ``creator(env_config)``."""
+    env_config: dict = dataclasses.field(default_factory=dict)
+    """Keyword arguments for the env (``gymnasium.make(id, **env_config)``)."""
+    seed: int = 0
+    """Seeds torch, numpy and every env; local runs are reproducible with it."""
+
+    # --- rollouts ---
+    num_env_runners: int = 0
+    """Remote env-runner actors; 0 samples in this process."""
+    num_envs_per_runner: int = 8
+    """Envs in each runner's vector env, stepped as one batch through the policy."""
+    rollout_fragment_length: int = 32
+    """Steps per env per sample call."""
+    vectorize_mode: str = "sync"
+    """``sync`` steps envs in the runner's process, ``async`` in a subprocess each."""
+    normalize_obs: bool = False
+    """Running mean/std normalisation of float observations (a checkpointed connector)."""
+
+    # --- model ---
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    """Widths of the policy and value MLPs."""
+    activation: str = "tanh"
+    """One of tanh, relu, elu, silu."""
+    shared_encoder: bool = False
+    """Policy and value share the MLP (images always share the CNN)."""
+
+    # --- learning ---
+    gamma: float = 0.99
+    """Discount factor."""
+    lr: float = 3e-4
+    """Adam learning rate (the start value when ``lr_schedule`` is set)."""
+    lr_schedule: list | None = None
+    """Piecewise-linear [[env_step, lr], ...]; None keeps ``lr``."""
+    grad_clip: float | None = 0.5
+    """Clip the global gradient norm to this; None disables."""
+    device: str = "auto"
+    """Learner device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1``."""
+    torch_threads: int = 1
+    """Torch CPU threads in this process; small policies run fastest on one."""
+
+    # --- evaluation and logging ---
+    evaluation_num_episodes: int = 10
+    """Episodes per ``evaluate()`` call (greedy actions)."""
+    metrics_smoothing_episodes: int = 100
+    """``episode_return_mean`` is over this many last episodes."""
+    logdir: str | None = None
+    """Where progress.jsonl and TensorBoard events go; None writes no files."""
+    log_to_console: bool = False
+    """Print one progress line per iteration."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # Fields of the config that are not settings and never round-trip.
+    def validate(self) -> None:
+        def positive(name: str) -> None:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+
+        for name in ("num_envs_per_runner", "rollout_fragment_length", "evaluation_num_episodes",
+                     "metrics_smoothing_episodes", "torch_threads"):
+            positive(name)
+        if self.num_env_runners < 0:
+            raise ConfigError(f"num_env_runners must be >= 0, got {self.num_env_runners}")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ConfigError(f"gamma must be in [0, 1], got {self.gamma}")
+        if self.lr < 0:
+            raise ConfigError(f"lr must be >= 0, got {self.lr}")
+        if self.vectorize_mode not in ("sync", "async"):
+            raise ConfigError(f"vectorize_mode must be 'sync' or 'async', got {self.vectorize_mode!r}")
+        if self.activation not in ("tanh", "relu", "elu", "silu"):
+            raise ConfigError(f"activation must be one of tanh, relu, elu, silu; got {self.activation!r}")
+        if self.lr_schedule is not None:
+            pts = self.lr_schedule
+            if not pts or any(len(p) != 2 for p in pts) or any(b[0] <= a[0] for a, b in zip(pts, pts[1:])):
+                raise ConfigError(f"lr_schedule must be [[env_step, lr], ...] with rising steps, got {pts}")
+
+    # --- construction from dicts and YAML ---
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> "AlgorithmConfig":
+        return cls().updated(values, source=source)
+
+    def updated(self, values: dict[str, Any], *, source: str = "config") -> "AlgorithmConfig":
+        """A copy with ``values`` applied and validated; unknown keys name the closest one."""
+        hints = typing.get_type_hints(type(self))
+        names = self.field_names()
+        out = {}
+        for key, value in values.items():
+            if key not in names:
+                raise ConfigError(f"{source}: unknown key {key!r} for {self.algo_name}{closest(key, names)}")
+            out[key] = _coerce(value, hints[key], key)
+        return dataclasses.replace(self, **out)
+
+    @classmethod
+    def from_yaml(cls, path: str) -> "AlgorithmConfig":
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(yaml.safe_load(f) or {}, source=path)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Settings as plain values (an env given as a class or callable is kept by name)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "env" and not isinstance(value, (str, type(None))):
+                value = getattr(value, "__name__", repr(value))
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def algorithm_class(self) -> type:
+        raise NotImplementedError(f"{type(self).__name__} does not name its algorithm class")
+
+    def build(self) -> Any:
+        """Build the algorithm this config describes."""
+        return self.algorithm_class()(self)

@@ -1,0 +1,109 @@
+"""Observation connectors that run beside the env runner; their state is synced and
+checkpointed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import tree
+from gymnasium import spaces
+
+from rl.spaces import leaf_spaces
+
+
+class RunningStats:
+    """Mean and variance over a stream of batches (Chan et al.'s parallel update)."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.count = 0.0
+        self.mean = np.zeros(shape, np.float64)
+        self.m2 = np.zeros(shape, np.float64)
+
+    def update(self, x: np.ndarray) -> None:
+        self.merge(float(len(x)), x.mean(0), x.var(0) * len(x))
+
+    def merge(self, count: float, mean: np.ndarray, m2: np.ndarray) -> None:
+        if count == 0:
+            return
+        total = self.count + count
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (count / total)
+        self.m2 = self.m2 + m2 + delta**2 * (self.count * count / total)
+        self.count = total
+
+    @property
+    def std(self) -> np.ndarray:
+        return np.sqrt(self.m2 / max(self.count, 1.0)) + 1e-8
+
+    def state(self) -> dict[str, Any]:
+        return {"count": self.count, "mean": self.mean.copy(), "m2": self.m2.copy()}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.count = float(state["count"])
+        self.mean = np.asarray(state["mean"], np.float64).copy()
+        self.m2 = np.asarray(state["m2"], np.float64).copy()
+
+
+class MeanStdFilter:
+    """Normalises float Box leaves of the observation to zero mean, unit variance, clipped.
+
+    With several runners each one sees only its own data, so a runner keeps the shared
+    statistics (``base``) and what it saw since the last sync (``delta``) apart; the driver
+    merges every runner's delta into the shared state and sends it back (as RLlib's
+    MeanStdFilter does), so all runners normalise alike.
+    """
+
+    def __init__(self, observation_space: gym.Space, clip: float = 10.0) -> None:
+        self.clip = clip
+        self.slots = [
+            isinstance(s, spaces.Box) and np.issubdtype(s.dtype, np.floating) for s in leaf_spaces(observation_space)
+        ]
+        shapes = [s.shape for s in leaf_spaces(observation_space)]
+        self.base = [RunningStats(sh) if ok else None for sh, ok in zip(shapes, self.slots)]
+        self.delta = [RunningStats(sh) if ok else None for sh, ok in zip(shapes, self.slots)]
+
+    def __call__(self, obs: Any, update: bool = True) -> Any:
+        """Normalise a batch of observations (B, ...); ``update`` folds them into the stats."""
+        leaves = tree.flatten(obs)
+        out = []
+        for x, base, delta in zip(leaves, self.base, self.delta):
+            if base is None:
+                out.append(x)
+                continue
+            if update:
+                delta.update(x)
+            mean, std = self._combined(base, delta)
+            out.append(np.clip((x - mean) / std, -self.clip, self.clip).astype(np.float32))
+        return tree.unflatten_as(obs, out)
+
+    @staticmethod
+    def _combined(base: RunningStats, delta: RunningStats) -> tuple[np.ndarray, np.ndarray]:
+        both = RunningStats(base.mean.shape)
+        both.load(base.state())
+        both.merge(delta.count, delta.mean, delta.m2)
+        return both.mean, both.std
+
+    def pop_delta(self) -> list[dict[str, Any] | None]:
+        """What this runner saw since the last sync; resets it."""
+        out = [d.state() if d is not None else None for d in self.delta]
+        for d in self.delta:
+            if d is not None:
+                d.load(RunningStats(d.mean.shape).state())
+        return out
+
+    def merge_deltas(self, deltas: list[list[dict[str, Any] | None]]) -> None:
+        """Fold runners' deltas into the shared state (on the driver's copy)."""
+        for runner_delta in deltas:
+            for base, d in zip(self.base, runner_delta):
+                if base is not None and d is not None:
+                    base.merge(d["count"], d["mean"], d["m2"])
+
+    def get_state(self) -> list[dict[str, Any] | None]:
+        return [b.state() if b is not None else None for b in self.base]
+
+    def set_state(self, state: list[dict[str, Any] | None]) -> None:
+        for base, s in zip(self.base, state):
+            if base is not None and s is not None:
+                base.load(s)

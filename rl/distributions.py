@@ -1,0 +1,132 @@
+"""Action distributions, each a pure function of the policy head's output tensor.
+
+Small hand-written classes rather than ``torch.distributions``: the acting path runs once
+per env step, and argument validation there costs more than the maths.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import gymnasium as gym
+import torch
+from gymnasium import spaces
+
+from rl.spaces import leaf_spaces
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+class Categorical:
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits = logits - logits.logsumexp(-1, keepdim=True)  # (B, n), normalised
+
+    def sample(self) -> torch.Tensor:
+        return torch.multinomial(self.logits.exp(), 1).squeeze(-1)
+
+    def deterministic(self) -> torch.Tensor:
+        return self.logits.argmax(-1)
+
+    def logp(self, actions: torch.Tensor) -> torch.Tensor:
+        return self.logits.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+
+    def entropy(self) -> torch.Tensor:
+        return -(self.logits.exp() * self.logits).sum(-1)
+
+    def kl(self, other: "Categorical") -> torch.Tensor:
+        return (self.logits.exp() * (self.logits - other.logits)).sum(-1)
+
+
+class MultiCategorical:
+    """Independent categoricals, one per entry of a MultiDiscrete; actions are (B, k)."""
+
+    def __init__(self, logits: torch.Tensor, nvec: Sequence[int]) -> None:
+        self.cats = [Categorical(x) for x in torch.split(logits, list(nvec), dim=-1)]
+
+    def sample(self) -> torch.Tensor:
+        return torch.stack([c.sample() for c in self.cats], -1)
+
+    def deterministic(self) -> torch.Tensor:
+        return torch.stack([c.deterministic() for c in self.cats], -1)
+
+    def logp(self, actions: torch.Tensor) -> torch.Tensor:
+        return sum(c.logp(actions[..., i]) for i, c in enumerate(self.cats))
+
+    def entropy(self) -> torch.Tensor:
+        return sum(c.entropy() for c in self.cats)
+
+    def kl(self, other: "MultiCategorical") -> torch.Tensor:
+        return sum(a.kl(b) for a, b in zip(self.cats, other.cats))
+
+
+class DiagGaussian:
+    """Inputs are ``[mean, log_std]`` concatenated on the last axis, (B, 2d)."""
+
+    def __init__(self, inputs: torch.Tensor) -> None:
+        self.mean, self.log_std = inputs.chunk(2, dim=-1)
+        self.std = self.log_std.exp()
+
+    def sample(self) -> torch.Tensor:
+        return self.mean + self.std * torch.randn_like(self.mean)
+
+    def deterministic(self) -> torch.Tensor:
+        return self.mean
+
+    def logp(self, actions: torch.Tensor) -> torch.Tensor:
+        z = (actions - self.mean) / self.std
+        return (-0.5 * z.pow(2) - self.log_std - 0.5 * _LOG_2PI).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        return (self.log_std + 0.5 * (1.0 + _LOG_2PI)).sum(-1)
+
+    def kl(self, other: "DiagGaussian") -> torch.Tensor:
+        var_ratio = (self.std / other.std).pow(2)
+        mean_term = ((self.mean - other.mean) / other.std).pow(2)
+        return 0.5 * (var_ratio + mean_term - 1.0 - var_ratio.log()).sum(-1)
+
+
+LeafDistribution = Categorical | MultiCategorical | DiagGaussian
+
+
+def dist_input_size(space: gym.Space) -> int:
+    """Width of the head output that parameterises the distribution of one leaf space."""
+    if isinstance(space, spaces.Discrete):
+        return int(space.n)
+    if isinstance(space, spaces.MultiDiscrete):
+        return int(space.nvec.sum())
+    return 2 * int(space.shape[0])
+
+
+class ActionDistribution:
+    """The joint distribution over all leaves of a (possibly nested) action space.
+
+    Actions are a list of leaf tensors in dm-tree order; log-probs and entropies add up,
+    because the leaves are sampled independently given the observation.
+    """
+
+    def __init__(self, inputs: torch.Tensor, action_space: gym.Space) -> None:
+        self.leaves: list[LeafDistribution] = []
+        sizes = [dist_input_size(s) for s in leaf_spaces(action_space)]
+        for chunk, space in zip(torch.split(inputs, sizes, dim=-1), leaf_spaces(action_space)):
+            if isinstance(space, spaces.Discrete):
+                self.leaves.append(Categorical(chunk))
+            elif isinstance(space, spaces.MultiDiscrete):
+                self.leaves.append(MultiCategorical(chunk, space.nvec.tolist()))
+            else:
+                self.leaves.append(DiagGaussian(chunk))
+
+    def sample(self) -> list[torch.Tensor]:
+        return [d.sample() for d in self.leaves]
+
+    def deterministic(self) -> list[torch.Tensor]:
+        return [d.deterministic() for d in self.leaves]
+
+    def logp(self, actions: list[torch.Tensor]) -> torch.Tensor:
+        return sum(d.logp(a) for d, a in zip(self.leaves, actions))
+
+    def entropy(self) -> torch.Tensor:
+        return sum(d.entropy() for d in self.leaves)
+
+    def kl(self, other: "ActionDistribution") -> torch.Tensor:
+        return sum(a.kl(b) for a, b in zip(self.leaves, other.leaves))

@@ -1,0 +1,163 @@
+"""EnvRunner: steps a gymnasium vector env with a CPU copy of the module.
+
+Built from factories (an env creator and a module spec), so the same class runs in this
+process and as a remote actor. Weights arrive by value here, after the runtime resolved
+the object-store reference once per actor.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+import tree
+from gymnasium.vector import AutoresetMode
+
+from envs import ContractCheckWrapper
+from rl.batch import Fragment
+from rl.connectors import MeanStdFilter
+from rl.module import ModuleSpec
+from rl.spaces import actions_to_env
+
+
+class _CheckedCreator:
+    """Picklable ``() -> Env`` that wraps the user's env in the contract checks."""
+
+    def __init__(self, creator: Callable[[], gym.Env], name: str) -> None:
+        self.creator, self.name = creator, name
+
+    def __call__(self) -> gym.Env:
+        return ContractCheckWrapper(self.creator(), self.name)
+
+
+def _to_tensor(obs: Any) -> Any:
+    return tree.map_structure(torch.from_numpy, obs)
+
+
+def _stack(items: list[Any]) -> Any:
+    return tree.map_structure(lambda *xs: np.stack(xs), *items)
+
+
+class EnvRunner:
+    def __init__(
+        self,
+        *,
+        env_creator: Callable[[], gym.Env],
+        env_name: str,
+        module_spec: ModuleSpec,
+        num_envs: int,
+        fragment_length: int,
+        seed: int,
+        index: int = 0,
+        vectorize_mode: str = "sync",
+        normalize_obs: bool = False,
+    ) -> None:
+        self.index, self.fragment_length, self.num_envs = index, fragment_length, num_envs
+        checked = _CheckedCreator(env_creator, env_name)
+        # SAME_STEP autoreset: a finished env is reset inside the same step() and its last
+        # observation comes back in info["final_obs"], which truncation bootstrapping needs.
+        vector_cls = gym.vector.AsyncVectorEnv if vectorize_mode == "async" else gym.vector.SyncVectorEnv
+        self.env = vector_cls([checked] * num_envs, autoreset_mode=AutoresetMode.SAME_STEP)
+        self.action_space = self.env.single_action_space
+        self.module = module_spec.build()
+        self.module.eval()
+        self.filter = MeanStdFilter(self.env.single_observation_space) if normalize_obs else None
+        self.weights_version = 0
+        torch.manual_seed(seed)
+        obs, _ = self.env.reset(seed=seed)
+        self.obs = self._connect(obs)
+        self.ep_return = np.zeros(num_envs, np.float64)
+        self.ep_length = np.zeros(num_envs, np.int64)
+
+    def _connect(self, obs: Any, update: bool = True) -> Any:
+        return self.filter(obs, update) if self.filter is not None else obs
+
+    def set_weights(self, weights: dict[str, np.ndarray], version: int) -> None:
+        self.module.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+        self.weights_version = version
+
+    def sample(self) -> Fragment:
+        """Step every env ``fragment_length`` times; return the time-major fragment."""
+        T, B = self.fragment_length, self.num_envs
+        obs_list, action_list = [], []
+        logp = np.zeros((T, B), np.float32)
+        values = np.zeros((T, B), np.float32)
+        rewards = np.zeros((T, B), np.float32)
+        terminated = np.zeros((T, B), bool)
+        truncated = np.zeros((T, B), bool)
+        bootstrap: list[tuple[int, np.ndarray, np.ndarray]] = []  # (t, env ids, V(final obs))
+        returns, lengths = [], []
+        for t in range(T):
+            obs_list.append(self.obs)
+            actions, logp_t, values_t = self.module.forward_exploration(_to_tensor(self.obs))
+            actions_np = [a.numpy() for a in actions]
+            action_list.append(actions_np)
+            logp[t], values[t] = logp_t.numpy(), values_t.numpy()
+            obs, reward, term, trunc, info = self.env.step(actions_to_env(actions_np, self.action_space))
+            rewards[t], terminated[t], truncated[t] = reward, term, trunc
+            self.ep_return += reward
+            self.ep_length += 1
+            done = term | trunc
+            if done.any():
+                ids = np.flatnonzero(done)
+                returns += self.ep_return[ids].tolist()
+                lengths += self.ep_length[ids].tolist()
+                self.ep_return[ids] = 0.0
+                self.ep_length[ids] = 0
+                cut = np.flatnonzero(trunc & ~term)
+                if len(cut):
+                    final = self._connect(_stack([info["final_obs"][i] for i in cut]), update=False)
+                    bootstrap.append((t, cut, self.module.compute_values(_to_tensor(final)).numpy()))
+            self.obs = self._connect(obs)
+        next_values = np.empty_like(values)
+        next_values[:-1] = values[1:]
+        next_values[-1] = self.module.compute_values(_to_tensor(self.obs)).numpy()
+        for t, ids, v in bootstrap:
+            next_values[t, ids] = v
+        next_values[terminated] = 0.0
+        batch = {
+            "obs": _stack(obs_list),
+            "actions": _stack(action_list),
+            "logp": logp,
+            "values": values,
+            "next_values": next_values,
+            "rewards": rewards,
+            "terminated": terminated,
+            "truncated": truncated,
+        }
+        return Fragment(batch, returns, lengths, T * B, self.weights_version, self.index)
+
+    def evaluate(self, num_episodes: int) -> list[float]:
+        """Greedy returns of ``num_episodes`` whole episodes, started from a fresh reset.
+
+        Each env contributes its first k = ceil(n / B) episodes: taking whichever episodes
+        end first would favour short ones and bias the mean.
+        """
+        per_env = -(-num_episodes // self.num_envs)
+        obs, _ = self.env.reset()
+        obs = self._connect(obs, update=False)
+        ep_return = np.zeros(self.num_envs)
+        done_returns: list[list[float]] = [[] for _ in range(self.num_envs)]
+        while any(len(r) < per_env for r in done_returns):
+            actions = [a.numpy() for a in self.module.forward_inference(_to_tensor(obs))]
+            obs, reward, term, trunc, _ = self.env.step(actions_to_env(actions, self.action_space))
+            obs = self._connect(obs, update=False)
+            ep_return += reward
+            for i in np.flatnonzero(term | trunc):
+                done_returns[i].append(float(ep_return[i]))
+                ep_return[i] = 0.0
+        ordered = [r[k] for k in range(per_env) for r in done_returns]
+        return ordered[:num_episodes]
+
+    # -- connector state -------------------------------------------------------------
+    def pop_filter_delta(self) -> Any:
+        return self.filter.pop_delta() if self.filter is not None else None
+
+    def set_filter_state(self, state: Any) -> None:
+        if self.filter is not None:
+            self.filter.set_state(state)
+
+    def stop(self) -> None:
+        self.env.close()

@@ -1,0 +1,130 @@
+"""Experiments: a tuned-example YAML file, stop criteria, and the loop that runs them.
+
+A tuned example (``tuned_examples/<algo>/<env>.yaml``) holds::
+
+    algo: ppo
+    env: CartPole-v1
+    tags: [quick]
+    config: {...}             # keys of the algorithm's config
+    stop: {episode_return_mean: 475, env_steps: 200000, time_s: 300}
+    pass: {episode_return_mean: 475, env_steps: 100000, time_s: 120}
+
+``stop`` ends a run; ``pass`` is what a regression run must reach, within its bounds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+from typing import Any
+
+import yaml
+
+from rl.config import ConfigError, closest
+
+EXPERIMENT_KEYS = ("algo", "env", "tags", "config", "stop", "pass", "description")
+CRITERIA_KEYS = ("episode_return_mean", "env_steps", "time_s")
+
+
+@dataclasses.dataclass
+class Criteria:
+    """Reach ``episode_return_mean`` (if set), or stop at ``env_steps`` / ``time_s``."""
+
+    episode_return_mean: float | None = None
+    env_steps: int | None = None
+    time_s: float | None = None
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None, *, source: str) -> "Criteria":
+        values = values or {}
+        for key in values:
+            if key not in CRITERIA_KEYS:
+                raise ConfigError(f"{source}: unknown key {key!r}{closest(key, CRITERIA_KEYS)}")
+        return cls(**values)
+
+    def reached(self, result: dict[str, Any]) -> bool:
+        ret = result.get("episode_return_mean")
+        target = self.episode_return_mean
+        return target is not None and ret is not None and not math.isnan(ret) and ret >= target
+
+    def done(self, result: dict[str, Any]) -> bool:
+        return (
+            self.reached(result)
+            or (self.env_steps is not None and result["env_steps"] >= self.env_steps)
+            or (self.time_s is not None and result["time_s"] >= self.time_s)
+        )
+
+
+@dataclasses.dataclass
+class Experiment:
+    algo: str
+    env: str
+    config: dict[str, Any]
+    stop: Criteria
+    pass_criteria: Criteria
+    tags: list[str]
+    path: str
+
+
+def load_experiment(path: str) -> Experiment:
+    """Read a tuned example; an unknown key or a missing part names the file and the key."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with keys {', '.join(EXPERIMENT_KEYS)}")
+    for key in data:
+        if key not in EXPERIMENT_KEYS:
+            raise ConfigError(f"{path}: unknown key {key!r}{closest(key, EXPERIMENT_KEYS)}")
+    for key in ("algo", "env"):
+        if key not in data:
+            raise ConfigError(f"{path}: missing key {key!r}")
+    return Experiment(
+        algo=data["algo"],
+        env=data["env"],
+        config=dict(data.get("config") or {}),
+        stop=Criteria.from_dict(data.get("stop"), source=f"{path}: stop"),
+        pass_criteria=Criteria.from_dict(data.get("pass"), source=f"{path}: pass"),
+        tags=list(data.get("tags") or []),
+        path=path,
+    )
+
+
+def run_until(
+    algo: Any,
+    stop: Criteria,
+    *,
+    checkpoint_dir: str | None = None,
+    checkpoint_every: int = 0,
+) -> dict[str, Any]:
+    """Call ``algo.train()`` until ``stop`` holds; checkpoint every N iterations and at the
+    end (also on Ctrl-C or SIGTERM, so an interrupted run can be resumed)."""
+    result: dict[str, Any] = {}
+    interrupted = False
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        while not result or not stop.done(result):
+            result = algo.train()
+            if checkpoint_dir and checkpoint_every and result["iteration"] % checkpoint_every == 0:
+                algo.save(checkpoint_dir)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if checkpoint_dir and result:
+            algo.save(checkpoint_dir)
+    summary = dict(result)
+    summary["reached"] = stop.reached(result) if result else False
+    summary["interrupted"] = interrupted
+    summary["checkpoint"] = os.path.join(checkpoint_dir, "checkpoint.pt") if checkpoint_dir and result else None
+    return summary
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt

@@ -1,0 +1,61 @@
+"""One metrics logger: a console line per iteration, TensorBoard events, progress.jsonl."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN; null reads as "no episode finished yet"
+    return value
+
+
+class MetricsLogger:
+    def __init__(self, logdir: str | None, *, console: bool) -> None:
+        self.logdir, self.console = logdir, console
+        self._writer: Any = None
+        self._progress = None
+        if logdir:
+            os.makedirs(logdir, exist_ok=True)
+            # Append: a restored run continues the same progress file.
+            self._progress = open(os.path.join(logdir, "progress.jsonl"), "a", encoding="utf-8")
+
+    def log(self, result: dict[str, Any]) -> None:
+        if self.console:
+            print(self.format_line(result), flush=True)
+        if self._progress is not None:
+            self._progress.write(json.dumps({k: _jsonable(v) for k, v in result.items()}) + "\n")
+            self._progress.flush()
+            self._tensorboard(result)
+
+    def _tensorboard(self, result: dict[str, Any]) -> None:
+        if self._writer is None:
+            # Imported on first use: tensorboard costs ~0.2 s of start-up.
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(self.logdir, flush_secs=10)
+        step = int(result.get("env_steps", 0))
+        for key, value in result.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                self._writer.add_scalar(key, value, step)
+
+    @staticmethod
+    def format_line(r: dict[str, Any]) -> str:
+        ret = r.get("episode_return_mean", float("nan"))
+        ret_s = f"{ret:9.2f}" if ret is not None and math.isfinite(ret) else "      nan"
+        return (
+            f"iter {r['iteration']:5d} | env_steps {r['env_steps']:9d} | return {ret_s} | "
+            f"{r.get('env_steps_per_s', 0.0):8.0f} steps/s | {r['time_s']:7.1f} s"
+        )
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None

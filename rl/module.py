@@ -1,0 +1,186 @@
+"""RLModule: a torch policy/value network built from the spaces.
+
+Each observation leaf gets an encoder (MLP input for vectors and one-hots, a CNN for
+images); the features are concatenated and fed to a policy MLP and a value MLP (separate by
+default: PPO on classic control learns faster with them apart). Acting and training use
+separate entry points, so the acting path can skip autograd and the value head when it
+is not needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+import tree
+from gymnasium import spaces
+from torch import nn
+
+from rl.distributions import ActionDistribution, dist_input_size
+from rl.spaces import check_spaces, is_image, leaf_spaces
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleSpec:
+    """Everything needed to build an RLModule anywhere (it is sent to remote actors)."""
+
+    observation_space: gym.Space
+    action_space: gym.Space
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    activation: str = "tanh"
+    shared_encoder: bool = False
+    env_name: str = "env"
+
+    def build(self) -> "RLModule":
+        return RLModule(self)
+
+
+def _init(layer: nn.Module, gain: float) -> nn.Module:
+    # Orthogonal init with small policy-head gain: near-uniform initial policy (SB3/CleanRL).
+    if isinstance(layer, (nn.Linear, nn.Conv2d)):
+        nn.init.orthogonal_(layer.weight, gain)
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
+def mlp(in_dim: int, hidden: tuple[int, ...], activation: str) -> tuple[nn.Sequential, int]:
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [_init(nn.Linear(in_dim, width), math.sqrt(2)), ACTIVATIONS[activation]()]
+        in_dim = width
+    return nn.Sequential(*layers), in_dim
+
+
+class LeafEncoder(nn.Module):
+    """Turns one observation leaf (B, ...) into float features (B, F)."""
+
+    def __init__(self, space: gym.Space) -> None:
+        super().__init__()
+        self.space = space
+        self.cnn: nn.Module | None = None
+        if is_image(space):
+            channels_last = space.shape[-1] <= 4 < space.shape[0]
+            self.channels_last = channels_last
+            c = space.shape[-1] if channels_last else space.shape[0]
+            self.scale = 1.0 / 255.0 if space.dtype == np.uint8 else 1.0
+            big = min(space.shape[:2] if channels_last else space.shape[1:]) >= 64
+            # Nature-DQN trunk for Atari-sized frames, a lighter one for small images.
+            convs = (
+                [(32, 8, 4), (64, 4, 2), (64, 3, 1)] if big else [(16, 3, 2), (32, 3, 2)]
+            )
+            layers: list[nn.Module] = []
+            for out_c, k, s in convs:
+                layers += [_init(nn.Conv2d(c, out_c, k, s), math.sqrt(2)), nn.ReLU()]
+                c = out_c
+            layers.append(nn.Flatten())
+            trunk = nn.Sequential(*layers)
+            with torch.no_grad():
+                n = trunk(torch.zeros(1, *self._chw(space.shape))).shape[-1]
+            width = 512 if big else 256
+            self.cnn = nn.Sequential(trunk, _init(nn.Linear(n, width), math.sqrt(2)), nn.ReLU())
+            self.out_dim = width
+        elif isinstance(space, spaces.Discrete):
+            self.out_dim = int(space.n)
+        elif isinstance(space, spaces.MultiDiscrete):
+            self.out_dim = int(space.nvec.sum())
+        else:
+            self.out_dim = int(np.prod(space.shape))
+
+    def _chw(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (shape[2], shape[0], shape[1]) if self.channels_last else tuple(shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        space = self.space
+        if self.cnn is not None:
+            x = x.float() * self.scale
+            if self.channels_last:
+                x = x.permute(0, 3, 1, 2)
+            return self.cnn(x)
+        if isinstance(space, spaces.Discrete):
+            return nn.functional.one_hot(x.long() - int(space.start), int(space.n)).float()
+        if isinstance(space, spaces.MultiDiscrete):
+            parts = [
+                nn.functional.one_hot(x[..., i].long() - int(space.start[i]), int(n)).float()
+                for i, n in enumerate(space.nvec.tolist())
+            ]
+            return torch.cat(parts, -1)
+        return x.reshape(x.shape[0], -1).float()
+
+
+class RLModule(nn.Module):
+    """Policy and value network for any supported (nested) observation and action space."""
+
+    def __init__(self, spec: ModuleSpec) -> None:
+        super().__init__()
+        check_spaces(spec.observation_space, spec.action_space, spec.env_name)
+        self.spec = spec
+        self.action_space = spec.action_space
+        self.encoders = nn.ModuleList(LeafEncoder(s) for s in leaf_spaces(spec.observation_space))
+        feat_dim = sum(e.out_dim for e in self.encoders)
+        self.pi_mlp, pi_dim = mlp(feat_dim, spec.hidden_sizes, spec.activation)
+        if spec.shared_encoder:
+            self.vf_mlp, vf_dim = self.pi_mlp, pi_dim
+        else:
+            self.vf_mlp, vf_dim = mlp(feat_dim, spec.hidden_sizes, spec.activation)
+        self.vf_head = _init(nn.Linear(vf_dim, 1), 1.0)
+        leaves = leaf_spaces(spec.action_space)
+        # Box leaves get a state-independent log-std (a parameter, as in SB3 and CleanRL).
+        n_logits = sum(dist_input_size(s) // (2 if isinstance(s, spaces.Box) else 1) for s in leaves)
+        self.pi_head = _init(nn.Linear(pi_dim, n_logits), 0.01)
+        self.box_slots = [isinstance(s, spaces.Box) for s in leaves]
+        self.head_sizes = [dist_input_size(s) // (2 if b else 1) for s, b in zip(leaves, self.box_slots)]
+        self.log_std = nn.Parameter(torch.zeros(sum(n for n, b in zip(self.head_sizes, self.box_slots) if b)))
+
+    # -- shared pieces ---------------------------------------------------------------
+    def features(self, obs: Any) -> torch.Tensor:
+        leaves = tree.flatten(obs)
+        return torch.cat([enc(x) for enc, x in zip(self.encoders, leaves)], -1)  # (B, F)
+
+    def dist_inputs(self, feats: torch.Tensor) -> torch.Tensor:
+        out = self.pi_head(self.pi_mlp(feats))
+        if not any(self.box_slots):
+            return out
+        chunks, std_at = [], 0
+        for chunk, is_box in zip(torch.split(out, self.head_sizes, -1), self.box_slots):
+            if is_box:
+                d = chunk.shape[-1]
+                chunks += [chunk, self.log_std[std_at : std_at + d].expand_as(chunk)]
+                std_at += d
+            else:
+                chunks.append(chunk)
+        return torch.cat(chunks, -1)
+
+    def values(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.vf_head(self.vf_mlp(feats)).squeeze(-1)  # (B,)
+
+    def dist(self, inputs: torch.Tensor) -> ActionDistribution:
+        return ActionDistribution(inputs, self.action_space)
+
+    # -- training path ---------------------------------------------------------------
+    def forward_train(self, obs: Any) -> tuple[ActionDistribution, torch.Tensor]:
+        feats = self.features(obs)
+        return self.dist(self.dist_inputs(feats)), self.values(feats)
+
+    # -- acting paths (no autograd) ----------------------------------------------------
+    @torch.inference_mode()
+    def forward_exploration(self, obs: Any) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Sample actions; return (action leaves, their log-probs (B,), values (B,))."""
+        feats = self.features(obs)
+        dist = self.dist(self.dist_inputs(feats))
+        actions = dist.sample()
+        return actions, dist.logp(actions), self.values(feats)
+
+    @torch.inference_mode()
+    def forward_inference(self, obs: Any) -> list[torch.Tensor]:
+        """Greedy actions, for evaluation and deployment."""
+        return self.dist(self.dist_inputs(self.features(obs))).deterministic()
+
+    @torch.inference_mode()
+    def compute_values(self, obs: Any) -> torch.Tensor:
+        return self.values(self.features(obs))

@@ -1,0 +1,73 @@
+"""Nested observation and action spaces, flattened with dm-tree.
+
+dm-tree flattens dicts in sorted-key order; :func:`leaf_spaces` uses the same order, so the
+i-th leaf of an observation always meets the i-th leaf space.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import tree
+from gymnasium import spaces
+
+OBS_LEAVES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
+ACTION_LEAVES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete)
+
+
+class UnsupportedSpaceError(ValueError):
+    """A space the RLModule has no encoder or head for."""
+
+
+def space_structure(space: gym.Space) -> Any:
+    """The space as plain nested dicts/tuples of leaf spaces (what dm-tree understands)."""
+    if isinstance(space, spaces.Dict):
+        return {key: space_structure(sub) for key, sub in space.spaces.items()}
+    if isinstance(space, spaces.Tuple):
+        return tuple(space_structure(sub) for sub in space.spaces)
+    return space
+
+
+def leaf_spaces(space: gym.Space) -> list[gym.Space]:
+    return tree.flatten(space_structure(space))
+
+
+def is_image(space: gym.Space) -> bool:
+    """A 3-D Box is an image (HWC or CHW); anything else is encoded as a vector."""
+    return isinstance(space, spaces.Box) and len(space.shape) == 3
+
+
+def check_spaces(observation_space: gym.Space, action_space: gym.Space, env_name: str) -> None:
+    """Refuse, with the env's name and the leaf, spaces the module cannot encode or act in."""
+    for leaf in leaf_spaces(observation_space):
+        if not isinstance(leaf, OBS_LEAVES) or (isinstance(leaf, spaces.Box) and len(leaf.shape) > 3):
+            raise UnsupportedSpaceError(
+                f"env {env_name!r}: observation space {leaf} is not supported "
+                "(supported leaves: Box up to 3-D, Discrete, MultiDiscrete, MultiBinary, nested in Dict/Tuple)"
+            )
+    for leaf in leaf_spaces(action_space):
+        bad_box = isinstance(leaf, spaces.Box) and len(leaf.shape) != 1
+        bad_md = isinstance(leaf, spaces.MultiDiscrete) and len(leaf.nvec.shape) != 1
+        if not isinstance(leaf, ACTION_LEAVES) or bad_box or bad_md:
+            raise UnsupportedSpaceError(
+                f"env {env_name!r}: action space {leaf} is not supported "
+                "(supported leaves: Discrete, 1-D MultiDiscrete, 1-D Box, nested in Dict/Tuple)"
+            )
+
+
+def actions_to_env(leaves: list[np.ndarray], action_space: gym.Space) -> Any:
+    """Batched action leaves -> what a vector env of ``action_space`` expects.
+
+    Box actions are clipped to their bounds here, at the env boundary only: the batch keeps
+    the unclipped sample so its log-probability stays exact.
+    """
+    out = []
+    for leaf, space in zip(leaves, leaf_spaces(action_space)):
+        if isinstance(space, spaces.Box):
+            leaf = np.clip(leaf, space.low, space.high)
+        out.append(leaf)
+    if isinstance(action_space, (spaces.Dict, spaces.Tuple)):
+        return tree.unflatten_as(space_structure(action_space), out)
+    return out[0]

@@ -1,0 +1,71 @@
+"""The runtime interface: actor groups and the object store, engine-agnostic."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, Callable, Sequence
+
+
+class ObjectRef(abc.ABC):
+    """A handle to an object put once into the store; actors receive the object itself."""
+
+
+@dataclasses.dataclass
+class CallResult:
+    """The outcome of calling a method on one actor of a group."""
+
+    index: int
+    value: Any = None
+    error: BaseException | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class ActorGroup(abc.ABC):
+    """N actors of one class, built from a factory ``factory(index) -> actor``.
+
+    Arguments that are :class:`ObjectRef` are resolved before the method runs, so an actor
+    never sees a reference, and an object put once is shared, not copied per actor.
+    """
+
+    @property
+    @abc.abstractmethod
+    def size(self) -> int: ...
+
+    @abc.abstractmethod
+    def call(
+        self,
+        method: str,
+        *args: Any,
+        indices: Sequence[int] | None = None,
+        timeout_s: float | None = None,
+    ) -> list[CallResult]:
+        """Call ``method(*args)`` on the chosen actors (all by default), wait for all."""
+
+    @abc.abstractmethod
+    def shutdown(self) -> None: ...
+
+
+class Runtime(abc.ABC):
+    """Creates actor groups and owns the object store."""
+
+    name: str
+
+    @abc.abstractmethod
+    def create_group(
+        self,
+        factory: Callable[[int], Any],
+        count: int,
+        *,
+        num_cpus: float = 1.0,
+        num_gpus: float = 0.0,
+    ) -> ActorGroup: ...
+
+    @abc.abstractmethod
+    def put(self, obj: Any) -> ObjectRef: ...
+
+    @abc.abstractmethod
+    def shutdown(self) -> None: ...

@@ -1,0 +1,68 @@
+"""The local backend: actors are plain objects in this process, calls run in order."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from runtime.base import ActorGroup, CallResult, ObjectRef, Runtime
+
+
+class LocalRef(ObjectRef):
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+
+def _resolve(arg: Any) -> Any:
+    return arg.obj if isinstance(arg, LocalRef) else arg
+
+
+class LocalActorGroup(ActorGroup):
+    def __init__(self, factory: Callable[[int], Any], count: int) -> None:
+        self.actors = [factory(i) for i in range(count)]
+
+    @property
+    def size(self) -> int:
+        return len(self.actors)
+
+    def call(
+        self,
+        method: str,
+        *args: Any,
+        indices: Sequence[int] | None = None,
+        timeout_s: float | None = None,
+    ) -> list[CallResult]:
+        # Errors propagate: in-process there is no fault to tolerate, only a bug to see.
+        resolved = [_resolve(a) for a in args]
+        chosen = range(len(self.actors)) if indices is None else indices
+        return [CallResult(i, getattr(self.actors[i], method)(*resolved)) for i in chosen]
+
+    def shutdown(self) -> None:
+        for actor in self.actors:
+            stop = getattr(actor, "stop", None)
+            if stop is not None:
+                stop()
+        self.actors = []
+
+
+class LocalRuntime(Runtime):
+    name = "local"
+
+    def __init__(self) -> None:
+        self.num_puts = 0
+
+    def create_group(
+        self,
+        factory: Callable[[int], Any],
+        count: int,
+        *,
+        num_cpus: float = 1.0,
+        num_gpus: float = 0.0,
+    ) -> LocalActorGroup:
+        return LocalActorGroup(factory, count)
+
+    def put(self, obj: Any) -> LocalRef:
+        self.num_puts += 1
+        return LocalRef(obj)
+
+    def shutdown(self) -> None:
+        pass
