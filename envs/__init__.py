@@ -1,7 +1,7 @@
 """Simulators: the registry that turns a user's ``env`` into a creator, contract checks,
 and small test environments. Imports nothing else of ours."""
 
-from envs.checks import EnvContractError, ContractCheckWrapper
+from envs.checks import ContractCheckWrapper, EnvContractError, check_observations, check_rewards
 from envs.registry import EnvCreator, EnvNotFoundError, make_env_creator, register_env, registered_envs
 
 __all__ = [
@@ -9,6 +9,8 @@ __all__ = [
     "EnvContractError",
     "EnvCreator",
     "EnvNotFoundError",
+    "check_observations",
+    "check_rewards",
     "make_env_creator",
     "register_env",
     "registered_envs",

@@ -44,7 +44,9 @@ class EnvCreator:
         if isinstance(env, str):
             if env in _REGISTRY:
                 return _REGISTRY[env](cfg)
-            return gym.make(env, **cfg)
+            # Our runner checks every step against the spaces, so gymnasium's one-off
+            # passive checker would only add a wrapper layer to each step.
+            return gym.make(env, disable_env_checker=True, **cfg)
         if inspect.isclass(env):
             return env(**cfg)
         return env(cfg)

@@ -96,6 +96,8 @@ class AlgorithmConfig:
     # --- learning ---
     gamma: float = 0.99
     """Discount factor."""
+    reward_scale: float = 1.0
+    """Rewards are multiplied by this before learning (metrics report raw returns)."""
     lr: float = 3e-4
     """Adam learning rate (the start value when ``lr_schedule`` is set)."""
     lr_schedule: list | None = None

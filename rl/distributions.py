@@ -20,7 +20,7 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 class Categorical:
     def __init__(self, logits: torch.Tensor) -> None:
-        self.logits = logits - logits.logsumexp(-1, keepdim=True)  # (B, n), normalised
+        self.logits = torch.log_softmax(logits, -1)  # (B, n), normalised
 
     def sample(self) -> torch.Tensor:
         return torch.multinomial(self.logits.exp(), 1).squeeze(-1)

@@ -15,7 +15,7 @@ import torch
 import tree
 from gymnasium.vector import AutoresetMode
 
-from envs import ContractCheckWrapper
+from envs import ContractCheckWrapper, check_observations, check_rewards
 from rl.batch import Fragment
 from rl.connectors import MeanStdFilter
 from rl.module import ModuleSpec
@@ -55,6 +55,7 @@ class EnvRunner:
         normalize_obs: bool = False,
     ) -> None:
         self.index, self.fragment_length, self.num_envs = index, fragment_length, num_envs
+        self.env_name = env_name
         checked = _CheckedCreator(env_creator, env_name)
         # SAME_STEP autoreset: a finished env is reset inside the same step() and its last
         # observation comes back in info["final_obs"], which truncation bootstrapping needs.
@@ -70,6 +71,10 @@ class EnvRunner:
         self.obs = self._connect(obs)
         self.ep_return = np.zeros(num_envs, np.float64)
         self.ep_length = np.zeros(num_envs, np.int64)
+
+    def _check(self, obs: Any, reward: np.ndarray) -> None:
+        check_observations(obs, self.env.observation_space, self.env.single_observation_space, self.env_name)
+        check_rewards(reward, self.env_name)
 
     def _connect(self, obs: Any, update: bool = True) -> Any:
         return self.filter(obs, update) if self.filter is not None else obs
@@ -96,6 +101,7 @@ class EnvRunner:
             action_list.append(actions_np)
             logp[t], values[t] = logp_t.numpy(), values_t.numpy()
             obs, reward, term, trunc, info = self.env.step(actions_to_env(actions_np, self.action_space))
+            self._check(obs, reward)
             rewards[t], terminated[t], truncated[t] = reward, term, trunc
             self.ep_return += reward
             self.ep_length += 1
@@ -108,7 +114,10 @@ class EnvRunner:
                 self.ep_length[ids] = 0
                 cut = np.flatnonzero(trunc & ~term)
                 if len(cut):
-                    final = self._connect(_stack([info["final_obs"][i] for i in cut]), update=False)
+                    final = _stack([info["final_obs"][i] for i in cut])
+                    check_observations(final, gym.vector.utils.batch_space(self.env.single_observation_space, len(cut)),
+                                       self.env.single_observation_space, self.env_name)
+                    final = self._connect(final, update=False)
                     bootstrap.append((t, cut, self.module.compute_values(_to_tensor(final)).numpy()))
             self.obs = self._connect(obs)
         next_values = np.empty_like(values)
@@ -143,6 +152,7 @@ class EnvRunner:
         while any(len(r) < per_env for r in done_returns):
             actions = [a.numpy() for a in self.module.forward_inference(_to_tensor(obs))]
             obs, reward, term, trunc, _ = self.env.step(actions_to_env(actions, self.action_space))
+            self._check(obs, reward)
             obs = self._connect(obs, update=False)
             ep_return += reward
             for i in np.flatnonzero(term | trunc):

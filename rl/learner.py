@@ -12,6 +12,7 @@ import tree
 
 from rl.batch import SampleBatch, num_rows, take_rows
 from rl.module import ModuleSpec, RLModule
+from rl.optim import Adam
 
 TensorBatch = dict[str, Any]
 
@@ -48,7 +49,7 @@ class Learner(abc.ABC):
         self.module: RLModule = module_spec.build().to(self.device)
         # eps=1e-5 rather than Adam's 1e-8: the PPO implementation-details study (Huang et
         # al. 2022) and SB3 both use it; it damps steps on near-zero second moments.
-        self.optimizer = torch.optim.Adam(self.module.parameters(), lr=lr, eps=1e-5)
+        self.optimizer = Adam(self.module.parameters(), lr=lr, eps=1e-5)
         self.lr, self.lr_schedule, self.grad_clip = lr, lr_schedule, grad_clip
         self.rng = np.random.default_rng(seed)
 
@@ -71,8 +72,7 @@ class Learner(abc.ABC):
         kept as tensors and read once at the end, so a GPU step never waits on a ``.item()``.
         """
         lr = self.current_lr(env_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        self.optimizer.lr = lr
         data = self.to_tensors(batch)
         n = num_rows(batch)
         sums: dict[str, torch.Tensor] = {}
@@ -82,7 +82,7 @@ class Learner(abc.ABC):
             for start in range(0, n - minibatch_size + 1, minibatch_size):
                 mb = take_rows(data, perm[start : start + minibatch_size])
                 loss, metrics = self.compute_loss(mb)
-                self.optimizer.zero_grad(set_to_none=True)
+                self.optimizer.zero_grad()
                 loss.backward()
                 metrics["losses/grad_norm"] = self.clip_and_norm()
                 self.optimizer.step()
@@ -97,7 +97,7 @@ class Learner(abc.ABC):
     def clip_and_norm(self) -> torch.Tensor:
         params = [p for p in self.module.parameters() if p.grad is not None]
         max_norm = self.grad_clip if self.grad_clip is not None else float("inf")
-        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
 
     # -- weights and state -----------------------------------------------------------
     def get_weights(self) -> dict[str, np.ndarray]:

@@ -139,6 +139,8 @@ class RLModule(nn.Module):
 
     # -- shared pieces ---------------------------------------------------------------
     def features(self, obs: Any) -> torch.Tensor:
+        if len(self.encoders) == 1:
+            return self.encoders[0](obs if isinstance(obs, torch.Tensor) else tree.flatten(obs)[0])
         leaves = tree.flatten(obs)
         return torch.cat([enc(x) for enc, x in zip(self.encoders, leaves)], -1)  # (B, F)
 

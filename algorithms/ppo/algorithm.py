@@ -19,7 +19,7 @@ class PPO(Algorithm):
         c = self.config
         batch = concat_batches([f.batch for f in self.sample()])  # (T, B_total)
         batch["advantages"], batch["value_targets"] = compute_gae(
-            batch["rewards"],
+            batch["rewards"] * c.reward_scale,
             batch["values"],
             batch["next_values"],
             batch["terminated"],

@@ -1,0 +1,334 @@
+"""Checkpoints: a restore reproduces the saved algorithm exactly, bad files fail with a
+CheckpointError naming the path, and a save killed midway leaves the previous one intact."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from algorithms.ppo import PPOConfig
+from rl.checkpoint import FILENAME, CheckpointError, load_checkpoint
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+SMALL = dict(
+    env="CartPole-v1",
+    seed=0,
+    num_envs_per_runner=2,
+    rollout_fragment_length=16,
+    minibatch_size=32,
+    num_epochs=2,
+    normalize_obs=True,
+)
+
+
+def build(**overrides):
+    return PPOConfig(**{**SMALL, **overrides}).build()
+
+
+def assert_same(a, b, where="state"):
+    """Exact equality of nested dicts / lists / tensors / arrays / plain values."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), f"{where}: keys {sorted(a)} != {sorted(b)}"
+        for k in a:
+            assert_same(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), f"{where}: {a!r} != {b!r}"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor), f"{where}: tensor vs {type(b).__name__}"
+        assert a.dtype == b.dtype and a.shape == b.shape, f"{where}: {a.dtype}{tuple(a.shape)} vs {b.dtype}{tuple(b.shape)}"
+        assert torch.equal(a.cpu(), b.cpu()), f"{where}: tensors differ"
+    elif isinstance(a, np.ndarray):
+        np.testing.assert_array_equal(a, b, err_msg=where)
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def same(a, b):
+    try:
+        assert_same(a, b)
+    except AssertionError:
+        return False
+    return True
+
+
+def module_state(algo):
+    return algo.learner_group.learner.module.state_dict()
+
+
+def optimizer_state(algo):
+    return algo.learner_group.learner.optimizer.state_dict()
+
+
+def runner_modules(algo):
+    # Local backend: the runners are plain objects in this process.
+    return [r.module.state_dict() for r in algo.env_runner_group.group.actors]
+
+
+def runner_filters(algo):
+    return [r.filter.get_state() for r in algo.env_runner_group.group.actors]
+
+
+def counters(algo):
+    return dict(iteration=algo.iteration, env_steps=algo.env_steps, episodes=algo.episodes,
+                weights_version=algo.weights_version)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """An algorithm trained for 3 iterations and its checkpoint directory."""
+    path = str(tmp_path_factory.mktemp("ckpt") / "checkpoint")
+    algo = build()
+    for _ in range(3):
+        algo.train()
+    written = algo.save(path)
+    assert written == os.path.join(path, FILENAME) and os.path.isfile(written)
+    yield algo, path
+    algo.stop()
+
+
+def test_restore_reproduces_weights_optimiser_filter_and_counters(saved):
+    algo, path = saved
+    fresh = build()
+    try:
+        # Guard: before the restore the new algorithm differs in everything compared below.
+        assert not same(module_state(algo), module_state(fresh))
+        assert not same(optimizer_state(algo), optimizer_state(fresh))
+        assert not same(algo.obs_filter.get_state(), fresh.obs_filter.get_state())
+        assert counters(fresh) != counters(algo)
+
+        fresh.restore(path)
+
+        assert_same(module_state(algo), module_state(fresh), "module")
+        assert_same(optimizer_state(algo), optimizer_state(fresh), "optimizer")
+        assert_same(algo.obs_filter.get_state(), fresh.obs_filter.get_state(), "obs_filter")
+        assert algo.learner_group.learner.rng.bit_generator.state == fresh.learner_group.learner.rng.bit_generator.state
+        assert list(fresh.episode_returns) == list(algo.episode_returns)
+        assert list(fresh.episode_lengths) == list(algo.episode_lengths)
+        # The runners act with the restored weights and normalise with the restored stats.
+        for weights in runner_modules(fresh):
+            assert_same(module_state(algo), weights, "runner module")
+        for state in runner_filters(fresh):
+            assert_same(algo.obs_filter.get_state(), state, "runner filter")
+        assert (fresh.iteration, fresh.env_steps, fresh.episodes) == (3, 96, algo.episodes)
+        assert fresh.episodes > 0
+    finally:
+        fresh.stop()
+
+
+def test_restore_keeps_the_saved_weights_version(saved):
+    # The restored weights are the saved version; re-broadcasting them must not make them a
+    # new one, or a resumed run's weights_version (and its logs) drift from the original's.
+    algo, path = saved
+    fresh = build()
+    try:
+        fresh.restore(path)
+        assert fresh.weights_version == algo.weights_version == load_checkpoint(path)["counters"]["weights_version"]
+        assert all(r.weights_version == algo.weights_version for r in fresh.env_runner_group.group.actors)
+    finally:
+        fresh.stop()
+
+
+def test_two_restores_of_one_checkpoint_train_identically(saved):
+    # Both start from the checkpoint's RNG and weights and from freshly reset envs (env
+    # state is not part of a checkpoint), so their next iterations must match exactly.
+    _, path = saved
+    b, c = build(), build()
+    try:
+        b.restore(path)
+        rb = b.train()
+        c.restore(path)
+        rc = c.train()
+        timing = {"time_s", "env_steps_per_s"}
+        assert {k: v for k, v in rb.items() if k not in timing} == {k: v for k, v in rc.items() if k not in timing}
+        assert rb["iteration"] == 4 and rb["env_steps"] == 128
+        assert_same(module_state(b), module_state(c), "module after one more iteration")
+        assert_same(optimizer_state(b), optimizer_state(c), "optimizer after one more iteration")
+        assert_same(b.obs_filter.get_state(), c.obs_filter.get_state(), "filter after one more iteration")
+    finally:
+        b.stop()
+        c.stop()
+
+
+def test_time_goes_on_from_the_checkpoint(saved):
+    algo, path = saved
+    saved_time = load_checkpoint(path)["counters"]["time_s"]
+    assert saved_time > 0
+    fresh = build()
+    try:
+        fresh.restore(path)
+        assert fresh.train()["time_s"] >= saved_time
+    finally:
+        fresh.stop()
+
+
+def _truncated(src, dst):
+    data = open(src, "rb").read()
+    open(dst, "wb").write(data[: len(data) // 2])
+
+
+def _random_bytes(src, dst):
+    open(dst, "wb").write(np.random.default_rng(0).bytes(4096))
+
+
+def _empty(src, dst):
+    open(dst, "wb").close()
+
+
+def _foreign_torch_file(src, dst):
+    torch.save({"weights": torch.zeros(3)}, dst)
+
+
+@pytest.mark.parametrize("corrupt", [_truncated, _random_bytes, _empty, _foreign_torch_file])
+def test_corrupt_checkpoint_is_a_checkpoint_error_naming_the_file(saved, tmp_path, corrupt):
+    _, path = saved
+    bad_dir = tmp_path / "bad"
+    bad_dir.mkdir()
+    bad_file = bad_dir / FILENAME
+    corrupt(os.path.join(path, FILENAME), str(bad_file))
+    with pytest.raises(CheckpointError, match="corrupt checkpoint") as err:
+        load_checkpoint(str(bad_dir))
+    assert str(bad_file) in str(err.value)
+    assert "\n" not in str(err.value)  # one line, fit for the CLI's stderr
+
+    algo = build()
+    try:
+        before = counters(algo)
+        with pytest.raises(CheckpointError, match="corrupt checkpoint") as err:
+            algo.restore(str(bad_dir))
+        assert str(bad_file) in str(err.value)
+        assert counters(algo) == before
+    finally:
+        algo.stop()
+
+
+def test_missing_checkpoint_directory_names_the_path(tmp_path):
+    missing = str(tmp_path / "no" / "such" / "dir")
+    with pytest.raises(CheckpointError, match="no checkpoint") as err:
+        load_checkpoint(missing)
+    assert missing in str(err.value)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CheckpointError, match="no checkpoint") as err:
+        load_checkpoint(str(empty))
+    assert str(empty) in str(err.value)
+
+
+def test_restore_accepts_the_file_as_well_as_the_directory(saved):
+    algo, path = saved
+    fresh = build()
+    try:
+        fresh.restore(os.path.join(path, FILENAME))
+        assert_same(module_state(algo), module_state(fresh), "module")
+    finally:
+        fresh.stop()
+
+
+def test_restore_with_different_normalize_obs_is_refused_and_changes_nothing(saved):
+    _, path = saved
+    other = build(normalize_obs=False)
+    try:
+        weights = {k: v.clone() for k, v in module_state(other).items()}
+        before = counters(other)
+        with pytest.raises(CheckpointError, match="normalize_obs") as err:
+            other.restore(path)
+        assert path in str(err.value)
+        assert_same(weights, module_state(other), "module after a refused restore")
+        assert counters(other) == before
+    finally:
+        other.stop()
+
+
+def test_restore_into_a_different_model_is_a_checkpoint_error(saved):
+    # A different network (or env) cannot take the saved weights: that is bad input at the
+    # boundary (exit 2 from the CLI), not a torch RuntimeError from load_state_dict.
+    _, path = saved
+    other = build(hidden_sizes=(32,))
+    try:
+        weights = {k: v.clone() for k, v in module_state(other).items()}
+        with pytest.raises(CheckpointError) as err:
+            other.restore(path)
+        assert path in str(err.value)
+        assert_same(weights, module_state(other), "module after a refused restore")
+    finally:
+        other.stop()
+
+
+KILLED_SAVE = textwrap.dedent(
+    """
+    import io, os, shutil, sys, time
+    sys.path.insert(0, {repo!r})
+    import rl.checkpoint
+    from algorithms.ppo import PPOConfig
+
+    ckpt, reference, marker = sys.argv[1:4]
+    algo = PPOConfig(**{config!r}).build()
+    algo.train()
+    algo.save(ckpt)
+    shutil.copyfile(os.path.join(ckpt, "checkpoint.pt"), reference)
+    algo.train()  # the second checkpoint would hold other weights and counters
+
+    real_save = rl.checkpoint.torch.save
+
+    def slow_save(obj, f, *args, **kwargs):
+        buf = io.BytesIO()
+        real_save(obj, buf, *args, **kwargs)
+        data = buf.getvalue()
+        f.write(data[: len(data) // 2])
+        f.flush()
+        os.fsync(f.fileno())
+        open(marker, "w").close()
+        time.sleep(120)  # killed here
+        f.write(data[len(data) // 2 :])
+
+    rl.checkpoint.torch.save = slow_save
+    algo.save(ckpt)
+    """
+)
+
+
+def test_save_killed_midway_leaves_the_previous_checkpoint(tmp_path):
+    ckpt, reference, marker = tmp_path / "ckpt", tmp_path / "reference.pt", tmp_path / "second-save-started"
+    script = tmp_path / "killed_save.py"
+    script.write_text(KILLED_SAVE.format(repo=REPO, config=SMALL))
+    proc = subprocess.Popen([sys.executable, str(script), str(ckpt), str(reference), str(marker)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            if proc.poll() is not None:
+                pytest.fail(f"saver exited {proc.returncode} before the second save:\n{proc.stderr.read().decode()}")
+            assert time.monotonic() < deadline, "the second save never started"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+
+    # checkpoint.pt is byte for byte the first checkpoint, never the half-written second.
+    assert (ckpt / FILENAME).read_bytes() == reference.read_bytes()
+    state = load_checkpoint(str(ckpt))
+    assert state["counters"]["iteration"] == 1 and state["counters"]["env_steps"] == 32
+    algo = build()
+    try:
+        algo.restore(str(ckpt))
+        assert_same(torch.load(reference, weights_only=True)["learner"]["module"], module_state(algo), "module")
+        assert (algo.iteration, algo.env_steps, algo.episodes) == (1, 32, state["counters"]["episodes"])
+        # A later save into the same directory still works despite the leftover partial file.
+        algo.save(str(ckpt))
+        assert load_checkpoint(str(ckpt))["counters"]["iteration"] == 1
+    finally:
+        algo.stop()
