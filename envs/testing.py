@@ -121,3 +121,20 @@ class BusyEnv(gym.Env):
             pass
         self.t += 1
         return np.zeros(4, np.float32), 1.0, False, self.t >= self.max_steps, {}
+
+
+class FlakyEnv(CorridorEnv):
+    """Raises from ``step`` on every ``fail_every``-th call (counted per process, so a
+    recreated instance goes on counting): a simulator that crashes now and then."""
+
+    calls = 0
+
+    def __init__(self, fail_every: int = 50) -> None:
+        super().__init__(length=5, max_steps=30)
+        self.fail_every = fail_every
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        FlakyEnv.calls += 1
+        if FlakyEnv.calls % self.fail_every == 0:
+            raise RuntimeError(f"simulated crash at call {FlakyEnv.calls}")
+        return super().step(action)

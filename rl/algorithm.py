@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import collections
+import math
 import random
 import time
 from typing import Any
@@ -19,11 +20,11 @@ from rl.config import AlgorithmConfig
 from rl.connectors import MeanStdFilter
 from rl.env_runner import EnvRunner
 from rl.env_runner_group import EnvRunnerFactory, EnvRunnerGroup
-from rl.learner import Learner, LearnerGroup
+from rl.learner import Learner, LearnerFactory, LearnerGroup
 from rl.metrics import MetricsLogger
 from rl.module import ModuleSpec
 from rl.spaces import check_spaces
-from runtime import make_runtime
+from runtime import Runtime, make_runtime
 
 CHECKPOINT_FORMAT = 1
 
@@ -58,8 +59,13 @@ class Algorithm(abc.ABC):
             shared_encoder=config.shared_encoder,
             env_name=self.env_creator.name,
         )
-        self.runtime = make_runtime("local")
-        self.learner_group = LearnerGroup(self.build_learner())
+        self.runtime = self.make_runtime()
+        self.learner_group = LearnerGroup(
+            self.runtime,
+            LearnerFactory(self.learner_class, module_spec=self.module_spec, config=config),
+            config.num_learners,
+            num_gpus_per_learner=config.num_gpus_per_learner,
+        )
         self.runner_factory = EnvRunnerFactory(
             env_creator=self.env_creator,
             env_name=self.env_creator.name,
@@ -69,8 +75,17 @@ class Algorithm(abc.ABC):
             seed=config.seed,
             vectorize_mode=config.vectorize_mode,
             normalize_obs=config.normalize_obs,
+            env_error_retries=config.env_error_retries,
         )
-        self.env_runner_group = EnvRunnerGroup(self.runtime, self.runner_factory, max(1, config.num_env_runners))
+        # num_env_runners=0 samples in this process, even when the learners are remote.
+        self.env_runner_group = EnvRunnerGroup(
+            self.runtime if config.num_env_runners > 0 else make_runtime("local"),
+            self.runner_factory,
+            max(1, config.num_env_runners),
+            num_cpus_per_runner=config.num_cpus_per_runner,
+            sample_timeout_s=config.sample_timeout_s,
+            max_consecutive_failures=config.max_consecutive_runner_failures,
+        )
         self.obs_filter = MeanStdFilter(observation_space) if config.normalize_obs else None
         self.eval_runner: EnvRunner | None = None
         self.logger = MetricsLogger(config.logdir, console=config.log_to_console)
@@ -78,6 +93,8 @@ class Algorithm(abc.ABC):
         self.iteration = 0
         self.env_steps = 0
         self.episodes = 0
+        self.num_env_errors = 0
+        self.runner_env_steps: dict[int, int] = {}
         self.weights_version = 0
         self.policy_lag: list[int] = []
         self.episode_returns: collections.deque[float] = collections.deque(maxlen=config.metrics_smoothing_episodes)
@@ -91,8 +108,18 @@ class Algorithm(abc.ABC):
         """Refuse spaces this algorithm cannot handle; override to narrow further."""
         check_spaces(observation_space, action_space, self.env_creator.name)
 
-    @abc.abstractmethod
-    def build_learner(self) -> Learner: ...
+    learner_class: type[Learner]
+    """The algorithm's Learner subclass, built as ``learner_class(module_spec=, config=)``."""
+
+    def make_runtime(self) -> Runtime:
+        """Ray when anything is remote (asking it for exactly the CPUs and GPUs the config
+        needs), else the in-process backend."""
+        c = self.config
+        if c.num_env_runners == 0 and c.num_learners == 0:
+            return make_runtime("local")
+        cpus = c.num_env_runners * c.num_cpus_per_runner + c.num_learners
+        gpus = c.num_learners * c.num_gpus_per_learner
+        return make_runtime("ray", address=c.address, num_cpus=max(1, math.ceil(cpus)), num_gpus=math.ceil(gpus))
 
     @abc.abstractmethod
     def training_step(self) -> dict[str, float]:
@@ -108,15 +135,17 @@ class Algorithm(abc.ABC):
             self.episode_returns.extend(frag.episode_returns)
             self.episode_lengths.extend(frag.episode_lengths)
             self.policy_lag.append(self.weights_version - frag.weights_version)
+            self.num_env_errors += frag.num_env_errors
+            self.runner_env_steps[frag.runner_index] = self.runner_env_steps.get(frag.runner_index, 0) + frag.env_steps
         if self.obs_filter is not None:
             self.env_runner_group.sync_filters(self.obs_filter)
         return fragments
 
-    def sync_weights(self) -> None:
-        """Put the learner's weights into the object store once; every runner gets the ref."""
-        self.weights_version += 1
-        ref = self.runtime.put(self.learner_group.get_weights())
-        self.env_runner_group.sync_weights(ref, self.weights_version)
+    def sync_weights(self, new_version: bool = True) -> None:
+        """Broadcast the learner's weights (put into the object store once, every runner
+        gets the reference); ``new_version`` stamps them as a new version."""
+        self.weights_version += int(new_version)
+        self.env_runner_group.sync_weights(self.learner_group.get_weights(), self.weights_version)
 
     # -- the public loop ---------------------------------------------------------------
     def train(self) -> dict[str, Any]:
@@ -139,6 +168,10 @@ class Algorithm(abc.ABC):
             "policy_lag_mean": float(np.mean(lag)),
             "policy_lag_max": int(np.max(lag)),
             "weights_version": self.weights_version,
+            "num_env_runner_restarts": self.env_runner_group.num_restarts,
+            "num_env_errors": self.num_env_errors,
+            "num_fragments_dropped": self.env_runner_group.num_dropped_requests,
+            **{f"env_runners/{i}/env_steps": n for i, n in sorted(self.runner_env_steps.items())},
             **metrics,
         }
         self.policy_lag = []
@@ -175,6 +208,7 @@ class Algorithm(abc.ABC):
                 "iteration": self.iteration,
                 "env_steps": self.env_steps,
                 "episodes": self.episodes,
+                "num_env_errors": self.num_env_errors,
                 "weights_version": self.weights_version,
                 "time_s": self.time_before_restore + time.perf_counter() - self.started,
             },
@@ -194,12 +228,21 @@ class Algorithm(abc.ABC):
             raise CheckpointError(f"checkpoint {path!r} is for {state['algo']!r}, not {self.config.algo_name!r}")
         if (state["obs_filter"] is None) != (self.obs_filter is None):
             raise CheckpointError(f"checkpoint {path!r}: normalize_obs differs from this config")
+        saved = {k: tuple(v.shape) for k, v in state["learner"]["module"].items()}
+        ours = {k: tuple(v.shape) for k, v in self.learner_group.get_weights().items()}
+        if saved != ours:
+            diff = sorted(set(saved.items()) ^ set(ours.items()))[0][0]
+            raise CheckpointError(
+                f"checkpoint {path!r} does not fit this config's model (first difference: {diff!r}); "
+                "was it saved with other hidden_sizes or another env?"
+            )
         self.learner_group.set_state(state["learner"])
         if self.obs_filter is not None:
             self.obs_filter.set_state(_to_numpy(state["obs_filter"]))
-            self.env_runner_group.group.call("set_filter_state", self.runtime.put(self.obs_filter.get_state()))
+            self.env_runner_group.set_filter_state(self.obs_filter.get_state())
         c = state["counters"]
         self.iteration, self.env_steps, self.episodes = c["iteration"], c["env_steps"], c["episodes"]
+        self.num_env_errors = c.get("num_env_errors", 0)
         self.weights_version = c["weights_version"]
         self.time_before_restore, self.started = c["time_s"], time.perf_counter()
         self.episode_returns.clear()
@@ -209,7 +252,7 @@ class Algorithm(abc.ABC):
         random.setstate(state["rng"]["python"])
         np.random.set_state(_to_numpy(state["rng"]["numpy"]))
         torch.set_rng_state(state["rng"]["torch"])
-        self.sync_weights()
+        self.sync_weights(new_version=False)
 
     def stop(self) -> None:
         """Release envs, actors and log files."""

@@ -49,7 +49,8 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several kinds for truncated or foreign files
-        raise CheckpointError(f"corrupt checkpoint {file}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+        detail = (str(e).splitlines() or [""])[0]
+        raise CheckpointError(f"corrupt checkpoint {file}: {type(e).__name__}: {detail}".rstrip(": ")) from None
     if not isinstance(state, dict) or "format" not in state:
         raise CheckpointError(f"corrupt checkpoint {file}: not an rlfleet checkpoint")
     return state

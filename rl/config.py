@@ -42,8 +42,16 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     try:
         if hint is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
             return float(value)
-        if hint is int and isinstance(value, (int, str)) and not isinstance(value, bool):
-            return int(value)
+        if hint is int and not isinstance(value, bool):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            if isinstance(value, int):
+                return value
+            if isinstance(value, str):
+                number = float(value)  # '1e6' is a fine way to write a step count
+                if number.is_integer():
+                    return int(number)
+            raise ValueError(value)
         if hint is bool and isinstance(value, str):
             if value.lower() in ("true", "1", "yes"):
                 return True
@@ -53,7 +61,13 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if hint is str and not isinstance(value, str):
             raise ValueError(value)
         if origin is tuple and isinstance(value, (list, tuple)):
-            return tuple(_coerce(v, args[0], key) for v in value)
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(_coerce(v, args[0], key) for v in value)
+            if len(args) != len(value):
+                raise ValueError(value)
+            return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+        if origin is list and isinstance(value, (list, tuple)):
+            return [_coerce(v, args[0], key) for v in value] if args else list(value)
     except ValueError:
         raise ConfigError(f"config key {key!r}: cannot use {value!r} as {getattr(hint, '__name__', hint)}") from None
     return value
@@ -75,7 +89,16 @@ class AlgorithmConfig:
 
     # --- rollouts ---
     num_env_runners: int = 0
-    """Remote env-runner actors; 0 samples in this process."""
+    """Remote env-runner actors (Ray); 0 samples in this process."""
+    num_cpus_per_runner: float = 1.0
+    """CPUs Ray reserves for each env-runner actor."""
+    sample_timeout_s: float = 60.0
+    """A runner that has not returned its fragment by then is restarted."""
+    max_consecutive_runner_failures: int = 3
+    """Stop the run after this many iterations in a row with a failed runner."""
+    env_error_retries: int = 3
+    """A sub-env that raises is recreated (its episode dropped) up to this many times in a
+    row before the error stops the run; 0 lets the first error through."""
     num_envs_per_runner: int = 8
     """Envs in each runner's vector env, stepped as one batch through the policy."""
     rollout_fragment_length: int = 32
@@ -106,6 +129,12 @@ class AlgorithmConfig:
     """Clip the global gradient norm to this; None disables."""
     device: str = "auto"
     """Learner device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1``."""
+    num_learners: int = 0
+    """Learner actors (Ray) updating data-parallel with torch.distributed; 0 learns here."""
+    num_gpus_per_learner: float = 0.0
+    """GPUs Ray reserves for each learner actor (nccl when > 0, else gloo)."""
+    address: str | None = None
+    """Ray cluster to join (``auto`` or ``host:port``); None starts an embedded instance."""
     torch_threads: int = 1
     """Torch CPU threads in this process; small policies run fastest on one."""
 
@@ -120,6 +149,14 @@ class AlgorithmConfig:
     """Print one progress line per iteration."""
 
     def __post_init__(self) -> None:
+        if self.lr_schedule is not None:
+            # One canonical form, [[int step, float lr], ...], whether it came from Python,
+            # YAML ('1e-3' is a string there) or the command line.
+            try:
+                self.lr_schedule = [[_coerce(t, int, "lr_schedule"), _coerce(v, float, "lr_schedule")]
+                                    for t, v in self.lr_schedule]
+            except (TypeError, ValueError):
+                raise ConfigError(f"lr_schedule must be [[env_step, lr], ...], got {self.lr_schedule}") from None
         self.validate()
 
     # Fields of the config that are not settings and never round-trip.
@@ -131,8 +168,11 @@ class AlgorithmConfig:
         for name in ("num_envs_per_runner", "rollout_fragment_length", "evaluation_num_episodes",
                      "metrics_smoothing_episodes", "torch_threads"):
             positive(name)
-        if self.num_env_runners < 0:
-            raise ConfigError(f"num_env_runners must be >= 0, got {self.num_env_runners}")
+        for name in ("num_env_runners", "num_learners", "env_error_retries", "num_gpus_per_learner"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("sample_timeout_s", "max_consecutive_runner_failures", "num_cpus_per_runner"):
+            positive(name)
         if not 0.0 <= self.gamma <= 1.0:
             raise ConfigError(f"gamma must be in [0, 1], got {self.gamma}")
         if self.lr < 0:
@@ -145,6 +185,8 @@ class AlgorithmConfig:
             pts = self.lr_schedule
             if not pts or any(len(p) != 2 for p in pts) or any(b[0] <= a[0] for a, b in zip(pts, pts[1:])):
                 raise ConfigError(f"lr_schedule must be [[env_step, lr], ...] with rising steps, got {pts}")
+            if any(p[1] < 0 for p in pts):
+                raise ConfigError(f"lr_schedule learning rates must be >= 0, got {pts}")
 
     # --- construction from dicts and YAML ---
     @classmethod

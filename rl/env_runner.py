@@ -7,6 +7,7 @@ the object-store reference once per actor.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable
 
 import gymnasium as gym
@@ -15,25 +16,39 @@ import torch
 import tree
 from gymnasium.vector import AutoresetMode
 
-from envs import ContractCheckWrapper, check_observations, check_rewards
+from envs import ContractCheckWrapper, RecreateOnError, check_observations, check_rewards
 from rl.batch import Fragment
 from rl.connectors import MeanStdFilter
 from rl.module import ModuleSpec
 from rl.spaces import actions_to_env
 
 
-class _CheckedCreator:
-    """Picklable ``() -> Env`` that wraps the user's env in the contract checks."""
+class _SubEnvCreator:
+    """Picklable ``() -> Env``: the user's env inside the contract checks, recreated when
+    it raises (up to ``retries`` times in a row; 0 lets the first error through)."""
 
-    def __init__(self, creator: Callable[[], gym.Env], name: str) -> None:
-        self.creator, self.name = creator, name
+    def __init__(self, creator: Callable[[], gym.Env], name: str, retries: int) -> None:
+        self.creator, self.name, self.retries = creator, name, retries
+
+    def checked(self) -> gym.Env:
+        return ContractCheckWrapper(self.creator(), self.name)
 
     def __call__(self) -> gym.Env:
-        return ContractCheckWrapper(self.creator(), self.name)
+        if self.retries == 0:
+            return self.checked()
+        return RecreateOnError(self.checked, self.name, max_retries=self.retries)
 
 
 def _to_tensor(obs: Any) -> Any:
     return tree.map_structure(torch.from_numpy, obs)
+
+
+def _env_errors(info: dict, done: np.ndarray) -> np.ndarray:
+    """(B,) bool: which sub-envs ended this step because the simulator raised."""
+    final = info.get("final_info")
+    if not final or "_env_error" not in final:
+        return np.zeros_like(done)
+    return np.asarray(final["_env_error"], bool) & done
 
 
 def _stack(items: list[Any]) -> Any:
@@ -53,14 +68,15 @@ class EnvRunner:
         index: int = 0,
         vectorize_mode: str = "sync",
         normalize_obs: bool = False,
+        env_error_retries: int = 3,
     ) -> None:
         self.index, self.fragment_length, self.num_envs = index, fragment_length, num_envs
         self.env_name = env_name
-        checked = _CheckedCreator(env_creator, env_name)
+        sub_env = _SubEnvCreator(env_creator, env_name, env_error_retries)
         # SAME_STEP autoreset: a finished env is reset inside the same step() and its last
         # observation comes back in info["final_obs"], which truncation bootstrapping needs.
         vector_cls = gym.vector.AsyncVectorEnv if vectorize_mode == "async" else gym.vector.SyncVectorEnv
-        self.env = vector_cls([checked] * num_envs, autoreset_mode=AutoresetMode.SAME_STEP)
+        self.env = vector_cls([sub_env] * num_envs, autoreset_mode=AutoresetMode.SAME_STEP)
         self.action_space = self.env.single_action_space
         self.module = module_spec.build()
         self.module.eval()
@@ -80,7 +96,11 @@ class EnvRunner:
         return self.filter(obs, update) if self.filter is not None else obs
 
     def set_weights(self, weights: dict[str, np.ndarray], version: int) -> None:
-        self.module.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+        # From Ray's object store the arrays are read-only views (zero-copy); load_state_dict
+        # copies them into the module, so no tensor ever writes to them.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            self.module.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
         self.weights_version = version
 
     def sample(self) -> Fragment:
@@ -94,6 +114,7 @@ class EnvRunner:
         truncated = np.zeros((T, B), bool)
         bootstrap: list[tuple[int, np.ndarray, np.ndarray]] = []  # (t, env ids, V(final obs))
         returns, lengths = [], []
+        num_env_errors = 0
         for t in range(T):
             obs_list.append(self.obs)
             actions, logp_t, values_t = self.module.forward_exploration(_to_tensor(self.obs))
@@ -108,8 +129,11 @@ class EnvRunner:
             done = term | trunc
             if done.any():
                 ids = np.flatnonzero(done)
-                returns += self.ep_return[ids].tolist()
-                lengths += self.ep_length[ids].tolist()
+                failed = _env_errors(info, done)
+                num_env_errors += int(failed.sum())
+                kept = ids[~failed[ids]]  # an episode cut by a simulator crash is dropped
+                returns += self.ep_return[kept].tolist()
+                lengths += self.ep_length[kept].tolist()
                 self.ep_return[ids] = 0.0
                 self.ep_length[ids] = 0
                 cut = np.flatnonzero(trunc & ~term)
@@ -136,7 +160,7 @@ class EnvRunner:
             "terminated": terminated,
             "truncated": truncated,
         }
-        return Fragment(batch, returns, lengths, T * B, self.weights_version, self.index)
+        return Fragment(batch, returns, lengths, T * B, self.weights_version, self.index, num_env_errors)
 
     def evaluate(self, num_episodes: int) -> list[float]:
         """Greedy returns of ``num_episodes`` whole episodes, started from a fresh reset.

@@ -1,7 +1,13 @@
-"""The fleet of env runners, seen through the runtime (in-process or Ray actors)."""
+"""The fleet of env runners, seen through the runtime (in-process or Ray actors).
+
+Fault tolerance lives here: a runner that dies or does not answer within the timeout is
+replaced from its factory, gets the current weights and connector state, and its request
+is dropped; the iteration goes on with the runners that answered.
+"""
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable
 
 import gymnasium as gym
@@ -11,6 +17,10 @@ from rl.connectors import MeanStdFilter
 from rl.env_runner import EnvRunner
 from rl.module import ModuleSpec
 from runtime import ObjectRef, Runtime
+
+
+class RunnerFailureError(RuntimeError):
+    """Env runners kept failing; the run stops (after a final checkpoint)."""
 
 
 class EnvRunnerFactory:
@@ -27,6 +37,7 @@ class EnvRunnerFactory:
         seed: int,
         vectorize_mode: str,
         normalize_obs: bool,
+        env_error_retries: int,
     ) -> None:
         self.kwargs = dict(
             env_creator=env_creator,
@@ -36,6 +47,7 @@ class EnvRunnerFactory:
             fragment_length=fragment_length,
             vectorize_mode=vectorize_mode,
             normalize_obs=normalize_obs,
+            env_error_retries=env_error_retries,
         )
         self.seed = seed
 
@@ -45,29 +57,71 @@ class EnvRunnerFactory:
 
 
 class EnvRunnerGroup:
-    def __init__(self, runtime: Runtime, factory: EnvRunnerFactory, count: int) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        factory: EnvRunnerFactory,
+        count: int,
+        *,
+        num_cpus_per_runner: float = 1.0,
+        sample_timeout_s: float | None = None,
+        max_consecutive_failures: int = 3,
+    ) -> None:
         self.runtime = runtime
-        self.group = runtime.create_group(factory, count)
+        self.group = runtime.create_group(factory, count, num_cpus=num_cpus_per_runner, name="EnvRunner")
+        self.sample_timeout_s = sample_timeout_s
+        self.max_consecutive_failures = max_consecutive_failures
+        self.consecutive_failures = 0
+        self.num_restarts = 0
+        self.num_dropped_requests = 0
+        self.weights: tuple[ObjectRef, int] | None = None
+        self.filter_state: ObjectRef | None = None
 
     @property
     def size(self) -> int:
         return self.group.size
 
     def sample(self) -> list[Fragment]:
-        return [r.value for r in self.group.call("sample") if r.ok]
+        """One fragment from every runner that answers in time; the rest are restarted."""
+        results = self.group.call("sample", timeout_s=self.sample_timeout_s)
+        failed = [r for r in results if not r.ok]
+        for r in failed:
+            print(f"env runner {r.index} failed ({type(r.error).__name__}: {str(r.error)[:200]}); restarting it",
+                  file=sys.stderr, flush=True)
+            self.restart(r.index)
+        self.num_dropped_requests += len(failed)
+        self.consecutive_failures = self.consecutive_failures + 1 if failed else 0
+        if self.consecutive_failures >= self.max_consecutive_failures:
+            last = failed[-1].error
+            raise RunnerFailureError(
+                f"env runners failed in {self.consecutive_failures} consecutive iterations; "
+                f"last error: {type(last).__name__}: {last}"
+            )
+        return [r.value for r in results if r.ok]
 
-    def sync_weights(self, weights_ref: ObjectRef, version: int) -> None:
-        """Every runner receives the same object-store reference, resolved once each."""
-        self.group.call("set_weights", weights_ref, version)
+    def restart(self, index: int) -> None:
+        self.group.restart(index)
+        self.num_restarts += 1
+        if self.weights is not None:
+            self.group.call("set_weights", *self.weights, indices=[index])
+        if self.filter_state is not None:
+            self.group.call("set_filter_state", self.filter_state, indices=[index])
+
+    def sync_weights(self, weights: dict[str, Any], version: int) -> None:
+        """Put the weights into the object store once; every runner receives the same
+        reference and reads the stored copy (never a copy pickled per runner)."""
+        self.weights = (self.runtime.put(weights), version)
+        self.group.call("set_weights", *self.weights)
+
+    def set_filter_state(self, state: Any) -> None:
+        self.filter_state = self.runtime.put(state)
+        self.group.call("set_filter_state", self.filter_state)
 
     def sync_filters(self, driver_filter: MeanStdFilter) -> None:
         """Merge what each runner saw into the driver's filter, then send the merged state."""
         deltas = [r.value for r in self.group.call("pop_filter_delta") if r.ok]
         driver_filter.merge_deltas(deltas)
-        self.group.call("set_filter_state", self.runtime.put(driver_filter.get_state()))
-
-    def call(self, method: str, *args: Any) -> list[Any]:
-        return [r.value for r in self.group.call(method, *args) if r.ok]
+        self.set_filter_state(driver_filter.get_state())
 
     def stop(self) -> None:
         self.group.shutdown()

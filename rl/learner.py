@@ -4,6 +4,8 @@ learning-rate schedule. An algorithm subclasses it and supplies ``compute_loss``
 from __future__ import annotations
 
 import abc
+import socket
+import warnings
 from typing import Any
 
 import numpy as np
@@ -13,6 +15,7 @@ import tree
 from rl.batch import SampleBatch, num_rows, take_rows
 from rl.module import ModuleSpec, RLModule
 from rl.optim import Adam
+from runtime import Runtime
 
 TensorBatch = dict[str, Any]
 
@@ -52,13 +55,18 @@ class Learner(abc.ABC):
         self.optimizer = Adam(self.module.parameters(), lr=lr, eps=1e-5)
         self.lr, self.lr_schedule, self.grad_clip = lr, lr_schedule, grad_clip
         self.rng = np.random.default_rng(seed)
+        self.rank, self.world_size = 0, 1
 
     @abc.abstractmethod
     def compute_loss(self, batch: TensorBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The algorithm's loss on one minibatch of tensors: (scalar loss, metrics)."""
 
     def to_tensors(self, batch: SampleBatch) -> TensorBatch:
-        return tree.map_structure(lambda x: torch.as_tensor(x, device=self.device), batch)
+        # Batches from Ray's object store are read-only numpy views; the loss never writes
+        # to its inputs, so sharing their memory is safe.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return tree.map_structure(lambda x: torch.as_tensor(x, device=self.device), batch)
 
     def current_lr(self, env_steps: int) -> float:
         return piecewise_linear(self.lr_schedule, env_steps) if self.lr_schedule else self.lr
@@ -96,8 +104,43 @@ class Learner(abc.ABC):
 
     def clip_and_norm(self) -> torch.Tensor:
         params = [p for p in self.module.parameters() if p.grad is not None]
+        if self.world_size > 1:
+            # Average gradients over learners: each loss is a mean over an equal shard, so
+            # the average is the gradient of the mean over the whole minibatch.
+            flat = torch.cat([p.grad.reshape(-1) for p in params])
+            torch.distributed.all_reduce(flat)
+            flat /= self.world_size
+            offset = 0
+            for p in params:
+                n = p.grad.numel()
+                p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+                offset += n
         max_norm = self.grad_clip if self.grad_clip is not None else float("inf")
         return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+
+    # -- data parallelism ------------------------------------------------------------
+    def master_address(self) -> tuple[str, int]:
+        """Where rank 0 will listen for the process group (called on rank 0)."""
+        return _free_address()
+
+    def setup_distributed(self, world_size: int, address: str, port: int, backend: str) -> None:
+        torch.distributed.init_process_group(
+            backend, init_method=f"tcp://{address}:{port}", rank=self.rank, world_size=world_size
+        )
+        self.world_size = world_size
+        with torch.no_grad():  # start from rank 0's weights everywhere
+            for p in self.module.parameters():
+                torch.distributed.broadcast(p.data, src=0)
+
+    def update_shard(
+        self, batch: SampleBatch, num_epochs: int, minibatch_size: int, env_steps: int
+    ) -> dict[str, float]:
+        """``update`` with positional arguments, as learner actors are called."""
+        return self.update(batch, num_epochs=num_epochs, minibatch_size=minibatch_size, env_steps=env_steps)
+
+    def stop(self) -> None:
+        if self.world_size > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
     # -- weights and state -----------------------------------------------------------
     def get_weights(self) -> dict[str, np.ndarray]:
@@ -121,23 +164,81 @@ class Learner(abc.ABC):
         self.rng.bit_generator.state = state["rng"]
 
 
-class LearnerGroup:
-    """One local learner today; N data-parallel learner actors with the fleet."""
+class LearnerFactory:
+    """Picklable ``factory(rank) -> Learner`` for learner actors."""
 
-    def __init__(self, learner: Learner) -> None:
-        self.learner = learner
+    def __init__(self, learner_cls: type[Learner], *, module_spec: ModuleSpec, config: Any) -> None:
+        self.learner_cls, self.module_spec, self.config = learner_cls, module_spec, config
+
+    def __call__(self, rank: int) -> Learner:
+        torch.set_num_threads(self.config.torch_threads)
+        learner = self.learner_cls(module_spec=self.module_spec, config=self.config)
+        learner.rank = rank
+        learner.rng = np.random.default_rng(self.config.seed + rank)
+        return learner
+
+
+def _free_address() -> tuple[str, int]:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        port = s.getsockname()[1]
+    return socket.gethostbyname(socket.gethostname()), port
+
+
+class LearnerGroup:
+    """One local learner (``num_learners=0``), or N learner actors doing data-parallel
+    updates: the batch is split into N equal shards, each learner computes gradients on
+    its shard, ``all_reduce`` averages them, and every learner takes the same step, so
+    the weights stay identical on all of them."""
+
+    def __init__(self, runtime: Runtime, factory: LearnerFactory, num_learners: int, *, num_gpus_per_learner: float) -> None:
+        self.num_learners = num_learners
+        self.learner: Learner | None = factory(0) if num_learners == 0 else None
+        self.group = None
+        if num_learners > 0:
+            self.group = runtime.create_group(
+                factory, num_learners, num_cpus=1, num_gpus=num_gpus_per_learner, name="Learner"
+            )
+            if num_learners > 1:
+                address, port = _unwrap_all(self.group.call("master_address", indices=[0]))[0]
+                backend = "nccl" if num_gpus_per_learner > 0 else "gloo"
+                _unwrap_all(self.group.call("setup_distributed", num_learners, address, port, backend))
 
     def update(self, batch: SampleBatch, *, num_epochs: int, minibatch_size: int, env_steps: int) -> dict[str, float]:
-        return self.learner.update(batch, num_epochs=num_epochs, minibatch_size=minibatch_size, env_steps=env_steps)
+        if self.learner is not None:
+            return self.learner.update(batch, num_epochs=num_epochs, minibatch_size=minibatch_size, env_steps=env_steps)
+        n, rows = self.num_learners, num_rows(batch)
+        shard = rows // n
+        shards = [take_rows(batch, slice(i * shard, (i + 1) * shard)) for i in range(n)]
+        results = _unwrap_all(self.group.call_each(
+            "update_shard", [(s, num_epochs, minibatch_size // n, env_steps) for s in shards]
+        ))
+        return {k: float(np.mean([r[k] for r in results])) for k in results[0]}
 
     def get_weights(self) -> dict[str, np.ndarray]:
-        return self.learner.get_weights()
+        if self.learner is not None:
+            return self.learner.get_weights()
+        return _unwrap_all(self.group.call("get_weights", indices=[0]))[0]
 
     def get_state(self) -> dict[str, Any]:
-        return self.learner.get_state()
+        if self.learner is not None:
+            return self.learner.get_state()
+        return _unwrap_all(self.group.call("get_state", indices=[0]))[0]
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self.learner.set_state(state)
+        if self.learner is not None:
+            self.learner.set_state(state)
+        else:
+            _unwrap_all(self.group.call("set_state", state))
 
     def stop(self) -> None:
-        pass
+        if self.group is not None:
+            self.group.shutdown()
+
+
+def _unwrap_all(results: list) -> list:
+    """A learner failure is fatal: raise the first error, else return the values."""
+    for r in results:
+        if not r.ok:
+            raise RuntimeError(f"learner {r.index} failed: {type(r.error).__name__}: {r.error}") from r.error
+    return [r.value for r in results]

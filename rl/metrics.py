@@ -47,10 +47,17 @@ class MetricsLogger:
     def format_line(r: dict[str, Any]) -> str:
         ret = r.get("episode_return_mean", float("nan"))
         ret_s = f"{ret:9.2f}" if ret is not None and math.isfinite(ret) else "      nan"
-        return (
+        line = (
             f"iter {r['iteration']:5d} | env_steps {r['env_steps']:9d} | return {ret_s} | "
-            f"{r.get('env_steps_per_s', 0.0):8.0f} steps/s | {r['time_s']:7.1f} s"
+            f"{r.get('env_steps_per_s', 0.0):8.0f} steps/s | {r['time_s']:7.1f} s | lag {r.get('policy_lag_mean', 0.0):.1f}"
         )
+        runners = sorted(k for k in r if k.startswith("env_runners/"))
+        if len(runners) > 1:
+            line += " | runner steps " + "/".join(str(r[k]) for k in runners)
+        for key, label in (("num_env_runner_restarts", "restarts"), ("num_env_errors", "env errors")):
+            if r.get(key):
+                line += f" | {label} {r[key]}"
+        return line
 
     def close(self) -> None:
         if self._writer is not None:

@@ -67,6 +67,8 @@ def actions_to_env(leaves: list[np.ndarray], action_space: gym.Space) -> Any:
     for leaf, space in zip(leaves, leaf_spaces(action_space)):
         if isinstance(space, spaces.Box):
             leaf = np.clip(leaf, space.low, space.high)
+        elif isinstance(space, (spaces.Discrete, spaces.MultiDiscrete)) and np.any(space.start != 0):
+            leaf = leaf + space.start  # the policy samples indices 0..n-1; the env counts from start
         out.append(leaf)
     if isinstance(action_space, (spaces.Dict, spaces.Tuple)):
         return tree.unflatten_as(space_structure(action_space), out)

@@ -46,6 +46,16 @@ class ActorGroup(abc.ABC):
         """Call ``method(*args)`` on the chosen actors (all by default), wait for all."""
 
     @abc.abstractmethod
+    def call_each(
+        self, method: str, args_per_actor: Sequence[tuple], *, timeout_s: float | None = None
+    ) -> list[CallResult]:
+        """Call ``method(*args_per_actor[i])`` on actor i, all at once (e.g. batch shards)."""
+
+    def restart(self, index: int) -> None:
+        """Replace actor ``index`` with a fresh one built by the factory."""
+        raise NotImplementedError(f"{type(self).__name__} cannot restart actors")
+
+    @abc.abstractmethod
     def shutdown(self) -> None: ...
 
 
@@ -62,7 +72,9 @@ class Runtime(abc.ABC):
         *,
         num_cpus: float = 1.0,
         num_gpus: float = 0.0,
-    ) -> ActorGroup: ...
+        name: str = "Actor",
+    ) -> ActorGroup:
+        """``count`` actors built by ``factory(index)``; ``name`` titles their processes."""
 
     @abc.abstractmethod
     def put(self, obj: Any) -> ObjectRef: ...

@@ -18,7 +18,9 @@ def _resolve(arg: Any) -> Any:
 
 class LocalActorGroup(ActorGroup):
     def __init__(self, factory: Callable[[int], Any], count: int) -> None:
+        self.factory = factory
         self.actors = [factory(i) for i in range(count)]
+        self.num_restarts = 0
 
     @property
     def size(self) -> int:
@@ -35,6 +37,21 @@ class LocalActorGroup(ActorGroup):
         resolved = [_resolve(a) for a in args]
         chosen = range(len(self.actors)) if indices is None else indices
         return [CallResult(i, getattr(self.actors[i], method)(*resolved)) for i in chosen]
+
+    def call_each(
+        self, method: str, args_per_actor: Sequence[tuple], *, timeout_s: float | None = None
+    ) -> list[CallResult]:
+        return [
+            CallResult(i, getattr(actor, method)(*[_resolve(a) for a in args]))
+            for i, (actor, args) in enumerate(zip(self.actors, args_per_actor))
+        ]
+
+    def restart(self, index: int) -> None:
+        stop = getattr(self.actors[index], "stop", None)
+        if stop is not None:
+            stop()
+        self.actors[index] = self.factory(index)
+        self.num_restarts += 1
 
     def shutdown(self) -> None:
         for actor in self.actors:
@@ -57,6 +74,7 @@ class LocalRuntime(Runtime):
         *,
         num_cpus: float = 1.0,
         num_gpus: float = 0.0,
+        name: str = "Actor",
     ) -> LocalActorGroup:
         return LocalActorGroup(factory, count)
 

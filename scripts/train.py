@@ -7,7 +7,8 @@
 
 Without ``--config`` the tuned example for the algo and env is used when one exists.
 Exit codes: 0 ran (and reached the return target when one was set), 1 a return target
-was set and not reached, 2 bad input (one line on stderr), 130 interrupted.
+was set and not reached, 2 bad input (one line on stderr), 3 the run failed (runners or a
+simulator kept failing; the checkpoint written so far is kept), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from algorithms import UnknownAlgorithmError, get_config_class  # noqa: E402
-from envs import EnvContractError, EnvNotFoundError  # noqa: E402
+from envs import EnvContractError, EnvFailedError, EnvNotFoundError  # noqa: E402
+from rl.env_runner_group import RunnerFailureError  # noqa: E402
 from rl.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from rl.config import ConfigError  # noqa: E402
 from rl.experiment import Criteria, load_experiment, run_until  # noqa: E402
@@ -41,6 +43,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--stop-seconds", type=float, help="stop after this many seconds of training")
     p.add_argument("--seed", type=int)
     p.add_argument("--num-envs-per-runner", type=int)
+    p.add_argument("--num-env-runners", type=int, help="env-runner actors on Ray (0: sample in this process)")
+    p.add_argument("--num-cpus-per-runner", type=float)
+    p.add_argument("--num-learners", type=int, help="learner actors on Ray (0: learn in this process)")
+    p.add_argument("--num-gpus-per-learner", type=float)
+    p.add_argument("--address", help="join a running Ray cluster ('auto' or host:port)")
     p.add_argument("--logdir", help="progress.jsonl, TensorBoard events, checkpoint (default runs/ALGO_ENV_TIME)")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="N", help="checkpoint every N iterations")
     p.add_argument("--restore", metavar="DIR", help="continue from a checkpoint directory")
@@ -68,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     except BAD_INPUT as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
+    except (RunnerFailureError, EnvFailedError) as e:
+        print(f"train.py: run failed (last checkpoint kept): {e}", file=sys.stderr)
+        return 3
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,8 +106,10 @@ def run(args: argparse.Namespace) -> int:
     values.update(env=env, logdir=logdir, log_to_console=not args.quiet)
     if args.seed is not None:
         values["seed"] = args.seed
-    if args.num_envs_per_runner is not None:
-        values["num_envs_per_runner"] = args.num_envs_per_runner
+    for key in ("num_envs_per_runner", "num_env_runners", "num_cpus_per_runner", "num_learners",
+                "num_gpus_per_learner", "address"):
+        if getattr(args, key) is not None:
+            values[key] = getattr(args, key)
     values.update(parse_sets(args.set))
     config = config_cls.from_dict(values, source=experiment.path if experiment else "config")
 
@@ -107,13 +119,15 @@ def run(args: argparse.Namespace) -> int:
         env_steps=args.stop_timesteps if args.stop_timesteps is not None else stop.env_steps,
         time_s=args.stop_seconds if args.stop_seconds is not None else stop.time_s,
     )
-    if stop.episode_return_mean is None and stop.env_steps is None and stop.time_s is None:
+    no_stop = stop.episode_return_mean is None and stop.env_steps is None and stop.time_s is None
+    if no_stop:
         stop.env_steps = 100_000
-        print("train.py: no stop criterion given; stopping at 100000 env steps", file=sys.stderr)
 
+    algo = config.build()
     where = f"{experiment.path}" if experiment else "defaults"
     print(f"training {config.algo_name} on {env} ({where}); logs in {logdir}", flush=True)
-    algo = config.build()
+    if no_stop:
+        print("no stop criterion given; stopping at 100000 env steps", flush=True)
     try:
         if args.restore:
             algo.restore(args.restore)

@@ -11,13 +11,14 @@ from rl.postprocessing import compute_gae
 
 class PPO(Algorithm):
     config: PPOConfig
-
-    def build_learner(self) -> PPOLearner:
-        return PPOLearner(module_spec=self.module_spec, config=self.config)
+    learner_class = PPOLearner
 
     def training_step(self) -> dict[str, float]:
         c = self.config
-        batch = concat_batches([f.batch for f in self.sample()])  # (T, B_total)
+        fragments = self.sample()
+        if not fragments:  # every runner failed this time; they were restarted
+            return {}
+        batch = concat_batches([f.batch for f in fragments])  # (T, B_total)
         batch["advantages"], batch["value_targets"] = compute_gae(
             batch["rewards"] * c.reward_scale,
             batch["values"],

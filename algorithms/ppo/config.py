@@ -48,6 +48,13 @@ class PPOConfig(AlgorithmConfig):
                 f"x fragment {self.rollout_fragment_length})"
             )
 
+        n = max(1, self.num_learners)
+        if self.minibatch_size % n or self.train_batch_size % n:
+            raise ConfigError(
+                f"minibatch_size {self.minibatch_size} and train batch {self.train_batch_size} must both "
+                f"divide by num_learners {n}: each learner takes an equal shard"
+            )
+
     def algorithm_class(self) -> type:
         from algorithms.ppo.algorithm import PPO
 

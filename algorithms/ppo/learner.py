@@ -26,7 +26,9 @@ def ppo_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """All inputs are (N,) over the minibatch's rows."""
     if normalize_advantages:
-        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        # A one-row minibatch has no spread to normalise by (its std is NaN): centre only.
+        std = advantages.std() if advantages.numel() > 1 else torch.zeros((), dtype=advantages.dtype)
+        advantages = (advantages - advantages.mean()) / (std + 1e-8)
     log_ratio = logp - old_logp
     ratio = log_ratio.exp()
     policy_loss = -torch.min(ratio * advantages, ratio.clamp(1 - clip_param, 1 + clip_param) * advantages).mean()

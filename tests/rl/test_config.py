@@ -175,12 +175,27 @@ def test_lr_schedule_with_a_negative_lr_is_rejected():
 
 
 def test_lr_schedule_from_yaml_gets_numbers(tmp_path):
-    # Written as people write it; YAML hands `1e-3` and `1e6` over as strings.
+    # Written as people write it; YAML hands `1e-3` and `1e-5` over as strings.
     path = tmp_path / "ppo.yaml"
-    path.write_text("lr_schedule: [[0, 1e-3], [1e6, 1e-5]]\n")
+    path.write_text("lr_schedule: [[0, 1e-3], [1000000, 1e-5]]\n")
     cfg = PPOConfig.from_yaml(str(path))
     assert [list(p) for p in cfg.lr_schedule] == [[0, 1e-3], [1_000_000, 1e-5]]
+    assert all(type(v) is float for _, v in cfg.lr_schedule)
     assert piecewise_linear(cfg.lr_schedule, 500_000) == pytest.approx(0.000505)
+
+
+def test_lr_schedule_steps_may_be_written_in_exponent_notation(tmp_path):
+    # Env-step counts are written 1e6 in YAML, which reads them as the string '1e6'.
+    path = tmp_path / "ppo.yaml"
+    path.write_text("lr_schedule: [[0, 1.0e-3], [1e6, 0.0]]\n")
+    cfg = PPOConfig.from_yaml(str(path))
+    assert [list(p) for p in cfg.lr_schedule] == [[0, 1e-3], [1_000_000, 0.0]]
+
+
+def test_lr_schedule_is_the_same_whether_built_in_python_or_from_a_dict():
+    direct = PPOConfig(lr_schedule=[[0, 1e-3], [1000, 1e-4]])
+    loaded = PPOConfig.from_dict({"lr_schedule": [[0, "1e-3"], [1000, "1e-4"]]})
+    assert direct == loaded
 
 
 # --- round trip ---------------------------------------------------------------------------
@@ -204,7 +219,10 @@ def test_to_dict_round_trips_through_from_dict():
 
 
 def test_to_dict_round_trips_through_yaml(tmp_path):
-    cfg = PPOConfig(env="Pendulum-v1", lr=2.5e-4, gamma=0.95, hidden_sizes=(8,), grad_clip=None)
+    cfg = PPOConfig(
+        env="Pendulum-v1", lr=2.5e-4, gamma=0.95, hidden_sizes=(8,), grad_clip=None,
+        lr_schedule=[[0, 2.5e-4], [20_000, 1e-5]],
+    )
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg.to_dict()))
     assert PPOConfig.from_yaml(str(path)) == cfg

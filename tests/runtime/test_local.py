@@ -122,3 +122,34 @@ def test_shutdown_tolerates_actors_without_stop():
     group = LocalRuntime().create_group(lambda i: object(), 2)
     group.shutdown()
     assert group.size == 0
+
+
+def test_call_each_gives_actor_i_its_own_args_and_resolves_refs():
+    runtime = LocalRuntime()
+    built: list[Counter] = []
+
+    def factory(i: int) -> Counter:
+        built.append(Counter(i))
+        return built[-1]
+
+    group = runtime.create_group(factory, 3)
+    shared = object()
+    ref = runtime.put(shared)
+    results = group.call_each("add", [(1, 2), (3, 4), (5, 6)])
+    assert [(r.index, r.value) for r in results] == [(0, 3), (1, 107), (2, 211)]
+    group.call_each("take", [(ref,), ("b",), (ref,)])
+    assert built[0].received[0] is shared and built[2].received[0] is shared
+    assert built[1].received == ["b"]
+
+
+def test_restart_stops_the_old_actor_and_rebuilds_it_with_its_index():
+    built: list[Counter] = []
+    group = make_group(3, built)
+    old = built[1]
+    group.restart(1)
+    assert old.stopped
+    assert len(built) == 4 and built[3].index == 1
+    assert [r.value for r in group.call("whoami")] == [0, 1, 2]
+    assert group.call("take", "x", indices=[1])[0].ok
+    assert built[3].received == ["x"] and old.received == []
+    assert group.num_restarts == 1

@@ -11,7 +11,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
@@ -19,6 +18,7 @@ from algorithms.ppo import PPOConfig
 from envs import EnvContractError
 from envs.testing import CorridorEnv, OutOfSpaceEnv
 from rl.checkpoint import load_checkpoint
+from rl.experiment import load_experiment
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = os.path.join(REPO, "scripts", "train.py")
@@ -49,23 +49,8 @@ runpy.run_path({train!r}, run_name="__main__")
 """
 
 
-def start(args, script=TRAIN):
-    return subprocess.Popen([sys.executable, script, *args], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def finish(proc):
-    try:
-        out, err = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        pytest.fail(f"{proc.args} ran past {TIMEOUT_S} s:\n{out}\n{err}")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-def train(*args):
-    return finish(start(args))
+def train(*args, script=TRAIN):
+    return subprocess.run([sys.executable, script, *args], cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT_S)
 
 
 def progress(logdir):
@@ -87,12 +72,15 @@ def tiny_yaml(tmp_path_factory):
 # ---------------------------------------------------------------------------------------
 # Bad input: exit 2, one line on stderr naming the closest valid choice, no traceback.
 
+_TUNED = load_experiment(os.path.join(REPO, "tuned_examples", "ppo", "CartPole-v1.yaml")).config
+TUNED_BATCH = _TUNED["num_envs_per_runner"] * _TUNED["rollout_fragment_length"]
+
 BAD_INPUT = {
     "unknown algo": (["--algo", "ppp", "--env", "CartPole-v1"], ["'ppp'", "'ppo'"]),
     "unknown env": (["--algo", "ppo", "--env", "CartPol-v1"], ["'CartPol-v1'", "'CartPole-v1'"]),
     "unknown key": (["--algo", "ppo", "--env", "CartPole-v1", "--set", "lrr=0.1"], ["'lrr'", "'lr'"]),
     "minibatch too big": (["--algo", "ppo", "--env", "CartPole-v1", "--set", "minibatch_size=100000"],
-                          ["minibatch_size 100000", "256"]),
+                          ["minibatch_size 100000", f"train batch {TUNED_BATCH}"]),
     "missing checkpoint": (["--algo", "ppo", "--env", "CartPole-v1", "--restore", "{tmp}/no-such-run/checkpoint"],
                            ["{tmp}/no-such-run/checkpoint"]),
     "env breaks its contract": (["--algo", "ppo", "--env", "OutOfSpace-v0", "--stop-timesteps", "500"],
@@ -109,7 +97,7 @@ def test_bad_input_exits_2_with_one_line_naming_the_fix(tmp_path, name):
         script = str(tmp_path / "launcher.py")
         with open(script, "w", encoding="utf-8") as f:
             f.write(REGISTERED_ENV_LAUNCHER.format(repo=REPO, train=TRAIN))
-    run = finish(start(args, script=script))
+    run = train(*args, script=script)
     assert run.returncode == 2, run.stderr
     assert "Traceback" not in run.stderr
     lines = run.stderr.strip().splitlines()

@@ -1,0 +1,180 @@
+"""The Ray backend: actors in their own processes, weights through Ray's object store.
+
+``ray.init`` starts an embedded local instance with exactly the CPUs and GPUs asked for
+(dashboard off unless asked), or joins a running cluster when given an ``address``; only
+an instance this runtime started is shut down by it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Callable, Sequence
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
+
+from runtime.base import ActorGroup, CallResult, ObjectRef, Runtime
+
+# Our packages live beside this one; Ray worker processes import them by module path when
+# they unpickle a factory, so they need this directory on their path too.
+_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class RayRef(ObjectRef):
+    def __init__(self, ref: ray.ObjectRef) -> None:
+        self.ref = ref
+
+
+class _ActorHost:
+    """Hosts one object built by ``factory(index)`` inside a Ray actor process.
+
+    Subclassed per group under the hosted class's name (``EnvRunner``, ``Learner``), because
+    Ray titles an actor's process ``ray::<ClassName>``, which is what operators see in ``ps``.
+    """
+
+    def __init__(self, factory: Callable[[int], Any], index: int) -> None:
+        self.obj = factory(index)
+
+    def call(self, method: str, *args: Any) -> Any:
+        return getattr(self.obj, method)(*args)
+
+    def stop(self) -> None:
+        stop = getattr(self.obj, "stop", None)
+        if stop is not None:
+            stop()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def node_ip(self) -> str:
+        return ray.util.get_node_ip_address()
+
+
+def _unwrap(arg: Any) -> Any:
+    # A top-level ray.ObjectRef argument is resolved by Ray in the actor from the object
+    # store: the object is stored once and read (zero-copy for numpy) by every actor.
+    return arg.ref if isinstance(arg, RayRef) else arg
+
+
+def _error_of(exc: BaseException) -> BaseException:
+    if isinstance(exc, RayTaskError):
+        return exc.as_instanceof_cause()
+    return exc
+
+
+class RayActorGroup(ActorGroup):
+    def __init__(
+        self, factory: Callable[[int], Any], count: int, *, num_cpus: float, num_gpus: float, name: str
+    ) -> None:
+        host_cls = type(name, (_ActorHost,), {"__module__": __name__})
+        self.remote_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)(host_cls)
+        self.factory = factory
+        self.actors = [self.remote_cls.remote(factory, i) for i in range(count)]
+        self.num_restarts = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.actors)
+
+    def call(
+        self,
+        method: str,
+        *args: Any,
+        indices: Sequence[int] | None = None,
+        timeout_s: float | None = None,
+    ) -> list[CallResult]:
+        raw = [_unwrap(a) for a in args]
+        chosen = list(range(len(self.actors))) if indices is None else list(indices)
+        futures = [self.actors[i].call.remote(method, *raw) for i in chosen]
+        return self.collect(chosen, futures, timeout_s)
+
+    def call_each(
+        self, method: str, args_per_actor: Sequence[tuple], *, timeout_s: float | None = None
+    ) -> list[CallResult]:
+        futures = [a.call.remote(method, *[_unwrap(x) for x in args]) for a, args in zip(self.actors, args_per_actor)]
+        return self.collect(list(range(len(futures))), futures, timeout_s)
+
+    def collect(self, chosen: list[int], futures: list[Any], timeout_s: float | None) -> list[CallResult]:
+        """Wait for ``futures`` (one per actor index in ``chosen``) up to ``timeout_s``."""
+        ready, _ = ray.wait(futures, num_returns=len(futures), timeout=timeout_s)
+        ready_set = set(ready)
+        results = []
+        for i, fut in zip(chosen, futures):
+            if fut not in ready_set:
+                results.append(CallResult(i, error=TimeoutError(f"actor {i} did not answer within {timeout_s} s")))
+                continue
+            try:
+                results.append(CallResult(i, ray.get(fut)))
+            except (RayActorError, RayTaskError, RayError) as e:
+                results.append(CallResult(i, error=_error_of(e)))
+        return results
+
+    def pids(self) -> list[int]:
+        return ray.get([a.pid.remote() for a in self.actors])
+
+    def restart(self, index: int) -> None:
+        """Replace actor ``index`` (dead or hung) with a fresh one from the factory."""
+        ray.kill(self.actors[index], no_restart=True)
+        self.actors[index] = self.remote_cls.remote(self.factory, index)
+        self.num_restarts += 1
+
+    def shutdown(self) -> None:
+        try:
+            ray.get([a.stop.remote() for a in self.actors], timeout=10)
+        except (RayError, GetTimeoutError, AttributeError):
+            pass  # a dead actor has nothing left to stop
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self.actors = []
+
+
+class RayRuntime(Runtime):
+    name = "ray"
+
+    def __init__(
+        self,
+        *,
+        address: str | None = None,
+        num_cpus: float | None = None,
+        num_gpus: float | None = None,
+        include_dashboard: bool = False,
+    ) -> None:
+        self.num_puts = 0
+        self.started_ray = False
+        if not ray.is_initialized():
+            path = os.environ.get("PYTHONPATH", "")
+            runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (_PROJECT_ROOT, path) if p)}}
+            kwargs: dict[str, Any] = dict(
+                address=address,
+                include_dashboard=include_dashboard,
+                logging_level=logging.WARNING,
+                log_to_driver=True,
+                runtime_env=runtime_env,
+            )
+            if address is None:  # an embedded instance gets exactly what the config asks for
+                kwargs.update(num_cpus=int(num_cpus) if num_cpus is not None else None,
+                              num_gpus=int(num_gpus) if num_gpus is not None else None)
+            ray.init(**kwargs)
+            self.started_ray = True
+
+    def create_group(
+        self,
+        factory: Callable[[int], Any],
+        count: int,
+        *,
+        num_cpus: float = 1.0,
+        num_gpus: float = 0.0,
+        name: str = "Actor",
+    ) -> RayActorGroup:
+        return RayActorGroup(factory, count, num_cpus=num_cpus, num_gpus=num_gpus, name=name)
+
+    def put(self, obj: Any) -> RayRef:
+        self.num_puts += 1
+        return RayRef(ray.put(obj))
+
+    def shutdown(self) -> None:
+        if self.started_ray and ray.is_initialized():
+            ray.shutdown()
+            self.started_ray = False
