@@ -222,8 +222,15 @@ class Algorithm(abc.ABC):
         return save_checkpoint(path, self.get_state())
 
     def restore(self, path: str) -> None:
-        """Continue from a checkpoint: weights, optimiser, connectors, counters and RNG."""
+        """Continue from a checkpoint: weights, optimiser, connectors, counters and RNG.
+
+        The simulators' own state is not in a checkpoint (a user's simulator need not be
+        picklable): a restored run starts fresh episodes, so it continues the training
+        exactly except for the episodes that were in progress.
+        """
         state = load_checkpoint(path)
+        if state["format"] != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"checkpoint {path!r} has format {state['format']}, this version reads {CHECKPOINT_FORMAT}")
         if state["algo"] != self.config.algo_name:
             raise CheckpointError(f"checkpoint {path!r} is for {state['algo']!r}, not {self.config.algo_name!r}")
         if (state["obs_filter"] is None) != (self.obs_filter is None):

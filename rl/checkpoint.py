@@ -23,6 +23,9 @@ class CheckpointError(RuntimeError):
 def save_checkpoint(path: str, state: dict[str, Any]) -> str:
     os.makedirs(path, exist_ok=True)
     final = os.path.join(path, FILENAME)
+    for name in os.listdir(path):  # leftovers of a save that was killed midway
+        if name.startswith(".checkpoint-") and name.endswith(".tmp"):
+            os.unlink(os.path.join(path, name))
     fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=path)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -1,6 +1,13 @@
 """Benchmarks (never asserted in tests: these machines are shared and noisy).
 
     python scripts/bench.py cartpole-race --seeds 3 --sb3-python /tmp/sb3venv/bin/python
+    python scripts/bench.py fleet-scaling --repeats 3
+    python scripts/bench.py startup --repeats 3
+
+``fleet-scaling``: env steps/s of PPO sampling a simulator that burns 2 ms of CPU per
+step (``envs.testing.BusyEnv``), with 1 and with 2 Ray env runners; the update is kept
+tiny so sampling dominates. ``startup``: seconds from process start to the first
+finished iteration of ``scripts/train.py`` on CartPole-v1, local and with 2 Ray runners.
 
 ``cartpole-race``: wall-clock seconds from process start to a mean return of 450 over the
 last 20 episodes on CartPole-v1, rlfleet PPO (its tuned example) against Stable-Baselines3
@@ -77,6 +84,55 @@ def cartpole_race(args: argparse.Namespace) -> None:
         print(f"ratio rlfleet/sb3 (median wall): {med['rlfleet'] / med['sb3']:.2f}")
 
 
+def fleet_scaling(args: argparse.Namespace) -> None:
+    sys.path.insert(0, ROOT)
+    from algorithms.ppo import PPOConfig
+    from envs.testing import BusyEnv
+
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    for rep in range(args.repeats):
+        for runners in (1, 2):
+            config = PPOConfig(
+                env=BusyEnv, env_config={"step_cost_ms": 2.0}, seed=rep, num_env_runners=runners,
+                num_envs_per_runner=4, rollout_fragment_length=50, num_epochs=1, minibatch_size=200 * runners,
+            )
+            algo = config.build()
+            try:
+                for _ in range(2):  # warm-up: actor start, first weights
+                    algo.train()
+                steps0, t0 = algo.env_steps, time.perf_counter()
+                for _ in range(args.iterations):
+                    algo.train()
+                rate = (algo.env_steps - steps0) / (time.perf_counter() - t0)
+            finally:
+                algo.stop()
+            rates[runners].append(rate)
+            print(f"repeat {rep} runners {runners}: {rate:7.1f} env steps/s", flush=True)
+    one, two = statistics.median(rates[1]), statistics.median(rates[2])
+    print(f"median env steps/s: 1 runner {one:.1f}, 2 runners {two:.1f}, speed-up {two / one:.2f}x "
+          f"(ideal 2.0x; one env step costs 2 ms, so 1 runner tops out near 500/s)")
+
+
+def startup(args: argparse.Namespace) -> None:
+    results: dict[str, list[float]] = {"local": [], "ray (2 runners)": []}
+    for _ in range(args.repeats):
+        for label, extra in (("local", []), ("ray (2 runners)", ["--num-env-runners", "2"])):
+            with tempfile.TemporaryDirectory() as logdir:
+                cmd = [sys.executable, "-u", "scripts/train.py", "--algo", "ppo", "--env", "CartPole-v1",
+                       "--logdir", logdir, "--stop-timesteps", "100000", *extra]
+                t0 = time.perf_counter()
+                proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                for line in proc.stdout:  # the first per-iteration line marks the first finished iteration
+                    if line.startswith("iter "):
+                        results[label].append(time.perf_counter() - t0)
+                        break
+                proc.terminate()
+                proc.wait()
+    for label, times in results.items():
+        print(f"{label:16s} process start -> first iteration: median {statistics.median(times):.2f} s "
+              f"({', '.join(f'{t:.2f}' for t in times)})")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="bench", required=True)
@@ -85,8 +141,13 @@ def main() -> None:
     race.add_argument("--target", type=float, default=450.0)
     race.add_argument("--window", type=int, default=20)
     race.add_argument("--sb3-python", help="python of a venv with stable-baselines3 (see scripts/peers)")
+    scaling = sub.add_parser("fleet-scaling", help="env steps/s with 1 vs 2 Ray runners on a 2 ms/step env")
+    scaling.add_argument("--repeats", type=int, default=3)
+    scaling.add_argument("--iterations", type=int, default=8)
+    start = sub.add_parser("startup", help="seconds from process start to the first iteration")
+    start.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
-    {"cartpole-race": cartpole_race}[args.bench](args)
+    {"cartpole-race": cartpole_race, "fleet-scaling": fleet_scaling, "startup": startup}[args.bench](args)
 
 
 if __name__ == "__main__":
