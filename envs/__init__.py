@@ -5,6 +5,19 @@ from envs.checks import ContractCheckWrapper, EnvContractError, check_observatio
 from envs.recovery import EnvFailedError, RecreateOnError
 from envs.registry import EnvCreator, EnvNotFoundError, make_env_creator, register_env, registered_envs
 
+# The test envs are usable by name everywhere, the command line included
+# (`--env rlfleet/Flaky-v0 --set env_config={fail_every: 50}`).
+def _register_test_envs() -> None:
+    import functools
+
+    from envs.testing import TEST_ENVS, make_test_env
+
+    for name in TEST_ENVS:
+        register_env(name, functools.partial(make_test_env, name))
+
+
+_register_test_envs()
+
 __all__ = [
     "ContractCheckWrapper",
     "EnvContractError",

@@ -138,3 +138,17 @@ class FlakyEnv(CorridorEnv):
         if FlakyEnv.calls % self.fail_every == 0:
             raise RuntimeError(f"simulated crash at call {FlakyEnv.calls}")
         return super().step(action)
+
+
+TEST_ENVS = {
+    "rlfleet/Corridor-v0": CorridorEnv,
+    "rlfleet/NestedObs-v0": NestedObsEnv,
+    "rlfleet/Image-v0": ImageEnv,
+    "rlfleet/Busy-v0": BusyEnv,
+    "rlfleet/Flaky-v0": FlakyEnv,
+    "rlfleet/OutOfSpace-v0": OutOfSpaceEnv,
+}
+
+
+def make_test_env(name: str, env_config: dict) -> gym.Env:
+    return TEST_ENVS[name](**env_config)

@@ -86,7 +86,8 @@ class EnvRunnerGroup:
         results = self.group.call("sample", timeout_s=self.sample_timeout_s)
         failed = [r for r in results if not r.ok]
         for r in failed:
-            print(f"env runner {r.index} failed ({type(r.error).__name__}: {str(r.error)[:200]}); restarting it",
+            reason = (str(r.error).splitlines() or [""])[0][:200]
+            print(f"env runner {r.index} failed ({type(r.error).__name__}: {reason}); restarting it",
                   file=sys.stderr, flush=True)
             self.restart(r.index)
         self.num_dropped_requests += len(failed)

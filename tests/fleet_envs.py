@@ -1,4 +1,5 @@
-"""Envs and actors for the fleet tests, in a module Ray workers can import.
+"""Envs and actors for the fleet tests, in a module Ray workers can import; and the
+test-side helpers both fleet test modules share.
 
 Ray unpickles a factory or an env class in the worker process by its module path, so they
 cannot live in a test file (pytest imports those under their bare file name); every Ray
@@ -8,9 +9,13 @@ instance in the tests puts the repository root on the workers' ``PYTHONPATH``, w
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import subprocess
 import threading
-from typing import Any
+import time
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -112,3 +117,148 @@ class SlowProbeFactory:
 
     def __call__(self, index: int) -> SlowProbe:
         return SlowProbe(index, self.slow, self.seconds)
+
+
+class WeightsProbe:
+    """Stands in for an EnvRunner in an EnvRunnerGroup: remembers how ``set_weights``
+    received its weights (the type of each value, whether it is writeable, its sum)."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.received: list[tuple[dict[str, tuple[str, bool, float]], int]] = []
+
+    def set_weights(self, weights: dict[str, np.ndarray], version: int) -> None:
+        arrays = {k: (type(v).__name__, bool(getattr(v, "flags", None) and v.flags.writeable), float(np.sum(v)))
+                  for k, v in weights.items()}
+        self.received.append((arrays, version))
+
+    def history(self) -> list[tuple[dict[str, tuple[str, bool, float]], int]]:
+        return self.received
+
+
+# -------------------------------------------------------------------------------------
+# Test-side helpers (never run in workers): processes as `ps` sees them, a shared Ray
+# instance, and a spy on what actor handles are sent.
+
+WORKER_PATH = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Proc(NamedTuple):
+    pid: int
+    ppid: int
+    sid: int
+    stat: str
+    args: str
+
+    @property
+    def alive(self) -> bool:
+        return not self.stat.startswith("Z")  # a zombie has exited; only its entry is left
+
+
+def processes() -> list[Proc]:
+    out = subprocess.run(["ps", "-eo", "pid=,ppid=,sid=,stat=,args="], capture_output=True, text=True,
+                         check=True).stdout
+    procs = []
+    for line in out.splitlines():
+        parts = line.split(None, 4)
+        if len(parts) >= 4:
+            procs.append(Proc(int(parts[0]), int(parts[1]), int(parts[2]), parts[3], parts[4] if len(parts) > 4 else ""))
+    return procs
+
+
+def descendants(pid: int) -> list[Proc]:
+    """Every live process whose parent chain leads to ``pid`` (not ``pid`` itself)."""
+    procs = processes()
+    children: dict[int, list[Proc]] = {}
+    for p in procs:
+        children.setdefault(p.ppid, []).append(p)
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child.pid)
+    return [p for p in out if p.alive]
+
+
+def in_session(sid: int, *, exclude: tuple[int, ...] = ()) -> list[Proc]:
+    """Live processes of session ``sid`` (a subprocess started with start_new_session=True
+    leads its own session; every process it starts stays in it unless it calls setsid)."""
+    return [p for p in processes() if p.sid == sid and p.alive and p.pid not in exclude]
+
+
+def wait_until_gone(pids: list[int], timeout_s: float) -> list[Proc]:
+    """Poll until none of ``pids`` is alive or ``timeout_s`` passed; return those left."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = [p for p in processes() if p.pid in set(pids) and p.alive]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.1)
+
+
+def describe(procs: list[Proc]) -> str:
+    return "\n".join(f"  {p.pid} {p.stat} {p.args[:120]}" for p in procs)
+
+
+def start_shared_ray() -> None:
+    """One Ray instance for a test module; workers can import ``tests.fleet_envs``."""
+    import ray
+
+    assert not ray.is_initialized(), "another test left Ray running"
+    ray.init(num_cpus=4, include_dashboard=False, logging_level=logging.WARNING,
+             runtime_env={"env_vars": {"PYTHONPATH": WORKER_PATH}})
+
+
+def stop_shared_ray() -> None:
+    """Shut the instance down and check that no process it started is left behind."""
+    import ray
+
+    started = [p.pid for p in descendants(os.getpid())]
+    ray.shutdown()
+    left = wait_until_gone(started, timeout_s=30)
+    assert not left, f"processes left after ray.shutdown():\n{describe(left)}"
+
+
+class _MethodSpy:
+    def __init__(self, method: Any, index: int, log: list) -> None:
+        self.method, self.index, self.log = method, index, log
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        self.log.append((self.index, args))
+        return self.method.remote(*args, **kwargs)
+
+
+class _HandleSpy:
+    """An actor handle whose ``call.remote(...)`` arguments are recorded."""
+
+    def __init__(self, handle: Any, index: int, log: list) -> None:
+        self.handle, self.index, self.log = handle, index, log
+
+    @property
+    def call(self) -> _MethodSpy:
+        return _MethodSpy(self.handle.call, self.index, self.log)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.handle, name)
+
+
+@contextlib.contextmanager
+def remote_calls_of(group: Any) -> Iterator[list[tuple[int, tuple]]]:
+    """Record ``(actor index, args)`` of every ``call.remote`` a RayActorGroup sends
+    while inside the block (the real handles are put back afterwards)."""
+    log: list[tuple[int, tuple]] = []
+    real = list(group.actors)
+    group.actors = [_HandleSpy(h, i, log) for i, h in enumerate(real)]
+    try:
+        yield log
+    finally:
+        group.actors = real
