@@ -5,13 +5,18 @@ of B envs:
 
     obs          (T, B, ...) nested like the observation space, after obs connectors
     actions      list of action leaves (T, B, ...) in dm-tree order, unclipped samples
+    rewards      (T, B) float32, as the env returned them
+    terminated   (T, B) bool, the MDP ended (no bootstrap)
+    truncated    (T, B) bool, cut by a time limit (bootstrap from the final observation)
+    is_first     (T, B) bool, obs[t] is the first observation of an episode
+  and from an actor-critic module:
     logp         (T, B) log-probability of the actions under the sampling policy
     values       (T, B) value estimates V(s_t) of the sampling policy
     next_values  (T, B) V(s_{t+1}) of the true next state: on truncation the value of the
                  final observation (bootstrap), on termination 0
-    rewards      (T, B) float32, as the env returned them
-    terminated   (T, B) bool, the MDP ended (no bootstrap)
-    truncated    (T, B) bool, cut by a time limit (bootstrap from next_values)
+
+obs[t+1] after an episode end is already the next episode's first observation; the true
+last observation of a truncated episode is kept in ``Fragment.final_obs``.
 
 Postprocessing adds ``advantages`` and ``value_targets`` (T, B). A learner receives rows:
 every column reshaped from (T, B, ...) to (T*B, ...) by :func:`flatten_time`.
@@ -39,6 +44,8 @@ class Fragment:
     weights_version: int  # the broadcast version of the weights that sampled it
     runner_index: int = 0
     num_env_errors: int = 0
+    final_obs: list[tuple[int, int, Any]] = dataclasses.field(default_factory=list)
+    """(t, env, observation) for every truncation: the episode's true last observation."""
 
 
 def concat_batches(batches: Sequence[SampleBatch], axis: int = 1) -> SampleBatch:

@@ -87,6 +87,7 @@ class EnvRunner:
         self.obs = self._connect(obs)
         self.ep_return = np.zeros(num_envs, np.float64)
         self.ep_length = np.zeros(num_envs, np.int64)
+        self.is_first = np.ones(num_envs, bool)  # the next observation starts an episode
 
     def _check(self, obs: Any, reward: np.ndarray) -> None:
         check_observations(obs, self.env.observation_space, self.env.single_observation_space, self.env_name)
@@ -104,29 +105,40 @@ class EnvRunner:
         self.weights_version = version
 
     def sample(self) -> Fragment:
-        """Step every env ``fragment_length`` times; return the time-major fragment."""
+        """Step every env ``fragment_length`` times; return the time-major fragment.
+
+        The module's acting outputs besides the actions (``logp``, ``values`` for an
+        actor-critic, nothing for a Q-network) become columns of the batch. When values
+        are there, ``next_values`` holds V of the true next state: V(final observation)
+        on truncation, 0 on termination.
+        """
         T, B = self.fragment_length, self.num_envs
         obs_list, action_list = [], []
-        logp = np.zeros((T, B), np.float32)
-        values = np.zeros((T, B), np.float32)
+        extras: dict[str, np.ndarray] = {}
         rewards = np.zeros((T, B), np.float32)
         terminated = np.zeros((T, B), bool)
         truncated = np.zeros((T, B), bool)
-        bootstrap: list[tuple[int, np.ndarray, np.ndarray]] = []  # (t, env ids, V(final obs))
+        is_first = np.zeros((T, B), bool)
+        final_obs: list[tuple[int, int, Any]] = []  # (t, env, last observation) at truncations
         returns, lengths = [], []
         num_env_errors = 0
         for t in range(T):
             obs_list.append(self.obs)
-            actions, logp_t, values_t = self.module.forward_exploration(_to_tensor(self.obs))
-            actions_np = [a.numpy() for a in actions]
+            is_first[t] = self.is_first
+            out = self.module.forward_exploration(_to_tensor(self.obs))
+            actions_np = [a.numpy() for a in out.pop("actions")]
             action_list.append(actions_np)
-            logp[t], values[t] = logp_t.numpy(), values_t.numpy()
+            for key, value in out.items():
+                if key not in extras:
+                    extras[key] = np.zeros((T, B), np.float32)
+                extras[key][t] = value.numpy()
             obs, reward, term, trunc, info = self.env.step(actions_to_env(actions_np, self.action_space))
             self._check(obs, reward)
             rewards[t], terminated[t], truncated[t] = reward, term, trunc
             self.ep_return += reward
             self.ep_length += 1
             done = term | trunc
+            self.is_first = done
             if done.any():
                 ids = np.flatnonzero(done)
                 failed = _env_errors(info, done)
@@ -142,25 +154,31 @@ class EnvRunner:
                     check_observations(final, gym.vector.utils.batch_space(self.env.single_observation_space, len(cut)),
                                        self.env.single_observation_space, self.env_name)
                     final = self._connect(final, update=False)
-                    bootstrap.append((t, cut, self.module.compute_values(_to_tensor(final)).numpy()))
+                    final_obs += [(t, int(b), tree.map_structure(lambda x, k=k: x[k], final)) for k, b in enumerate(cut)]
             self.obs = self._connect(obs)
-        next_values = np.empty_like(values)
-        next_values[:-1] = values[1:]
-        next_values[-1] = self.module.compute_values(_to_tensor(self.obs)).numpy()
-        for t, ids, v in bootstrap:
-            next_values[t, ids] = v
-        next_values[terminated] = 0.0
         batch = {
             "obs": _stack(obs_list),
             "actions": _stack(action_list),
-            "logp": logp,
-            "values": values,
-            "next_values": next_values,
             "rewards": rewards,
             "terminated": terminated,
             "truncated": truncated,
+            "is_first": is_first,
+            **extras,
         }
-        return Fragment(batch, returns, lengths, T * B, self.weights_version, self.index, num_env_errors)
+        if "values" in extras:
+            batch["next_values"] = self._next_values(extras["values"], terminated, final_obs)
+        return Fragment(batch, returns, lengths, T * B, self.weights_version, self.index, num_env_errors, final_obs)
+
+    def _next_values(self, values: np.ndarray, terminated: np.ndarray, final_obs: list) -> np.ndarray:
+        """V(s_{t+1}) of the true next state, (T, B)."""
+        next_values = np.empty_like(values)
+        next_values[:-1] = values[1:]
+        next_values[-1] = self.module.compute_values(_to_tensor(self.obs)).numpy()
+        if final_obs:
+            ts, bs = [f[0] for f in final_obs], [f[1] for f in final_obs]
+            next_values[ts, bs] = self.module.compute_values(_to_tensor(_stack([f[2] for f in final_obs]))).numpy()
+        next_values[terminated] = 0.0
+        return next_values
 
     def evaluate(self, num_episodes: int) -> list[float]:
         """Greedy returns of ``num_episodes`` whole episodes, started from a fresh reset.

@@ -107,6 +107,7 @@ def run_until(
     end (also on Ctrl-C or SIGTERM, so an interrupted run can be resumed)."""
     result: dict[str, Any] = {}
     interrupted = False
+    first_iteration = algo.iteration
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         while not result or not stop.done(result):
@@ -117,12 +118,16 @@ def run_until(
         interrupted = True
     finally:
         signal.signal(signal.SIGTERM, previous)
-        if checkpoint_dir and result:
+        # Ask the algorithm, not the last result: Ctrl-C can land after an iteration finished
+        # (its line printed) but before train() returned it.
+        trained = algo.iteration > first_iteration
+        if checkpoint_dir and trained:
             algo.save(checkpoint_dir)
     summary = dict(result)
+    summary.update(iteration=algo.iteration, env_steps=algo.env_steps)  # what the checkpoint holds
     summary["reached"] = stop.reached(result) if result else False
     summary["interrupted"] = interrupted
-    summary["checkpoint"] = os.path.join(checkpoint_dir, "checkpoint.pt") if checkpoint_dir and result else None
+    summary["checkpoint"] = os.path.join(checkpoint_dir, "checkpoint.pt") if checkpoint_dir and trained else None
     return summary
 
 

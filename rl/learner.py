@@ -83,6 +83,9 @@ class Learner(abc.ABC):
         self.optimizer.lr = lr
         data = self.to_tensors(batch)
         n = num_rows(batch)
+        # A batch short of a failed runner's fragment can be smaller than a minibatch:
+        # learn from what arrived rather than take no step at all.
+        minibatch_size = min(minibatch_size, n)
         sums: dict[str, torch.Tensor] = {}
         steps = 0
         for _ in range(num_epochs):

@@ -36,8 +36,16 @@ class ModuleSpec:
     activation: str = "tanh"
     shared_encoder: bool = False
     env_name: str = "env"
+    kind: str = "actor_critic"
+    """``actor_critic`` (policy + value: PPO, IMPALA) or ``q`` (action values: DQN)."""
+    dueling: bool = False
+    """For ``q``: separate state-value and advantage streams (Wang et al. 2016)."""
 
-    def build(self) -> "RLModule":
+    def build(self) -> nn.Module:
+        if self.kind == "q":
+            from rl.q_module import QModule  # beside this file; imported here to avoid a cycle
+
+            return QModule(self)
         return RLModule(self)
 
 
@@ -113,6 +121,21 @@ class LeafEncoder(nn.Module):
         return x.reshape(x.shape[0], -1).float()
 
 
+class ObsEncoder(nn.Module):
+    """All observation leaves encoded and concatenated: (nested obs) -> (B, F)."""
+
+    def __init__(self, observation_space: gym.Space) -> None:
+        super().__init__()
+        self.encoders = nn.ModuleList(LeafEncoder(s) for s in leaf_spaces(observation_space))
+        self.out_dim = sum(e.out_dim for e in self.encoders)
+
+    def forward(self, obs: Any) -> torch.Tensor:
+        if len(self.encoders) == 1:
+            return self.encoders[0](obs if isinstance(obs, torch.Tensor) else tree.flatten(obs)[0])
+        leaves = tree.flatten(obs)
+        return torch.cat([enc(x) for enc, x in zip(self.encoders, leaves)], -1)  # (B, F)
+
+
 class RLModule(nn.Module):
     """Policy and value network for any supported (nested) observation and action space."""
 
@@ -121,8 +144,8 @@ class RLModule(nn.Module):
         check_spaces(spec.observation_space, spec.action_space, spec.env_name)
         self.spec = spec
         self.action_space = spec.action_space
-        self.encoders = nn.ModuleList(LeafEncoder(s) for s in leaf_spaces(spec.observation_space))
-        feat_dim = sum(e.out_dim for e in self.encoders)
+        self.encoder = ObsEncoder(spec.observation_space)
+        feat_dim = self.encoder.out_dim
         self.pi_mlp, pi_dim = mlp(feat_dim, spec.hidden_sizes, spec.activation)
         if spec.shared_encoder:
             self.vf_mlp, vf_dim = self.pi_mlp, pi_dim
@@ -139,10 +162,7 @@ class RLModule(nn.Module):
 
     # -- shared pieces ---------------------------------------------------------------
     def features(self, obs: Any) -> torch.Tensor:
-        if len(self.encoders) == 1:
-            return self.encoders[0](obs if isinstance(obs, torch.Tensor) else tree.flatten(obs)[0])
-        leaves = tree.flatten(obs)
-        return torch.cat([enc(x) for enc, x in zip(self.encoders, leaves)], -1)  # (B, F)
+        return self.encoder(obs)  # (B, F)
 
     def dist_inputs(self, feats: torch.Tensor) -> torch.Tensor:
         out = self.pi_head(self.pi_mlp(feats))
@@ -171,12 +191,12 @@ class RLModule(nn.Module):
 
     # -- acting paths (no autograd) ----------------------------------------------------
     @torch.inference_mode()
-    def forward_exploration(self, obs: Any) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-        """Sample actions; return (action leaves, their log-probs (B,), values (B,))."""
+    def forward_exploration(self, obs: Any) -> dict[str, Any]:
+        """Sample actions: {"actions": leaves, "logp": (B,), "values": (B,)}."""
         feats = self.features(obs)
         dist = self.dist(self.dist_inputs(feats))
         actions = dist.sample()
-        return actions, dist.logp(actions), self.values(feats)
+        return {"actions": actions, "logp": dist.logp(actions), "values": self.values(feats)}
 
     @torch.inference_mode()
     def forward_inference(self, obs: Any) -> list[torch.Tensor]:

@@ -13,7 +13,7 @@ import time
 from typing import Any, Callable, Sequence
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
+from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from runtime.base import ActorGroup, CallResult, ObjectRef, Runtime
 
@@ -121,10 +121,10 @@ class RayActorGroup(ActorGroup):
         self.num_restarts += 1
 
     def shutdown(self) -> None:
-        try:
-            ray.get([a.stop.remote() for a in self.actors], timeout=10)
-        except (RayError, GetTimeoutError, AttributeError):
-            pass  # a dead actor has nothing left to stop
+        # Wait for every live actor's stop (closing its envs) before killing any; a dead
+        # actor's call simply comes back as failed and does not cut the others short.
+        stops = [a.stop.remote() for a in self.actors]
+        ray.wait(stops, num_returns=len(stops), timeout=10)
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
         self.actors = []

@@ -23,8 +23,8 @@ from envs.testing import CorridorEnv
 
 
 class HangingEnv(CorridorEnv):
-    """A corridor whose ``step`` blocks forever from its ``hang_after``-th call on (counted
-    per instance, so every fresh runner hangs again): a simulator that deadlocks."""
+    """A corridor whose ``step`` blocks forever once it has answered ``hang_after`` calls
+    (counted per instance, so every fresh runner hangs again): a simulator that deadlocks."""
 
     def __init__(self, hang_after: int = 0) -> None:
         super().__init__(length=5, max_steps=30)
@@ -56,11 +56,13 @@ class HangOnceEnv(CorridorEnv):
 
 
 class Probe:
-    """A stand-in actor: reports its index, what it was handed, and can fail or stall."""
+    """A stand-in actor: reports its index and what it was handed, fails on request, and
+    leaves a file behind when stopped."""
 
     def __init__(self, index: int) -> None:
         self.index = index
         self.stopped_file: str | None = None
+        self.stop_delay_s = 0.0
 
     def whoami(self) -> int:
         return self.index
@@ -83,15 +85,13 @@ class Probe:
     def fail(self, message: str) -> None:
         raise ValueError(f"actor {self.index}: {message}")
 
-    def sleep(self, seconds: float) -> int:
-        threading.Event().wait(seconds)
-        return self.index
-
-    def mark_stopped_in(self, path: str) -> None:
-        self.stopped_file = path
+    def mark_stopped_in(self, path: str, delay_s: float = 0.0) -> None:
+        """Make ``stop()`` take ``delay_s``, then write ``<path>.<index>``."""
+        self.stopped_file, self.stop_delay_s = path, delay_s
 
     def stop(self) -> None:
         if self.stopped_file is not None:
+            threading.Event().wait(self.stop_delay_s)  # a close() that takes a moment
             with open(f"{self.stopped_file}.{self.index}", "w", encoding="utf-8") as f:
                 f.write("stopped")
 
@@ -128,8 +128,7 @@ class WeightsProbe:
         self.received: list[tuple[dict[str, tuple[str, bool, float]], int]] = []
 
     def set_weights(self, weights: dict[str, np.ndarray], version: int) -> None:
-        arrays = {k: (type(v).__name__, bool(getattr(v, "flags", None) and v.flags.writeable), float(np.sum(v)))
-                  for k, v in weights.items()}
+        arrays = {k: (type(v).__name__, bool(v.flags.writeable), float(np.sum(v))) for k, v in weights.items()}
         self.received.append((arrays, version))
 
     def history(self) -> list[tuple[dict[str, tuple[str, bool, float]], int]]:
@@ -156,7 +155,7 @@ class Proc(NamedTuple):
 
 
 def processes() -> list[Proc]:
-    out = subprocess.run(["ps", "-eo", "pid=,ppid=,sid=,stat=,args="], capture_output=True, text=True,
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,ppid=,sid=,stat=,args="], capture_output=True, text=True,
                          check=True).stdout
     procs = []
     for line in out.splitlines():

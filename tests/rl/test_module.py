@@ -65,7 +65,8 @@ def expected_action_shape(space: gym.Space) -> tuple:
 def test_forward_exploration_shapes(case):
     obs_space, act_space = CASES[case]()
     module = build(obs_space, act_space)
-    actions, logp, values = module.forward_exploration(obs_batch(obs_space))
+    out = module.forward_exploration(obs_batch(obs_space))
+    actions, logp, values = out["actions"], out["logp"], out["values"]
     leaves = leaf_spaces(act_space)
     assert len(actions) == len(leaves)
     for a, s in zip(actions, leaves):
@@ -81,7 +82,8 @@ def test_sampled_logp_equals_forward_train_logp(case):
     module = build(obs_space, act_space)
     obs = obs_batch(obs_space)
     torch.manual_seed(1)
-    actions, logp, values = module.forward_exploration(obs)
+    out = module.forward_exploration(obs)
+    actions, logp, values = out["actions"], out["logp"], out["values"]
     # Acting runs under inference_mode: clone to get ordinary tensors for autograd.
     actions = [a.clone() for a in actions]
     dist, train_values = module.forward_train(obs)
@@ -112,7 +114,7 @@ def test_training_logp_reaches_policy_parameters_and_log_std():
     obs_space, act_space = pendulum_spaces()
     module = build(obs_space, act_space)
     obs = obs_batch(obs_space)
-    actions = [a.clone() for a in module.forward_exploration(obs)[0]]
+    actions = [a.clone() for a in module.forward_exploration(obs)["actions"]]
     dist, values = module.forward_train(obs)
     (dist.logp(actions).sum() + values.sum()).backward()
     assert module.log_std.grad is not None and module.log_std.grad.abs().sum() > 0
@@ -142,18 +144,18 @@ def test_shared_encoder_shares_policy_and_value_mlp():
 
 def test_image_encoder_uses_channels_last_and_scales_uint8():
     module = build(*env_spaces(ImageEnv))
-    [enc] = module.encoders
+    [enc] = module.encoder.encoders
     assert enc.channels_last and enc.scale == pytest.approx(1 / 255)
     atari = build(spaces.Box(0, 255, (84, 84, 4), np.uint8), spaces.Discrete(6))
-    assert atari.encoders[0].out_dim == 512  # Nature-DQN trunk for 84x84
+    assert atari.encoder.encoders[0].out_dim == 512  # Nature-DQN trunk for 84x84
     chw = build(spaces.Box(0.0, 1.0, (3, 16, 16), np.float32), spaces.Discrete(2))
-    assert not chw.encoders[0].channels_last and chw.encoders[0].scale == 1.0
+    assert not chw.encoder.encoders[0].channels_last and chw.encoder.encoders[0].scale == 1.0
 
 
 def test_discrete_obs_with_start_offset_is_one_hot_from_zero():
     space = spaces.Discrete(3, start=5)
     module = build(space, spaces.Discrete(2))
-    out = module.encoders[0](torch.tensor([5, 7]))
+    out = module.encoder.encoders[0](torch.tensor([5, 7]))
     torch.testing.assert_close(out, torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))
 
 
@@ -241,7 +243,7 @@ def test_actions_to_env_rebuilds_nested_dict_by_key():
 def test_sampled_nested_actions_become_valid_env_actions():
     obs_space, act_space = env_spaces(NestedObsEnv)
     module = build(obs_space, act_space)
-    actions, _, _ = module.forward_exploration(obs_batch(obs_space))
+    actions = module.forward_exploration(obs_batch(obs_space))["actions"]
     choice, value = actions_to_env([a.numpy() for a in actions], act_space)
     for i in range(B):
         assert act_space.contains((int(choice[i]), value[i]))

@@ -1,0 +1,59 @@
+"""QModule: action values Q(s, .) for a Discrete action space (DQN and its kin).
+
+Exploration is epsilon-greedy, and epsilon is a buffer of the module: it is part of the
+weights every broadcast carries, so runners always act with the schedule's current value
+and a checkpoint restores it, with no extra channel between driver and runners.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from gymnasium import spaces
+from torch import nn
+
+from rl.module import ModuleSpec, ObsEncoder, _init, mlp
+from rl.spaces import UnsupportedSpaceError, check_spaces
+
+
+class QModule(nn.Module):
+    def __init__(self, spec: ModuleSpec) -> None:
+        super().__init__()
+        check_spaces(spec.observation_space, spec.action_space, spec.env_name)
+        if not isinstance(spec.action_space, spaces.Discrete):
+            raise UnsupportedSpaceError(
+                f"env {spec.env_name!r}: a Q-network needs a Discrete action space, got {spec.action_space}"
+            )
+        self.spec = spec
+        self.num_actions = int(spec.action_space.n)
+        self.encoder = ObsEncoder(spec.observation_space)
+        self.mlp, dim = mlp(self.encoder.out_dim, spec.hidden_sizes, spec.activation)
+        if spec.dueling:
+            self.value_head = _init(nn.Linear(dim, 1), 1.0)
+            self.advantage_head = _init(nn.Linear(dim, self.num_actions), math.sqrt(0.01))
+        else:
+            self.q_head = _init(nn.Linear(dim, self.num_actions), 1.0)
+        self.register_buffer("epsilon", torch.tensor(1.0))
+
+    def forward_train(self, obs: Any) -> torch.Tensor:
+        """Q(s, a) for every action, (B, A)."""
+        h = self.mlp(self.encoder(obs))
+        if self.spec.dueling:
+            # Q = V + A - mean(A): the mean keeps V and A identifiable (Wang et al. 2016, eq. 9).
+            adv = self.advantage_head(h)
+            return self.value_head(h) + adv - adv.mean(-1, keepdim=True)
+        return self.q_head(h)
+
+    @torch.inference_mode()
+    def forward_exploration(self, obs: Any) -> dict[str, Any]:
+        """Epsilon-greedy actions: {"actions": [(B,) int64]}."""
+        greedy = self.forward_train(obs).argmax(-1)
+        explore = torch.rand(greedy.shape) < self.epsilon
+        random_actions = torch.randint(self.num_actions, greedy.shape)
+        return {"actions": [torch.where(explore, random_actions, greedy)]}
+
+    @torch.inference_mode()
+    def forward_inference(self, obs: Any) -> list[torch.Tensor]:
+        return [self.forward_train(obs).argmax(-1)]
