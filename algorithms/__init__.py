@@ -9,11 +9,17 @@ from rl.config import AlgorithmConfig, closest
 # name -> "module:ConfigClass"; imported on demand so `--algo ppo` never imports the others.
 ALGORITHMS: dict[str, str] = {
     "ppo": "algorithms.ppo:PPOConfig",
+    "dqn": "algorithms.dqn:DQNConfig",
 }
 
 
 class UnknownAlgorithmError(ValueError):
     """``--algo`` names no algorithm we have."""
+
+
+def algorithms_supporting(space_type: type) -> list[str]:
+    """Names of the algorithms whose configs accept actions of ``space_type``."""
+    return [name for name in sorted(ALGORITHMS) if space_type in get_config_class(name).action_space_types]
 
 
 def get_config_class(name: str) -> type[AlgorithmConfig]:

@@ -51,14 +51,7 @@ class Algorithm(abc.ABC):
         observation_space, action_space = probe.observation_space, probe.action_space
         probe.close()
         self.check_spaces(observation_space, action_space)
-        self.module_spec = ModuleSpec(
-            observation_space,
-            action_space,
-            hidden_sizes=tuple(config.hidden_sizes),
-            activation=config.activation,
-            shared_encoder=config.shared_encoder,
-            env_name=self.env_creator.name,
-        )
+        self.module_spec = self.build_module_spec(observation_space, action_space)
         self.runtime = self.make_runtime()
         self.learner_group = LearnerGroup(
             self.runtime,
@@ -107,6 +100,18 @@ class Algorithm(abc.ABC):
     def check_spaces(self, observation_space: Any, action_space: Any) -> None:
         """Refuse spaces this algorithm cannot handle; override to narrow further."""
         check_spaces(observation_space, action_space, self.env_creator.name)
+
+    def build_module_spec(self, observation_space: Any, action_space: Any) -> ModuleSpec:
+        """The module this algorithm trains; the default is an actor-critic."""
+        c = self.config
+        return ModuleSpec(
+            observation_space,
+            action_space,
+            hidden_sizes=tuple(c.hidden_sizes),
+            activation=c.activation,
+            shared_encoder=c.shared_encoder,
+            env_name=self.env_creator.name,
+        )
 
     learner_class: type[Learner]
     """The algorithm's Learner subclass, built as ``learner_class(module_spec=, config=)``."""

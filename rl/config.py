@@ -12,6 +12,7 @@ import typing
 from typing import Any, ClassVar
 
 import yaml
+from gymnasium import spaces
 
 
 class ConfigError(ValueError):
@@ -78,6 +79,8 @@ class AlgorithmConfig:
     """Settings shared by all algorithms. Subclasses add theirs and set ``algo_name``."""
 
     algo_name: ClassVar[str] = "base"
+    action_space_types: ClassVar[tuple[type, ...]] = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.Dict, spaces.Tuple)
+    """Action spaces the algorithm can act in (the module may narrow the leaves further)."""
 
     # --- environment ---
     env: Any = None

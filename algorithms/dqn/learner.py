@@ -1,0 +1,105 @@
+"""DQN's loss (double Q-learning, n-step targets, Huber, importance weights) and the
+learner that owns the target network."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+
+from algorithms.dqn.config import DQNConfig
+from rl.batch import SampleBatch
+from rl.learner import Learner, TensorBatch
+from rl.module import ModuleSpec
+
+
+def dqn_loss(
+    q_taken: torch.Tensor,
+    q_next_target: torch.Tensor,
+    q_next_online: torch.Tensor | None,
+    rewards: torch.Tensor,
+    discounts: torch.Tensor,
+    weights: torch.Tensor,
+    *,
+    huber_delta: float,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """q_taken (N,) is Q(s_t, a_t); q_next_* (N, A) are Q(s_{t+n}, .); rewards (N,) are
+    n-step discounted sums; discounts (N,) are gamma^n, or 0 after a termination.
+
+    target = r + discount * Q_target(s', argmax_a Q_online(s', a))   (double Q-learning)
+    target = r + discount * max_a Q_target(s', a)                    (q_next_online None)
+    Returns (loss, TD errors (N,) for new priorities, metrics).
+    """
+    with torch.no_grad():
+        chooser = q_next_online if q_next_online is not None else q_next_target
+        next_action = chooser.argmax(-1, keepdim=True)  # (N, 1)
+        target = rewards + discounts * q_next_target.gather(-1, next_action).squeeze(-1)
+    td = q_taken - target
+    loss = (weights * torch.nn.functional.huber_loss(q_taken, target, reduction="none", delta=huber_delta)).mean()
+    metrics = {
+        "losses/td_loss": loss.detach(),
+        "losses/td_error_abs": td.detach().abs().mean(),
+        "losses/q_mean": q_taken.detach().mean(),
+    }
+    return loss, td.detach(), metrics
+
+
+class DQNLearner(Learner):
+    def __init__(self, *, module_spec: ModuleSpec, config: DQNConfig) -> None:
+        super().__init__(
+            module_spec=module_spec,
+            lr=config.lr,
+            lr_schedule=config.lr_schedule,
+            grad_clip=config.grad_clip,
+            device=config.device,
+            seed=config.seed,
+        )
+        self.config = config
+        self.target = copy.deepcopy(self.module).requires_grad_(False)
+        self.num_grad_steps = 0
+        self.last_td: torch.Tensor | None = None
+
+    def compute_loss(self, batch: TensorBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        c = self.config
+        q = self.module.forward_train(batch["obs"])  # (N, A)
+        q_taken = q.gather(-1, batch["actions"][0].long().unsqueeze(-1)).squeeze(-1)
+        with torch.no_grad():
+            q_next_target = self.target.forward_train(batch["next_obs"])
+            q_next_online = self.module.forward_train(batch["next_obs"]) if c.double_q else None
+        loss, self.last_td, metrics = dqn_loss(
+            q_taken, q_next_target, q_next_online, batch["rewards"], batch["discounts"], batch["weights"],
+            huber_delta=c.huber_delta,
+        )
+        return loss, metrics
+
+    def update_from_replay(self, batch: SampleBatch, env_steps: int) -> tuple[dict[str, float], np.ndarray]:
+        """One gradient step on a replay batch; returns (metrics, |TD errors| for priorities)."""
+        self.optimizer.lr = self.current_lr(env_steps)
+        metrics = self.gradient_step(self.to_tensors({k: v for k, v in batch.items() if k != "indices"}))
+        self.num_grad_steps += 1
+        if self.num_grad_steps % self.config.target_update_interval == 0:
+            self.update_target()
+        return {k: float(v) for k, v in metrics.items()}, self.last_td.abs().cpu().numpy()
+
+    @torch.no_grad()
+    def update_target(self) -> None:
+        tau = self.config.tau
+        for t, o in zip(self.target.state_dict().values(), self.module.state_dict().values()):
+            t.copy_(o) if tau == 1.0 else t.lerp_(o, tau)
+
+    def set_epsilon(self, epsilon: float) -> None:
+        """Epsilon is a module buffer, so it reaches the runners with the next broadcast."""
+        self.module.epsilon.fill_(epsilon)
+
+    def get_state(self) -> dict[str, Any]:
+        state = super().get_state()
+        state["target"] = {k: v.detach().cpu().clone() for k, v in self.target.state_dict().items()}
+        state["num_grad_steps"] = self.num_grad_steps
+        return state
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        super().set_state(state)
+        self.target.load_state_dict(state["target"])
+        self.num_grad_steps = int(state["num_grad_steps"])
