@@ -34,3 +34,53 @@ def compute_gae(
         last = deltas[t] + gamma * lam * not_done[t] * last
         advantages[t] = last
     return advantages, (advantages + values).astype(np.float32)
+
+
+def vtrace(
+    behaviour_logp: "torch.Tensor",
+    target_logp: "torch.Tensor",
+    rewards: "torch.Tensor",
+    values: "torch.Tensor",
+    next_values: "torch.Tensor",
+    terminated: "torch.Tensor",
+    truncated: "torch.Tensor",
+    *,
+    gamma: float,
+    rho_bar: float = 1.0,
+    c_bar: float = 1.0,
+    lam: float = 1.0,
+) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """V-trace targets and policy-gradient advantages (Espeholt et al. 2018, eqs. 1-4),
+    time-major (T, B), all without gradient.
+
+    rho_t = min(rho_bar, pi/mu),  c_t = lam * min(c_bar, pi/mu)
+    delta_t = rho_t (r_t + gamma V(x_{t+1}) - V(x_t))
+    v_t = V(x_t) + delta_t + gamma c_t (v_{t+1} - V(x_{t+1}))
+    A_t = rho_t (r_t + gamma v_{t+1} - V(x_t))
+
+    ``next_values`` is V of the true next state, as in GAE: V(final observation) on
+    truncation (bootstrap), ignored on termination. An episode end stops the recursion, so
+    there v_{t+1} is just V(x_{t+1}): no correction from the next episode leaks back.
+    Returns (vs, pg_advantages).
+    """
+    import torch
+
+    with torch.no_grad():
+        ratio = (target_logp - behaviour_logp).exp()
+        rho = ratio.clamp(max=rho_bar)
+        c = lam * ratio.clamp(max=c_bar)
+        discount = gamma * (1.0 - terminated.to(values.dtype))  # (T, B)
+        go_on = 1.0 - (terminated | truncated).to(values.dtype)
+        deltas = rho * (rewards + discount * next_values - values)
+        corrections = torch.zeros_like(values)  # v_t - V(x_t)
+        acc = torch.zeros_like(values[0])
+        for t in range(values.shape[0] - 1, -1, -1):
+            acc = deltas[t] + discount[t] * c[t] * go_on[t] * acc
+            corrections[t] = acc
+        vs = values + corrections
+        # v_{t+1}: inside an episode the next step's target; at an episode end (and after the
+        # fragment's last step) the plain bootstrap value.
+        vs_next = next_values.clone()
+        vs_next[:-1] = torch.where(go_on[:-1].bool(), vs[1:], next_values[:-1])
+        pg_advantages = rho * (rewards + discount * vs_next - values)
+    return vs, pg_advantages
