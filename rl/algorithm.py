@@ -88,6 +88,7 @@ class Algorithm(abc.ABC):
         self.episodes = 0
         self.num_env_errors = 0
         self.runner_env_steps: dict[int, int] = {}
+        self.runner_busy_s = 0.0
         self.weights_version = 0
         self.policy_lag: list[int] = []
         self.episode_returns: collections.deque[float] = collections.deque(maxlen=config.metrics_smoothing_episodes)
@@ -134,6 +135,13 @@ class Algorithm(abc.ABC):
     def sample(self) -> list[Fragment]:
         """Collect one fragment per runner and account for its steps and episodes."""
         fragments = self.env_runner_group.sample()
+        self.record(fragments)
+        if self.obs_filter is not None:
+            self.env_runner_group.sync_filters(self.obs_filter)
+        return fragments
+
+    def record(self, fragments: list[Fragment]) -> None:
+        """Account for the steps, episodes, errors and policy lag of arrived fragments."""
         for frag in fragments:
             self.env_steps += frag.env_steps
             self.episodes += len(frag.episode_returns)
@@ -142,9 +150,7 @@ class Algorithm(abc.ABC):
             self.policy_lag.append(self.weights_version - frag.weights_version)
             self.num_env_errors += frag.num_env_errors
             self.runner_env_steps[frag.runner_index] = self.runner_env_steps.get(frag.runner_index, 0) + frag.env_steps
-        if self.obs_filter is not None:
-            self.env_runner_group.sync_filters(self.obs_filter)
-        return fragments
+            self.runner_busy_s += frag.sample_time_s
 
     def sync_weights(self, new_version: bool = True) -> None:
         """Broadcast the learner's weights (put into the object store once, every runner
@@ -155,7 +161,7 @@ class Algorithm(abc.ABC):
     # -- the public loop ---------------------------------------------------------------
     def train(self) -> dict[str, Any]:
         """Run one iteration; return a flat dict (the same keys as a progress.jsonl line)."""
-        t0, steps0 = time.perf_counter(), self.env_steps
+        t0, steps0, busy0 = time.perf_counter(), self.env_steps, self.runner_busy_s
         metrics = self.training_step()
         self.iteration += 1
         dt = time.perf_counter() - t0
@@ -170,6 +176,8 @@ class Algorithm(abc.ABC):
             "episode_len_mean": float(np.mean(self.episode_lengths)) if self.episode_lengths else float("nan"),
             "episodes_total": self.episodes,
             "env_steps_per_s": (self.env_steps - steps0) / max(dt, 1e-9),
+            # Share of the iteration the runners spent sampling (1 = never waiting on the learner).
+            "runner_busy_fraction": (self.runner_busy_s - busy0) / max(dt * self.env_runner_group.size, 1e-9),
             "policy_lag_mean": float(np.mean(lag)),
             "policy_lag_max": int(np.max(lag)),
             "weights_version": self.weights_version,

@@ -9,6 +9,7 @@ of B envs:
     terminated   (T, B) bool, the MDP ended (no bootstrap)
     truncated    (T, B) bool, cut by a time limit (bootstrap from the final observation)
     is_first     (T, B) bool, obs[t] is the first observation of an episode
+    bootstrap_obs (1, B, ...) the observation after the fragment's last step
   and from an actor-critic module:
     logp         (T, B) log-probability of the actions under the sampling policy
     values       (T, B) value estimates V(s_t) of the sampling policy
@@ -46,6 +47,8 @@ class Fragment:
     num_env_errors: int = 0
     final_obs: list[tuple[int, int, Any]] = dataclasses.field(default_factory=list)
     """(t, env, observation) for every truncation: the episode's true last observation."""
+    sample_time_s: float = 0.0
+    """Seconds the runner spent producing this fragment (its busy time)."""
 
 
 def concat_batches(batches: Sequence[SampleBatch], axis: int = 1) -> SampleBatch:

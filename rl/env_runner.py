@@ -7,6 +7,7 @@ the object-store reference once per actor.
 
 from __future__ import annotations
 
+import time
 import warnings
 from typing import Any, Callable
 
@@ -112,6 +113,7 @@ class EnvRunner:
         are there, ``next_values`` holds V of the true next state: V(final observation)
         on truncation, 0 on termination.
         """
+        started = time.perf_counter()
         T, B = self.fragment_length, self.num_envs
         obs_list, action_list = [], []
         extras: dict[str, np.ndarray] = {}
@@ -163,11 +165,13 @@ class EnvRunner:
             "terminated": terminated,
             "truncated": truncated,
             "is_first": is_first,
+            "bootstrap_obs": tree.map_structure(lambda x: x[None], self.obs),  # (1, B, ...): after the last step
             **extras,
         }
         if "values" in extras:
             batch["next_values"] = self._next_values(extras["values"], terminated, final_obs)
-        return Fragment(batch, returns, lengths, T * B, self.weights_version, self.index, num_env_errors, final_obs)
+        return Fragment(batch, returns, lengths, T * B, self.weights_version, self.index, num_env_errors, final_obs,
+                        sample_time_s=time.perf_counter() - started)
 
     def _next_values(self, values: np.ndarray, terminated: np.ndarray, final_obs: list) -> np.ndarray:
         """V(s_{t+1}) of the true next state, (T, B)."""

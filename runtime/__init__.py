@@ -7,10 +7,10 @@ in this process (debugging, unit tests, ``num_env_runners=0``); the ``ray`` back
 them as Ray actors (added with the fleet).
 """
 
-from runtime.base import ActorGroup, CallResult, ObjectRef, Runtime
+from runtime.base import ActorGroup, CallResult, Future, ObjectRef, Runtime
 from runtime.local import LocalRuntime
 
-__all__ = ["ActorGroup", "CallResult", "ObjectRef", "Runtime", "LocalRuntime", "make_runtime"]
+__all__ = ["ActorGroup", "CallResult", "Future", "ObjectRef", "Runtime", "LocalRuntime", "make_runtime"]
 
 
 def make_runtime(kind: str = "local", **options: object) -> Runtime:

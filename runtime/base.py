@@ -24,6 +24,15 @@ class CallResult:
         return self.error is None
 
 
+@dataclasses.dataclass(eq=False)
+class Future:
+    """A call submitted to one actor and not yet collected (hashable by identity)."""
+
+    index: int
+    handle: Any
+    submitted_at: float
+
+
 class ActorGroup(abc.ABC):
     """N actors of one class, built from a factory ``factory(index) -> actor``.
 
@@ -50,6 +59,16 @@ class ActorGroup(abc.ABC):
         self, method: str, args_per_actor: Sequence[tuple], *, timeout_s: float | None = None
     ) -> list[CallResult]:
         """Call ``method(*args_per_actor[i])`` on actor i, all at once (e.g. batch shards)."""
+
+    @abc.abstractmethod
+    def submit(self, index: int, method: str, *args: Any) -> Future:
+        """Start ``method(*args)`` on actor ``index`` without waiting. Calls to one actor
+        run in the order submitted."""
+
+    @abc.abstractmethod
+    def wait(self, futures: Sequence[Future], *, timeout_s: float | None) -> tuple[list[tuple[Future, CallResult]], list[Future]]:
+        """Block until at least one of ``futures`` is done (or the timeout); return every
+        done one with its result, and the ones still pending."""
 
     def restart(self, index: int) -> None:
         """Replace actor ``index`` with a fresh one built by the factory."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from runtime.base import ActorGroup, CallResult, ObjectRef, Runtime
+import time
+
+from runtime.base import ActorGroup, CallResult, Future, ObjectRef, Runtime
 
 
 class LocalRef(ObjectRef):
@@ -45,6 +47,14 @@ class LocalActorGroup(ActorGroup):
             CallResult(i, getattr(actor, method)(*[_resolve(a) for a in args]))
             for i, (actor, args) in enumerate(zip(self.actors, args_per_actor))
         ]
+
+    def submit(self, index: int, method: str, *args: Any) -> Future:
+        # In-process there is nothing to overlap with: run now, hand back the finished call.
+        result = CallResult(index, getattr(self.actors[index], method)(*[_resolve(a) for a in args]))
+        return Future(index, result, time.monotonic())
+
+    def wait(self, futures: Sequence[Future], *, timeout_s: float | None) -> tuple[list[tuple[Future, CallResult]], list[Future]]:
+        return [(f, f.handle) for f in futures], []
 
     def restart(self, index: int) -> None:
         stop = getattr(self.actors[index], "stop", None)

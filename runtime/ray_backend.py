@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
 
-from runtime.base import ActorGroup, CallResult, ObjectRef, Runtime
+from runtime.base import ActorGroup, CallResult, Future, ObjectRef, Runtime
 
 # Our packages live beside this one; Ray worker processes import them by module path when
 # they unpickle a factory, so they need this directory on their path too.
@@ -89,6 +89,28 @@ class RayActorGroup(ActorGroup):
         chosen = list(range(len(self.actors))) if indices is None else list(indices)
         futures = [self.actors[i].call.remote(method, *raw) for i in chosen]
         return self.collect(chosen, futures, timeout_s)
+
+    def submit(self, index: int, method: str, *args: Any) -> Future:
+        handle = self.actors[index].call.remote(method, *[_unwrap(a) for a in args])
+        return Future(index, handle, time.monotonic())
+
+    def wait(self, futures: Sequence[Future], *, timeout_s: float | None) -> tuple[list[tuple[Future, CallResult]], list[Future]]:
+        if not futures:
+            return [], []
+        by_handle = {f.handle: f for f in futures}
+        handles = list(by_handle)
+        ready, _ = ray.wait(handles, num_returns=1, timeout=timeout_s)
+        if ready:  # take everything else that is already done too, without waiting
+            ready, _ = ray.wait(handles, num_returns=len(handles), timeout=0)
+        done = []
+        for handle in ready:
+            future = by_handle[handle]
+            try:
+                done.append((future, CallResult(future.index, ray.get(handle))))
+            except (RayActorError, RayTaskError, RayError) as e:
+                done.append((future, CallResult(future.index, error=_error_of(e))))
+        ready_set = set(ready)
+        return done, [f for f in futures if f.handle not in ready_set]
 
     def call_each(
         self, method: str, args_per_actor: Sequence[tuple], *, timeout_s: float | None = None
