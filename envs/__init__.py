@@ -1,6 +1,7 @@
 """Simulators: the registry that turns a user's ``env`` into a creator, contract checks,
 and small test environments. Imports nothing else of ours."""
 
+from envs.atari import make_atari, register_atari_envs
 from envs.checks import ContractCheckWrapper, EnvContractError, check_observations, check_rewards
 from envs.recovery import EnvFailedError, RecreateOnError
 from envs.registry import EnvCreator, EnvNotFoundError, make_env_creator, register_env, registered_envs
@@ -27,7 +28,9 @@ __all__ = [
     "RecreateOnError",
     "check_observations",
     "check_rewards",
+    "make_atari",
     "make_env_creator",
+    "register_atari_envs",
     "register_env",
     "registered_envs",
 ]

@@ -38,12 +38,16 @@ class EnvCreator:
         self.env = env
         self.env_config = dict(env_config or {})
         self.name = env if isinstance(env, str) else getattr(env, "__name__", type(env).__name__)
+        # A creator registered in the driver (say in the user's script) is carried along:
+        # a remote runner's process never ran that register_env call.
+        self.registered = _REGISTRY.get(env) if isinstance(env, str) else None
 
     def __call__(self) -> gym.Env:
         env, cfg = self.env, self.env_config
         if isinstance(env, str):
-            if env in _REGISTRY:
-                return _REGISTRY[env](cfg)
+            registered = self.registered or _registered(env)
+            if registered is not None:
+                return registered(cfg)
             # Our runner checks every step against the spaces, so gymnasium's one-off
             # passive checker would only add a wrapper layer to each step.
             return gym.make(env, disable_env_checker=True, **cfg)
@@ -54,12 +58,12 @@ class EnvCreator:
 
 def make_env_creator(env: Any, env_config: dict | None = None) -> EnvCreator:
     """Validate ``env`` and return its creator; unknown names name the closest valid one."""
+    if isinstance(env, str):
+        _registered(env)  # resolve lazily registered families (ALE/...) before the creator is built
     if env is None:
         raise EnvNotFoundError("no env given: set `env` to a gymnasium id, an Env class or a creator")
     if isinstance(env, str):
-        if env not in _REGISTRY and env not in gym.registry:
-            _import_namespace_of(env)
-        if env not in _REGISTRY and env not in gym.registry:
+        if _registered(env) is None and env not in gym.registry:
             close = difflib.get_close_matches(env, registered_envs(), n=1, cutoff=0.5)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise EnvNotFoundError(f"unknown env {env!r}{hint}")
@@ -71,13 +75,11 @@ def make_env_creator(env: Any, env_config: dict | None = None) -> EnvCreator:
     return EnvCreator(env, env_config)
 
 
-def _import_namespace_of(env_id: str) -> None:
-    """Ids like ``ALE/Pong-v5`` register once their package is imported; try it quietly."""
-    namespace = env_id.split("/")[0] if "/" in env_id else None
-    modules = {"ALE": "ale_py"}
-    module = modules.get(namespace or "")
-    if module:
-        try:
-            gym.register_envs(__import__(module))
-        except ImportError:
-            pass
+def _registered(name: str) -> Callable[[dict], gym.Env] | None:
+    """Our creator for ``name``, or None. An ``ALE/...`` id gets ``envs.atari.make_atari``
+    (the DQN preprocessing) on first use, in whichever process asks."""
+    if name not in _REGISTRY and name.startswith("ALE/"):
+        from envs.atari import register_atari_envs  # needs ale_py: imported only when asked for
+
+        register_atari_envs([name])
+    return _REGISTRY.get(name)

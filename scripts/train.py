@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     if args.config:
         experiment = load_experiment(args.config)
     elif args.algo and args.env:
-        tuned = os.path.join(TUNED, args.algo.lower(), f"{args.env}.yaml")
+        tuned = os.path.join(TUNED, args.algo.lower(), f"{args.env.replace('/', '-')}.yaml")
         if os.path.exists(tuned):
             experiment = load_experiment(tuned)
     algo_name = args.algo or (experiment.algo if experiment else None)

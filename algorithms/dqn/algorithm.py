@@ -25,6 +25,11 @@ class DQN(Algorithm):
         c = config
         obs_space = self.module_spec.observation_space
         if c.frame_stack > 1:  # the env stacks frames; the buffer keeps one frame per step
+            if not (len(obs_space.shape) >= 3 and obs_space.shape[0] == c.frame_stack):
+                raise UnsupportedSpaceError(
+                    f"frame_stack {c.frame_stack} needs observations stacked on the first axis, "
+                    f"got shape {obs_space.shape} from env {self.env_creator.name!r}"
+                )
             obs_space = spaces.Box(obs_space.low[-1], obs_space.high[-1], obs_space.shape[1:], obs_space.dtype)
         buffer_kwargs: dict[str, Any] = dict(
             num_streams=max(1, c.num_env_runners) * c.num_envs_per_runner,

@@ -155,9 +155,16 @@ def test_creator_of_a_closure_survives_cloudpickle():
 
 
 def test_creator_of_a_registered_name_survives_pickling(clean_registry):
+    # Remote actors (Ray) and async vector envs ship creators with cloudpickle; the creator
+    # carries the registered function, so it works where register_env never ran.
+    import cloudpickle
+
+    from envs import registry
+
     register_env("corridor-pickle", lambda cfg: CorridorEnv(**cfg))
-    restored = pickle.loads(pickle.dumps(make_env_creator("corridor-pickle", {"length": 8})))
-    assert restored().length == 8
+    payload = cloudpickle.dumps(make_env_creator("corridor-pickle", {"length": 8}))
+    registry._REGISTRY.pop("corridor-pickle")  # as in a fresh worker process
+    assert pickle.loads(payload)().length == 8
 
 
 # --- ContractCheckWrapper --------------------------------------------------------------------
