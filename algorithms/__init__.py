@@ -10,6 +10,7 @@ from rl.config import AlgorithmConfig, closest
 ALGORITHMS: dict[str, str] = {
     "ppo": "algorithms.ppo:PPOConfig",
     "dqn": "algorithms.dqn:DQNConfig",
+    "impala": "algorithms.impala:IMPALAConfig",
 }
 
 

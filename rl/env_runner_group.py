@@ -8,6 +8,7 @@ is dropped; the iteration goes on with the runners that answered.
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any, Callable
 
 import gymnasium as gym
@@ -16,7 +17,7 @@ from rl.batch import Fragment
 from rl.connectors import MeanStdFilter
 from rl.env_runner import EnvRunner
 from rl.module import ModuleSpec
-from runtime import ObjectRef, Runtime
+from runtime import CallResult, Future, ObjectRef, Runtime
 
 
 class RunnerFailureError(RuntimeError):
@@ -76,6 +77,8 @@ class EnvRunnerGroup:
         self.num_dropped_requests = 0
         self.weights: tuple[ObjectRef, int] | None = None
         self.filter_state: ObjectRef | None = None
+        self.runner_versions = [0] * self.group.size  # weight version each runner holds
+        self.in_flight: dict[Future, int] = {}  # asynchronous sample requests -> runner
 
     @property
     def size(self) -> int:
@@ -84,7 +87,47 @@ class EnvRunnerGroup:
     def sample(self) -> list[Fragment]:
         """One fragment from every runner that answers in time; the rest are restarted."""
         results = self.group.call("sample", timeout_s=self.sample_timeout_s)
-        failed = [r for r in results if not r.ok]
+        self._handle_failures([r for r in results if not r.ok])
+        return [r.value for r in results if r.ok]
+
+    # -- asynchronous sampling: one request in flight per runner at all times ------------
+    def sample_async(self) -> list[Fragment]:
+        """The fragments that have arrived (waiting for at least one); every runner that
+        answered gets the newest published weights if it is behind, and a new request."""
+        if not self.in_flight:
+            for i in range(self.size):
+                self._submit(i)
+        done, pending = self.group.wait(list(self.in_flight), timeout_s=self.sample_timeout_s)
+        fragments, failed = [], []
+        for future, result in done:
+            index = self.in_flight.pop(future)
+            if result.ok:
+                fragments.append(result.value)
+                self._submit(index)
+            else:
+                failed.append(result)
+        now = time.monotonic()
+        for future in pending:  # a request older than the timeout: the runner hangs
+            if self.sample_timeout_s is not None and now - future.submitted_at > self.sample_timeout_s:
+                index = self.in_flight.pop(future)
+                failed.append(CallResult(index, error=TimeoutError(f"actor {index} did not answer within {self.sample_timeout_s} s")))
+        self._handle_failures(failed)
+        for r in failed:
+            self._submit(r.index)
+        return fragments
+
+    def publish_weights(self, weights: dict[str, Any], version: int) -> None:
+        """Put new weights into the object store once; runners pick them up as they return,
+        so no runner ever waits for a broadcast."""
+        self.weights = (self.runtime.put(weights), version)
+
+    def _submit(self, index: int) -> None:
+        if self.weights is not None and self.runner_versions[index] < self.weights[1]:
+            self.group.submit(index, "set_weights", *self.weights)  # runs before the sample below
+            self.runner_versions[index] = self.weights[1]
+        self.in_flight[self.group.submit(index, "sample")] = index
+
+    def _handle_failures(self, failed: list[CallResult]) -> None:
         for r in failed:
             reason = (str(r.error).splitlines() or [""])[0][:200]
             print(f"env runner {r.index} failed ({type(r.error).__name__}: {reason}); restarting it",
@@ -98,13 +141,13 @@ class EnvRunnerGroup:
                 f"env runners failed in {self.consecutive_failures} consecutive iterations; "
                 f"last error: {type(last).__name__}: {last}"
             )
-        return [r.value for r in results if r.ok]
 
     def restart(self, index: int) -> None:
         self.group.restart(index)
         self.num_restarts += 1
         if self.weights is not None:
             self.group.call("set_weights", *self.weights, indices=[index])
+            self.runner_versions[index] = self.weights[1]
         if self.filter_state is not None:
             self.group.call("set_filter_state", self.filter_state, indices=[index])
 
@@ -113,6 +156,7 @@ class EnvRunnerGroup:
         reference and reads the stored copy (never a copy pickled per runner)."""
         self.weights = (self.runtime.put(weights), version)
         self.group.call("set_weights", *self.weights)
+        self.runner_versions = [version] * self.size
 
     def set_filter_state(self, state: Any) -> None:
         self.filter_state = self.runtime.put(state)

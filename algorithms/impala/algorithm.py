@@ -1,0 +1,85 @@
+"""IMPALA's training step: take the fragments that have arrived, learn from full batches,
+publish new weights every k updates. Runners never wait for the learner."""
+
+from __future__ import annotations
+
+import collections
+import time
+
+import numpy as np
+import tree
+
+from algorithms.impala.config import IMPALAConfig
+from algorithms.impala.learner import IMPALALearner
+from rl.algorithm import Algorithm
+from rl.batch import Fragment, SampleBatch, concat_batches
+from rl.config import ConfigError
+
+LEARNER_KEYS = ("obs", "actions", "logp", "rewards", "terminated", "truncated", "bootstrap_obs")
+
+
+def learner_batch(fragments: list[Fragment]) -> SampleBatch:
+    """Fragments side by side (T, sum B), with the truncations' final observations gathered
+    as (K, ...) at time/env positions ``final_tb`` (K, 2)."""
+    batch = concat_batches([{k: f.batch[k] for k in LEARNER_KEYS} for f in fragments])
+    positions, finals, offset = [], [], 0
+    for f in fragments:
+        for t, b, obs in f.final_obs:
+            positions.append((t, b + offset))
+            finals.append(obs)
+        offset += f.batch["rewards"].shape[1]
+    batch["final_tb"] = np.asarray(positions, np.int64).reshape(-1, 2)
+    if finals:
+        batch["final_obs"] = tree.map_structure(lambda *xs: np.stack(xs), *finals)
+    else:
+        batch["final_obs"] = tree.map_structure(lambda x: x[0, :0], batch["bootstrap_obs"])
+    return batch
+
+
+class IMPALA(Algorithm):
+    config: IMPALAConfig
+    learner_class = IMPALALearner
+
+    def __init__(self, config: IMPALAConfig) -> None:
+        if config.normalize_obs:
+            raise ConfigError("IMPALA does not support normalize_obs yet (its connector sync is synchronous)")
+        super().__init__(config)
+        self.queue: collections.deque[Fragment] = collections.deque()
+        self.num_updates = 0
+        self.num_dropped_queue_full = 0
+        self.num_dropped_stale = 0
+
+    def training_step(self) -> dict[str, float]:
+        c = self.config
+        t0 = time.perf_counter()
+        fragments = self.env_runner_group.sample_async()
+        self.record(fragments)
+        for frag in fragments:
+            if self.weights_version - frag.weights_version > c.max_policy_lag:
+                self.num_dropped_stale += 1
+                continue
+            if len(self.queue) >= c.max_queue_fragments:
+                self.queue.popleft()
+                self.num_dropped_queue_full += 1
+            self.queue.append(frag)
+        sums: dict[str, float] = {}
+        updates = 0
+        while len(self.queue) >= c.train_batch_fragments:
+            batch = learner_batch([self.queue.popleft() for _ in range(c.train_batch_fragments)])
+            for k, v in self.learner_group.call("update_from_fragments", batch, self.env_steps)[0].items():
+                sums[k] = sums.get(k, 0.0) + v
+            updates += 1
+            self.num_updates += 1
+            if self.num_updates % c.broadcast_interval == 0:
+                self.weights_version += 1
+                self.env_runner_group.publish_weights(self.learner_group.get_weights(), self.weights_version)
+        metrics = {k: v / updates for k, v in sums.items()} if updates else {}
+        metrics.update({
+            "learner/updates": updates,
+            "learner/updates_total": self.num_updates,
+            "learner/updates_per_s": updates / max(time.perf_counter() - t0, 1e-9),
+            "num_fragments_dropped_queue_full": self.num_dropped_queue_full,
+            "num_fragments_dropped_stale": self.num_dropped_stale,
+            "learner_queue_size": len(self.queue),
+        })
+        return metrics

@@ -1,0 +1,55 @@
+"""IMPALA's settings."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from rl.config import AlgorithmConfig, ConfigError
+
+
+@dataclasses.dataclass
+class IMPALAConfig(AlgorithmConfig):
+    algo_name = "impala"
+
+    rollout_fragment_length: int = 50
+    """Steps per env per sample request."""
+    train_batch_fragments: int = 2
+    """Fragments concatenated (side by side, more envs) into one learner batch."""
+    num_epochs: int = 1
+    """Gradient steps per learner batch (>1 reuses the batch; V-trace corrects the lag)."""
+    broadcast_interval: int = 1
+    """Learner updates between weight broadcasts (runners pick them up as they return)."""
+    max_queue_fragments: int = 16
+    """Fragments waiting for the learner; the oldest is dropped (and counted) beyond this."""
+    max_policy_lag: int = 50
+    """Fragments sampled more than this many weight versions ago are dropped (and counted)."""
+    vtrace_rho_bar: float = 1.0
+    """Clip of the importance weights in the TD errors (rho-bar)."""
+    vtrace_c_bar: float = 1.0
+    """Clip of the importance weights in the trace (c-bar)."""
+    vf_coef: float = 0.5
+    """Weight of the value loss."""
+    entropy_coef: float = 0.01
+    """Weight of the entropy bonus."""
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("train_batch_fragments", "num_epochs", "broadcast_interval", "max_queue_fragments"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.max_policy_lag < 0:
+            raise ConfigError(f"max_policy_lag must be >= 0, got {self.max_policy_lag}")
+        if self.vtrace_rho_bar <= 0 or self.vtrace_c_bar <= 0:
+            raise ConfigError(f"vtrace_rho_bar and vtrace_c_bar must be > 0, got {self.vtrace_rho_bar}, {self.vtrace_c_bar}")
+        if self.max_queue_fragments < self.train_batch_fragments:
+            raise ConfigError(
+                f"max_queue_fragments {self.max_queue_fragments} < train_batch_fragments {self.train_batch_fragments}: "
+                "a batch could never be filled"
+            )
+        if self.num_learners > 1:
+            raise ConfigError(f"IMPALA runs one learner (num_learners 0 or 1), got num_learners {self.num_learners}")
+
+    def algorithm_class(self) -> type:
+        from algorithms.impala.algorithm import IMPALA
+
+        return IMPALA
