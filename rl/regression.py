@@ -1,0 +1,149 @@
+"""Regression runs over tuned examples: does every algorithm still learn what it learned
+last week, as fast?
+
+Each (example, seed) runs as its own ``scripts/train.py`` process (isolated seeds, threads
+and Ray instances), and its progress file tells when the pass threshold was first reached.
+An example passes when every seed reaches ``pass.episode_return_mean`` within
+``pass.env_steps`` and ``pass.time_s``; against a baseline, a pass that became a fail or a
+median time or step count to the threshold worse by more than the tolerance is a
+regression.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+from rl.config import AlgorithmConfig, ConfigError
+from rl.experiment import Experiment, load_experiment
+
+
+@dataclasses.dataclass
+class SeedResult:
+    seed: int
+    reached: bool  # the threshold, within the pass bounds
+    final_return: float | None
+    env_steps_to_threshold: int | None
+    seconds_to_threshold: float | None
+    env_steps: int
+    seconds: float
+    exit_code: int
+
+
+def find_examples(patterns: list[str], root: str, tag: str | None) -> list[str]:
+    """Files named by paths or globs (all tuned examples when none), filtered by tag."""
+    paths: list[str] = []
+    for pattern in patterns or [os.path.join(root, "**", "*.yaml")]:
+        matches = sorted(glob.glob(pattern, recursive=True))
+        if not matches:
+            raise ConfigError(f"no tuned example matches {pattern!r}")
+        paths += [m for m in matches if m not in paths]
+    if tag:
+        paths = [p for p in paths if tag in load_experiment(p).tags]
+    return paths
+
+
+def validate(path: str, config_class_for: Callable[[str], type[AlgorithmConfig]]) -> Experiment:
+    """Load and check a tuned example completely before anything runs."""
+    exp = load_experiment(path)
+    config_class = config_class_for(exp.algo)
+    config_class.from_dict({**exp.config, "env": exp.env}, source=path)  # unknown keys, bad values
+    if exp.pass_criteria.episode_return_mean is None:
+        raise ConfigError(f"{path}: missing pass criterion 'pass: episode_return_mean'")
+    if exp.pass_criteria.env_steps is None and exp.pass_criteria.time_s is None:
+        raise ConfigError(f"{path}: 'pass' needs env_steps or time_s to bound the run")
+    return exp
+
+
+def run_seed(exp: Experiment, seed: int, train_script: str, overrides: list[str]) -> SeedResult:
+    target = exp.pass_criteria
+    with tempfile.TemporaryDirectory() as logdir:
+        cmd = [sys.executable, train_script, "--config", exp.path, "--seed", str(seed), "--logdir", logdir, "--quiet",
+               "--stop-reward", str(target.episode_return_mean)]
+        if target.env_steps is not None:
+            cmd += ["--stop-timesteps", str(target.env_steps)]
+        if target.time_s is not None:
+            cmd += ["--stop-seconds", str(target.time_s)]
+        for pair in overrides:
+            cmd += ["--set", pair]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        rows = []
+        progress = os.path.join(logdir, "progress.jsonl")
+        if os.path.exists(progress):
+            with open(progress, encoding="utf-8") as f:
+                rows = [json.loads(line) for line in f if line.strip()]
+    if proc.returncode not in (0, 1) or not rows:
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        print(f"    seed {seed}: run failed (exit {proc.returncode}): {tail}", flush=True)
+        return SeedResult(seed, False, None, None, None, 0, 0.0, proc.returncode)
+    first = next((r for r in rows if (r.get("episode_return_mean") or float("-inf")) >= target.episode_return_mean), None)
+    reached = first is not None and (target.env_steps is None or first["env_steps"] <= target.env_steps) and (
+        target.time_s is None or first["time_s"] <= target.time_s)
+    last = rows[-1]
+    return SeedResult(
+        seed, reached, last.get("episode_return_mean"),
+        first["env_steps"] if first else None, round(first["time_s"], 3) if first else None,
+        last["env_steps"], round(last["time_s"], 3), proc.returncode,
+    )
+
+
+def _median(values: list[Any]) -> Any:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def summarise(path: str, results: list[SeedResult]) -> dict[str, Any]:
+    return {
+        "passed": all(r.reached for r in results),
+        "seeds_passed": sum(r.reached for r in results),
+        "seeds": [dataclasses.asdict(r) for r in results],
+        "median_final_return": _median([r.final_return for r in results]),
+        "median_env_steps_to_threshold": _median([r.env_steps_to_threshold for r in results]),
+        "median_seconds_to_threshold": _median([r.seconds_to_threshold for r in results]),
+    }
+
+
+def compare(current: dict[str, Any], baseline: dict[str, Any], tolerance: float) -> list[str]:
+    """Regressions of ``current`` against ``baseline`` (example summaries keyed by path)."""
+    problems = []
+    for path, base in baseline.items():
+        cur = current.get(path)
+        if cur is None:
+            continue
+        if base["passed"] and not cur["passed"]:
+            problems.append(f"{path}: passed in the baseline, fails now")
+            continue
+        for key, label in (("median_seconds_to_threshold", "seconds"), ("median_env_steps_to_threshold", "env steps")):
+            b, c = base.get(key), cur.get(key)
+            if b and c and c > b * (1.0 + tolerance):
+                problems.append(f"{path}: {label} to threshold {c:g} vs baseline {b:g} (+{100 * (c / b - 1):.0f}%, "
+                                f"tolerance {100 * tolerance:.0f}%)")
+    return problems
+
+
+def format_table(summaries: dict[str, dict[str, Any]], regressions: list[str]) -> str:
+    head = f"{'example':42s} {'seeds':>6s} {'return':>9s} {'steps to thr':>13s} {'s to thr':>9s}  result"
+    lines = [head, "-" * len(head)]
+    for path, s in summaries.items():
+        fmt = lambda v, spec: format(v, spec) if v is not None else "-"  # noqa: E731
+        verdict = "PASS" if s["passed"] else "FAIL"
+        if any(r.startswith(path + ":") for r in regressions):
+            verdict += " REGRESSION"
+        lines.append(f"{os.path.relpath(path):42s} {s['seeds_passed']:>2d}/{len(s['seeds']):<3d} "
+                     f"{fmt(s['median_final_return'], '9.1f')} {fmt(s['median_env_steps_to_threshold'], '13.0f')} "
+                     f"{fmt(s['median_seconds_to_threshold'], '9.1f')}  {verdict}")
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    return {"date": time.strftime("%Y-%m-%d"), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform()}

@@ -1,0 +1,78 @@
+"""Run tuned examples and report pass/fail, optionally against a baseline.
+
+    python scripts/run_regression.py --tag quick --seeds 3
+    python scripts/run_regression.py tuned_examples/ppo/CartPole-v1.yaml --seeds 1 --baseline tuned_examples/baseline_quick.json
+    python scripts/run_regression.py --tag quick --seeds 3 --out tuned_examples/baseline_quick.json
+
+Exit code 0 when every example passes (and nothing regressed), 1 on a fail or a
+regression, 2 on a bad example file (one line naming the file and the key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from algorithms import UnknownAlgorithmError, get_config_class  # noqa: E402
+from rl import regression  # noqa: E402
+from rl.config import ConfigError  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Run tuned examples; print a pass/fail table.")
+    p.add_argument("paths", nargs="*", help="example files or globs (default: all tuned examples)")
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--tag", help="only examples with this tag (quick, long)")
+    p.add_argument("--baseline", help="results JSON to compare against")
+    p.add_argument("--tolerance", type=float, default=0.5, help="allowed slow-down before a regression (0.5 = +50%%)")
+    p.add_argument("--out", help="write the results JSON here")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key in every run")
+    args = p.parse_args(argv)
+    try:
+        paths = regression.find_examples(args.paths, os.path.join(ROOT, "tuned_examples"), args.tag)
+        experiments = [regression.validate(path, get_config_class) for path in paths]
+        baseline = None
+        if args.baseline:
+            with open(args.baseline, encoding="utf-8") as f:
+                baseline = json.load(f)["examples"]
+    except (ConfigError, UnknownAlgorithmError) as e:
+        print(f"run_regression.py: error: {e}", file=sys.stderr)
+        return 2
+    except (OSError, json.JSONDecodeError, KeyError) as e:
+        print(f"run_regression.py: error: cannot read baseline {args.baseline}: {e}", file=sys.stderr)
+        return 2
+
+    summaries = {}
+    for exp in experiments:
+        key = os.path.relpath(exp.path, ROOT)
+        print(f"{key}: {args.seeds} seed(s), target {exp.pass_criteria.episode_return_mean} within "
+              f"{exp.pass_criteria.env_steps} env steps / {exp.pass_criteria.time_s} s", flush=True)
+        results = []
+        for seed in range(args.seeds):
+            r = regression.run_seed(exp, seed, os.path.join(ROOT, "scripts", "train.py"), args.set)
+            results.append(r)
+            print(f"    seed {seed}: {'reached' if r.reached else 'NOT reached'}, final return {r.final_return}, "
+                  f"threshold at {r.env_steps_to_threshold} env steps / {r.seconds_to_threshold} s", flush=True)
+        summaries[key] = regression.summarise(key, results)
+
+    problems = regression.compare(summaries, baseline, args.tolerance) if baseline else []
+    print()
+    print(regression.format_table(summaries, problems))
+    for line in problems:
+        print(f"REGRESSION {line}")
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump({"machine": regression.machine(), "seeds": args.seeds, "examples": summaries}, f, indent=2)
+            f.write("\n")
+    failed = [k for k, s in summaries.items() if not s["passed"]]
+    print(f"\n{len(summaries) - len(failed)} passed, {len(failed)} failed, {len(problems)} regressions")
+    return 1 if failed or problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
