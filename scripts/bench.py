@@ -3,11 +3,18 @@
     python scripts/bench.py cartpole-race --seeds 3 --sb3-python /tmp/sb3venv/bin/python
     python scripts/bench.py fleet-scaling --repeats 3
     python scripts/bench.py startup --repeats 3
+    python scripts/bench.py impala-vs-ppo --repeats 3
 
 ``fleet-scaling``: env steps/s of PPO sampling a simulator that burns 2 ms of CPU per
 step (``envs.testing.BusyEnv``), with 1 and with 2 Ray env runners; the update is kept
 tiny so sampling dominates. ``startup``: seconds from process start to the first
 finished iteration of ``scripts/train.py`` on CartPole-v1, local and with 2 Ray runners.
+
+``impala-vs-ppo``: env steps/s of IMPALA (a request always in flight on every runner)
+against synchronous PPO (runners idle while the learner updates), both on
+``envs.testing.BusyEnv`` (2 ms of CPU per step) with the same 2 Ray runners x 4 envs x 50
+steps and the same learner work per env step (one gradient step on 400 rows per 400 env
+steps), with the share of the time the runners spent sampling.
 
 ``cartpole-race``: wall-clock seconds from process start to a mean return of 450 over the
 last 20 episodes on CartPole-v1, rlfleet PPO (its tuned example) against Stable-Baselines3
@@ -133,6 +140,69 @@ def startup(args: argparse.Namespace) -> None:
               f"({', '.join(f'{t:.2f}' for t in times)})")
 
 
+IMPALA_VS_PPO_FLEET = dict(num_env_runners=2, num_envs_per_runner=4, rollout_fragment_length=50)
+
+
+def measure_window(algo, warmup_steps: int, steps: int) -> dict:
+    """Env steps/s and runner busy fraction over a window of at least ``steps`` env steps,
+    after ``warmup_steps`` (actor start, first weights). The busy fraction comes from the
+    algorithm's ``runner_busy_s`` counter (sum of the arrived fragments' sample time) over
+    elapsed wall x runners: the per-iteration result key is noisy for IMPALA, whose
+    iterations hold one or two fragments. At both ends of the window each runner has one
+    fragment in flight, so what the window misses at its start it roughly gains at its end."""
+    while algo.env_steps < warmup_steps:
+        algo.train()
+    steps0, busy0, t0 = algo.env_steps, algo.runner_busy_s, time.perf_counter()
+    lags = []
+    while algo.env_steps - steps0 < steps:
+        lags.append(algo.train()["policy_lag_mean"])
+    elapsed = time.perf_counter() - t0
+    runners = algo.env_runner_group.size
+    return {
+        "rate": (algo.env_steps - steps0) / elapsed,
+        "busy": (algo.runner_busy_s - busy0) / (elapsed * runners),
+        "lag": statistics.mean(lags),
+        "iterations": len(lags),
+    }
+
+
+def impala_vs_ppo(args: argparse.Namespace) -> None:
+    sys.path.insert(0, ROOT)
+    from algorithms.impala import IMPALAConfig
+    from algorithms.ppo import PPOConfig
+    from envs.testing import BusyEnv
+
+    common = dict(env=BusyEnv, env_config={"step_cost_ms": 2.0}, **IMPALA_VS_PPO_FLEET)
+    batch = IMPALA_VS_PPO_FLEET["num_env_runners"] * IMPALA_VS_PPO_FLEET["num_envs_per_runner"] * \
+        IMPALA_VS_PPO_FLEET["rollout_fragment_length"]  # 400 env steps: one PPO iteration
+    # The same learner work per env step: one gradient step on 400 rows per 400 env steps
+    # (PPO: one epoch, one minibatch of its 400-row batch; IMPALA: two 200-row fragments).
+    builders = {
+        "ppo": lambda seed: PPOConfig(**common, seed=seed, num_epochs=1, minibatch_size=batch),
+        "impala": lambda seed: IMPALAConfig(**common, seed=seed, num_epochs=1, train_batch_fragments=2),
+    }
+    runs: dict[str, list[dict]] = {name: [] for name in builders}
+    for rep in range(args.repeats):
+        order = list(builders) if rep % 2 == 0 else list(reversed(builders))
+        for name in order:
+            algo = builders[name](rep).build()
+            try:
+                r = measure_window(algo, warmup_steps=2 * batch, steps=args.steps)
+            finally:
+                algo.stop()
+            runs[name].append(r)
+            print(f"repeat {rep} {name:6s}: {r['rate']:7.1f} env steps/s, runner busy {r['busy']:.2f}, "
+                  f"policy lag {r['lag']:.2f} ({r['iterations']} iterations)", flush=True)
+    med = {name: {k: statistics.median(r[k] for r in rs) for k in ("rate", "busy", "lag")} for name, rs in runs.items()}
+    print(f"\nBusyEnv 2 ms/step, 2 Ray runners x 4 envs x 50 steps, {os.cpu_count()} CPUs, "
+          f"median of {args.repeats} x >= {args.steps} env steps")
+    print(f"{'algo':8s} {'env steps/s':>12s} {'runner busy':>12s} {'policy lag':>11s}")
+    for name, m in med.items():
+        print(f"{name:8s} {m['rate']:12.1f} {m['busy']:12.2f} {m['lag']:11.2f}")
+    print(f"impala / ppo env steps/s: {med['impala']['rate'] / med['ppo']['rate']:.2f}x "
+          "(the ceiling is 1000/s: 2 runners, 2 ms per step)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="bench", required=True)
@@ -146,8 +216,12 @@ def main() -> None:
     scaling.add_argument("--iterations", type=int, default=8)
     start = sub.add_parser("startup", help="seconds from process start to the first iteration")
     start.add_argument("--repeats", type=int, default=3)
+    ivp = sub.add_parser("impala-vs-ppo", help="env steps/s of IMPALA vs synchronous PPO on a 2 ms/step env")
+    ivp.add_argument("--repeats", type=int, default=3)
+    ivp.add_argument("--steps", type=int, default=4000, help="env steps measured per run (after warm-up)")
     args = p.parse_args()
-    {"cartpole-race": cartpole_race, "fleet-scaling": fleet_scaling, "startup": startup}[args.bench](args)
+    {"cartpole-race": cartpole_race, "fleet-scaling": fleet_scaling, "startup": startup,
+     "impala-vs-ppo": impala_vs_ppo}[args.bench](args)
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ def test_epsilon_reaches_runners_with_the_weights():
 
 
 def test_dqn_refuses_continuous_actions_naming_the_algorithms_that_fit():
-    with pytest.raises(UnsupportedSpaceError, match=r"DQN needs a Discrete action space.*Pendulum-v1.*Box actions: ppo"):
+    with pytest.raises(UnsupportedSpaceError, match=r"DQN needs a Discrete action space.*Pendulum-v1.*Box actions: impala, ppo"):
         DQNConfig(env="Pendulum-v1").build()
 
 

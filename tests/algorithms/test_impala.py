@@ -46,7 +46,10 @@ def fragment(T, B, *, seed, finals=(), obs_dtype=np.float32, nested=False):
     rng = np.random.default_rng(seed)
 
     def obs_of(shape, value=None):
-        vec = np.full(shape + (2,), value, obs_dtype) if value is not None else rng.integers(0, 50, shape + (2,)).astype(obs_dtype)
+        if value is None:
+            vec = rng.integers(0, 50, shape + (2,)).astype(obs_dtype)
+        else:
+            vec = np.full(shape + (2,), value, obs_dtype)
         if not nested:
             return vec
         mode = np.full(shape, -1 if value is None else int(value), np.int64)
@@ -83,7 +86,8 @@ def test_learner_batch_puts_fragments_side_by_side_and_gathers_final_obs_at_offs
     for key in ("obs", "logp", "rewards", "terminated", "truncated", "bootstrap_obs"):
         np.testing.assert_array_equal(batch[key], np.concatenate([a.batch[key], b.batch[key]], axis=1), err_msg=key)
     assert len(batch["actions"]) == 1
-    np.testing.assert_array_equal(batch["actions"][0], np.concatenate([a.batch["actions"][0], b.batch["actions"][0]], 1))
+    np.testing.assert_array_equal(batch["actions"][0],
+                                  np.concatenate([a.batch["actions"][0], b.batch["actions"][0]], axis=1))
     assert batch["obs"].shape == (3, 5, 2) and batch["bootstrap_obs"].shape == (1, 5, 2)
 
     # b's columns start at 2 (a has 2 envs): its (0, 0) and (2, 2) land at (0, 2) and (2, 4).
@@ -392,7 +396,12 @@ def spy_on_learner(algo, monkeypatch):
     batches = []
     learner = algo.learner_group.learner
     real = learner.update_from_fragments
-    monkeypatch.setattr(learner, "update_from_fragments", lambda batch, env_steps: batches.append(batch) or real(batch, env_steps))
+
+    def spy(batch, env_steps):
+        batches.append(batch)
+        return real(batch, env_steps)
+
+    monkeypatch.setattr(learner, "update_from_fragments", spy)
     return batches
 
 
@@ -447,6 +456,11 @@ def test_stale_fragments_are_dropped_counted_and_not_learned(monkeypatch):
         np.testing.assert_array_equal(batch["obs"], frag.batch["obs"])
 
 
+def queue_counts(result):
+    """(fragments dropped from a full queue so far, updates this iteration, fragments waiting)."""
+    return result["num_fragments_dropped_queue_full"], result["learner/updates"], result["learner_queue_size"]
+
+
 def test_a_full_queue_drops_the_oldest_fragments_and_counts_them(monkeypatch):
     algo = local_algo(train_batch_fragments=2, max_queue_fragments=2)
     try:
@@ -458,15 +472,14 @@ def test_a_full_queue_drops_the_oldest_fragments_and_counts_them(monkeypatch):
         first, second, third = algo.train(), algo.train(), algo.train()
     finally:
         algo.stop()
-    assert (first["learner_queue_size"], first["learner/updates"], first["num_fragments_dropped_queue_full"]) == (1, 0, 0)
+    assert queue_counts(first) == (0, 0, 1)
     # Queue [0] + 1 -> [0, 1]; + 2 drops 0; + 3 drops 1; + 4 drops 2 -> [3, 4], one batch.
-    assert second["num_fragments_dropped_queue_full"] == 3
-    assert (second["learner/updates"], second["learner_queue_size"]) == (1, 0)
+    assert queue_counts(second) == (3, 1, 0)
     assert second["num_fragments_dropped_stale"] == 0
     assert second["env_steps"] == 5 * STEPS  # dropped or not, sampled steps count
     (batch,) = learned
     np.testing.assert_array_equal(batch["obs"], np.concatenate([frags[3].batch["obs"], frags[4].batch["obs"]], axis=1))
-    assert (third["learner/updates"], third["num_fragments_dropped_queue_full"], third["env_steps"]) == (0, 3, 5 * STEPS)
+    assert queue_counts(third) == (3, 0, 0) and third["env_steps"] == 5 * STEPS
     assert "losses/policy_loss" not in third
 
 
@@ -483,7 +496,7 @@ def test_leftover_fragments_wait_in_the_queue_for_the_next_batch(monkeypatch):
     finally:
         algo.stop()
     # [0] + 1, 2 -> [0, 1, 2]; + 3 drops 0; + 4 drops 1 -> [2, 3, 4]; batch (2, 3), 4 waits.
-    assert (result["num_fragments_dropped_queue_full"], result["learner/updates"], result["learner_queue_size"]) == (2, 1, 1)
+    assert queue_counts(result) == (2, 1, 1)
     (batch,) = learned
     np.testing.assert_array_equal(batch["obs"], np.concatenate([frags[2].batch["obs"], frags[3].batch["obs"]], axis=1))
     assert algo.queue[0] is frags[4]
