@@ -69,7 +69,7 @@ class DQNLearner(Learner):
             q_next_target = self.target.forward_train(batch["next_obs"])
             q_next_online = self.module.forward_train(batch["next_obs"]) if c.double_q else None
         loss, self.last_td, metrics = dqn_loss(
-            q_taken, q_next_target, q_next_online, batch["rewards"], batch["discounts"], batch["weights"],
+            q_taken, q_next_target, q_next_online, batch["rewards"] * c.reward_scale, batch["discounts"], batch["weights"],
             huber_delta=c.huber_delta,
         )
         return loss, metrics

@@ -13,6 +13,7 @@ from algorithms.impala.config import IMPALAConfig
 from algorithms.impala.learner import IMPALALearner
 from rl.algorithm import Algorithm
 from rl.batch import Fragment, SampleBatch, concat_batches
+from rl.checkpoint import load_checkpoint
 from rl.config import ConfigError
 
 LEARNER_KEYS = ("obs", "actions", "logp", "rewards", "terminated", "truncated", "bootstrap_obs")
@@ -48,6 +49,19 @@ class IMPALA(Algorithm):
         self.num_updates = 0
         self.num_dropped_queue_full = 0
         self.num_dropped_stale = 0
+
+    def get_state(self) -> dict:
+        state = super().get_state()
+        state["impala"] = {"num_updates": self.num_updates, "dropped_queue_full": self.num_dropped_queue_full,
+                           "dropped_stale": self.num_dropped_stale}
+        return state
+
+    def restore(self, path: str) -> None:
+        super().restore(path)
+        counters = load_checkpoint(path).get("impala", {})
+        self.num_updates = counters.get("num_updates", 0)
+        self.num_dropped_queue_full = counters.get("dropped_queue_full", 0)
+        self.num_dropped_stale = counters.get("dropped_stale", 0)
 
     def training_step(self) -> dict[str, float]:
         c = self.config

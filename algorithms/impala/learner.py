@@ -70,7 +70,7 @@ class IMPALALearner(Learner):
                 t, b = batch["final_tb"][:, 0], batch["final_tb"][:, 1]
                 next_values[t, b] = self.module.compute_values(batch["final_obs"])
         vs, pg_advantages = vtrace(
-            batch["logp"], target_logp.detach(), batch["rewards"], values.detach(), next_values,
+            batch["logp"], target_logp.detach(), batch["rewards"] * c.reward_scale, values.detach(), next_values,
             batch["terminated"], batch["truncated"],
             gamma=c.gamma, rho_bar=c.vtrace_rho_bar, c_bar=c.vtrace_c_bar,
         )

@@ -328,7 +328,6 @@ def test_update_from_fragments_takes_num_epochs_steps_at_the_scheduled_lr(monkey
     assert any(not torch.equal(before[k], v) for k, v in learner.module.state_dict().items())
 
 
-@pytest.mark.xfail(strict=True, reason="IMPALA ignores reward_scale (the shared config's field); see report")
 def test_reward_scale_scales_the_rewards_the_learner_sees(monkeypatch):
     learner = make_learner(reward_scale=0.5)
     batch = module_batch(learner)
