@@ -46,12 +46,8 @@ class Algorithm(abc.ABC):
         np.random.seed(config.seed)
         torch.manual_seed(config.seed)
 
-        self.env_creator = make_env_creator(config.env, config.env_config)
-        probe = self.env_creator()
-        observation_space, action_space = probe.observation_space, probe.action_space
-        probe.close()
-        self.check_spaces(observation_space, action_space)
-        self.module_spec = self.build_module_spec(observation_space, action_space)
+        self.obs_filter: MeanStdFilter | None = None
+        self.module_spec = self.setup_env()
         self.runtime = self.make_runtime()
         self.learner_group = LearnerGroup(
             self.runtime,
@@ -59,17 +55,7 @@ class Algorithm(abc.ABC):
             config.num_learners,
             num_gpus_per_learner=config.num_gpus_per_learner,
         )
-        self.runner_factory = EnvRunnerFactory(
-            env_creator=self.env_creator,
-            env_name=self.env_creator.name,
-            module_spec=self.module_spec,
-            num_envs=config.num_envs_per_runner,
-            fragment_length=config.rollout_fragment_length,
-            seed=config.seed,
-            vectorize_mode=config.vectorize_mode,
-            normalize_obs=config.normalize_obs,
-            env_error_retries=config.env_error_retries,
-        )
+        self.runner_factory = self.make_runner_factory()
         # num_env_runners=0 samples in this process, even when the learners are remote.
         self.env_runner_group = EnvRunnerGroup(
             self.runtime if config.num_env_runners > 0 else make_runtime("local"),
@@ -79,7 +65,6 @@ class Algorithm(abc.ABC):
             sample_timeout_s=config.sample_timeout_s,
             max_consecutive_failures=config.max_consecutive_runner_failures,
         )
-        self.obs_filter = MeanStdFilter(observation_space) if config.normalize_obs else None
         self.eval_runner: EnvRunner | None = None
         self.logger = MetricsLogger(config.logdir, console=config.log_to_console)
 
@@ -98,6 +83,33 @@ class Algorithm(abc.ABC):
         self.sync_weights()
 
     # -- what an algorithm supplies ------------------------------------------------------
+    def setup_env(self) -> Any:
+        """Resolve the env, check its spaces, and return the spec of the module to train."""
+        c = self.config
+        self.env_creator = make_env_creator(c.env, c.env_config)
+        probe = self.env_creator()
+        observation_space, action_space = probe.observation_space, probe.action_space
+        probe.close()
+        self.check_spaces(observation_space, action_space)
+        if c.normalize_obs:
+            self.obs_filter = MeanStdFilter(observation_space)
+        return self.build_module_spec(observation_space, action_space)
+
+    def make_runner_factory(self) -> Any:
+        """A picklable ``factory(index)`` building this algorithm's env runners."""
+        c = self.config
+        return EnvRunnerFactory(
+            env_creator=self.env_creator,
+            env_name=self.env_creator.name,
+            module_spec=self.module_spec,
+            num_envs=c.num_envs_per_runner,
+            fragment_length=c.rollout_fragment_length,
+            seed=c.seed,
+            vectorize_mode=c.vectorize_mode,
+            normalize_obs=c.normalize_obs,
+            env_error_retries=c.env_error_retries,
+        )
+
     def check_spaces(self, observation_space: Any, action_space: Any) -> None:
         """Refuse spaces this algorithm cannot handle; override to narrow further."""
         check_spaces(observation_space, action_space, self.env_creator.name)
