@@ -11,6 +11,7 @@ ALGORITHMS: dict[str, str] = {
     "ppo": "algorithms.ppo:PPOConfig",
     "dqn": "algorithms.dqn:DQNConfig",
     "impala": "algorithms.impala:IMPALAConfig",
+    "grpo": "algorithms.grpo:GRPOConfig",
 }
 
 

@@ -1,0 +1,70 @@
+"""GRPO's settings (language-model post-training)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from rl.config import AlgorithmConfig, ConfigError
+
+
+@dataclasses.dataclass
+class GRPOConfig(AlgorithmConfig):
+    algo_name = "grpo"
+    action_space_types = ()  # acts in token space, not in a gymnasium action space
+
+    env: object = "text-addition"
+    """A text env name (envs.text registry)."""
+    prompts_per_runner: int = 16
+    """Prompts each generator runner draws per sample call."""
+    group_size: int = 8
+    """Completions per prompt; advantages are relative within the group."""
+    temperature: float = 1.0
+    """Sampling temperature of the generators."""
+    top_k: int | None = None
+    """Sample among the k most likely tokens only (None: all)."""
+    clip_param: float = 0.2
+    """Clip range of the per-token probability ratio."""
+    kl_coef: float = 0.04
+    """Weight of the KL-to-reference loss term; 0 skips the reference model."""
+    num_epochs: int = 1
+    """Passes over each batch of completions."""
+    minibatch_size: int = 64
+    """Completions per gradient step."""
+    lr: float = 3e-4
+    """Adam learning rate of the RL phase."""
+    grad_clip: float | None = 1.0
+    """Clip the global gradient norm to this; None disables."""
+    n_layer: int = 2
+    """Transformer blocks of the policy."""
+    n_head: int = 4
+    """Attention heads per block."""
+    n_embd: int = 64
+    """Width of the policy."""
+    warmup_steps: int = 600
+    """Supervised steps on the task's examples before RL (cached in the logdir)."""
+    warmup_lr: float = 3e-3
+    """Adam learning rate of the supervised warm-up."""
+    warmup_batch_size: int = 64
+    """Examples per supervised step."""
+    evaluation_num_episodes: int = 200
+    """Prompts answered greedily by ``evaluate()``."""
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("prompts_per_runner", "group_size", "num_epochs", "minibatch_size", "n_layer", "n_head", "n_embd",
+                     "warmup_batch_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.group_size < 2:
+            raise ConfigError(f"group_size must be >= 2 (advantages are relative within a group), got {self.group_size}")
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"n_embd {self.n_embd} must divide by n_head {self.n_head}")
+        if self.kl_coef < 0 or self.warmup_steps < 0:
+            raise ConfigError(f"kl_coef and warmup_steps must be >= 0, got {self.kl_coef}, {self.warmup_steps}")
+        if self.num_learners > 1:
+            raise ConfigError(f"GRPO runs one learner (num_learners 0 or 1), got num_learners {self.num_learners}")
+
+    def algorithm_class(self) -> type:
+        from algorithms.grpo.algorithm import GRPO
+
+        return GRPO

@@ -1,0 +1,109 @@
+"""GeneratorRunner: the env runner of language-model post-training.
+
+An episode is one prompt and its completion. Each ``sample()`` draws prompts, generates
+a group of completions per prompt in one batch with the current weights (received, like
+any runner's, by reference through the object store), scores them, and returns a
+``Fragment`` whose episode returns are the rewards and whose episode lengths are the
+response lengths, so the driver's metrics (``episode_return_mean`` = mean reward per
+completion, ``episode_len_mean`` = response length) need nothing special.
+
+Batch columns, one row per completion, rows of a group consecutive:
+    sequences        (N, P + C) int64, prompts left-padded to P = max_prompt_tokens
+    attention_mask   (N, P + C) 1 on real tokens
+    completion_mask  (N, C)     1 on generated tokens up to and including eos
+    logprobs         (N, C)     log-probs of the generated tokens under the sampling weights
+    rewards          (N,)       float32
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from envs.text import make_text_env, score
+from rl.batch import Fragment
+from rl.gpt import GPTConfig
+
+
+class GeneratorRunner:
+    def __init__(
+        self,
+        *,
+        text_env: str,
+        env_config: dict,
+        lm_spec: GPTConfig,
+        prompts_per_sample: int,
+        group_size: int,
+        temperature: float,
+        top_k: int | None,
+        seed: int,
+        index: int = 0,
+    ) -> None:
+        self.index = index
+        self.spec = make_text_env(text_env, env_config)
+        self.model = lm_spec.build().eval()
+        self.prompts_per_sample, self.group_size = prompts_per_sample, group_size
+        self.temperature, self.top_k = temperature, top_k
+        self.rng = np.random.default_rng(seed)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.weights_version = 0
+
+    def set_weights(self, weights: dict[str, np.ndarray], version: int) -> None:
+        with warnings.catch_warnings():  # read-only arrays from the object store; copied in
+            warnings.simplefilter("ignore", UserWarning)
+            self.model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+        self.weights_version = version
+
+    def _generate(self, prompts: list, *, temperature: float | None) -> tuple[dict[str, Any], list[str]]:
+        tok = self.spec.tokenizer
+        ids = [tok.encode(p.text) for p in prompts]
+        with torch.inference_mode():
+            out = self.model.generate(
+                ids, max_new_tokens=self.spec.max_new_tokens, temperature=temperature, top_k=self.top_k,
+                eos_id=tok.eos_id, pad_id=tok.pad_id, generator=self.generator,
+            )
+        completions = [tok.decode(row.tolist()) for row in out["sequences"][:, -self.spec.max_new_tokens:]]
+        return out, completions
+
+    def sample(self) -> Fragment:
+        started = time.perf_counter()
+        prompts = [p for p in self.spec.prompts.sample(self.prompts_per_sample, self.rng) for _ in range(self.group_size)]
+        out, completions = self._generate(prompts, temperature=self.temperature)
+        rewards = score(self.spec.reward_fn, prompts, completions).astype(np.float32)
+        sequences, attention = self._pad_prompts(out)
+        completion_mask = out["completion_mask"].numpy().astype(np.float32)
+        lengths = completion_mask.sum(1).astype(int)
+        batch = {
+            "sequences": sequences,
+            "attention_mask": attention,
+            "completion_mask": completion_mask,
+            "logprobs": out["logprobs"].numpy().astype(np.float32),
+            "rewards": rewards,
+        }
+        return Fragment(batch, rewards.tolist(), lengths.tolist(), len(prompts), self.weights_version, self.index,
+                        sample_time_s=time.perf_counter() - started)
+
+    def _pad_prompts(self, out: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """Left-pad every row's prompt region to max_prompt_tokens, so fragments from
+        different runners (different longest prompts) line up; positions count real tokens
+        only, so the padding changes no logit."""
+        seq, mask = out["sequences"].numpy(), out["attention_mask"].numpy()
+        extra = self.spec.max_prompt_tokens + self.spec.max_new_tokens - seq.shape[1]
+        if extra > 0:
+            seq = np.pad(seq, ((0, 0), (extra, 0)), constant_values=self.spec.tokenizer.pad_id)
+            mask = np.pad(mask, ((0, 0), (extra, 0)))
+        return seq.astype(np.int64), mask.astype(np.int64)
+
+    def evaluate(self, num_prompts: int) -> dict[str, float]:
+        """Greedy completions of ``num_prompts`` prompts: mean reward."""
+        prompts = self.spec.prompts.sample(num_prompts, np.random.default_rng(12345))
+        _, completions = self._generate(prompts, temperature=0.0)
+        return {"evaluation/episode_return_mean": float(score(self.spec.reward_fn, prompts, completions).mean()),
+                "evaluation/num_episodes": num_prompts}
+
+    def stop(self) -> None:
+        pass
