@@ -126,6 +126,8 @@ class Algorithm(abc.ABC):
             env_name=self.env_creator.name,
         )
 
+    config_class: type[AlgorithmConfig]
+    """The algorithm's config dataclass (for :meth:`from_checkpoint`)."""
     learner_class: type[Learner]
     """The algorithm's Learner subclass, built as ``learner_class(module_spec=, config=)``."""
 
@@ -285,6 +287,20 @@ class Algorithm(abc.ABC):
         np.random.set_state(_to_numpy(state["rng"]["numpy"]))
         torch.set_rng_state(state["rng"]["torch"])
         self.sync_weights(new_version=False)
+
+    @classmethod
+    def from_checkpoint(cls, path: str, **overrides: Any) -> "Algorithm":
+        """Rebuild the algorithm a checkpoint was saved from (its env must be a name), in
+        this process and without writing logs, and restore it: for inference and
+        evaluation. ``overrides`` change config keys first."""
+        state = load_checkpoint(path)
+        if state["algo"] != cls.config_class.algo_name:
+            raise CheckpointError(f"checkpoint {path!r} is for {state['algo']!r}, not {cls.config_class.algo_name!r}")
+        local = {"logdir": None, "log_to_console": False, "num_env_runners": 0, "num_learners": 0}
+        config = cls.config_class.from_dict({**state["config"], **local, **overrides}, source=path)
+        algo = cls(config)
+        algo.restore(path)
+        return algo
 
     def stop(self) -> None:
         """Release envs, actors and log files."""

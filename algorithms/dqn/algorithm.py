@@ -18,6 +18,7 @@ from rl.spaces import UnsupportedSpaceError
 
 class DQN(Algorithm):
     config: DQNConfig
+    config_class = DQNConfig
     learner_class = DQNLearner
 
     def __init__(self, config: DQNConfig) -> None:

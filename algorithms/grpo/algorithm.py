@@ -53,6 +53,7 @@ def supervised_sequences(pairs: list[tuple[str, str]], tokenizer: Any, length: i
 
 class GRPO(Algorithm):
     config: GRPOConfig
+    config_class = GRPOConfig
     learner_class = GRPOLearner
 
     def setup_env(self) -> GPTConfig:
@@ -113,6 +114,23 @@ class GRPO(Algorithm):
             "tokens_total": self.tokens_generated,
         })
         return metrics
+
+    @classmethod
+    def from_checkpoint(cls, path: str, **overrides: Any) -> "GRPO":
+        # The checkpoint holds the trained policy: no warm-up to run first.
+        return super().from_checkpoint(path, **{"warmup_steps": 0, **overrides})
+
+    def complete(self, prompts: list[str], *, temperature: float = 0.0) -> list[str]:
+        """Completions of ``prompts`` by the current policy (greedy by default)."""
+        tok = self.text_env.tokenizer
+        module = self.learner_group.learner.module if self.learner_group.learner is not None else None
+        if module is None:
+            module = self.module_spec.build()
+            module.load_state_dict({k: torch.from_numpy(v) for k, v in self.learner_group.get_weights().items()})
+        with torch.inference_mode():
+            out = module.generate([tok.encode(p) for p in prompts], max_new_tokens=self.text_env.max_new_tokens,
+                                  temperature=temperature, eos_id=tok.eos_id, pad_id=tok.pad_id)
+        return [tok.decode(row.tolist()) for row in out["sequences"][:, -self.text_env.max_new_tokens:]]
 
     def evaluate(self) -> dict[str, float]:
         """Greedy answers to ``evaluation_num_episodes`` held-out prompts: mean reward."""

@@ -39,6 +39,7 @@ def learner_batch(fragments: list[Fragment]) -> SampleBatch:
 
 class IMPALA(Algorithm):
     config: IMPALAConfig
+    config_class = IMPALAConfig
     learner_class = IMPALALearner
 
     def __init__(self, config: IMPALAConfig) -> None:

@@ -11,6 +11,7 @@ from rl.postprocessing import compute_gae
 
 class PPO(Algorithm):
     config: PPOConfig
+    config_class = PPOConfig
     learner_class = PPOLearner
 
     def training_step(self) -> dict[str, float]:

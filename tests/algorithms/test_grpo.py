@@ -70,3 +70,19 @@ def test_kl_coef_zero_skips_the_reference():
 def test_unknown_text_env_names_the_closest():
     with pytest.raises(EnvNotFoundError, match="text-addition"):
         small(env="text-adition").build()
+
+
+def test_a_checkpoint_answers_prompts_in_three_lines(tmp_path):
+    algo = small().build()
+    algo.train()
+    algo.save(str(tmp_path))
+    expected = algo.complete(["12+7=", "3+4="])
+    algo.stop()
+    from algorithms.grpo import GRPO
+
+    loaded = GRPO.from_checkpoint(str(tmp_path))
+    try:
+        assert loaded.complete(["12+7=", "3+4="]) == expected  # greedy: the same policy answers the same
+        assert loaded.iteration == 1
+    finally:
+        loaded.stop()
