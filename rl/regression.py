@@ -75,7 +75,9 @@ def run_seed(exp: Experiment, seed: int, train_script: str, overrides: list[str]
             cmd += ["--stop-seconds", str(target.time_s)]
         for pair in overrides:
             cmd += ["--set", pair]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        # A child started from a Ray task must start its own Ray instance, not join ours.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         rows = []
         progress = os.path.join(logdir, "progress.jsonl")
         if os.path.exists(progress):
@@ -94,6 +96,33 @@ def run_seed(exp: Experiment, seed: int, train_script: str, overrides: list[str]
         first["env_steps"] if first else None, round(first["time_s"], 3) if first else None,
         last["env_steps"], round(last["time_s"], 3), proc.returncode,
     )
+
+
+@dataclasses.dataclass
+class SeedTask:
+    """One (example, seed) run, picklable for a Ray task."""
+
+    experiment: Experiment
+    seed: int
+    train_script: str
+    overrides: list[str]
+
+    def __call__(self) -> SeedResult:
+        return run_seed(self.experiment, self.seed, self.train_script, self.overrides)
+
+
+def _run_task(task: SeedTask) -> SeedResult:
+    return task()
+
+
+def run_all(tasks: list[SeedTask], runtime: Any, report: Callable[[SeedTask, SeedResult], None]) -> list[SeedResult]:
+    """Every task, through ``runtime.map_unordered`` (one after another locally, in
+    parallel on Ray); ``report`` sees each result as it arrives."""
+    results: list[SeedResult | None] = [None] * len(tasks)
+    for i, result in runtime.map_unordered(_run_task, tasks):
+        results[i] = result
+        report(tasks[i], result)
+    return results  # type: ignore[return-value]
 
 
 def _median(values: list[Any]) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 
 class ObjectRef(abc.ABC):
@@ -97,6 +97,11 @@ class Runtime(abc.ABC):
 
     @abc.abstractmethod
     def put(self, obj: Any) -> ObjectRef: ...
+
+    @abc.abstractmethod
+    def map_unordered(self, fn: Callable[[Any], Any], items: Sequence[Any], *, num_cpus: float = 1.0) -> Iterator[tuple[int, Any]]:
+        """Run ``fn(item)`` for every item as independent tasks; yield (index, result) as
+        each finishes (locally: one after another, in order)."""
 
     @abc.abstractmethod
     def shutdown(self) -> None: ...

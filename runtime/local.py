@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import time
 
@@ -87,6 +87,10 @@ class LocalRuntime(Runtime):
         name: str = "Actor",
     ) -> LocalActorGroup:
         return LocalActorGroup(factory, count)
+
+    def map_unordered(self, fn: Callable[[Any], Any], items: Sequence[Any], *, num_cpus: float = 1.0) -> Iterator[tuple[int, Any]]:
+        for i, item in enumerate(items):
+            yield i, fn(item)
 
     def put(self, obj: Any) -> LocalRef:
         self.num_puts += 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
@@ -191,6 +191,13 @@ class RayRuntime(Runtime):
         name: str = "Actor",
     ) -> RayActorGroup:
         return RayActorGroup(factory, count, num_cpus=num_cpus, num_gpus=num_gpus, name=name)
+
+    def map_unordered(self, fn: Callable[[Any], Any], items: Sequence[Any], *, num_cpus: float = 1.0) -> Iterator[tuple[int, Any]]:
+        task = ray.remote(num_cpus=num_cpus)(fn)
+        pending = {task.remote(item): i for i, item in enumerate(items)}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            yield pending.pop(ready[0]), ray.get(ready[0])
 
     def put(self, obj: Any) -> RayRef:
         self.num_puts += 1

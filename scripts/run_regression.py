@@ -21,6 +21,7 @@ sys.path.insert(0, ROOT)
 from algorithms import UnknownAlgorithmError, get_config_class  # noqa: E402
 from rl import regression  # noqa: E402
 from rl.config import ConfigError  # noqa: E402
+from runtime import make_runtime  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tolerance", type=float, default=0.5, help="allowed slow-down before a regression (0.5 = +50%%)")
     p.add_argument("--out", help="write the results JSON here")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key in every run")
+    p.add_argument("--parallel", type=int, default=0, metavar="N",
+                   help="run seeds as Ray tasks on N CPUs (or on the cluster of --address); default one after another")
+    p.add_argument("--address", help="Ray cluster to run the tasks on, with --parallel")
     args = p.parse_args(argv)
     try:
         paths = regression.find_examples(args.paths, os.path.join(ROOT, "tuned_examples"), args.tag)
@@ -47,18 +51,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run_regression.py: error: cannot read baseline {args.baseline}: {e}", file=sys.stderr)
         return 2
 
+    train_script = os.path.join(ROOT, "scripts", "train.py")
+    tasks = [regression.SeedTask(exp, seed, train_script, args.set) for exp in experiments for seed in range(args.seeds)]
+    for exp in experiments:
+        print(f"{os.path.relpath(exp.path, ROOT)}: {args.seeds} seed(s), target {exp.pass_criteria.episode_return_mean} "
+              f"within {exp.pass_criteria.env_steps} env steps / {exp.pass_criteria.time_s} s", flush=True)
+
+    def report(task: regression.SeedTask, r: regression.SeedResult) -> None:
+        print(f"    {os.path.relpath(task.experiment.path, ROOT)} seed {r.seed}: "
+              f"{'reached' if r.reached else 'NOT reached'}, final return {r.final_return}, "
+              f"threshold at {r.env_steps_to_threshold} env steps / {r.seconds_to_threshold} s", flush=True)
+
+    runtime = make_runtime("ray", num_cpus=args.parallel, address=args.address) if args.parallel else make_runtime("local")
+    try:
+        results = regression.run_all(tasks, runtime, report)
+    finally:
+        runtime.shutdown()
     summaries = {}
     for exp in experiments:
         key = os.path.relpath(exp.path, ROOT)
-        print(f"{key}: {args.seeds} seed(s), target {exp.pass_criteria.episode_return_mean} within "
-              f"{exp.pass_criteria.env_steps} env steps / {exp.pass_criteria.time_s} s", flush=True)
-        results = []
-        for seed in range(args.seeds):
-            r = regression.run_seed(exp, seed, os.path.join(ROOT, "scripts", "train.py"), args.set)
-            results.append(r)
-            print(f"    seed {seed}: {'reached' if r.reached else 'NOT reached'}, final return {r.final_return}, "
-                  f"threshold at {r.env_steps_to_threshold} env steps / {r.seconds_to_threshold} s", flush=True)
-        summaries[key] = regression.summarise(key, results)
+        summaries[key] = regression.summarise(key, [r for t, r in zip(tasks, results) if t.experiment is exp])
 
     problems = regression.compare(summaries, baseline, args.tolerance) if baseline else []
     print()

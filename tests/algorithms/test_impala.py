@@ -693,3 +693,19 @@ def test_tuned_impala_example_learns_cartpole_with_two_ray_runners(shared_ray):
         algo.stop()
     env_steps, ret = history[-1]
     assert ret >= 150 and env_steps <= 100_000, f"(env_steps, mean return) every 10th iteration: {history[::10]}"
+
+
+def test_impala_acts_and_learns_in_a_continuous_action_space():
+    from algorithms.impala import IMPALAConfig
+
+    algo = IMPALAConfig(env="Pendulum-v1", seed=0, num_envs_per_runner=4, rollout_fragment_length=16,
+                        train_batch_fragments=1).build()
+    try:
+        before = {k: v.copy() for k, v in algo.learner_group.get_weights().items()}
+        results = [algo.train() for _ in range(3)]
+        after = algo.learner_group.get_weights()
+        assert any(not np.array_equal(before[k], after[k]) for k in before)
+        assert results[-1]["learner/updates_total"] >= 2
+        assert np.isfinite(results[-1]["losses/policy_loss"])
+    finally:
+        algo.stop()

@@ -90,3 +90,11 @@ def test_bad_example_files_are_refused_naming_file_and_key(tmp_path, text, needl
     assert needle in proc.stderr
     assert "bad.yaml" in proc.stderr or "ppq" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_seeds_run_in_parallel_on_ray(corridor, tmp_path):
+    out = tmp_path / "results.json"
+    proc = run(str(corridor), "--seeds", "2", "--parallel", "2", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (summary,) = json.loads(out.read_text())["examples"].values()
+    assert [s["seed"] for s in summary["seeds"]] == [0, 1] and summary["seeds_passed"] == 2
