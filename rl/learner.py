@@ -38,17 +38,12 @@ def piecewise_linear(schedule: list[tuple[int, float]], t: int) -> float:
 
 
 class Learner(abc.ABC):
-    def __init__(
-        self,
-        *,
-        module_spec: ModuleSpec,
-        lr: float,
-        lr_schedule: list[tuple[int, float]] | None = None,
-        grad_clip: float | None = None,
-        device: str = "auto",
-        seed: int = 0,
-    ) -> None:
-        self.device = resolve_device(device)
+    def __init__(self, *, module_spec: Any, config: Any) -> None:
+        """``module_spec.build()`` makes the module; the optimiser settings (lr,
+        lr_schedule, grad_clip, device, seed) come from the algorithm's ``config``."""
+        self.config = config
+        lr, lr_schedule, grad_clip, seed = config.lr, config.lr_schedule, config.grad_clip, config.seed
+        self.device = resolve_device(config.device)
         self.module: RLModule = module_spec.build().to(self.device)
         # eps=1e-5 rather than Adam's 1e-8: the PPO implementation-details study (Huang et
         # al. 2022) and SB3 both use it; it damps steps on near-zero second moments.

@@ -48,15 +48,7 @@ def dqn_loss(
 
 class DQNLearner(Learner):
     def __init__(self, *, module_spec: ModuleSpec, config: DQNConfig) -> None:
-        super().__init__(
-            module_spec=module_spec,
-            lr=config.lr,
-            lr_schedule=config.lr_schedule,
-            grad_clip=config.grad_clip,
-            device=config.device,
-            seed=config.seed,
-        )
-        self.config = config
+        super().__init__(module_spec=module_spec, config=config)
         self.target = copy.deepcopy(self.module).requires_grad_(False)
         self.num_grad_steps = 0
         self.last_td: torch.Tensor | None = None

@@ -18,9 +18,7 @@ from rl.optim import Adam
 
 class GRPOLearner(Learner):
     def __init__(self, *, module_spec: GPTConfig, config: GRPOConfig) -> None:
-        super().__init__(module_spec=module_spec, lr=config.lr, lr_schedule=config.lr_schedule,
-                         grad_clip=config.grad_clip, device=config.device, seed=config.seed)
-        self.config = config
+        super().__init__(module_spec=module_spec, config=config)
         self.reference: torch.nn.Module | None = None
 
     def freeze_reference(self) -> None:

@@ -11,7 +11,6 @@ import tree
 from algorithms.impala.config import IMPALAConfig
 from rl.batch import SampleBatch
 from rl.learner import Learner, TensorBatch
-from rl.module import ModuleSpec
 from rl.postprocessing import vtrace
 
 
@@ -43,16 +42,7 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 
 class IMPALALearner(Learner):
-    def __init__(self, *, module_spec: ModuleSpec, config: IMPALAConfig) -> None:
-        super().__init__(
-            module_spec=module_spec,
-            lr=config.lr,
-            lr_schedule=config.lr_schedule,
-            grad_clip=config.grad_clip,
-            device=config.device,
-            seed=config.seed,
-        )
-        self.config = config
+    config: IMPALAConfig
 
     def compute_loss(self, batch: TensorBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``batch`` is time-major (T, B), plus ``bootstrap_obs`` (1, B, ...) and the

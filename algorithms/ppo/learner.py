@@ -6,7 +6,6 @@ import torch
 
 from algorithms.ppo.config import PPOConfig
 from rl.learner import Learner, TensorBatch
-from rl.module import ModuleSpec
 
 
 def ppo_loss(
@@ -54,16 +53,7 @@ def ppo_loss(
 
 
 class PPOLearner(Learner):
-    def __init__(self, *, module_spec: ModuleSpec, config: PPOConfig) -> None:
-        super().__init__(
-            module_spec=module_spec,
-            lr=config.lr,
-            lr_schedule=config.lr_schedule,
-            grad_clip=config.grad_clip,
-            device=config.device,
-            seed=config.seed,
-        )
-        self.config = config
+    config: PPOConfig
 
     def compute_loss(self, batch: TensorBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         c = self.config
