@@ -15,6 +15,12 @@ ALGORITHMS: dict[str, str] = {
 }
 
 
+# Variants for language-model post-training, chosen when ``env`` names a text env.
+LM_ALGORITHMS: dict[str, str] = {
+    "ppo": "algorithms.ppo.lm:LMPPOConfig",
+}
+
+
 class UnknownAlgorithmError(ValueError):
     """``--algo`` names no algorithm we have."""
 
@@ -24,8 +30,15 @@ def algorithms_supporting(space_type: type) -> list[str]:
     return [name for name in sorted(ALGORITHMS) if space_type in get_config_class(name).action_space_types]
 
 
-def get_config_class(name: str) -> type[AlgorithmConfig]:
+def get_config_class(name: str, env: object = None) -> type[AlgorithmConfig]:
+    """The config class of algorithm ``name``; its LM variant when ``env`` is a text env."""
     key = name.lower()
+    if key in LM_ALGORITHMS and isinstance(env, str):
+        from envs.text import registered_text_envs
+
+        if env in registered_text_envs():
+            module, cls = LM_ALGORITHMS[key].split(":")
+            return getattr(importlib.import_module(module), cls)
     if key not in ALGORITHMS:
         raise UnknownAlgorithmError(
             f"unknown algorithm {name!r}{closest(key, ALGORITHMS)} (available: {', '.join(sorted(ALGORITHMS))})"

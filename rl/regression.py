@@ -52,10 +52,10 @@ def find_examples(patterns: list[str], root: str, tag: str | None) -> list[str]:
     return paths
 
 
-def validate(path: str, config_class_for: Callable[[str], type[AlgorithmConfig]]) -> Experiment:
+def validate(path: str, config_class_for: Callable[[str, str], type[AlgorithmConfig]]) -> Experiment:
     """Load and check a tuned example completely before anything runs."""
     exp = load_experiment(path)
-    config_class = config_class_for(exp.algo)
+    config_class = config_class_for(exp.algo, exp.env)
     config_class.from_dict({**exp.config, "env": exp.env}, source=path)  # unknown keys, bad values
     if exp.pass_criteria.episode_return_mean is None:
         raise ConfigError(f"{path}: missing pass criterion 'pass: episode_return_mean'")

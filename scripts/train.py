@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     env = args.env or (experiment.env if experiment else None)
     if not algo_name or not env:
         raise ConfigError("give --algo and --env, or --config FILE")
-    config_cls = get_config_class(algo_name)
+    config_cls = get_config_class(algo_name, env)
     if experiment is not None and experiment.algo != algo_name.lower():
         raise ConfigError(f"{experiment.path} is for algo {experiment.algo!r}, not {algo_name!r}")
 
