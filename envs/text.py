@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import importlib
 import json
 import math
 import string
@@ -443,6 +444,43 @@ def _make_text_addition(config: dict[str, Any]) -> TextEnvSpec:
 
 
 register_text_env("text-addition", _make_text_addition)
+
+
+def _import_reward(spec: str) -> RewardFn:
+    """``"package.module:function"`` -> the function (the reward of a user's task)."""
+    module, sep, name = spec.partition(":")
+    if not sep:
+        raise ValueError(f"reward must be 'module:function', got {spec!r}")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot import reward {spec!r}: {e}") from None
+    if not callable(fn):
+        raise ValueError(f"reward {spec!r} is not callable")
+    return fn
+
+
+def _make_text_jsonl(config: dict[str, Any]) -> TextEnvSpec:
+    """``text-jsonl``: prompts from a JSONL file, scored by a reward function named by
+    import path. Config keys: ``path``, ``reward`` ("module:function" taking (Prompt, str)),
+    ``max_new_tokens`` (16), ``max_prompt_tokens`` (the context left for prompts; default
+    the longest prompt), ``text_key`` ("prompt"), ``answer_key`` ("answer")."""
+    valid = ("path", "reward", "max_new_tokens", "max_prompt_tokens", "text_key", "answer_key")
+    _check_config_keys("text-jsonl", config, valid)
+    for key in ("path", "reward"):
+        if key not in config:
+            raise ValueError(f"text-jsonl needs config key {key!r}")
+    prompts = JsonlPrompts(config["path"], text_key=config.get("text_key", "prompt"),
+                           answer_key=config.get("answer_key", "answer"))
+    tokenizer = CharTokenizer()
+    longest = max(len(tokenizer.encode(p.text)) for p in prompts.prompts)
+    max_prompt_tokens = config.get("max_prompt_tokens", longest)
+    check_prompt_lengths(prompts.prompts, tokenizer, max_prompt_tokens)
+    return TextEnvSpec(tokenizer=tokenizer, prompts=prompts, reward_fn=_import_reward(config["reward"]),
+                       max_prompt_tokens=max_prompt_tokens, max_new_tokens=config.get("max_new_tokens", 16))
+
+
+register_text_env("text-jsonl", _make_text_jsonl)
 
 
 # --- helpers -------------------------------------------------------------------------------

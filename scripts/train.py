@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from algorithms import UnknownAlgorithmError, get_config_class  # noqa: E402
 from envs import EnvContractError, EnvFailedError, EnvNotFoundError  # noqa: E402
+from envs.text import RewardError  # noqa: E402
 from rl.env_runner_group import RunnerFailureError  # noqa: E402
 from rl.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from rl.config import ConfigError  # noqa: E402
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     except BAD_INPUT as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
-    except (RunnerFailureError, EnvFailedError) as e:
+    except (RunnerFailureError, EnvFailedError, RewardError) as e:
         print(f"train.py: run failed (last checkpoint kept): {e}", file=sys.stderr)
         return 3
 

@@ -12,9 +12,11 @@ import torch
 
 from algorithms.grpo.config import GRPOConfig
 from algorithms.grpo.learner import GRPOLearner
+from envs import EnvNotFoundError
 from envs.text import make_text_env
 from rl.algorithm import Algorithm
 from rl.batch import concat_batches
+from rl.config import ConfigError
 from rl.generator import GeneratorRunner
 from rl.gpt import GPTConfig
 
@@ -58,7 +60,12 @@ class GRPO(Algorithm):
 
     def setup_env(self) -> GPTConfig:
         c = self.config
-        self.text_env = make_text_env(c.env, c.env_config)
+        try:
+            self.text_env = make_text_env(c.env, c.env_config)
+        except EnvNotFoundError:
+            raise
+        except ValueError as e:  # a bad env_config, prompt file or reward: bad input, one line
+            raise ConfigError(f"env {c.env!r}: {e}") from None
         return GPTConfig(
             vocab_size=self.text_env.tokenizer.vocab_size,
             block_size=self.text_env.max_prompt_tokens + self.text_env.max_new_tokens,

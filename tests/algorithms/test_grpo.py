@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -86,3 +88,57 @@ def test_a_checkpoint_answers_prompts_in_three_lines(tmp_path):
         assert loaded.iteration == 1
     finally:
         loaded.stop()
+
+
+REWARDS = '''
+def exact(prompt, completion):
+    return float(completion.strip() == (prompt.answer or ""))
+
+def nan(prompt, completion):
+    return float("nan")
+'''
+
+
+@pytest.fixture
+def jsonl_task(tmp_path, monkeypatch):
+    (tmp_path / "task_rewards.py").write_text(REWARDS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    good = tmp_path / "prompts.jsonl"
+    good.write_text('{"prompt": "1+1=", "answer": "2"}\n{"prompt": "2+2=", "answer": "4"}\n')
+    return tmp_path, good
+
+
+def test_jsonl_prompts_and_a_reward_by_import_path_train(jsonl_task):
+    _, good = jsonl_task
+    algo = small(env="text-jsonl", env_config={"path": str(good), "reward": "task_rewards:exact", "max_new_tokens": 4},
+                 warmup_steps=0).build()
+    try:
+        assert 0.0 <= algo.train()["episode_return_mean"] <= 1.0
+    finally:
+        algo.stop()
+
+
+@pytest.mark.parametrize("content,extra,needle", [
+    ('{"prompt": "1+1="}\n{"prompt": 2+2=}\n', {}, "line 2: invalid JSON"),
+    ("", {}, "no prompts, the file is empty"),
+    ('{"prompt": "1+1=", "answer": "2"}\n', {"max_prompt_tokens": 3}, "prompt 0 '1+1=' is 5 tokens, over max_prompt_tokens 3"),
+])
+def test_bad_prompt_files_are_one_clear_error(jsonl_task, content, extra, needle):
+    from rl.config import ConfigError
+
+    path = jsonl_task[0] / "bad.jsonl"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        small(env="text-jsonl", env_config={"path": str(path), "reward": "task_rewards:exact", **extra}).build()
+
+
+def test_a_reward_returning_nan_names_the_prompt(jsonl_task):
+    from envs.text import RewardError
+
+    _, good = jsonl_task
+    algo = small(env="text-jsonl", env_config={"path": str(good), "reward": "task_rewards:nan"}, warmup_steps=0).build()
+    try:
+        with pytest.raises(RewardError, match=r"returned nan.*for prompt \d+ '\d\+\d='"):
+            algo.train()
+    finally:
+        algo.stop()
