@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from envs.text import make_text_env, score
+from envs.text import TextEnvSpec, make_text_env, score
 from rl.batch import Fragment
 from rl.gpt import GPTConfig
 
@@ -33,7 +33,7 @@ class GeneratorRunner:
     def __init__(
         self,
         *,
-        text_env: str,
+        text_env: str | TextEnvSpec,
         env_config: dict,
         lm_spec: GPTConfig,
         prompts_per_sample: int,
@@ -44,7 +44,7 @@ class GeneratorRunner:
         index: int = 0,
     ) -> None:
         self.index = index
-        self.spec = make_text_env(text_env, env_config)
+        self.spec = text_env if isinstance(text_env, TextEnvSpec) else make_text_env(text_env, env_config)
         self.model = lm_spec.build().eval()
         self.prompts_per_sample, self.group_size = prompts_per_sample, group_size
         self.temperature, self.top_k = temperature, top_k

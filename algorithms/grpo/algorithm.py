@@ -13,7 +13,7 @@ import torch
 from algorithms.grpo.config import GRPOConfig
 from algorithms.grpo.learner import GRPOLearner
 from envs import EnvNotFoundError
-from envs.text import make_text_env
+from envs.text import TextEnvSpec, make_text_env
 from rl.algorithm import Algorithm
 from rl.batch import concat_batches
 from rl.config import ConfigError
@@ -61,7 +61,7 @@ class GRPO(Algorithm):
     def setup_env(self) -> GPTConfig:
         c = self.config
         try:
-            self.text_env = make_text_env(c.env, c.env_config)
+            self.text_env = c.env if isinstance(c.env, TextEnvSpec) else make_text_env(c.env, c.env_config)
         except EnvNotFoundError:
             raise
         except ValueError as e:  # a bad env_config, prompt file or reward: bad input, one line
