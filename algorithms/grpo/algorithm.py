@@ -58,7 +58,7 @@ class GRPO(Algorithm):
     config_class = GRPOConfig
     learner_class = GRPOLearner
 
-    def setup_env(self) -> GPTConfig:
+    def setup_env(self) -> Any:
         c = self.config
         try:
             self.text_env = c.env if isinstance(c.env, TextEnvSpec) else make_text_env(c.env, c.env_config)
@@ -66,6 +66,10 @@ class GRPO(Algorithm):
             raise
         except ValueError as e:  # a bad env_config, prompt file or reward: bad input, one line
             raise ConfigError(f"env {c.env!r}: {e}") from None
+        if c.hf_model:
+            from rl.hf import HFSpec  # optional extra: imported only when asked for
+
+            return HFSpec(path=c.hf_model)
         return GPTConfig(
             vocab_size=self.text_env.tokenizer.vocab_size,
             block_size=self.text_env.max_prompt_tokens + self.text_env.max_new_tokens,
@@ -93,7 +97,8 @@ class GRPO(Algorithm):
         if not c.warmup_steps or self.text_env.warmup_examples is None:
             return
         pairs = self.text_env.warmup_examples(4096, np.random.default_rng(c.seed))
-        seq, attn, mask = supervised_sequences(pairs, self.text_env.tokenizer, self.module_spec.block_size)
+        length = self.text_env.max_prompt_tokens + self.text_env.max_new_tokens
+        seq, attn, mask = supervised_sequences(pairs, self.text_env.tokenizer, length)
         t0 = time.perf_counter()
         loss = self.learner_group.call("warmup", seq, attn, mask, c.warmup_steps)[0]
         if c.log_to_console:

@@ -35,6 +35,10 @@ class GRPOConfig(AlgorithmConfig):
     """Adam learning rate of the RL phase."""
     grad_clip: float | None = 1.0
     """Clip the global gradient norm to this; None disables."""
+    hf_model: str | None = None
+    """A local Hugging Face causal-LM directory to post-train instead of the built-in GPT
+    (``pip install -e '.[hf]'``; nothing is downloaded). Pair it with a text env whose
+    tokenizer is that model's (``rl.hf.HFTokenizer``)."""
     n_layer: int = 2
     """Transformer blocks of the policy."""
     n_head: int = 4

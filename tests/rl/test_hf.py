@@ -323,3 +323,25 @@ def test_runner_and_learner_run_grpo_on_an_hf_model():
     assert metrics["losses/clip_fraction"] == 0.0 and abs(metrics["kl_to_ref"]) < 1e-6  # ratio 1 at step one
     after = learner.get_weights()
     assert any(not np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_grpo_post_trains_a_local_hf_model_directory(tmp_path):
+    from algorithms.grpo import GRPOConfig
+    from envs.text import ListPrompts, TextEnvSpec
+
+    tok = HFTokenizer(char_tokenizer())
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=tok.vocab_size, n_positions=32, n_embd=16,
+                                                         n_layer=1, n_head=2)).save_pretrained(tmp_path)
+    spec = TextEnvSpec(tokenizer=tok, prompts=ListPrompts(["1+2=", "3+4="]),
+                       reward_fn=lambda p, c: float(len(c)),  # varies even for a random model
+                       max_prompt_tokens=6, max_new_tokens=3)
+    algo = GRPOConfig(env=spec, hf_model=str(tmp_path), seed=0, warmup_steps=0, prompts_per_runner=2, group_size=4,
+                      minibatch_size=8).build()
+    try:
+        before = {k: v.copy() for k, v in algo.learner_group.get_weights().items()}
+        result = algo.train()
+        after = algo.learner_group.get_weights()
+        assert any(not np.array_equal(before[k], after[k]) for k in before)
+        assert result["env_steps"] == 8 and abs(result["kl_to_ref"]) < 1e-4  # first update: still the reference
+    finally:
+        algo.stop()
