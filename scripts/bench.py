@@ -17,9 +17,9 @@ steps and the same learner work per env step (one gradient step on 400 rows per 
 steps), with the share of the time the runners spent sampling.
 
 ``cartpole-race``: wall-clock seconds from process start to a mean return of 450 over the
-last 20 episodes on CartPole-v1, rlfleet PPO (its tuned example) against Stable-Baselines3
-PPO with rl-zoo's tuned hyperparameters (``scripts/peers/sb3_ppo_cartpole.py``, run in its
-own venv). Each seed runs both as fresh processes, alternating which goes first; the
+last 20 episodes on CartPole-v1, rlfleet PPO (or DQN with ``--algo dqn``; its tuned
+example) against Stable-Baselines3's with rl-zoo's tuned hyperparameters
+(``scripts/peers/sb3_*_cartpole.py``, run in its own venv; SB3 gets 100k env steps). Each seed runs both as fresh processes, alternating which goes first; the
 report gives medians and the ratio of medians.
 """
 
@@ -46,10 +46,13 @@ def timed(cmd: list[str]) -> tuple[float, str]:
     return wall, out.stdout
 
 
-def run_ours(seed: int, target: float, window: int) -> dict:
+PEERS = {"ppo": ("scripts/peers/sb3_ppo_cartpole.py", "100000"), "dqn": ("scripts/peers/sb3_dqn_cartpole.py", "100000")}
+
+
+def run_ours(algo: str, seed: int, target: float, window: int) -> dict:
     with tempfile.TemporaryDirectory() as logdir:
         wall, _ = timed([
-            sys.executable, "scripts/train.py", "--algo", "ppo", "--env", "CartPole-v1", "--seed", str(seed),
+            sys.executable, "scripts/train.py", "--algo", algo, "--env", "CartPole-v1", "--seed", str(seed),
             "--stop-reward", str(target), "--stop-timesteps", "200000", "--quiet", "--logdir", logdir,
             "--set", f"metrics_smoothing_episodes={window}",
         ])
@@ -59,10 +62,10 @@ def run_ours(seed: int, target: float, window: int) -> dict:
     return {"wall_s": wall, "env_steps": last["env_steps"], "reached": ret >= target}
 
 
-def run_sb3(python: str, seed: int, target: float, window: int) -> dict:
+def run_sb3(algo: str, python: str, seed: int, target: float, window: int) -> dict:
+    script, max_steps = PEERS[algo]
     wall, stdout = timed([
-        python, "scripts/peers/sb3_ppo_cartpole.py", "--seed", str(seed), "--target", str(target),
-        "--window", str(window), "--max-steps", "100000",
+        python, script, "--seed", str(seed), "--target", str(target), "--window", str(window), "--max-steps", max_steps,
     ])
     line = json.loads(stdout.strip().splitlines()[-1])
     return {"wall_s": wall, "env_steps": line["env_steps"], "reached": line["reached"]}
@@ -75,8 +78,8 @@ def cartpole_race(args: argparse.Namespace) -> None:
         for who in order:
             if who == "sb3" and not args.sb3_python:
                 continue
-            r = run_ours(seed, args.target, args.window) if who == "rlfleet" else run_sb3(
-                args.sb3_python, seed, args.target, args.window)
+            r = run_ours(args.algo, seed, args.target, args.window) if who == "rlfleet" else run_sb3(
+                args.algo, args.sb3_python, seed, args.target, args.window)
             rows[who].append(r)
             print(f"seed {seed} {who:8s} wall {r['wall_s']:6.2f} s  env_steps {r['env_steps']:7d}  "
                   f"reached {r['reached']}", flush=True)
@@ -208,6 +211,7 @@ def main() -> None:
     sub = p.add_subparsers(dest="bench", required=True)
     race = sub.add_parser("cartpole-race", help="time to return 450 on CartPole-v1 vs SB3")
     race.add_argument("--seeds", type=int, default=3)
+    race.add_argument("--algo", choices=sorted(PEERS), default="ppo", help="ppo or dqn, each against SB3's tuned one")
     race.add_argument("--target", type=float, default=450.0)
     race.add_argument("--window", type=int, default=20)
     race.add_argument("--sb3-python", help="python of a venv with stable-baselines3 (see scripts/peers)")
