@@ -1,35 +1,20 @@
-"""A small GPT: the causal language-model policy for RLHF-style post-training.
+"""A small GPT: the built-in causal language-model policy for RLHF-style post-training.
 
-An episode is one prompt and its completion; the actions are tokens. Two paths share one
-set of weights:
-
-- the learner's: ``forward`` / ``token_logprobs``, one pass over a padded batch of
-  prompt+completion sequences (left- or right-padded);
-- the sampler's: ``generate``, batched over left-padded prompts, one token per step,
-  reusing cached keys and values.
-
-The two paths must give the same log-probabilities for the same tokens: PPO and GRPO
-weight each token by ``exp(logp_learner - logp_sampler)``, so any disagreement (a position
-shifted by padding, a pad token attended to, the log-prob of a temperature-scaled
-distribution) is a spurious ratio != 1 before the first update. Hence three rules:
-
-1. position ids count real tokens only (``cumsum(mask) - 1``), so a sequence gets the same
-   positions, and the same logits, whatever padding surrounds it;
-2. no query ever attends to a padded key;
-3. ``generate`` reports log-probs under the plain policy (temperature 1, no top-k/top-p),
-   whatever distribution it actually sampled from: that is what the learner recomputes.
+The network only; the paths it shares with other causal LMs (token log-probs, batched
+generation with a cache, and the rules that keep them consistent) are in
+``rl.causal_lm``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Literal, NamedTuple, TypedDict, overload
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rl.causal_lm import CausalLM, LMOutput, position_ids
 
 @dataclasses.dataclass(frozen=True)
 class GPTConfig:
@@ -66,48 +51,7 @@ class GPTConfig:
     def build(self) -> GPT:
         return GPT(self)
 
-
-class GPTOutput(NamedTuple):
-    """What ``GPT.forward`` returns."""
-
-    logits: torch.Tensor
-    """(B, T, V): logits[:, t] scores the token at t + 1 given the tokens up to t."""
-    values: torch.Tensor | None
-    """(B, T) value of the state after token t; None without a value head."""
-
-
-class Generation(TypedDict):
-    """What ``GPT.generate`` returns; all tensors on the model's device.
-
-    P is the longest prompt, N is ``max_new_tokens``. Completion token j sits at
-    ``sequences[:, P + j]`` and its log-prob is ``token_logprobs(sequences,
-    attention_mask)[:, P - 1 + j]``.
-    """
-
-    sequences: torch.Tensor
-    """(B, P + N) int64: left-padded prompt, then the completion (pad after eos)."""
-    attention_mask: torch.Tensor
-    """(B, P + N) int64: 1 for real tokens (prompt and completion up to and including eos)."""
-    completion_mask: torch.Tensor
-    """(B, N) int64: 1 for generated tokens up to and including eos."""
-    logprobs: torch.Tensor
-    """(B, N) float32: log p(token) under the plain policy (temperature 1, unfiltered); 0
-    where the completion mask is 0."""
-    prompt_lengths: torch.Tensor
-    """(B,) int64: real tokens in each prompt."""
-
-
 # -- padding-aware helpers -------------------------------------------------------------
-
-
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that count real tokens only: ``cumsum(mask) - 1``, clamped at 0.
-
-    A left-padded prompt starts at position 0 like an unpadded one; pads get a harmless
-    position (0 before the first real token, the last real position after the last).
-    """
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
-
 
 def attention_allowed(key_mask: torch.Tensor, n_query: int) -> torch.Tensor:
     """Which keys each query may attend to, for ``scaled_dot_product_attention``.
@@ -130,62 +74,7 @@ def attention_allowed(key_mask: torch.Tensor, n_query: int) -> torch.Tensor:
     allowed = allowed | (k_pos == q_pos)  # (B, Tq, Tk)
     return allowed[:, None]  # (B, 1, Tq, Tk)
 
-
-def next_token_logprobs(
-    logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-) -> torch.Tensor:
-    """log p(x_{t+1} | x_{<=t}) for t = 0 .. T-2, from logits (B, T, V) of ``input_ids``.
-
-    Computed in float32 whatever the model's dtype (bf16 log-softmax is too coarse for
-    PPO ratios). Entries where x_t or x_{t+1} is padding are 0. Returns (B, T - 1).
-    """
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
-    out = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
-    if attention_mask is not None:
-        out = out * _pair_mask(attention_mask)
-    return out
-
-
-def next_token_entropy(
-    logits: torch.Tensor, attention_mask: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Entropy of the next-token distribution at t = 0 .. T-2, aligned with
-    ``next_token_logprobs`` (and zeroed at the same padded entries). Returns (B, T - 1)."""
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
-    out = -(logp.exp() * logp).sum(-1)  # (B, T-1)
-    if attention_mask is not None:
-        out = out * _pair_mask(attention_mask)
-    return out
-
-
-def _pair_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    mask = attention_mask.bool()
-    return (mask[:, :-1] & mask[:, 1:]).float()  # (B, T-1)
-
-
-def filter_logits(
-    logits: torch.Tensor, *, top_k: int | None = None, top_p: float | None = None
-) -> torch.Tensor:
-    """Set to -inf every logit outside the top-k and outside the nucleus (top-p).
-
-    The nucleus is the smallest set of most likely tokens whose probability reaches
-    ``top_p`` (Holtzman et al. 2020); the most likely token is always kept. Ties at the
-    k-th logit are all kept. ``logits`` (B, V); returns (B, V).
-    """
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
-        probs = F.softmax(sorted_logits, dim=-1)  # (B, V)
-        mass_before = probs.cumsum(-1) - probs  # (B, V): mass of the more likely tokens
-        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
-        logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
-    return logits
-
-
 # -- the network -----------------------------------------------------------------------
-
 
 class KVCache:
     """Keys and values of every layer, preallocated for the whole generation.
@@ -210,7 +99,6 @@ class KVCache:
         self.k[layer, :, :, self.length : end] = k
         self.v[layer, :, :, self.length : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
-
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig, layer: int) -> None:
@@ -239,7 +127,6 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_drop(self.proj(y))
 
-
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -249,7 +136,6 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.proj(F.gelu(self.fc(x))))
-
 
 class Block(nn.Module):
     """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
@@ -267,14 +153,14 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x), allowed, cache)
         return x + self.mlp(self.ln_2(x))
 
-
-class GPT(nn.Module):
+class GPT(CausalLM):
     """Decoder-only transformer with learned positions and an LM head tied to the token
     embedding; optionally a per-token value head."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
+        self.vocab_size, self.max_length, self.max_length_name = config.vocab_size, config.block_size, "block_size"
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
@@ -297,10 +183,6 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    @property
-    def device(self) -> torch.device:
-        return self.wte.weight.device
-
     def _hidden(
         self,
         input_ids: torch.Tensor,
@@ -317,7 +199,7 @@ class GPT(nn.Module):
     # -- learner path ------------------------------------------------------------------
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> GPTOutput:
+    ) -> LMOutput:
         """Logits (B, T, V) and, with a value head, values (B, T) of a padded batch.
 
         ``attention_mask`` (B, T) is 1 for real tokens (None: all real); padding may sit
@@ -340,180 +222,19 @@ class GPT(nn.Module):
         h = self._hidden(input_ids, position_ids(key_mask), attention_allowed(key_mask, T), None)
         logits = self.lm_head(h)  # (B, T, V)
         values = self.value_head(h).squeeze(-1) if self.value_head is not None else None  # (B, T)
-        return GPTOutput(logits, values)
-
-    @overload
-    def token_logprobs(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        *,
-        with_entropy: Literal[False] = False,
-    ) -> torch.Tensor: ...
-
-    @overload
-    def token_logprobs(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        *,
-        with_entropy: Literal[True],
-    ) -> tuple[torch.Tensor, torch.Tensor]: ...
-
-    def token_logprobs(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        *,
-        with_entropy: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """log p(x_{t+1} | x_{<=t}) for every next token, in one forward pass: (B, T - 1).
-
-        Float32, 0 where x_t or x_{t+1} is padding. With ``with_entropy``, also the entropy
-        of each next-token distribution, (B, T - 1), aligned the same way. A learner that
-        also needs values calls ``forward`` once and uses ``next_token_logprobs`` /
-        ``next_token_entropy`` on its logits.
-        """
-        logits = self(input_ids, attention_mask).logits  # (B, T, V)
-        logprobs = next_token_logprobs(logits, input_ids, attention_mask)  # (B, T-1)
-        if with_entropy:
-            return logprobs, next_token_entropy(logits, attention_mask)
-        return logprobs
+        return LMOutput(logits, values)
 
     # -- sampler path ------------------------------------------------------------------
+    def _decoding_state(self, batch_size: int, total_length: int) -> KVCache:
+        return KVCache(self.config, batch_size, total_length, self.device, self.wte.weight.dtype)
+
     def _decode(
         self, new_ids: torch.Tensor, key_mask: torch.Tensor, cache: KVCache
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, KVCache]:
         """Run ``new_ids`` (B, T) after the cached tokens; ``key_mask`` (B, Tk) covers the
         cached tokens and the new ones. Returns the last position's logits (B, V)."""
         T = new_ids.shape[1]
         positions = position_ids(key_mask)[:, -T:]  # (B, T)
         h = self._hidden(new_ids, positions, attention_allowed(key_mask, T), cache)
         cache.length += T
-        return self.lm_head(h[:, -1])  # (B, V)
-
-    @torch.no_grad()
-    def generate(
-        self,
-        prompt_ids: list[list[int]],
-        *,
-        max_new_tokens: int,
-        temperature: float | None = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        eos_id: int | None = None,
-        pad_id: int = 0,
-        generator: torch.Generator | None = None,
-    ) -> Generation:
-        """Sample completions for a batch of prompts; see ``Generation`` for the result.
-
-        Prompts are left-padded into one (B, P) batch so every completion starts in the
-        same column, prefilled in one pass, then extended one token per step with cached
-        keys and values. ``temperature`` 0 or None is greedy; otherwise logits / temperature
-        are filtered by ``top_k`` then ``top_p`` and sampled with ``generator`` (which must
-        live on the model's device; None uses the global RNG). After a sequence emits
-        ``eos_id`` it emits ``pad_id``, masked out. Runs in eval mode (no dropout).
-
-        The returned ``logprobs`` are the plain policy's (temperature 1, unfiltered), the
-        quantity ``token_logprobs`` recomputes on the returned sequences: the importance
-        ratio of an unchanged policy is then exactly 1, even when sampling was tempered.
-        """
-        self._check_generate_args(
-            prompt_ids, max_new_tokens, temperature, top_k, top_p, eos_id, pad_id
-        )
-        device = self.device
-        B, N = len(prompt_ids), max_new_tokens
-        lengths = [len(p) for p in prompt_ids]
-        P = max(lengths)
-        prompt = torch.full((B, P), pad_id, dtype=torch.long, device=device)  # (B, P)
-        prompt_mask = torch.zeros((B, P), dtype=torch.bool, device=device)  # (B, P)
-        for i, ids in enumerate(prompt_ids):
-            prompt[i, P - len(ids) :] = torch.tensor(ids, dtype=torch.long, device=device)
-            prompt_mask[i, P - len(ids) :] = True
-
-        completion = torch.full((B, N), pad_id, dtype=torch.long, device=device)  # (B, N)
-        completion_mask = torch.zeros((B, N), dtype=torch.bool, device=device)  # (B, N)
-        logprobs = torch.zeros((B, N), dtype=torch.float32, device=device)  # (B, N)
-        done = torch.zeros(B, dtype=torch.bool, device=device)  # (B,)
-
-        was_training = self.training
-        self.eval()
-        try:
-            cache = KVCache(self.config, B, P + N, device, self.wte.weight.dtype)
-            key_mask = prompt_mask  # (B, P + t): real tokens so far
-            logits = self._decode(prompt, key_mask, cache)  # (B, V)
-            for t in range(N):
-                alive = ~done  # (B,)
-                token = _sample(logits, temperature, top_k, top_p, generator)  # (B,)
-                token = torch.where(alive, token, pad_id)  # (B,)
-                logp = F.log_softmax(logits.float(), dim=-1)  # (B, V): the plain policy
-                logprobs[:, t] = logp.gather(-1, token[:, None]).squeeze(-1) * alive
-                completion[:, t] = token
-                completion_mask[:, t] = alive
-                if eos_id is not None:
-                    done = done | (token == eos_id)
-                if t == N - 1 or bool(done.all()):
-                    break
-                key_mask = torch.cat([key_mask, alive[:, None]], dim=1)  # (B, P + t + 1)
-                logits = self._decode(token[:, None], key_mask, cache)  # (B, V)
-        finally:
-            self.train(was_training)
-
-        return Generation(
-            sequences=torch.cat([prompt, completion], dim=1),
-            attention_mask=torch.cat([prompt_mask, completion_mask], dim=1).long(),
-            completion_mask=completion_mask.long(),
-            logprobs=logprobs,
-            prompt_lengths=torch.tensor(lengths, dtype=torch.long, device=device),
-        )
-
-    def _check_generate_args(
-        self,
-        prompt_ids: list[list[int]],
-        max_new_tokens: int,
-        temperature: float | None,
-        top_k: int | None,
-        top_p: float | None,
-        eos_id: int | None,
-        pad_id: int,
-    ) -> None:
-        V, block_size = self.config.vocab_size, self.config.block_size
-        if not prompt_ids:
-            raise ValueError("generate needs at least one prompt")
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-        if temperature is not None and temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
-        if top_p is not None and not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        for name, token in (("eos_id", eos_id), ("pad_id", pad_id)):
-            if token is not None and not 0 <= token < V:
-                raise ValueError(f"{name} {token} is outside the vocabulary [0, {V})")
-        for i, ids in enumerate(prompt_ids):
-            if len(ids) == 0:
-                raise ValueError(f"prompt {i} is empty; every prompt needs at least one token")
-            if len(ids) + max_new_tokens > block_size:
-                raise ValueError(
-                    f"prompt {i} has {len(ids)} tokens; with max_new_tokens={max_new_tokens} "
-                    f"that is {len(ids) + max_new_tokens} > block_size {block_size}"
-                )
-            bad = [tok for tok in ids if not 0 <= tok < V]
-            if bad:
-                raise ValueError(f"prompt {i} has token ids outside [0, {V}): {bad[:5]}")
-
-
-def _sample(
-    logits: torch.Tensor,
-    temperature: float | None,
-    top_k: int | None,
-    top_p: float | None,
-    generator: torch.Generator | None,
-) -> torch.Tensor:
-    """One token per row of ``logits`` (B, V): argmax when temperature is 0 or None."""
-    if not temperature:
-        return logits.argmax(-1)  # (B,)
-    scaled = filter_logits(logits.float() / temperature, top_k=top_k, top_p=top_p)  # (B, V)
-    probs = F.softmax(scaled, dim=-1)  # (B, V)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+        return self.lm_head(h[:, -1]), cache  # (B, V)

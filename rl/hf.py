@@ -27,20 +27,12 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
-from typing import TYPE_CHECKING, Any, Iterable, Literal, overload
+from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from rl.gpt import (
-    Generation,
-    GPTOutput,
-    _sample,
-    next_token_entropy,
-    next_token_logprobs,
-    position_ids,
-)
+from rl.causal_lm import CausalLM, LMOutput, position_ids
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -67,10 +59,14 @@ def _disable_dropout(model: nn.Module) -> None:
             module.p = 0.0
 
 
-class HFCausalLM(nn.Module):
+class HFCausalLM(CausalLM):
     """A ``transformers`` causal LM as a policy: ``forward``, ``token_logprobs`` and
     ``generate`` with the signatures and semantics of ``rl.gpt.GPT``; optionally a
-    per-token value head ``Linear(hidden_size, 1)`` on the last hidden state."""
+    per-token value head ``Linear(hidden_size, 1)`` on the last hidden state.
+
+    Generation is ``CausalLM.generate`` on the model's own ``past_key_values``, not
+    transformers' ``generate``: that one reports processed (tempered, filtered) scores and
+    numbers positions by column under left padding."""
 
     def __init__(self, model: PreTrainedModel, *, value_head: bool = False) -> None:
         super().__init__()
@@ -80,6 +76,7 @@ class HFCausalLM(nn.Module):
         self.vocab_size: int = config.vocab_size
         # None for models without learned or bounded positions; then nothing is checked.
         self.max_length: int | None = getattr(config, "max_position_embeddings", None)
+        self.max_length_name = "max_position_embeddings"
         self.value_head: nn.Linear | None = None
         if value_head:
             self.value_head = nn.Linear(config.hidden_size, 1, dtype=model.dtype)
@@ -107,14 +104,10 @@ class HFCausalLM(nn.Module):
         model = transformers.AutoModelForCausalLM.from_pretrained(path_or_name, **model_kwargs)
         return cls(model, value_head=value_head)
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
     # -- learner path ------------------------------------------------------------------
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> GPTOutput:
+    ) -> LMOutput:
         """Logits (B, T, V) and, with a value head, values (B, T) of a padded batch.
 
         ``attention_mask`` (B, T) is 1 for real tokens (None: all real); padding may sit
@@ -145,41 +138,7 @@ class HFCausalLM(nn.Module):
         if self.value_head is not None:
             h = out.hidden_states[-1]  # (B, T, C): after the final norm, what the LM head reads
             values = self.value_head(h).squeeze(-1)  # (B, T)
-        return GPTOutput(out.logits, values)
-
-    @overload
-    def token_logprobs(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        *,
-        with_entropy: Literal[False] = False,
-    ) -> torch.Tensor: ...
-
-    @overload
-    def token_logprobs(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        *,
-        with_entropy: Literal[True],
-    ) -> tuple[torch.Tensor, torch.Tensor]: ...
-
-    def token_logprobs(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        *,
-        with_entropy: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """log p(x_{t+1} | x_{<=t}) for every next token, in one forward pass: (B, T - 1),
-        float32, 0 where x_t or x_{t+1} is padding; with ``with_entropy`` also the entropy
-        of each next-token distribution, aligned the same way (as ``GPT.token_logprobs``)."""
-        logits = self(input_ids, attention_mask).logits  # (B, T, V)
-        logprobs = next_token_logprobs(logits, input_ids, attention_mask)  # (B, T-1)
-        if with_entropy:
-            return logprobs, next_token_entropy(logits, attention_mask)
-        return logprobs
+        return LMOutput(out.logits, values)
 
     # -- sampler path ------------------------------------------------------------------
     def _decode(
@@ -198,118 +157,6 @@ class HFCausalLM(nn.Module):
             **self._last_logits_only,
         )
         return out.logits[:, -1], out.past_key_values
-
-    @torch.no_grad()
-    def generate(
-        self,
-        prompt_ids: list[list[int]],
-        *,
-        max_new_tokens: int,
-        temperature: float | None = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        eos_id: int | None = None,
-        pad_id: int = 0,
-        generator: torch.Generator | None = None,
-    ) -> Generation:
-        """Sample completions for a batch of prompts, exactly as ``GPT.generate`` does (see
-        there and ``rl.gpt.Generation``): left-padded prompts prefilled in one pass, then
-        one token per step on the model's own ``past_key_values``; temperature 0 or None
-        is greedy; after ``eos_id`` a sequence emits ``pad_id``, masked out; the returned
-        ``logprobs`` are the plain policy's, what ``token_logprobs`` recomputes.
-
-        ``model.generate`` of transformers is not used: it reports processed (tempered,
-        filtered) scores and numbers positions by column under left padding.
-        """
-        _check_generate_args(
-            prompt_ids, max_new_tokens, temperature, top_k, top_p, eos_id, pad_id,
-            vocab_size=self.vocab_size, max_length=self.max_length,
-        )
-        device = self.device
-        B, N = len(prompt_ids), max_new_tokens
-        lengths = [len(p) for p in prompt_ids]
-        P = max(lengths)
-        prompt = torch.full((B, P), pad_id, dtype=torch.long, device=device)  # (B, P)
-        prompt_mask = torch.zeros((B, P), dtype=torch.bool, device=device)  # (B, P)
-        for i, ids in enumerate(prompt_ids):
-            prompt[i, P - len(ids) :] = torch.tensor(ids, dtype=torch.long, device=device)
-            prompt_mask[i, P - len(ids) :] = True
-
-        completion = torch.full((B, N), pad_id, dtype=torch.long, device=device)  # (B, N)
-        completion_mask = torch.zeros((B, N), dtype=torch.bool, device=device)  # (B, N)
-        logprobs = torch.zeros((B, N), dtype=torch.float32, device=device)  # (B, N)
-        done = torch.zeros(B, dtype=torch.bool, device=device)  # (B,)
-
-        was_training = self.training
-        self.eval()
-        try:
-            key_mask = prompt_mask  # (B, P + t): real tokens so far
-            logits, past = self._decode(prompt, key_mask, None)  # (B, V)
-            for t in range(N):
-                alive = ~done  # (B,)
-                token = _sample(logits, temperature, top_k, top_p, generator)  # (B,)
-                token = torch.where(alive, token, pad_id)  # (B,)
-                logp = F.log_softmax(logits.float(), dim=-1)  # (B, V): the plain policy
-                logprobs[:, t] = logp.gather(-1, token[:, None]).squeeze(-1) * alive
-                completion[:, t] = token
-                completion_mask[:, t] = alive
-                if eos_id is not None:
-                    done = done | (token == eos_id)
-                if t == N - 1 or bool(done.all()):
-                    break
-                key_mask = torch.cat([key_mask, alive[:, None]], dim=1)  # (B, P + t + 1)
-                logits, past = self._decode(token[:, None], key_mask, past)  # (B, V)
-        finally:
-            self.train(was_training)
-
-        return Generation(
-            sequences=torch.cat([prompt, completion], dim=1),
-            attention_mask=torch.cat([prompt_mask, completion_mask], dim=1).long(),
-            completion_mask=completion_mask.long(),
-            logprobs=logprobs,
-            prompt_lengths=torch.tensor(lengths, dtype=torch.long, device=device),
-        )
-
-
-def _check_generate_args(
-    prompt_ids: list[list[int]],
-    max_new_tokens: int,
-    temperature: float | None,
-    top_k: int | None,
-    top_p: float | None,
-    eos_id: int | None,
-    pad_id: int,
-    *,
-    vocab_size: int,
-    max_length: int | None,
-) -> None:
-    """``GPT._check_generate_args`` with the model's limits passed in; ``max_length`` None
-    (no position table) skips the length check."""
-    V = vocab_size
-    if not prompt_ids:
-        raise ValueError("generate needs at least one prompt")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-    if temperature is not None and temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    for name, token in (("eos_id", eos_id), ("pad_id", pad_id)):
-        if token is not None and not 0 <= token < V:
-            raise ValueError(f"{name} {token} is outside the vocabulary [0, {V})")
-    for i, ids in enumerate(prompt_ids):
-        if len(ids) == 0:
-            raise ValueError(f"prompt {i} is empty; every prompt needs at least one token")
-        if max_length is not None and len(ids) + max_new_tokens > max_length:
-            raise ValueError(
-                f"prompt {i} has {len(ids)} tokens; with max_new_tokens={max_new_tokens} "
-                f"that is {len(ids) + max_new_tokens} > max_position_embeddings {max_length}"
-            )
-        bad = [tok for tok in ids if not 0 <= tok < V]
-        if bad:
-            raise ValueError(f"prompt {i} has token ids outside [0, {V}): {bad[:5]}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,8 @@ from algorithms.grpo.loss import masked_mean
 from algorithms.ppo.learner import ppo_loss
 from rl.batch import SampleBatch
 from rl.config import ConfigError
-from rl.gpt import GPTConfig, next_token_entropy, next_token_logprobs
+from rl.causal_lm import next_token_entropy, next_token_logprobs
+from rl.gpt import GPTConfig
 from rl.learner import TensorBatch
 from rl.postprocessing import compute_gae
 
