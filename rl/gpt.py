@@ -16,6 +16,7 @@ from torch import nn
 
 from rl.causal_lm import CausalLM, LMOutput, position_ids
 
+
 @dataclasses.dataclass(frozen=True)
 class GPTConfig:
     """Everything needed to build a GPT anywhere (it is sent to remote actors)."""

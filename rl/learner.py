@@ -76,8 +76,14 @@ class Learner(abc.ABC):
         """
         lr = self.current_lr(env_steps)
         self.optimizer.lr = lr
-        data = self.to_tensors(batch)
-        n = num_rows(batch)
+        out = self.train_epochs(self.to_tensors(batch), num_epochs=num_epochs, minibatch_size=minibatch_size)
+        out["learner/lr"] = lr
+        return out
+
+    def train_epochs(self, data: TensorBatch, *, num_epochs: int, minibatch_size: int) -> dict[str, float]:
+        """Gradient steps over shuffled minibatches of the rows of ``data`` (tensors on
+        the device); the metrics averaged over the steps."""
+        n = num_rows(data)
         # A batch short of a failed runner's fragment can be smaller than a minibatch:
         # learn from what arrived rather than take no step at all.
         minibatch_size = min(minibatch_size, n)
@@ -92,7 +98,6 @@ class Learner(abc.ABC):
                 total = total + torch.stack(list(metrics.values()))
                 steps += 1
         out = dict(zip(keys, (total / steps).tolist()))
-        out["learner/lr"] = lr
         out["learner/num_sgd_steps"] = steps
         return out
 

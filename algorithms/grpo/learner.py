@@ -61,18 +61,7 @@ class GRPOLearner(Learner):
             with torch.no_grad():
                 n_new = data["completion_mask"].shape[1]
                 data["ref_logprobs"] = self.reference.token_logprobs(data["sequences"], data["attention_mask"])[:, -n_new:]
-        n = data["rewards"].shape[0]
-        mb = min(c.minibatch_size, n)
-        sums: dict[str, float] = {}
-        steps = 0
-        for _ in range(c.num_epochs):
-            perm = torch.from_numpy(self.rng.permutation(n)).to(self.device)
-            for start in range(0, n - mb + 1, mb):
-                rows = perm[start : start + mb]
-                for k, v in self.gradient_step({k: v[rows] for k, v in data.items()}).items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                steps += 1
-        return {k: v / steps for k, v in sums.items()}
+        return self.train_epochs(data, num_epochs=c.num_epochs, minibatch_size=c.minibatch_size)
 
     def get_state(self) -> dict[str, Any]:
         state = super().get_state()

@@ -102,18 +102,7 @@ class LMPPOLearner(GRPOLearner):
         adv = (adv - adv[valid].mean()) / (adv[valid].std() + 1e-8) * mask
         data.update(self.to_tensors({"advantages": adv.astype(np.float32), "values": values_np,
                                      "value_targets": targets.astype(np.float32)}))
-        n = len(mask)
-        mb = min(c.minibatch_size, n)
-        sums: dict[str, float] = {}
-        steps = 0
-        for _ in range(c.num_epochs):
-            perm = torch.from_numpy(self.rng.permutation(n)).to(self.device)
-            for start in range(0, n - mb + 1, mb):
-                rows = perm[start : start + mb]
-                for k, v in self.gradient_step({k: v[rows] for k, v in data.items()}).items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                steps += 1
-        out = {k: v / steps for k, v in sums.items()}
+        out = self.train_epochs(data, num_epochs=c.num_epochs, minibatch_size=c.minibatch_size)
         out["kl_to_ref"] = float(masked_mean(data["logprobs"] - ref, data["completion_mask"]))
         return out
 
