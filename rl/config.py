@@ -162,24 +162,23 @@ class AlgorithmConfig:
                 raise ConfigError(f"lr_schedule must be [[env_step, lr], ...], got {self.lr_schedule}") from None
         self.validate()
 
-    # Fields of the config that are not settings and never round-trip.
-    def validate(self) -> None:
-        def positive(name: str) -> None:
+    def require_positive(self, *names: str) -> None:
+        for name in names:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
 
-        for name in ("num_envs_per_runner", "rollout_fragment_length", "evaluation_num_episodes",
-                     "metrics_smoothing_episodes", "torch_threads"):
-            positive(name)
-        for name in ("num_env_runners", "num_learners", "env_error_retries", "num_gpus_per_learner"):
+    def require_non_negative(self, *names: str) -> None:
+        for name in names:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("sample_timeout_s", "max_consecutive_runner_failures", "num_cpus_per_runner"):
-            positive(name)
+
+    def validate(self) -> None:
+        self.require_positive("num_envs_per_runner", "rollout_fragment_length", "evaluation_num_episodes",
+                              "metrics_smoothing_episodes", "torch_threads", "sample_timeout_s",
+                              "max_consecutive_runner_failures", "num_cpus_per_runner")
+        self.require_non_negative("num_env_runners", "num_learners", "env_error_retries", "num_gpus_per_learner", "lr")
         if not 0.0 <= self.gamma <= 1.0:
             raise ConfigError(f"gamma must be in [0, 1], got {self.gamma}")
-        if self.lr < 0:
-            raise ConfigError(f"lr must be >= 0, got {self.lr}")
         if self.vectorize_mode not in ("sync", "async"):
             raise ConfigError(f"vectorize_mode must be 'sync' or 'async', got {self.vectorize_mode!r}")
         if self.activation not in ("tanh", "relu", "elu", "silu"):

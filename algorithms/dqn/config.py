@@ -53,12 +53,8 @@ class DQNConfig(AlgorithmConfig):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("buffer_size", "train_batch_size", "target_update_interval", "n_step", "frame_stack",
-                     "epsilon_timesteps", "prioritized_replay_beta_timesteps"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.replay_ratio <= 0:
-            raise ConfigError(f"replay_ratio must be > 0, got {self.replay_ratio}")
+        self.require_positive("buffer_size", "train_batch_size", "target_update_interval", "n_step", "frame_stack",
+                              "epsilon_timesteps", "prioritized_replay_beta_timesteps", "replay_ratio")
         if not 0.0 < self.tau <= 1.0:
             raise ConfigError(f"tau must be in (0, 1], got {self.tau}")
         for name in ("epsilon_initial", "epsilon_final"):

@@ -56,10 +56,8 @@ class GRPOConfig(AlgorithmConfig):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("prompts_per_runner", "group_size", "num_epochs", "minibatch_size", "n_layer", "n_head", "n_embd",
-                     "warmup_batch_size"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        self.require_positive("prompts_per_runner", "group_size", "num_epochs", "minibatch_size", "n_layer", "n_head",
+                              "n_embd", "warmup_batch_size")
         if self.group_size < 2:
             raise ConfigError(f"group_size must be >= 2 (advantages are relative within a group), got {self.group_size}")
         if self.n_embd % self.n_head:

@@ -34,11 +34,8 @@ class IMPALAConfig(AlgorithmConfig):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("train_batch_fragments", "num_epochs", "broadcast_interval", "max_queue_fragments"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.max_policy_lag < 0:
-            raise ConfigError(f"max_policy_lag must be >= 0, got {self.max_policy_lag}")
+        self.require_positive("train_batch_fragments", "num_epochs", "broadcast_interval", "max_queue_fragments")
+        self.require_non_negative("max_policy_lag")
         if self.vtrace_rho_bar <= 0 or self.vtrace_c_bar <= 0:
             raise ConfigError(f"vtrace_rho_bar and vtrace_c_bar must be > 0, got {self.vtrace_rho_bar}, {self.vtrace_c_bar}")
         if self.max_queue_fragments < self.train_batch_fragments:

@@ -37,10 +37,7 @@ class PPOConfig(AlgorithmConfig):
         super().validate()
         if not 0.0 <= self.gae_lambda <= 1.0:
             raise ConfigError(f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
-        if self.clip_param <= 0:
-            raise ConfigError(f"clip_param must be > 0, got {self.clip_param}")
-        if self.num_epochs <= 0:
-            raise ConfigError(f"num_epochs must be > 0, got {self.num_epochs}")
+        self.require_positive("clip_param", "num_epochs")
         if not 0 < self.minibatch_size <= self.train_batch_size:
             raise ConfigError(
                 f"minibatch_size {self.minibatch_size} must be in [1, train batch {self.train_batch_size}] "
