@@ -34,7 +34,7 @@ def get_config_class(name: str, env: object = None) -> type[AlgorithmConfig]:
     """The config class of algorithm ``name``; its LM variant when ``env`` is a text env."""
     key = name.lower()
     if key in LM_ALGORITHMS and isinstance(env, str):
-        from envs.text import registered_text_envs
+        from envs.text_tasks import registered_text_envs
 
         if env in registered_text_envs():
             module, cls = LM_ALGORITHMS[key].split(":")

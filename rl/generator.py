@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from envs.text import TextEnvSpec, make_text_env, score
+from envs.text import TextEnvSpec, score
+from envs.text_tasks import make_text_env
 from rl.batch import Fragment
 from rl.gpt import GPTConfig
 

@@ -13,7 +13,8 @@ import torch
 from algorithms.grpo.config import GRPOConfig
 from algorithms.grpo.learner import GRPOLearner
 from envs import EnvNotFoundError
-from envs.text import TextEnvSpec, make_text_env
+from envs.text import TextEnvSpec
+from envs.text_tasks import make_text_env
 from rl.algorithm import Algorithm
 from rl.batch import concat_batches
 from rl.config import ConfigError

@@ -13,7 +13,7 @@ class GRPOConfig(AlgorithmConfig):
     action_space_types = ()  # acts in token space, not in a gymnasium action space
 
     env: object = "text-addition"
-    """A text env name (envs.text registry) or an ``envs.text.TextEnvSpec`` (Python API:
+    """A text env name (``envs.text_tasks`` registry) or an ``envs.text.TextEnvSpec`` (Python API:
     your own prompts, tokenizer and reward function or reward model)."""
     prompts_per_runner: int = 16
     """Prompts each generator runner draws per sample call."""

@@ -1,4 +1,5 @@
-"""Replay buffers for off-policy learning: uniform, n-step, frame-stacked (prioritised replay builds on it in ``rl.replay.prioritized``).
+"""Replay buffers for off-policy learning: uniform, n-step, frame-stacked; prioritised
+replay builds on it in ``rl.replay.prioritized``.
 
 Storage is one ring per *stream* (one env of one runner: ``stream = runner_index * B + b``)
 of ``capacity // num_streams`` slots, in preallocated numpy arrays of each leaf's own dtype

@@ -1,4 +1,3 @@
-import json
 import math
 import pickle
 import re
@@ -15,13 +14,12 @@ from envs.text import (
     Prompt,
     PromptSource,
     RewardError,
-    TextAdditionTask,
     TextEnvSpec,
     Tokenizer,
     check_prompt_lengths,
-    make_text_env,
     score,
 )
+from envs.text_tasks import TextAdditionTask, make_text_env
 
 
 def rng(seed=0):

@@ -1,0 +1,212 @@
+"""Text tasks by name: the built-in ``text-addition`` and ``text-jsonl`` (a prompt file and
+a reward function by import path), and the registry ``make_text_env`` resolves names in."""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import importlib
+import string
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from envs.registry import EnvNotFoundError
+from envs.text import (
+    CharTokenizer,
+    JsonlPrompts,
+    Prompt,
+    RewardFn,
+    TextEnvSpec,
+    check_prompt_lengths,
+    check_sample_count,
+)
+
+
+# --- the built-in task: addition -----------------------------------------------------------
+
+
+def leading_digits(completion: str) -> str:
+    """The number a completion starts with: strip surrounding whitespace, then keep the
+    ASCII digits up to the first other character (``" 12abc"`` -> ``"12"``, ``"1 2"`` ->
+    ``"1"``, ``"-3"`` -> ``""``). ASCII only: ``str.isdigit`` would also take ``"²"``."""
+    text = completion.strip()
+    end = 0
+    while end < len(text) and text[end] in string.digits:
+        end += 1
+    return text[:end]
+
+
+class TextAdditionTask:
+    """Prompts ``"a+b="`` with ``a`` and ``b`` uniform in ``[0, max_operand]``; the answer
+    is ``str(a + b)``.
+
+    Reward rule (:meth:`reward`): 1.0 when :func:`leading_digits` of the completion equals
+    the answer exactly, else 0.0. So ``"12"``, ``" 12"`` and ``"12abc"`` are right for
+    12; ``"13"``, ``""``, ``"1 2"`` and ``"012"`` are wrong. Text after the number is not
+    penalised: eos or ``max_new_tokens`` ends the episode, and a format penalty would mix
+    a second signal into a task meant to measure whether RL improves accuracy.
+
+    ``seed`` fixes :meth:`eval_prompts`, the same evaluation set in every run; training
+    prompts come from the ``rng`` handed to :meth:`sample`.
+    """
+
+    def __init__(self, max_operand: int = 20, *, seed: int = 0) -> None:
+        if isinstance(max_operand, bool) or not isinstance(max_operand, int) or max_operand < 1:
+            raise ValueError(f"max_operand must be an integer >= 1, got {max_operand!r}")
+        self.max_operand = max_operand
+        self.seed = seed
+
+    @property
+    def max_answer(self) -> int:
+        return 2 * self.max_operand
+
+    def sample(self, n: int, rng: np.random.Generator) -> list[Prompt]:
+        return [Prompt(f"{a}+{b}=", str(a + b)) for a, b in self._operands(n, rng)]
+
+    def eval_prompts(self, n: int) -> list[Prompt]:
+        """``n`` prompts that depend only on ``seed``: compare checkpoints on one set."""
+        return self.sample(n, np.random.default_rng(self.seed))
+
+    def reward(self, prompt: Prompt, completion: str) -> float:
+        """1.0 if the completion's leading number is the answer, else 0.0 (see the class)."""
+        if prompt.answer is None:
+            raise ValueError(f"TextAdditionTask.reward needs prompt.answer; prompt {prompt.text!r} has none")
+        return 1.0 if leading_digits(completion) == prompt.answer else 0.0
+
+    def supervised_examples(
+        self, n: int, rng: np.random.Generator, *, error_rate: float = 0.0
+    ) -> list[tuple[str, str]]:
+        """``n`` (prompt, completion) pairs for a supervised warm-up; completions carry no
+        eos (append ``tokenizer.eos_id`` to the targets so the model learns to stop).
+
+        Exactly ``round(error_rate * n)`` completions, at random positions, are wrong by
+        1 to 3 either way, kept within ``[0, max_answer]``: a model warmed up on them
+        writes the format and numbers of the right size but is often wrong, which leaves
+        RL something to fix. ``max_operand >= 1`` guarantees a wrong value in range.
+        """
+        check_sample_count(n)
+        _check_error_rate(error_rate)
+        operands = self._operands(n, rng)
+        wrong = set(rng.choice(n, size=int(round(error_rate * n)), replace=False).tolist())
+        examples = []
+        for i, (a, b) in enumerate(operands):
+            total = a + b
+            if i in wrong:
+                near = [total + d for d in (-3, -2, -1, 1, 2, 3) if 0 <= total + d <= self.max_answer]
+                total = near[int(rng.integers(len(near)))]
+            examples.append((f"{a}+{b}=", str(total)))
+        return examples
+
+    def _operands(self, n: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+        check_sample_count(n)
+        pairs = rng.integers(0, self.max_operand + 1, size=(n, 2))  # (n, 2)
+        return [(int(a), int(b)) for a, b in pairs]
+
+
+# --- the registry ---------------------------------------------------------------------
+
+
+_TEXT_ENVS: dict[str, Callable[[dict[str, Any]], TextEnvSpec]] = {}
+
+
+def register_text_env(name: str, creator: Callable[[dict[str, Any]], TextEnvSpec]) -> None:
+    """Register ``creator(config) -> TextEnvSpec`` under ``name``."""
+    _TEXT_ENVS[name] = creator
+
+
+def registered_text_envs() -> list[str]:
+    return sorted(_TEXT_ENVS)
+
+
+def make_text_env(name: str, config: Mapping[str, Any] | None = None) -> TextEnvSpec:
+    """The spec registered as ``name``, built from ``config``; unknown names and config
+    keys are errors that name the closest valid one."""
+    creator = _TEXT_ENVS.get(name)
+    if creator is None:
+        close = difflib.get_close_matches(name, registered_text_envs(), n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise EnvNotFoundError(f"unknown text env {name!r}{hint} (registered: {', '.join(registered_text_envs())})")
+    return creator(dict(config or {}))
+
+
+def _check_config_keys(env_name: str, config: Mapping[str, Any], valid: Sequence[str]) -> None:
+    for key in config:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown config key {key!r} for text env {env_name!r}{hint} (valid: {', '.join(valid)})")
+
+
+def _make_text_addition(config: dict[str, Any]) -> TextEnvSpec:
+    """``text-addition``: config keys ``max_operand`` (20), ``max_new_tokens`` (4),
+    ``seed`` (0, the evaluation set) and ``warmup_error_rate`` (0.0)."""
+    _check_config_keys("text-addition", config, ("max_operand", "max_new_tokens", "seed", "warmup_error_rate"))
+    task = TextAdditionTask(config.get("max_operand", 20), seed=config.get("seed", 0))
+    warmup_error_rate = config.get("warmup_error_rate", 0.0)
+    _check_error_rate(warmup_error_rate)  # now, not when the warm-up first runs
+    max_new_tokens = config.get("max_new_tokens", 4)
+    needed = len(str(task.max_answer)) + 1  # the longest answer, then eos
+    if isinstance(max_new_tokens, int) and max_new_tokens < needed:
+        raise ValueError(
+            f"text-addition: max_new_tokens {max_new_tokens} < {needed}, the tokens needed to write "
+            f"the largest answer {task.max_answer} and eos (max_operand {task.max_operand})"
+        )
+    tokenizer = CharTokenizer()
+    longest = f"{task.max_operand}+{task.max_operand}="
+    return TextEnvSpec(
+        tokenizer=tokenizer,
+        prompts=task,
+        reward_fn=task.reward,
+        max_prompt_tokens=len(tokenizer.encode(longest)),
+        max_new_tokens=max_new_tokens,
+        warmup_examples=functools.partial(task.supervised_examples, error_rate=warmup_error_rate),
+    )
+
+
+register_text_env("text-addition", _make_text_addition)
+
+
+def _import_reward(spec: str) -> RewardFn:
+    """``"package.module:function"`` -> the function (the reward of a user's task)."""
+    module, sep, name = spec.partition(":")
+    if not sep:
+        raise ValueError(f"reward must be 'module:function', got {spec!r}")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot import reward {spec!r}: {e}") from None
+    if not callable(fn):
+        raise ValueError(f"reward {spec!r} is not callable")
+    return fn
+
+
+def _make_text_jsonl(config: dict[str, Any]) -> TextEnvSpec:
+    """``text-jsonl``: prompts from a JSONL file, scored by a reward function named by
+    import path. Config keys: ``path``, ``reward`` ("module:function" taking (Prompt, str)),
+    ``max_new_tokens`` (16), ``max_prompt_tokens`` (the context left for prompts; default
+    the longest prompt), ``text_key`` ("prompt"), ``answer_key`` ("answer")."""
+    valid = ("path", "reward", "max_new_tokens", "max_prompt_tokens", "text_key", "answer_key")
+    _check_config_keys("text-jsonl", config, valid)
+    for key in ("path", "reward"):
+        if key not in config:
+            raise ValueError(f"text-jsonl needs config key {key!r}")
+    prompts = JsonlPrompts(config["path"], text_key=config.get("text_key", "prompt"),
+                           answer_key=config.get("answer_key", "answer"))
+    tokenizer = CharTokenizer()
+    longest = max(len(tokenizer.encode(p.text)) for p in prompts.prompts)
+    max_prompt_tokens = config.get("max_prompt_tokens", longest)
+    check_prompt_lengths(prompts.prompts, tokenizer, max_prompt_tokens)
+    return TextEnvSpec(tokenizer=tokenizer, prompts=prompts, reward_fn=_import_reward(config["reward"]),
+                       max_prompt_tokens=max_prompt_tokens, max_new_tokens=config.get("max_new_tokens", 16))
+
+
+register_text_env("text-jsonl", _make_text_jsonl)
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _check_error_rate(error_rate: float) -> None:
+    if isinstance(error_rate, bool) or not isinstance(error_rate, (int, float)) or not 0.0 <= error_rate <= 1.0:
+        raise ValueError(f"error_rate must be a number in [0, 1], got {error_rate!r}")
