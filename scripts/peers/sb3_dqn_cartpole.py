@@ -36,61 +36,23 @@ import time
 
 T0: float = time.time()  # first statement: process-side timing starts here
 
-import argparse  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
-from collections import deque  # noqa: E402
 
 from stable_baselines3 import DQN  # noqa: E402
-from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
 from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
 from stable_baselines3.common.vec_env import DummyVecEnv  # noqa: E402
+
+from sb3_common import StopAtTarget, parse_args, report  # noqa: E402
 
 RL_ZOO_N_TIMESTEPS: int = 50_000
 RL_ZOO_EXPLORATION_FRACTION: float = 0.16
 EPSILON_END_STEP: int = round(RL_ZOO_EXPLORATION_FRACTION * RL_ZOO_N_TIMESTEPS)  # 8000
 
 
-class StopAtTarget(BaseCallback):
-    """Stop training once the mean of the last `window` episode returns is >= `target`."""
-
-    def __init__(self, target: float, window: int) -> None:
-        super().__init__(verbose=0)
-        self.target = target
-        self.window = window
-        self.returns: deque[float] = deque(maxlen=window)
-        self.episodes = 0
-        self.reached = False
-        self.best_mean: float | None = None  # best last-`window` mean seen (diagnostic)
-        self.best_mean_step = 0
-
-    def _on_step(self) -> bool:
-        # make_vec_env wraps each env in Monitor, which adds info["episode"] on episode end.
-        for info in self.locals["infos"]:
-            episode = info.get("episode")
-            if episode is not None:
-                self.returns.append(float(episode["r"]))
-                self.episodes += 1
-                if len(self.returns) >= self.window:
-                    mean = sum(self.returns) / self.window
-                    if self.best_mean is None or mean > self.best_mean:
-                        self.best_mean = mean
-                        self.best_mean_step = self.num_timesteps
-                    if mean >= self.target:
-                        self.reached = True
-                        return False  # stops model.learn()
-        return True
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--target", type=float, default=450.0)
-    parser.add_argument("--window", type=int, default=20)
-    parser.add_argument("--max-steps", type=int, default=200_000)
-    args = parser.parse_args()
+    args = parse_args(__doc__.splitlines()[0])
     if args.max_steps < EPSILON_END_STEP:
-        parser.error(f"--max-steps must be >= {EPSILON_END_STEP} (end of rl-zoo's epsilon decay)")
+        sys.exit(f"--max-steps must be >= {EPSILON_END_STEP} (end of rl-zoo's epsilon decay)")
 
     env = make_vec_env("CartPole-v1", n_envs=1, seed=args.seed, vec_env_cls=DummyVecEnv)
     model = DQN(
@@ -114,17 +76,7 @@ def main() -> None:
     callback = StopAtTarget(args.target, args.window)
     model.learn(total_timesteps=args.max_steps, callback=callback)
 
-    result = {
-        "peer": "sb3-dqn",
-        "seed": args.seed,
-        "reached": callback.reached,
-        "env_steps": int(model.num_timesteps),
-        "episodes": callback.episodes,
-        "wall_s_in_process": round(time.time() - T0, 3),
-    }
-    print(json.dumps(result), flush=True)
-    diagnostics = {"best_mean": callback.best_mean, "best_mean_env_step": callback.best_mean_step}
-    print(json.dumps(diagnostics), file=sys.stderr, flush=True)
+    report("sb3-dqn", args, model, callback, T0)
 
 
 if __name__ == "__main__":

@@ -23,38 +23,11 @@ import time
 
 T0: float = time.time()  # first statement: process-side timing starts here
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-from collections import deque  # noqa: E402
-
 from stable_baselines3 import PPO  # noqa: E402
-from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
 from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
 from stable_baselines3.common.vec_env import DummyVecEnv  # noqa: E402
 
-
-class StopAtTarget(BaseCallback):
-    """Stop training once the mean of the last `window` episode returns is >= `target`."""
-
-    def __init__(self, target: float, window: int) -> None:
-        super().__init__(verbose=0)
-        self.target = target
-        self.window = window
-        self.returns: deque[float] = deque(maxlen=window)
-        self.episodes = 0
-        self.reached = False
-
-    def _on_step(self) -> bool:
-        # make_vec_env wraps each env in Monitor, which adds info["episode"] on episode end.
-        for info in self.locals["infos"]:
-            episode = info.get("episode")
-            if episode is not None:
-                self.returns.append(float(episode["r"]))
-                self.episodes += 1
-        if len(self.returns) >= self.window and sum(self.returns) / self.window >= self.target:
-            self.reached = True
-            return False  # stops model.learn()
-        return True
+from sb3_common import StopAtTarget, parse_args, report  # noqa: E402
 
 
 def linear_schedule(initial: float):
@@ -67,12 +40,7 @@ def linear_schedule(initial: float):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--target", type=float, default=450.0)
-    parser.add_argument("--window", type=int, default=20)
-    parser.add_argument("--max-steps", type=int, default=200_000)
-    args = parser.parse_args()
+    args = parse_args(__doc__.splitlines()[0])
 
     env = make_vec_env("CartPole-v1", n_envs=8, seed=args.seed, vec_env_cls=DummyVecEnv)
     model = PPO(
@@ -92,15 +60,7 @@ def main() -> None:
     callback = StopAtTarget(args.target, args.window)
     model.learn(total_timesteps=args.max_steps, callback=callback)
 
-    result = {
-        "peer": "sb3",
-        "seed": args.seed,
-        "reached": callback.reached,
-        "env_steps": int(model.num_timesteps),
-        "episodes": callback.episodes,
-        "wall_s_in_process": round(time.time() - T0, 3),
-    }
-    print(json.dumps(result), flush=True)
+    report("sb3", args, model, callback, T0)
 
 
 if __name__ == "__main__":
