@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import importlib
 
-from rl.config import AlgorithmConfig, closest
+from rlfleet.rl.config import AlgorithmConfig, closest
 
 # name -> "module:ConfigClass"; imported on demand so `--algo ppo` never imports the others.
 ALGORITHMS: dict[str, str] = {
-    "ppo": "algorithms.ppo:PPOConfig",
-    "dqn": "algorithms.dqn:DQNConfig",
-    "impala": "algorithms.impala:IMPALAConfig",
-    "grpo": "algorithms.grpo:GRPOConfig",
+    "ppo": "rlfleet.algorithms.ppo:PPOConfig",
+    "dqn": "rlfleet.algorithms.dqn:DQNConfig",
+    "impala": "rlfleet.algorithms.impala:IMPALAConfig",
+    "grpo": "rlfleet.algorithms.grpo:GRPOConfig",
 }
 
 
 # Variants for language-model post-training, chosen when ``env`` names a text env.
 LM_ALGORITHMS: dict[str, str] = {
-    "ppo": "algorithms.ppo.lm:LMPPOConfig",
+    "ppo": "rlfleet.algorithms.ppo.lm:LMPPOConfig",
 }
 
 
@@ -34,7 +34,7 @@ def get_config_class(name: str, env: object = None) -> type[AlgorithmConfig]:
     """The config class of algorithm ``name``; its LM variant when ``env`` is a text env."""
     key = name.lower()
     if key in LM_ALGORITHMS and isinstance(env, str):
-        from envs.text_tasks import registered_text_envs
+        from rlfleet.envs.text_tasks import registered_text_envs
 
         if env in registered_text_envs():
             module, cls = LM_ALGORITHMS[key].split(":")

@@ -1,17 +1,17 @@
 """Simulators: the registry that turns a user's ``env`` into a creator, contract checks,
 and small test environments. Imports nothing else of ours."""
 
-from envs.atari import make_atari, register_atari_envs
-from envs.checks import ContractCheckWrapper, EnvContractError, check_observations, check_rewards
-from envs.recovery import EnvFailedError, RecreateOnError
-from envs.registry import EnvCreator, EnvNotFoundError, make_env_creator, register_env, registered_envs
+from rlfleet.envs.atari import make_atari, register_atari_envs
+from rlfleet.envs.checks import ContractCheckWrapper, EnvContractError, check_observations, check_rewards
+from rlfleet.envs.recovery import EnvFailedError, RecreateOnError
+from rlfleet.envs.registry import EnvCreator, EnvNotFoundError, make_env_creator, register_env, registered_envs
 
 # The test envs are usable by name everywhere, the command line included
 # (`--env rlfleet/Flaky-v0 --set env_config={fail_every: 50}`).
 def _register_test_envs() -> None:
     import functools
 
-    from envs.testing import TEST_ENVS, make_test_env
+    from rlfleet.envs.testing import TEST_ENVS, make_test_env
 
     for name in TEST_ENVS:
         register_env(name, functools.partial(make_test_env, name))

@@ -32,7 +32,7 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.wrappers import FrameStackObservation
 
-from envs.registry import register_env
+from rlfleet.envs.registry import register_env
 
 INSTALL_HINT = "pip install 'rlfleet[atari]'"
 NOOP, FIRE = 0, 1  # NOOP is action 0 in every game; FIRE is action 1 where a game has it

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import gymnasium as gym
 
-from envs.checks import EnvContractError
+from rlfleet.envs.checks import EnvContractError
 
 
 class EnvFailedError(RuntimeError):

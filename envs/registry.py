@@ -79,7 +79,7 @@ def _registered(name: str) -> Callable[[dict], gym.Env] | None:
     """Our creator for ``name``, or None. An ``ALE/...`` id gets ``envs.atari.make_atari``
     (the DQN preprocessing) on first use, in whichever process asks."""
     if name not in _REGISTRY and name.startswith("ALE/"):
-        from envs.atari import register_atari_envs  # needs ale_py: imported only when asked for
+        from rlfleet.envs.atari import register_atari_envs  # needs ale_py: imported only when asked for
 
         register_atari_envs([name])
     return _REGISTRY.get(name)

@@ -11,8 +11,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from envs.registry import EnvNotFoundError
-from envs.text import (
+from rlfleet.envs.registry import EnvNotFoundError
+from rlfleet.envs.text import (
     CharTokenizer,
     JsonlPrompts,
     Prompt,

@@ -13,18 +13,18 @@ import numpy as np
 import torch
 import tree
 
-from envs import make_env_creator
-from rl.batch import Fragment
-from rl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from rl.config import AlgorithmConfig
-from rl.connectors import MeanStdFilter
-from rl.env_runner import EnvRunner
-from rl.env_runner_group import EnvRunnerFactory, EnvRunnerGroup
-from rl.learner import Learner, LearnerFactory, LearnerGroup
-from rl.metrics import MetricsLogger
-from rl.module import ModuleSpec
-from rl.spaces import check_spaces
-from runtime import Runtime, make_runtime
+from rlfleet.envs import make_env_creator
+from rlfleet.rl.batch import Fragment
+from rlfleet.rl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from rlfleet.rl.config import AlgorithmConfig
+from rlfleet.rl.connectors import MeanStdFilter
+from rlfleet.rl.env_runner import EnvRunner
+from rlfleet.rl.env_runner_group import EnvRunnerFactory, EnvRunnerGroup
+from rlfleet.rl.learner import Learner, LearnerFactory, LearnerGroup
+from rlfleet.rl.metrics import MetricsLogger
+from rlfleet.rl.module import ModuleSpec
+from rlfleet.rl.spaces import check_spaces
+from rlfleet.runtime import Runtime, make_runtime
 
 CHECKPOINT_FORMAT = 1
 

@@ -10,7 +10,7 @@ import numpy as np
 import tree
 from gymnasium import spaces
 
-from rl.spaces import leaf_spaces
+from rlfleet.rl.spaces import leaf_spaces
 
 
 class RunningStats:

@@ -13,7 +13,7 @@ import gymnasium as gym
 import torch
 from gymnasium import spaces
 
-from rl.spaces import leaf_spaces
+from rlfleet.rl.spaces import leaf_spaces
 
 _LOG_2PI = math.log(2.0 * math.pi)
 

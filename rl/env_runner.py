@@ -17,11 +17,11 @@ import torch
 import tree
 from gymnasium.vector import AutoresetMode
 
-from envs import ContractCheckWrapper, RecreateOnError, check_observations, check_rewards
-from rl.batch import Fragment
-from rl.connectors import MeanStdFilter
-from rl.module import ModuleSpec
-from rl.spaces import actions_to_env
+from rlfleet.envs import ContractCheckWrapper, RecreateOnError, check_observations, check_rewards
+from rlfleet.rl.batch import Fragment
+from rlfleet.rl.connectors import MeanStdFilter
+from rlfleet.rl.module import ModuleSpec
+from rlfleet.rl.spaces import actions_to_env
 
 
 class _SubEnvCreator:

@@ -13,11 +13,11 @@ from typing import Any, Callable
 
 import gymnasium as gym
 
-from rl.batch import Fragment
-from rl.connectors import MeanStdFilter
-from rl.env_runner import EnvRunner
-from rl.module import ModuleSpec
-from runtime import CallResult, Future, ObjectRef, Runtime
+from rlfleet.rl.batch import Fragment
+from rlfleet.rl.connectors import MeanStdFilter
+from rlfleet.rl.env_runner import EnvRunner
+from rlfleet.rl.module import ModuleSpec
+from rlfleet.runtime import CallResult, Future, ObjectRef, Runtime
 
 
 class RunnerFailureError(RuntimeError):

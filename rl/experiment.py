@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from rl.config import ConfigError, closest
+from rlfleet.rl.config import ConfigError, closest
 
 EXPERIMENT_KEYS = ("algo", "env", "tags", "config", "stop", "pass", "description")
 CRITERIA_KEYS = ("episode_return_mean", "env_steps", "time_s")

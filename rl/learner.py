@@ -12,10 +12,10 @@ import numpy as np
 import torch
 import tree
 
-from rl.batch import SampleBatch, num_rows, take_rows
-from rl.module import ModuleSpec, RLModule
-from rl.optim import Adam
-from runtime import Runtime
+from rlfleet.rl.batch import SampleBatch, num_rows, take_rows
+from rlfleet.rl.module import ModuleSpec, RLModule
+from rlfleet.rl.optim import Adam
+from rlfleet.runtime import Runtime
 
 TensorBatch = dict[str, Any]
 

@@ -20,8 +20,8 @@ import tree
 from gymnasium import spaces
 from torch import nn
 
-from rl.distributions import ActionDistribution, dist_input_size
-from rl.spaces import check_spaces, is_image, leaf_spaces
+from rlfleet.rl.distributions import ActionDistribution, dist_input_size
+from rlfleet.rl.spaces import check_spaces, is_image, leaf_spaces
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
 
@@ -43,7 +43,7 @@ class ModuleSpec:
 
     def build(self) -> nn.Module:
         if self.kind == "q":
-            from rl.q_module import QModule  # beside this file; imported here to avoid a cycle
+            from rlfleet.rl.q_module import QModule  # beside this file; imported here to avoid a cycle
 
             return QModule(self)
         return RLModule(self)

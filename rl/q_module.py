@@ -14,8 +14,8 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from rl.module import ModuleSpec, ObsEncoder, _init, mlp
-from rl.spaces import UnsupportedSpaceError, check_spaces
+from rlfleet.rl.module import ModuleSpec, ObsEncoder, _init, mlp
+from rlfleet.rl.spaces import UnsupportedSpaceError, check_spaces
 
 
 class QModule(nn.Module):

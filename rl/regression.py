@@ -1,7 +1,7 @@
 """Regression runs over tuned examples: does every algorithm still learn what it learned
 last week, as fast?
 
-Each (example, seed) runs as its own ``scripts/train.py`` process (isolated seeds, threads
+Each (example, seed) runs as its own training process (the caller names the command) (isolated seeds, threads
 and Ray instances), and its progress file tells when the pass threshold was first reached.
 An example passes when every seed reaches ``pass.episode_return_mean`` within
 ``pass.env_steps`` and ``pass.time_s``; against a baseline, a pass that became a fail or a
@@ -23,8 +23,8 @@ import tempfile
 import time
 from typing import Any, Callable
 
-from rl.config import AlgorithmConfig, ConfigError
-from rl.experiment import Experiment, load_experiment
+from rlfleet.rl.config import AlgorithmConfig, ConfigError
+from rlfleet.rl.experiment import Experiment, load_experiment
 
 
 @dataclasses.dataclass
@@ -64,10 +64,10 @@ def validate(path: str, config_class_for: Callable[[str, str], type[AlgorithmCon
     return exp
 
 
-def run_seed(exp: Experiment, seed: int, train_script: str, overrides: list[str]) -> SeedResult:
+def run_seed(exp: Experiment, seed: int, train_command: list[str], overrides: list[str]) -> SeedResult:
     target = exp.pass_criteria
     with tempfile.TemporaryDirectory() as logdir:
-        cmd = [sys.executable, train_script, "--config", exp.path, "--seed", str(seed), "--logdir", logdir, "--quiet",
+        cmd = [*train_command, "--config", exp.path, "--seed", str(seed), "--logdir", logdir, "--quiet",
                "--stop-reward", str(target.episode_return_mean)]
         if target.env_steps is not None:
             cmd += ["--stop-timesteps", str(target.env_steps)]
@@ -104,11 +104,12 @@ class SeedTask:
 
     experiment: Experiment
     seed: int
-    train_script: str
+    train_command: list[str]
+    """The train entry point, e.g. ``[python, -m, rlfleet.scripts.train]``."""
     overrides: list[str]
 
     def __call__(self) -> SeedResult:
-        return run_seed(self.experiment, self.seed, self.train_script, self.overrides)
+        return run_seed(self.experiment, self.seed, self.train_command, self.overrides)
 
 
 def _run_task(task: SeedTask) -> SeedResult:

@@ -7,8 +7,8 @@ in this process (debugging, unit tests, ``num_env_runners=0``); the ``ray`` back
 them as Ray actors (added with the fleet).
 """
 
-from runtime.base import ActorGroup, CallResult, Future, ObjectRef, Runtime
-from runtime.local import LocalRuntime
+from rlfleet.runtime.base import ActorGroup, CallResult, Future, ObjectRef, Runtime
+from rlfleet.runtime.local import LocalRuntime
 
 __all__ = ["ActorGroup", "CallResult", "Future", "ObjectRef", "Runtime", "LocalRuntime", "make_runtime"]
 
@@ -19,7 +19,7 @@ def make_runtime(kind: str = "local", **options: object) -> Runtime:
         return LocalRuntime()
     if kind == "ray":
         # Imported lazily: the local path must never pay for importing Ray.
-        from runtime.ray_backend import RayRuntime
+        from rlfleet.runtime.ray_backend import RayRuntime
 
         return RayRuntime(**options)  # type: ignore[arg-type]
     raise ValueError(f"unknown runtime {kind!r}; choose 'local' or 'ray'")

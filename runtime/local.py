@@ -6,7 +6,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import time
 
-from runtime.base import ActorGroup, CallResult, Future, ObjectRef, Runtime
+from rlfleet.runtime.base import ActorGroup, CallResult, Future, ObjectRef, Runtime
 
 
 class LocalRef(ObjectRef):

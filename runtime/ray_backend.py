@@ -15,11 +15,8 @@ from typing import Any, Callable, Iterator, Sequence
 import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
 
-from runtime.base import ActorGroup, CallResult, Future, ObjectRef, Runtime
+from rlfleet.runtime.base import ActorGroup, CallResult, Future, ObjectRef, Runtime
 
-# Our packages live beside this one; Ray worker processes import them by module path when
-# they unpickle a factory, so they need this directory on their path too.
-_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class RayRef(ObjectRef):
@@ -166,8 +163,11 @@ class RayRuntime(Runtime):
         self.num_puts = 0
         self.started_ray = False
         if not ray.is_initialized():
+            # rlfleet itself is installed; a user's own env modules (imported by module path
+            # when a worker unpickles a creator) live beside the driver, so workers get its
+            # working directory on their path, as a script run from it has.
             path = os.environ.get("PYTHONPATH", "")
-            runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (_PROJECT_ROOT, path) if p)}}
+            runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), path) if p)}}
             kwargs: dict[str, Any] = dict(
                 address=address,
                 include_dashboard=include_dashboard,

@@ -96,8 +96,8 @@ def cartpole_race(args: argparse.Namespace) -> None:
 
 def fleet_scaling(args: argparse.Namespace) -> None:
     sys.path.insert(0, ROOT)
-    from algorithms.ppo import PPOConfig
-    from envs.testing import BusyEnv
+    from rlfleet.algorithms.ppo import PPOConfig
+    from rlfleet.envs.testing import BusyEnv
 
     rates: dict[int, list[float]] = {1: [], 2: []}
     for rep in range(args.repeats):
@@ -171,9 +171,9 @@ def measure_window(algo, warmup_steps: int, steps: int) -> dict:
 
 def impala_vs_ppo(args: argparse.Namespace) -> None:
     sys.path.insert(0, ROOT)
-    from algorithms.impala import IMPALAConfig
-    from algorithms.ppo import PPOConfig
-    from envs.testing import BusyEnv
+    from rlfleet.algorithms.impala import IMPALAConfig
+    from rlfleet.algorithms.ppo import PPOConfig
+    from rlfleet.envs.testing import BusyEnv
 
     common = dict(env=BusyEnv, env_config={"step_cost_ms": 2.0}, **IMPALA_VS_PPO_FLEET)
     batch = IMPALA_VS_PPO_FLEET["num_env_runners"] * IMPALA_VS_PPO_FLEET["num_envs_per_runner"] * \

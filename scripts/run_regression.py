@@ -15,13 +15,24 @@ import json
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from rlfleet.algorithms import UnknownAlgorithmError, get_config_class
+from rlfleet.rl import regression
+from rlfleet.rl.config import ConfigError
+from rlfleet.runtime import make_runtime
+from rlfleet.tuned_examples import ROOT as TUNED
 
-from algorithms import UnknownAlgorithmError, get_config_class  # noqa: E402
-from rl import regression  # noqa: E402
-from rl.config import ConfigError  # noqa: E402
-from runtime import make_runtime  # noqa: E402
+# Every seed runs as its own process of the installed train entry point: isolated seeds,
+# threads and Ray instances, and whole-process timings.
+TRAIN_COMMAND = [sys.executable, "-m", "rlfleet.scripts.train"]
+
+
+def example_key(path: str) -> str:
+    """How results name an example: ``tuned_examples/<algo>/<env>.yaml`` for a shipped one
+    (wherever the package is installed), else the path relative to this directory."""
+    path = os.path.abspath(path)
+    if path.startswith(TUNED + os.sep):
+        return os.path.join("tuned_examples", os.path.relpath(path, TUNED))
+    return os.path.relpath(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--address", help="Ray cluster to run the tasks on, with --parallel")
     args = p.parse_args(argv)
     try:
-        paths = regression.find_examples(args.paths, os.path.join(ROOT, "tuned_examples"), args.tag)
+        paths = regression.find_examples(args.paths, TUNED, args.tag)
         experiments = [regression.validate(path, get_config_class) for path in paths]
         baseline = None
         if args.baseline:
@@ -51,14 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run_regression.py: error: cannot read baseline {args.baseline}: {e}", file=sys.stderr)
         return 2
 
-    train_script = os.path.join(ROOT, "scripts", "train.py")
-    tasks = [regression.SeedTask(exp, seed, train_script, args.set) for exp in experiments for seed in range(args.seeds)]
+    tasks = [regression.SeedTask(exp, seed, TRAIN_COMMAND, args.set) for exp in experiments for seed in range(args.seeds)]
     for exp in experiments:
-        print(f"{os.path.relpath(exp.path, ROOT)}: {args.seeds} seed(s), target {exp.pass_criteria.episode_return_mean} "
+        print(f"{example_key(exp.path)}: {args.seeds} seed(s), target {exp.pass_criteria.episode_return_mean} "
               f"within {exp.pass_criteria.env_steps} env steps / {exp.pass_criteria.time_s} s", flush=True)
 
     def report(task: regression.SeedTask, r: regression.SeedResult) -> None:
-        print(f"    {os.path.relpath(task.experiment.path, ROOT)} seed {r.seed}: "
+        print(f"    {example_key(task.experiment.path)} seed {r.seed}: "
               f"{'reached' if r.reached else 'NOT reached'}, final return {r.final_return}, "
               f"threshold at {r.env_steps_to_threshold} env steps / {r.seconds_to_threshold} s", flush=True)
 
@@ -69,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         runtime.shutdown()
     summaries = {}
     for exp in experiments:
-        key = os.path.relpath(exp.path, ROOT)
+        key = example_key(exp.path)
         summaries[key] = regression.summarise(key, [r for t, r in zip(tasks, results) if t.experiment is exp])
 
     problems = regression.compare(summaries, baseline, args.tolerance) if baseline else []

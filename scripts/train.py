@@ -4,6 +4,7 @@
     python scripts/train.py --algo ppo --env Pendulum-v1 --set lr=1e-3 --stop-timesteps 200000
     python scripts/train.py --config tuned_examples/ppo/CartPole-v1.yaml --seed 3
     python scripts/train.py --algo ppo --env CartPole-v1 --restore runs/ppo_CartPole-v1_X/checkpoint
+    rlfleet train --algo ppo --env CartPole-v1        # the same code, from any directory
 
 Without ``--config`` the tuned example for the algo and env is used when one exists.
 Exit codes: 0 ran (and reached the return target when one was set), 1 a return target
@@ -18,18 +19,16 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from rlfleet.algorithms import UnknownAlgorithmError, get_config_class
+from rlfleet.envs import EnvContractError, EnvFailedError, EnvNotFoundError
+from rlfleet.envs.text import RewardError
+from rlfleet.rl.env_runner_group import RunnerFailureError
+from rlfleet.rl.checkpoint import CheckpointError, load_checkpoint
+from rlfleet.rl.config import ConfigError
+from rlfleet.rl.experiment import Criteria, load_experiment, run_until
+from rlfleet.rl.spaces import UnsupportedSpaceError
+from rlfleet.tuned_examples import ROOT as TUNED
 
-from algorithms import UnknownAlgorithmError, get_config_class  # noqa: E402
-from envs import EnvContractError, EnvFailedError, EnvNotFoundError  # noqa: E402
-from envs.text import RewardError  # noqa: E402
-from rl.env_runner_group import RunnerFailureError  # noqa: E402
-from rl.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
-from rl.config import ConfigError  # noqa: E402
-from rl.experiment import Criteria, load_experiment, run_until  # noqa: E402
-from rl.spaces import UnsupportedSpaceError  # noqa: E402
-
-TUNED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tuned_examples")
 BAD_INPUT = (UnknownAlgorithmError, EnvNotFoundError, ConfigError, UnsupportedSpaceError, CheckpointError, EnvContractError)
 
 

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 
-from envs.testing import CorridorEnv
+from rlfleet.envs.testing import CorridorEnv
 
 
 class HangingEnv(CorridorEnv):

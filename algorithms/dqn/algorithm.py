@@ -7,13 +7,13 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from algorithms.dqn.config import DQNConfig
-from algorithms.dqn.learner import DQNLearner
-from rl.algorithm import Algorithm
-from rl.learner import piecewise_linear
-from rl.module import ModuleSpec
-from rl.replay import PrioritizedReplayBuffer, ReplayBuffer
-from rl.spaces import UnsupportedSpaceError
+from rlfleet.algorithms.dqn.config import DQNConfig
+from rlfleet.algorithms.dqn.learner import DQNLearner
+from rlfleet.rl.algorithm import Algorithm
+from rlfleet.rl.learner import piecewise_linear
+from rlfleet.rl.module import ModuleSpec
+from rlfleet.rl.replay import PrioritizedReplayBuffer, ReplayBuffer
+from rlfleet.rl.spaces import UnsupportedSpaceError
 
 
 class DQN(Algorithm):
@@ -50,7 +50,7 @@ class DQN(Algorithm):
     def check_spaces(self, observation_space: Any, action_space: Any) -> None:
         super().check_spaces(observation_space, action_space)
         if not isinstance(action_space, spaces.Discrete):
-            from algorithms import algorithms_supporting  # the registry, beside this package
+            from rlfleet.algorithms import algorithms_supporting  # the registry, beside this package
 
             raise UnsupportedSpaceError(
                 f"DQN needs a Discrete action space; env {self.env_creator.name!r} has {action_space}. "

@@ -6,7 +6,7 @@ import dataclasses
 
 from gymnasium import spaces
 
-from rl.config import AlgorithmConfig, ConfigError
+from rlfleet.rl.config import AlgorithmConfig, ConfigError
 
 
 @dataclasses.dataclass
@@ -66,6 +66,6 @@ class DQNConfig(AlgorithmConfig):
             raise ConfigError(f"DQN runs one learner (num_learners 0 or 1), got num_learners {self.num_learners}")
 
     def algorithm_class(self) -> type:
-        from algorithms.dqn.algorithm import DQN
+        from rlfleet.algorithms.dqn.algorithm import DQN
 
         return DQN

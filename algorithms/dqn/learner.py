@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from algorithms.dqn.config import DQNConfig
-from rl.batch import SampleBatch
-from rl.learner import Learner, TensorBatch
-from rl.module import ModuleSpec
+from rlfleet.algorithms.dqn.config import DQNConfig
+from rlfleet.rl.batch import SampleBatch
+from rlfleet.rl.learner import Learner, TensorBatch
+from rlfleet.rl.module import ModuleSpec
 
 
 def dqn_loss(

@@ -10,16 +10,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from algorithms.grpo.config import GRPOConfig
-from algorithms.grpo.learner import GRPOLearner
-from envs import EnvNotFoundError
-from envs.text import TextEnvSpec
-from envs.text_tasks import make_text_env
-from rl.algorithm import Algorithm
-from rl.batch import concat_batches
-from rl.config import ConfigError
-from rl.generator import GeneratorRunner
-from rl.gpt import GPTConfig
+from rlfleet.algorithms.grpo.config import GRPOConfig
+from rlfleet.algorithms.grpo.learner import GRPOLearner
+from rlfleet.envs import EnvNotFoundError
+from rlfleet.envs.text import TextEnvSpec
+from rlfleet.envs.text_tasks import make_text_env
+from rlfleet.rl.algorithm import Algorithm
+from rlfleet.rl.batch import concat_batches
+from rlfleet.rl.config import ConfigError
+from rlfleet.rl.lm.generator import GeneratorRunner
+from rlfleet.rl.lm.gpt import GPTConfig
 
 
 class GeneratorRunnerFactory:
@@ -68,7 +68,7 @@ class GRPO(Algorithm):
         except ValueError as e:  # a bad env_config, prompt file or reward: bad input, one line
             raise ConfigError(f"env {c.env!r}: {e}") from None
         if c.hf_model:
-            from rl.hf import HFSpec  # optional extra: imported only when asked for
+            from rlfleet.rl.lm.hf import HFSpec  # optional extra: imported only when asked for
 
             return HFSpec(path=c.hf_model)
         return GPTConfig(

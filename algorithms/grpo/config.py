@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from rl.config import AlgorithmConfig, ConfigError
+from rlfleet.rl.config import AlgorithmConfig, ConfigError
 
 
 @dataclasses.dataclass
@@ -38,7 +38,7 @@ class GRPOConfig(AlgorithmConfig):
     hf_model: str | None = None
     """A local Hugging Face causal-LM directory to post-train instead of the built-in GPT
     (``pip install -e '.[hf]'``; nothing is downloaded). Pair it with a text env whose
-    tokenizer is that model's (``rl.hf.HFTokenizer``)."""
+    tokenizer is that model's (``rlfleet.rl.lm.hf.HFTokenizer``)."""
     n_layer: int = 2
     """Transformer blocks of the policy."""
     n_head: int = 4
@@ -68,6 +68,6 @@ class GRPOConfig(AlgorithmConfig):
             raise ConfigError(f"GRPO runs one learner (num_learners 0 or 1), got num_learners {self.num_learners}")
 
     def algorithm_class(self) -> type:
-        from algorithms.grpo.algorithm import GRPO
+        from rlfleet.algorithms.grpo.algorithm import GRPO
 
         return GRPO

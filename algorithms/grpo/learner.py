@@ -8,12 +8,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from algorithms.grpo.config import GRPOConfig
-from algorithms.grpo.loss import group_advantages, grpo_loss
-from rl.batch import SampleBatch
-from rl.gpt import GPTConfig
-from rl.learner import Learner, TensorBatch
-from rl.optim import Adam
+from rlfleet.algorithms.grpo.config import GRPOConfig
+from rlfleet.algorithms.grpo.loss import group_advantages, grpo_loss
+from rlfleet.rl.batch import SampleBatch
+from rlfleet.rl.lm.gpt import GPTConfig
+from rlfleet.rl.learner import Learner, TensorBatch
+from rlfleet.rl.optim import Adam
 
 
 class GRPOLearner(Learner):

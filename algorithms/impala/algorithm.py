@@ -9,12 +9,12 @@ import time
 import numpy as np
 import tree
 
-from algorithms.impala.config import IMPALAConfig
-from algorithms.impala.learner import IMPALALearner
-from rl.algorithm import Algorithm
-from rl.batch import Fragment, SampleBatch, concat_batches
-from rl.checkpoint import load_checkpoint
-from rl.config import ConfigError
+from rlfleet.algorithms.impala.config import IMPALAConfig
+from rlfleet.algorithms.impala.learner import IMPALALearner
+from rlfleet.rl.algorithm import Algorithm
+from rlfleet.rl.batch import Fragment, SampleBatch, concat_batches
+from rlfleet.rl.checkpoint import load_checkpoint
+from rlfleet.rl.config import ConfigError
 
 LEARNER_KEYS = ("obs", "actions", "logp", "rewards", "terminated", "truncated", "bootstrap_obs")
 

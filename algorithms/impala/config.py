@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from rl.config import AlgorithmConfig, ConfigError
+from rlfleet.rl.config import AlgorithmConfig, ConfigError
 
 
 @dataclasses.dataclass
@@ -47,6 +47,6 @@ class IMPALAConfig(AlgorithmConfig):
             raise ConfigError(f"IMPALA runs one learner (num_learners 0 or 1), got num_learners {self.num_learners}")
 
     def algorithm_class(self) -> type:
-        from algorithms.impala.algorithm import IMPALA
+        from rlfleet.algorithms.impala.algorithm import IMPALA
 
         return IMPALA

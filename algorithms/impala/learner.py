@@ -8,10 +8,10 @@ from typing import Any
 import torch
 import tree
 
-from algorithms.impala.config import IMPALAConfig
-from rl.batch import SampleBatch
-from rl.learner import Learner, TensorBatch
-from rl.postprocessing import vtrace
+from rlfleet.algorithms.impala.config import IMPALAConfig
+from rlfleet.rl.batch import SampleBatch
+from rlfleet.rl.learner import Learner, TensorBatch
+from rlfleet.rl.postprocessing import vtrace
 
 
 def impala_loss(

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from algorithms.ppo.config import PPOConfig
-from algorithms.ppo.learner import PPOLearner
-from rl.algorithm import Algorithm
-from rl.batch import concat_batches, flatten_time
-from rl.postprocessing import compute_gae
+from rlfleet.algorithms.ppo.config import PPOConfig
+from rlfleet.algorithms.ppo.learner import PPOLearner
+from rlfleet.rl.algorithm import Algorithm
+from rlfleet.rl.batch import concat_batches, flatten_time
+from rlfleet.rl.postprocessing import compute_gae
 
 
 class PPO(Algorithm):

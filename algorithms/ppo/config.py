@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from rl.config import AlgorithmConfig, ConfigError
+from rlfleet.rl.config import AlgorithmConfig, ConfigError
 
 
 @dataclasses.dataclass
@@ -53,6 +53,6 @@ class PPOConfig(AlgorithmConfig):
             )
 
     def algorithm_class(self) -> type:
-        from algorithms.ppo.algorithm import PPO
+        from rlfleet.algorithms.ppo.algorithm import PPO
 
         return PPO

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from algorithms.ppo.config import PPOConfig
-from rl.learner import Learner, TensorBatch
+from rlfleet.algorithms.ppo.config import PPOConfig
+from rlfleet.rl.learner import Learner, TensorBatch
 
 
 def ppo_loss(

@@ -12,17 +12,17 @@ import dataclasses
 import numpy as np
 import torch
 
-from algorithms.grpo.algorithm import GRPO
-from algorithms.grpo.config import GRPOConfig
-from algorithms.grpo.learner import GRPOLearner
-from algorithms.grpo.loss import masked_mean
-from algorithms.ppo.learner import ppo_loss
-from rl.batch import SampleBatch
-from rl.config import ConfigError
-from rl.causal_lm import next_token_entropy, next_token_logprobs
-from rl.gpt import GPTConfig
-from rl.learner import TensorBatch
-from rl.postprocessing import compute_gae
+from rlfleet.algorithms.grpo.algorithm import GRPO
+from rlfleet.algorithms.grpo.config import GRPOConfig
+from rlfleet.algorithms.grpo.learner import GRPOLearner
+from rlfleet.algorithms.grpo.loss import masked_mean
+from rlfleet.algorithms.ppo.learner import ppo_loss
+from rlfleet.rl.batch import SampleBatch
+from rlfleet.rl.config import ConfigError
+from rlfleet.rl.lm.causal_lm import next_token_entropy, next_token_logprobs
+from rlfleet.rl.lm.gpt import GPTConfig
+from rlfleet.rl.learner import TensorBatch
+from rlfleet.rl.postprocessing import compute_gae
 
 
 @dataclasses.dataclass

@@ -1,7 +1,7 @@
 """Replay storage for off-policy learning."""
 
-from rl.replay.buffer import ReplayBuffer
-from rl.replay.prioritized import PrioritizedReplayBuffer
-from rl.replay.segment_tree import MinTree, SumTree
+from rlfleet.rl.replay.buffer import ReplayBuffer
+from rlfleet.rl.replay.prioritized import PrioritizedReplayBuffer
+from rlfleet.rl.replay.segment_tree import MinTree, SumTree
 
 __all__ = ["MinTree", "PrioritizedReplayBuffer", "ReplayBuffer", "SumTree"]

@@ -36,8 +36,8 @@ import numpy as np
 import tree
 from gymnasium import spaces
 
-from rl.batch import Fragment
-from rl.spaces import leaf_spaces, space_structure
+from rlfleet.rl.batch import Fragment
+from rlfleet.rl.spaces import leaf_spaces, space_structure
 
 _REQUIRED_COLUMNS = ("obs", "actions", "rewards", "terminated", "truncated", "is_first")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
-from rl.replay.buffer import ReplayBuffer
-from rl.replay.segment_tree import MinTree, SumTree
+from rlfleet.rl.replay.buffer import ReplayBuffer
+from rlfleet.rl.replay.segment_tree import MinTree, SumTree
 
 
 class PrioritizedReplayBuffer(ReplayBuffer):

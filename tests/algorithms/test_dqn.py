@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from algorithms.dqn import DQNConfig, dqn_loss
-from rl.spaces import UnsupportedSpaceError
+from rlfleet.algorithms.dqn import DQNConfig, dqn_loss
+from rlfleet.rl.spaces import UnsupportedSpaceError
 
 Q_TAKEN = torch.tensor([1.0, 2.0])
 Q_NEXT_TARGET = torch.tensor([[1.0, 3.0], [2.0, 0.0]])
@@ -118,7 +118,7 @@ def test_dqn_checkpoint_round_trip_keeps_target_and_counters(tmp_path):
 
 
 def test_dueling_and_prioritized_dqn_learn_the_corridor():
-    from envs.testing import CorridorEnv
+    from rlfleet.envs.testing import CorridorEnv
 
     algo = DQNConfig(env=CorridorEnv, seed=0, num_envs_per_runner=4, rollout_fragment_length=16, learning_starts=64,
                      train_batch_size=32, buffer_size=5000, hidden_sizes=(32,), activation="relu", lr=1e-3,

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from algorithms.grpo import GRPOConfig
-from algorithms.grpo.algorithm import supervised_sequences
-from envs.registry import EnvNotFoundError
-from envs.text import CharTokenizer
+from rlfleet.algorithms.grpo import GRPOConfig
+from rlfleet.algorithms.grpo.algorithm import supervised_sequences
+from rlfleet.envs.registry import EnvNotFoundError
+from rlfleet.envs.text import CharTokenizer
 
 
 def small(**kw):
@@ -80,7 +80,7 @@ def test_a_checkpoint_answers_prompts_in_three_lines(tmp_path):
     algo.save(str(tmp_path))
     expected = algo.complete(["12+7=", "3+4="])
     algo.stop()
-    from algorithms.grpo import GRPO
+    from rlfleet.algorithms.grpo import GRPO
 
     loaded = GRPO.from_checkpoint(str(tmp_path))
     try:
@@ -124,7 +124,7 @@ def test_jsonl_prompts_and_a_reward_by_import_path_train(jsonl_task):
     ('{"prompt": "1+1=", "answer": "2"}\n', {"max_prompt_tokens": 3}, "prompt 0 '1+1=' is 5 tokens, over max_prompt_tokens 3"),
 ])
 def test_bad_prompt_files_are_one_clear_error(jsonl_task, content, extra, needle):
-    from rl.config import ConfigError
+    from rlfleet.rl.config import ConfigError
 
     path = jsonl_task[0] / "bad.jsonl"
     path.write_text(content)
@@ -133,7 +133,7 @@ def test_bad_prompt_files_are_one_clear_error(jsonl_task, content, extra, needle
 
 
 def test_a_reward_returning_nan_names_the_prompt(jsonl_task):
-    from envs.text import RewardError
+    from rlfleet.envs.text import RewardError
 
     _, good = jsonl_task
     algo = small(env="text-jsonl", env_config={"path": str(good), "reward": "task_rewards:nan"}, warmup_steps=0).build()

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from algorithms.grpo.loss import group_advantages, grpo_loss, kl_k3, masked_mean
+from rlfleet.algorithms.grpo.loss import group_advantages, grpo_loss, kl_k3, masked_mean
 
 
 def test_group_advantages_by_hand():

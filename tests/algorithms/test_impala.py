@@ -22,15 +22,15 @@ import numpy as np
 import pytest
 import torch
 
-import algorithms.impala.learner as impala_learner_module
-from algorithms.impala import IMPALA, IMPALAConfig, IMPALALearner, impala_loss, learner_batch
-from envs.testing import CorridorEnv
+import rlfleet.algorithms.impala.learner as impala_learner_module
+from rlfleet.algorithms.impala import IMPALA, IMPALAConfig, IMPALALearner, impala_loss, learner_batch
+from rlfleet.envs.testing import CorridorEnv
 from gymnasium import spaces
-from rl.batch import Fragment
-from rl.config import ConfigError
-from rl.experiment import load_experiment
-from rl.module import ModuleSpec
-from rl.postprocessing import compute_gae
+from rlfleet.rl.batch import Fragment
+from rlfleet.rl.config import ConfigError
+from rlfleet.rl.experiment import load_experiment
+from rlfleet.rl.module import ModuleSpec
+from rlfleet.rl.postprocessing import compute_gae
 from tests.fleet_envs import processes, remote_calls_of, start_shared_ray, stop_shared_ray
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -696,7 +696,7 @@ def test_tuned_impala_example_learns_cartpole_with_two_ray_runners(shared_ray):
 
 
 def test_impala_acts_and_learns_in_a_continuous_action_space():
-    from algorithms.impala import IMPALAConfig
+    from rlfleet.algorithms.impala import IMPALAConfig
 
     algo = IMPALAConfig(env="Pendulum-v1", seed=0, num_envs_per_runner=4, rollout_fragment_length=16,
                         train_batch_fragments=1).build()

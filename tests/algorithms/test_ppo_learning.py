@@ -14,9 +14,9 @@ import os
 import numpy as np
 import pytest
 
-from algorithms.ppo import PPOConfig
-from envs.testing import CorridorEnv
-from rl.experiment import load_experiment
+from rlfleet.algorithms.ppo import PPOConfig
+from rlfleet.envs.testing import CorridorEnv
+from rlfleet.rl.experiment import load_experiment
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CORRIDOR = {"length": 10}

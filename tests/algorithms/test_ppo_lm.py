@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from algorithms import get_config_class
-from algorithms.ppo import PPOConfig
-from algorithms.ppo.lm import LMPPOConfig, token_rewards
+from rlfleet.algorithms import get_config_class
+from rlfleet.algorithms.ppo import PPOConfig
+from rlfleet.algorithms.ppo.lm import LMPPOConfig, token_rewards
 
 
 def test_token_rewards_fold_the_kl_penalty_and_put_the_reward_on_the_last_token():

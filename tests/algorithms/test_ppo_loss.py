@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from algorithms.ppo import ppo_loss
+from rlfleet.algorithms.ppo import ppo_loss
 
 CLIP = 0.2
 

@@ -12,8 +12,8 @@ import pytest
 
 pytest.importorskip("ale_py")
 
-from envs import make_env_creator, registry  # noqa: E402
-from envs.atari import make_atari, register_atari_envs  # noqa: E402
+from rlfleet.envs import make_env_creator, registry  # noqa: E402
+from rlfleet.envs.atari import make_atari, register_atari_envs  # noqa: E402
 
 
 def run_twins(env_a, env_b, num_steps, *, seed, rng_seed=0):
@@ -44,7 +44,7 @@ def test_observations_are_channel_first_uint8_stacks():
     assert make_atari("ALE/Pong-v5", frame_stack=1).observation_space.shape == (1, 84, 84)
 
     # The CNN reads (4, 84, 84) as CHW, with the Nature-DQN trunk for 84x84 frames.
-    from rl.module import LeafEncoder
+    from rlfleet.rl.module import LeafEncoder
 
     encoder = LeafEncoder(env.observation_space)
     assert encoder.channels_last is False
@@ -196,7 +196,7 @@ def make_pong(env_config):
 
 
 def test_dqn_trains_on_pong():
-    from algorithms.dqn import DQNConfig
+    from rlfleet.algorithms.dqn import DQNConfig
 
     config = DQNConfig(
         env=make_pong, seed=0, frame_stack=4, buffer_size=2000, learning_starts=200, train_batch_size=32,

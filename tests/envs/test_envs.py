@@ -6,18 +6,18 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-import envs
-from envs import registry
-from envs.checks import ContractCheckWrapper, EnvContractError, check_observations, check_rewards
-from envs.registry import EnvCreator, EnvNotFoundError, make_env_creator, register_env
-from envs.testing import CorridorEnv, OutOfSpaceEnv
+from rlfleet import envs
+from rlfleet.envs import registry
+from rlfleet.envs.checks import ContractCheckWrapper, EnvContractError, check_observations, check_rewards
+from rlfleet.envs.registry import EnvCreator, EnvNotFoundError, make_env_creator, register_env
+from rlfleet.envs.testing import CorridorEnv, OutOfSpaceEnv
 
 GYM_TEST_ID = "RlfleetTestCorridor-v0"
 
 
 @pytest.fixture
 def gym_registered_id():
-    gym.register(id=GYM_TEST_ID, entry_point="envs.testing:CorridorEnv", kwargs={"length": 9})
+    gym.register(id=GYM_TEST_ID, entry_point="rlfleet.envs.testing:CorridorEnv", kwargs={"length": 9})
     yield GYM_TEST_ID
     gym.registry.pop(GYM_TEST_ID, None)
 
@@ -159,7 +159,7 @@ def test_creator_of_a_registered_name_survives_pickling(clean_registry):
     # carries the registered function, so it works where register_env never ran.
     import cloudpickle
 
-    from envs import registry
+    from rlfleet.envs import registry
 
     register_env("corridor-pickle", lambda cfg: CorridorEnv(**cfg))
     payload = cloudpickle.dumps(make_env_creator("corridor-pickle", {"length": 8}))
@@ -245,8 +245,8 @@ def test_nan_reward_from_a_vector_env_is_caught():
 
 
 def runner_for(env_cls, name):
-    from rl.env_runner import EnvRunner
-    from rl.module import ModuleSpec
+    from rlfleet.rl.env_runner import EnvRunner
+    from rlfleet.rl.module import ModuleSpec
 
     probe = env_cls()
     return EnvRunner(

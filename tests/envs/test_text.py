@@ -5,8 +5,8 @@ import re
 import numpy as np
 import pytest
 
-from envs.registry import EnvNotFoundError
-from envs.text import (
+from rlfleet.envs.registry import EnvNotFoundError
+from rlfleet.envs.text import (
     DEFAULT_ALPHABET,
     CharTokenizer,
     JsonlPrompts,
@@ -19,7 +19,7 @@ from envs.text import (
     check_prompt_lengths,
     score,
 )
-from envs.text_tasks import TextAdditionTask, make_text_env
+from rlfleet.envs.text_tasks import TextAdditionTask, make_text_env
 
 
 def rng(seed=0):

@@ -1,6 +1,6 @@
 import numpy as np
 
-from rl.batch import concat_batches, flatten_time, num_rows, take_rows
+from rlfleet.rl.batch import concat_batches, flatten_time, num_rows, take_rows
 
 
 def make_batch(T: int, B: int, offset: float) -> dict:

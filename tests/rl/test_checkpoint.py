@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from algorithms.ppo import PPOConfig
-from rl.checkpoint import FILENAME, CheckpointError, load_checkpoint
+from rlfleet.algorithms.ppo import PPOConfig
+from rlfleet.rl.checkpoint import FILENAME, CheckpointError, load_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -266,8 +266,8 @@ KILLED_SAVE = textwrap.dedent(
     """
     import io, os, shutil, sys, time
     sys.path.insert(0, {repo!r})
-    import rl.checkpoint
-    from algorithms.ppo import PPOConfig
+    import rlfleet.rl.checkpoint
+    from rlfleet.algorithms.ppo import PPOConfig
 
     ckpt, reference, marker = sys.argv[1:4]
     algo = PPOConfig(**{config!r}).build()
@@ -276,7 +276,7 @@ KILLED_SAVE = textwrap.dedent(
     shutil.copyfile(os.path.join(ckpt, "checkpoint.pt"), reference)
     algo.train()  # the second checkpoint would hold other weights and counters
 
-    real_save = rl.checkpoint.torch.save
+    real_save = rlfleet.rl.checkpoint.torch.save
 
     def slow_save(obj, f, *args, **kwargs):
         buf = io.BytesIO()
@@ -289,7 +289,7 @@ KILLED_SAVE = textwrap.dedent(
         time.sleep(120)  # killed here
         f.write(data[len(data) // 2 :])
 
-    rl.checkpoint.torch.save = slow_save
+    rlfleet.rl.checkpoint.torch.save = slow_save
     algo.save(ckpt)
     """
 )

@@ -1,9 +1,9 @@
 import pytest
 import yaml
 
-from algorithms.ppo.config import PPOConfig
-from rl.config import AlgorithmConfig, ConfigError
-from rl.learner import piecewise_linear
+from rlfleet.algorithms.ppo.config import PPOConfig
+from rlfleet.rl.config import AlgorithmConfig, ConfigError
+from rlfleet.rl.learner import piecewise_linear
 
 # --- unknown keys -------------------------------------------------------------------------
 
@@ -229,7 +229,7 @@ def test_to_dict_round_trips_through_yaml(tmp_path):
 
 
 def test_to_dict_keeps_an_env_class_by_name():
-    from envs.testing import CorridorEnv
+    from rlfleet.envs.testing import CorridorEnv
 
     assert PPOConfig(env=CorridorEnv).to_dict()["env"] == "CorridorEnv"
 

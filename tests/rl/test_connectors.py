@@ -1,7 +1,7 @@
 import numpy as np
 from gymnasium import spaces
 
-from rl.connectors import MeanStdFilter, RunningStats
+from rlfleet.rl.connectors import MeanStdFilter, RunningStats
 
 EPS = 1e-8  # RunningStats.std adds it
 

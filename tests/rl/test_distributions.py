@@ -6,7 +6,7 @@ import torch
 from gymnasium import spaces
 from torch import distributions as td
 
-from rl.distributions import ActionDistribution, Categorical, DiagGaussian, MultiCategorical, dist_input_size
+from rlfleet.rl.distributions import ActionDistribution, Categorical, DiagGaussian, MultiCategorical, dist_input_size
 
 LN2, LN3, LN_2PI = math.log(2.0), math.log(3.0), math.log(2.0 * math.pi)
 
@@ -197,7 +197,7 @@ def test_action_distribution_hand_computed_tuple():
     ids=["dict", "tuple_of_tuple_and_dict"],
 )
 def test_action_distribution_is_sum_over_leaves(space):
-    from rl.spaces import leaf_spaces
+    from rlfleet.rl.spaces import leaf_spaces
 
     g = torch.Generator().manual_seed(3)
     leaves = leaf_spaces(space)

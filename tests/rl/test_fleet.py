@@ -22,19 +22,19 @@ import pytest
 import ray
 import torch
 
-from algorithms.ppo import PPOConfig, PPOLearner
-from envs import EnvFailedError, make_env_creator
-from envs.testing import CorridorEnv, FlakyEnv
-from rl.batch import flatten_time
-from rl.checkpoint import load_checkpoint
-from rl.env_runner import EnvRunner
-from rl.env_runner_group import EnvRunnerGroup, RunnerFailureError
-from rl.experiment import load_experiment
-from rl.learner import LearnerFactory, LearnerGroup
-from rl.module import ModuleSpec
-from rl.postprocessing import compute_gae
-from runtime import LocalRuntime
-from runtime.ray_backend import RayRuntime
+from rlfleet.algorithms.ppo import PPOConfig, PPOLearner
+from rlfleet.envs import EnvFailedError, make_env_creator
+from rlfleet.envs.testing import CorridorEnv, FlakyEnv
+from rlfleet.rl.batch import flatten_time
+from rlfleet.rl.checkpoint import load_checkpoint
+from rlfleet.rl.env_runner import EnvRunner
+from rlfleet.rl.env_runner_group import EnvRunnerGroup, RunnerFailureError
+from rlfleet.rl.experiment import load_experiment
+from rlfleet.rl.learner import LearnerFactory, LearnerGroup
+from rlfleet.rl.module import ModuleSpec
+from rlfleet.rl.postprocessing import compute_gae
+from rlfleet.runtime import LocalRuntime
+from rlfleet.runtime.ray_backend import RayRuntime
 from tests.fleet_envs import (
     HangingEnv,
     HangOnceEnv,
@@ -423,7 +423,7 @@ STOP_SCRIPT = textwrap.dedent("""\
     import json, sys
     sys.path.insert(0, {repo!r})
     import ray
-    from algorithms.ppo import PPOConfig
+    from rlfleet.algorithms.ppo import PPOConfig
 
     algo = PPOConfig(env="CartPole-v1", num_env_runners=2, num_envs_per_runner=2, rollout_fragment_length=16,
                      minibatch_size=32, num_epochs=1).build()

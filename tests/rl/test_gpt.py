@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rl.causal_lm import filter_logits, position_ids
-from rl.gpt import GPT, GPTConfig, attention_allowed
+from rlfleet.rl.lm.causal_lm import filter_logits, position_ids
+from rlfleet.rl.lm.gpt import GPT, GPTConfig, attention_allowed
 
 V, BLOCK = 17, 32
 PROMPTS = [[3, 1, 4], [1, 5, 9, 2, 6, 5, 3, 5], [8], [9, 7, 9, 3, 2], [3, 8, 4, 6, 2, 6]]

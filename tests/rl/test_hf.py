@@ -1,4 +1,4 @@
-"""rl.hf against transformers' own forward pass: tiny randomly initialised GPT-2s, built
+"""rlfleet.rl.lm.hf against transformers' own forward pass: tiny randomly initialised GPT-2s, built
 locally (nothing is downloaded), so every test runs in well under a second."""
 
 import math
@@ -10,11 +10,11 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from algorithms.grpo import GRPOConfig  # noqa: E402
-from algorithms.grpo.learner import GRPOLearner  # noqa: E402
-from envs.text import CharTokenizer, Tokenizer  # noqa: E402
-from rl.generator import GeneratorRunner  # noqa: E402
-from rl.hf import HFCausalLM, HFSpec, HFTokenizer  # noqa: E402
+from rlfleet.algorithms.grpo import GRPOConfig  # noqa: E402
+from rlfleet.algorithms.grpo.learner import GRPOLearner  # noqa: E402
+from rlfleet.envs.text import CharTokenizer, Tokenizer  # noqa: E402
+from rlfleet.rl.lm.generator import GeneratorRunner  # noqa: E402
+from rlfleet.rl.lm.hf import HFCausalLM, HFSpec, HFTokenizer  # noqa: E402
 
 V, N_POSITIONS = 17, 32
 PROMPTS = [[3, 1, 4], [1, 5, 9, 2, 6, 5, 3, 5], [8], [9, 7, 9, 3, 2], [3, 8, 4, 6, 2, 6]]
@@ -326,8 +326,8 @@ def test_runner_and_learner_run_grpo_on_an_hf_model():
 
 
 def test_grpo_post_trains_a_local_hf_model_directory(tmp_path):
-    from algorithms.grpo import GRPOConfig
-    from envs.text import ListPrompts, TextEnvSpec
+    from rlfleet.algorithms.grpo import GRPOConfig
+    from rlfleet.envs.text import ListPrompts, TextEnvSpec
 
     tok = HFTokenizer(char_tokenizer())
     transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=tok.vocab_size, n_positions=32, n_embd=16,

@@ -5,9 +5,9 @@ import torch
 import tree
 from gymnasium import spaces
 
-from envs.testing import ImageEnv, NestedObsEnv
-from rl.module import ModuleSpec, RLModule
-from rl.spaces import UnsupportedSpaceError, actions_to_env, leaf_spaces
+from rlfleet.envs.testing import ImageEnv, NestedObsEnv
+from rlfleet.rl.module import ModuleSpec, RLModule
+from rlfleet.rl.spaces import UnsupportedSpaceError, actions_to_env, leaf_spaces
 
 B = 5
 

@@ -1,6 +1,6 @@
 import torch
 
-from rl.optim import Adam
+from rlfleet.rl.optim import Adam
 
 
 def test_adam_matches_torch_adam_step_for_step():

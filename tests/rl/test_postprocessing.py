@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from rl.postprocessing import compute_gae
+from rlfleet.rl.postprocessing import compute_gae
 
 
 def col(*xs, dtype=np.float32):

@@ -10,8 +10,8 @@ import pytest
 from gymnasium import spaces
 from gymnasium.wrappers import FrameStackObservation
 
-from rl.batch import Fragment
-from rl.replay import PrioritizedReplayBuffer, ReplayBuffer
+from rlfleet.rl.batch import Fragment
+from rlfleet.rl.replay import PrioritizedReplayBuffer, ReplayBuffer
 
 ID_SPACE = spaces.Box(-np.inf, np.inf, (1,), np.float32)  # each obs is a unique id
 ACT_SPACE = spaces.Discrete(2)

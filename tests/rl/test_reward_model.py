@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from algorithms.grpo import GRPOConfig
-from envs.text import CharTokenizer, ListPrompts, Prompt, TextEnvSpec, score
-from rl.gpt import GPTConfig
-from rl.reward_model import ModelReward
+from rlfleet.algorithms.grpo import GRPOConfig
+from rlfleet.envs.text import CharTokenizer, ListPrompts, Prompt, TextEnvSpec, score
+from rlfleet.rl.lm.gpt import GPTConfig
+from rlfleet.rl.lm.reward_model import ModelReward
 
 
 def reward_model(seed=0):

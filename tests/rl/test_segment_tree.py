@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from rl.replay import MinTree, SumTree
+from rlfleet.rl.replay import MinTree, SumTree
 
 
 def brute_find(p, u):

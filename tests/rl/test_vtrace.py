@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from rl.postprocessing import compute_gae, vtrace
+from rlfleet.rl.postprocessing import compute_gae, vtrace
 
 
 def vtrace_loop(mu_logp, pi_logp, r, v, v_next, term, trunc, gamma, rho_bar, c_bar):

@@ -1,6 +1,6 @@
 import pytest
 
-from runtime import LocalRuntime, ObjectRef, make_runtime
+from rlfleet.runtime import LocalRuntime, ObjectRef, make_runtime
 
 
 class Counter:

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import ray
 
-from runtime import ObjectRef, make_runtime
-from runtime.ray_backend import RayRef, RayRuntime
+from rlfleet.runtime import ObjectRef, make_runtime
+from rlfleet.runtime.ray_backend import RayRef, RayRuntime
 from tests.fleet_envs import (
     Probe,
     SlowProbeFactory,

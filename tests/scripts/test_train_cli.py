@@ -14,11 +14,11 @@ import sys
 
 import pytest
 
-from algorithms.ppo import PPOConfig
-from envs import EnvContractError
-from envs.testing import CorridorEnv, OutOfSpaceEnv
-from rl.checkpoint import load_checkpoint
-from rl.experiment import load_experiment
+from rlfleet.algorithms.ppo import PPOConfig
+from rlfleet.envs import EnvContractError
+from rlfleet.envs.testing import CorridorEnv, OutOfSpaceEnv
+from rlfleet.rl.checkpoint import load_checkpoint
+from rlfleet.rl.experiment import load_experiment
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = os.path.join(REPO, "scripts", "train.py")
@@ -41,8 +41,8 @@ STEPS_PER_ITER = 4 * 32
 REGISTERED_ENV_LAUNCHER = """\
 import runpy, sys
 sys.path.insert(0, {repo!r})
-from envs import register_env
-from envs.testing import OutOfSpaceEnv
+from rlfleet.envs import register_env
+from rlfleet.envs.testing import OutOfSpaceEnv
 register_env("OutOfSpace-v0", lambda cfg: OutOfSpaceEnv(**cfg))
 sys.argv = [{train!r}, *sys.argv[1:]]
 runpy.run_path({train!r}, run_name="__main__")

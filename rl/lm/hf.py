@@ -1,11 +1,11 @@
-"""Hugging Face ``transformers`` causal LMs behind the interface of ``rl.gpt.GPT``.
+"""Hugging Face ``transformers`` causal LMs behind the interface of ``rlfleet.rl.lm.gpt.GPT``.
 
 The learners and generator runners of language-model post-training (GRPO, LM PPO) call
 three things on their policy: ``forward`` (logits and values), ``token_logprobs`` and
 ``generate``. ``HFCausalLM`` offers the same three over any ``AutoModelForCausalLM``, so a
 pretrained checkpoint can stand in for the small GPT without touching an algorithm.
 
-The rules of ``rl.gpt`` carry over, and for the same reason (the PPO/GRPO ratio of an
+The rules of ``rlfleet.rl.lm.gpt`` carry over, and for the same reason (the PPO/GRPO ratio of an
 unchanged policy must be exactly 1):
 
 1. position ids count real tokens only: they are passed explicitly as ``cumsum(mask) - 1``,
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import torch
 from torch import nn
 
-from rl.causal_lm import CausalLM, LMOutput, position_ids
+from rlfleet.rl.lm.causal_lm import CausalLM, LMOutput, position_ids
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -43,7 +43,7 @@ def _import_transformers() -> Any:
         import transformers
     except ImportError as e:
         raise ImportError(
-            "rl.hf needs Hugging Face transformers: pip install 'rlfleet[hf]'"
+            "rlfleet.rl.lm.hf needs Hugging Face transformers: pip install 'rlfleet[hf]'"
         ) from e
     return transformers
 
@@ -61,7 +61,7 @@ def _disable_dropout(model: nn.Module) -> None:
 
 class HFCausalLM(CausalLM):
     """A ``transformers`` causal LM as a policy: ``forward``, ``token_logprobs`` and
-    ``generate`` with the signatures and semantics of ``rl.gpt.GPT``; optionally a
+    ``generate`` with the signatures and semantics of ``rlfleet.rl.lm.gpt.GPT``; optionally a
     per-token value head ``Linear(hidden_size, 1)`` on the last hidden state.
 
     Generation is ``CausalLM.generate`` on the model's own ``past_key_values``, not

@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from envs.text import TextEnvSpec, score
-from envs.text_tasks import make_text_env
-from rl.batch import Fragment
-from rl.gpt import GPTConfig
+from rlfleet.envs.text import TextEnvSpec, score
+from rlfleet.envs.text_tasks import make_text_env
+from rlfleet.rl.batch import Fragment
+from rlfleet.rl.lm.gpt import GPTConfig
 
 
 class GeneratorRunner:

@@ -2,7 +2,7 @@
 
 The network only; the paths it shares with other causal LMs (token log-probs, batched
 generation with a cache, and the rules that keep them consistent) are in
-``rl.causal_lm``.
+``rlfleet.rl.lm.causal_lm``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rl.causal_lm import CausalLM, LMOutput, position_ids
+from rlfleet.rl.lm.causal_lm import CausalLM, LMOutput, position_ids
 
 
 @dataclasses.dataclass(frozen=True)

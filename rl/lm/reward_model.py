@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import torch
 
-from envs.text import Prompt, Tokenizer
+from rlfleet.envs.text import Prompt, Tokenizer
 
 
 class ModelReward:

@@ -1,0 +1,1 @@
+"""Command-line entry points (installed as rlfleet.scripts; nothing imports it)."""

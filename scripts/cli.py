@@ -1,0 +1,31 @@
+"""The ``rlfleet`` command: ``rlfleet train ...`` runs what ``python scripts/train.py ...``
+runs, ``rlfleet regression ...`` what ``python scripts/run_regression.py ...`` runs."""
+
+from __future__ import annotations
+
+import sys
+
+COMMANDS = {"train": "train a policy (scripts/train.py)", "regression": "run tuned examples (scripts/run_regression.py)"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print("usage: rlfleet {train,regression} [options]\n" + "\n".join(f"  {k:11s} {v}" for k, v in COMMANDS.items()))
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command == "train":
+        from rlfleet.scripts.train import main as run
+    elif command == "regression":
+        from rlfleet.scripts.run_regression import main as run
+    else:
+        from rlfleet.rl.config import closest
+
+        print(f"rlfleet: error: unknown command {command!r}{closest(command, COMMANDS)} (choose from {', '.join(COMMANDS)})",
+              file=sys.stderr)
+        return 2
+    return run(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
