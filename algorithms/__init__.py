@@ -12,6 +12,7 @@ ALGORITHMS: dict[str, str] = {
     "dqn": "rlfleet.algorithms.dqn:DQNConfig",
     "impala": "rlfleet.algorithms.impala:IMPALAConfig",
     "grpo": "rlfleet.algorithms.grpo:GRPOConfig",
+    "lm-ppo": "rlfleet.algorithms.ppo.lm:LMPPOConfig",
 }
 
 

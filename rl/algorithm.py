@@ -7,26 +7,21 @@ import collections
 import math
 import random
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import tree
 
-from rlfleet.envs import make_env_creator
-from rlfleet.rl.batch import Fragment
 from rlfleet.rl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from rlfleet.rl.config import AlgorithmConfig
-from rlfleet.rl.connectors import MeanStdFilter
-from rlfleet.rl.env_runner import EnvRunner
-from rlfleet.rl.env_runner_group import EnvRunnerFactory, EnvRunnerGroup
+from rlfleet.rl.core import Fragment, Runner, RunnerFactory, Weights
+from rlfleet.rl.env_runner_group import EnvRunnerGroup
 from rlfleet.rl.learner import Learner, LearnerFactory, LearnerGroup
 from rlfleet.rl.metrics import MetricsLogger
-from rlfleet.rl.module import ModuleSpec
-from rlfleet.rl.spaces import check_spaces
 from rlfleet.runtime import Runtime, make_runtime
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 
 
 def _to_torch(state: Any) -> Any:
@@ -38,16 +33,27 @@ def _to_numpy(state: Any) -> Any:
 
 
 class Algorithm(abc.ABC):
+    """The driver. It knows no algorithm and no env kind: a subclass names its config,
+    learner and runner-factory classes and writes ``training_step``; what differs between
+    control RL and LM post-training comes through the runner factory (rl/core.py)."""
+
+    config_class: type[AlgorithmConfig]
+    """The algorithm's config dataclass (for :meth:`from_checkpoint`)."""
+    learner_class: type[Learner]
+    """The algorithm's Learner subclass, built as ``learner_class(module_spec=, config=)``."""
+    runner_factory_class: Callable[..., RunnerFactory]
+    """Built as ``runner_factory_class(config, adapt_spec=self.adapt_module_spec)``."""
+
     def __init__(self, config: AlgorithmConfig) -> None:
-        config.validate()
-        self.config = config
+        self.config = config  # validated when it was built
         torch.set_num_threads(config.torch_threads)
         random.seed(config.seed)
         np.random.seed(config.seed)
         torch.manual_seed(config.seed)
 
-        self.obs_filter: MeanStdFilter | None = None
-        self.module_spec = self.setup_env()
+        self.runner_factory = self.runner_factory_class(config, adapt_spec=self.adapt_module_spec)
+        self.module_spec = self.runner_factory.module_spec
+        self.connector = self.runner_factory.make_connector()
         self.runtime = self.make_runtime()
         self.learner_group = LearnerGroup(
             self.runtime,
@@ -55,17 +61,16 @@ class Algorithm(abc.ABC):
             config.num_learners,
             num_gpus_per_learner=config.num_gpus_per_learner,
         )
-        self.runner_factory = self.make_runner_factory()
         # num_env_runners=0 samples in this process, even when the learners are remote.
         self.env_runner_group = EnvRunnerGroup(
             self.runtime if config.num_env_runners > 0 else make_runtime("local"),
             self.runner_factory,
-            max(1, config.num_env_runners),
+            config.num_runners,
             num_cpus_per_runner=config.num_cpus_per_runner,
             sample_timeout_s=config.sample_timeout_s,
             max_consecutive_failures=config.max_consecutive_runner_failures,
         )
-        self.eval_runner: EnvRunner | None = None
+        self.eval_runner: Runner | None = None
         self.logger = MetricsLogger(config.logdir, console=config.log_to_console)
 
         self.iteration = 0
@@ -82,54 +87,15 @@ class Algorithm(abc.ABC):
         self.started = time.perf_counter()
         self.sync_weights()
 
-    # -- what an algorithm supplies ------------------------------------------------------
-    def setup_env(self) -> Any:
-        """Resolve the env, check its spaces, and return the spec of the module to train."""
-        c = self.config
-        self.env_creator = make_env_creator(c.env, c.env_config)
-        probe = self.env_creator()
-        observation_space, action_space = probe.observation_space, probe.action_space
-        probe.close()
-        self.check_spaces(observation_space, action_space)
-        if c.normalize_obs:
-            self.obs_filter = MeanStdFilter(observation_space)
-        return self.build_module_spec(observation_space, action_space)
+    # -- what an algorithm may adapt ------------------------------------------------------
+    def adapt_module_spec(self, spec: Any) -> Any:
+        """The module this algorithm trains, from the runner factory's default spec for
+        the env (an actor-critic, or a causal LM); override to refuse or change it."""
+        return spec
 
-    def make_runner_factory(self) -> Any:
-        """A picklable ``factory(index)`` building this algorithm's env runners."""
-        c = self.config
-        return EnvRunnerFactory(
-            env_creator=self.env_creator,
-            env_name=self.env_creator.name,
-            module_spec=self.module_spec,
-            num_envs=c.num_envs_per_runner,
-            fragment_length=c.rollout_fragment_length,
-            seed=c.seed,
-            vectorize_mode=c.vectorize_mode,
-            normalize_obs=c.normalize_obs,
-            env_error_retries=c.env_error_retries,
-        )
-
-    def check_spaces(self, observation_space: Any, action_space: Any) -> None:
-        """Refuse spaces this algorithm cannot handle; override to narrow further."""
-        check_spaces(observation_space, action_space, self.env_creator.name)
-
-    def build_module_spec(self, observation_space: Any, action_space: Any) -> ModuleSpec:
-        """The module this algorithm trains; the default is an actor-critic."""
-        c = self.config
-        return ModuleSpec(
-            observation_space,
-            action_space,
-            hidden_sizes=tuple(c.hidden_sizes),
-            activation=c.activation,
-            shared_encoder=c.shared_encoder,
-            env_name=self.env_creator.name,
-        )
-
-    config_class: type[AlgorithmConfig]
-    """The algorithm's config dataclass (for :meth:`from_checkpoint`)."""
-    learner_class: type[Learner]
-    """The algorithm's Learner subclass, built as ``learner_class(module_spec=, config=)``."""
+    def acting_weights(self, weights: Weights) -> Weights:
+        """What the runners act with, from the learner's weights (DQN sets epsilon here)."""
+        return weights
 
     def make_runtime(self) -> Runtime:
         """Ray when anything is remote (asking it for exactly the CPUs and GPUs the config
@@ -150,8 +116,8 @@ class Algorithm(abc.ABC):
         """Collect one fragment per runner and account for its steps and episodes."""
         fragments = self.env_runner_group.sample()
         self.record(fragments)
-        if self.obs_filter is not None:
-            self.env_runner_group.sync_filters(self.obs_filter)
+        if self.connector is not None:
+            self.env_runner_group.sync_connectors(self.connector)
         return fragments
 
     def record(self, fragments: list[Fragment]) -> None:
@@ -170,7 +136,7 @@ class Algorithm(abc.ABC):
         """Broadcast the learner's weights (put into the object store once, every runner
         gets the reference); ``new_version`` stamps them as a new version."""
         self.weights_version += int(new_version)
-        self.env_runner_group.sync_weights(self.learner_group.get_weights(), self.weights_version)
+        self.env_runner_group.sync_weights(self.acting_weights(self.learner_group.get_weights()), self.weights_version)
 
     # -- the public loop ---------------------------------------------------------------
     def train(self) -> dict[str, Any]:
@@ -206,22 +172,14 @@ class Algorithm(abc.ABC):
         return result
 
     def evaluate(self) -> dict[str, float]:
-        """Greedy returns over ``evaluation_num_episodes`` episodes on separate envs."""
-        n = self.config.evaluation_num_episodes
+        """Greedy performance over ``evaluation_num_episodes`` on a runner apart from the
+        fleet: ``evaluation/*`` metrics."""
         if self.eval_runner is None:
-            self.eval_runner = EnvRunner(
-                **{**self.runner_factory.kwargs, "num_envs": min(n, 8)}, seed=self.config.seed + 999_983, index=-1
-            )
-        self.eval_runner.set_weights(self.learner_group.get_weights(), self.weights_version)
-        if self.obs_filter is not None:
-            self.eval_runner.set_filter_state(self.obs_filter.get_state())
-        returns = self.eval_runner.evaluate(n)
-        return {
-            "evaluation/episode_return_mean": float(np.mean(returns)),
-            "evaluation/episode_return_min": float(np.min(returns)),
-            "evaluation/episode_return_max": float(np.max(returns)),
-            "evaluation/num_episodes": len(returns),
-        }
+            self.eval_runner = self.runner_factory.evaluation_runner(self.config.evaluation_num_episodes)
+        self.eval_runner.set_weights(self.acting_weights(self.learner_group.get_weights()), self.weights_version)
+        if self.connector is not None:
+            self.eval_runner.set_connector_state(self.connector.get_state())
+        return self.eval_runner.evaluate(self.config.evaluation_num_episodes)
 
     # -- checkpoints -------------------------------------------------------------------
     def get_state(self) -> dict[str, Any]:
@@ -230,7 +188,7 @@ class Algorithm(abc.ABC):
             "algo": self.config.algo_name,
             "config": self.config.to_dict(),
             "learner": self.learner_group.get_state(),
-            "obs_filter": _to_torch(self.obs_filter.get_state()) if self.obs_filter is not None else None,
+            "connector": _to_torch(self.connector.get_state()) if self.connector is not None else None,
             "counters": {
                 "iteration": self.iteration,
                 "env_steps": self.env_steps,
@@ -256,11 +214,12 @@ class Algorithm(abc.ABC):
         exactly except for the episodes that were in progress.
         """
         state = load_checkpoint(path)
-        if state["format"] != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"checkpoint {path!r} has format {state['format']}, this version reads {CHECKPOINT_FORMAT}")
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"checkpoint {path!r} has format {state.get('format')}, this version reads "
+                                  f"{CHECKPOINT_FORMAT} (format 2 came with the rlfleet namespace; retrain or use rlfleet 0.1)")
         if state["algo"] != self.config.algo_name:
             raise CheckpointError(f"checkpoint {path!r} is for {state['algo']!r}, not {self.config.algo_name!r}")
-        if (state["obs_filter"] is None) != (self.obs_filter is None):
+        if (state["connector"] is None) != (self.connector is None):
             raise CheckpointError(f"checkpoint {path!r}: normalize_obs differs from this config")
         saved = {k: tuple(v.shape) for k, v in state["learner"]["module"].items()}
         ours = {k: tuple(v.shape) for k, v in self.learner_group.get_weights().items()}
@@ -271,9 +230,9 @@ class Algorithm(abc.ABC):
                 "was it saved with other hidden_sizes or another env?"
             )
         self.learner_group.set_state(state["learner"])
-        if self.obs_filter is not None:
-            self.obs_filter.set_state(_to_numpy(state["obs_filter"]))
-            self.env_runner_group.set_filter_state(self.obs_filter.get_state())
+        if self.connector is not None:
+            self.connector.set_state(_to_numpy(state["connector"]))
+            self.env_runner_group.set_connector_state(self.connector.get_state())
         c = state["counters"]
         self.iteration, self.env_steps, self.episodes = c["iteration"], c["env_steps"], c["episodes"]
         self.num_env_errors = c.get("num_env_errors", 0)

@@ -25,30 +25,13 @@ every column reshaped from (T, B, ...) to (T*B, ...) by :func:`flatten_time`.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import tree
 
-SampleBatch = dict[str, Any]
+from rlfleet.rl.core import SampleBatch
 
-
-@dataclasses.dataclass
-class Fragment:
-    """What one env runner returns from one ``sample()`` call."""
-
-    batch: SampleBatch  # time-major (T, B, ...)
-    episode_returns: list[float]  # one per episode finished inside this fragment
-    episode_lengths: list[int]
-    env_steps: int
-    weights_version: int  # the broadcast version of the weights that sampled it
-    runner_index: int = 0
-    num_env_errors: int = 0
-    final_obs: list[tuple[int, int, Any]] = dataclasses.field(default_factory=list)
-    """(t, env, observation) for every truncation: the episode's true last observation."""
-    sample_time_s: float = 0.0
-    """Seconds the runner spent producing this fragment (its busy time)."""
 
 
 def concat_batches(batches: Sequence[SampleBatch], axis: int = 1) -> SampleBatch:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import typing
 from typing import Any, ClassVar
 
@@ -92,44 +93,23 @@ class AlgorithmConfig:
 
     # --- rollouts ---
     num_env_runners: int = 0
-    """Remote env-runner actors (Ray); 0 samples in this process."""
+    """Remote runner actors (Ray); 0 samples in this process."""
     num_cpus_per_runner: float = 1.0
-    """CPUs Ray reserves for each env-runner actor."""
+    """CPUs Ray reserves for each runner actor."""
     sample_timeout_s: float = 60.0
     """A runner that has not returned its fragment by then is restarted."""
     max_consecutive_runner_failures: int = 3
     """Stop the run after this many iterations in a row with a failed runner."""
-    env_error_retries: int = 3
-    """A sub-env that raises is recreated (its episode dropped) up to this many times in a
-    row before the error stops the run; 0 lets the first error through."""
-    num_envs_per_runner: int = 8
-    """Envs in each runner's vector env, stepped as one batch through the policy."""
-    rollout_fragment_length: int = 32
-    """Steps per env per sample call."""
-    vectorize_mode: str = "sync"
-    """``sync`` steps envs in the runner's process, ``async`` in a subprocess each."""
-    normalize_obs: bool = False
-    """Running mean/std normalisation of float observations (a checkpointed connector)."""
-
-    # --- model ---
-    hidden_sizes: tuple[int, ...] = (64, 64)
-    """Widths of the policy and value MLPs."""
-    activation: str = "tanh"
-    """One of tanh, relu, elu, silu."""
-    shared_encoder: bool = False
-    """Policy and value share the MLP (images always share the CNN)."""
 
     # --- learning ---
-    gamma: float = 0.99
-    """Discount factor."""
-    reward_scale: float = 1.0
-    """Rewards are multiplied by this before learning (metrics report raw returns)."""
     lr: float = 3e-4
     """Adam learning rate (the start value when ``lr_schedule`` is set)."""
     lr_schedule: list | None = None
     """Piecewise-linear [[env_step, lr], ...]; None keeps ``lr``."""
     grad_clip: float | None = 0.5
     """Clip the global gradient norm to this; None disables."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay (AdamW, Loshchilov & Hutter 2019); 0 is plain Adam."""
     device: str = "auto"
     """Learner device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1``."""
     num_learners: int = 0
@@ -152,6 +132,8 @@ class AlgorithmConfig:
     """Print one progress line per iteration."""
 
     def __post_init__(self) -> None:
+        if self.logdir:  # learner actors and runners may run in another directory
+            self.logdir = os.path.abspath(self.logdir)
         if self.lr_schedule is not None:
             # One canonical form, [[int step, float lr], ...], whether it came from Python,
             # YAML ('1e-3' is a string there) or the command line.
@@ -172,17 +154,16 @@ class AlgorithmConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
 
+    @property
+    def num_runners(self) -> int:
+        """Runners that sample: the ``num_env_runners`` actors, or one in this process when
+        it is 0 (the one place that rule lives)."""
+        return max(1, self.num_env_runners)
+
     def validate(self) -> None:
-        self.require_positive("num_envs_per_runner", "rollout_fragment_length", "evaluation_num_episodes",
-                              "metrics_smoothing_episodes", "torch_threads", "sample_timeout_s",
-                              "max_consecutive_runner_failures", "num_cpus_per_runner")
-        self.require_non_negative("num_env_runners", "num_learners", "env_error_retries", "num_gpus_per_learner", "lr")
-        if not 0.0 <= self.gamma <= 1.0:
-            raise ConfigError(f"gamma must be in [0, 1], got {self.gamma}")
-        if self.vectorize_mode not in ("sync", "async"):
-            raise ConfigError(f"vectorize_mode must be 'sync' or 'async', got {self.vectorize_mode!r}")
-        if self.activation not in ("tanh", "relu", "elu", "silu"):
-            raise ConfigError(f"activation must be one of tanh, relu, elu, silu; got {self.activation!r}")
+        self.require_positive("evaluation_num_episodes", "metrics_smoothing_episodes", "torch_threads",
+                              "sample_timeout_s", "max_consecutive_runner_failures", "num_cpus_per_runner")
+        self.require_non_negative("num_env_runners", "num_learners", "num_gpus_per_learner", "lr", "weight_decay")
         if self.lr_schedule is not None:
             pts = self.lr_schedule
             if not pts or any(len(p) != 2 for p in pts) or any(b[0] <= a[0] for a, b in zip(pts, pts[1:])):
@@ -231,3 +212,46 @@ class AlgorithmConfig:
     def build(self) -> Any:
         """Build the algorithm this config describes."""
         return self.algorithm_class()(self)
+
+
+@dataclasses.dataclass
+class ControlConfig(AlgorithmConfig):
+    """Settings of control RL (gymnasium envs and MLP/CNN policies): PPO, DQN, IMPALA."""
+
+    # --- env runners ---
+    env_error_retries: int = 3
+    """A sub-env that raises is recreated (its episode dropped) up to this many times in a
+    row before the error stops the run; 0 lets the first error through."""
+    num_envs_per_runner: int = 8
+    """Envs in each runner's vector env, stepped as one batch through the policy."""
+    rollout_fragment_length: int = 32
+    """Steps per env per sample call."""
+    vectorize_mode: str = "sync"
+    """``sync`` steps envs in the runner's process, ``async`` in a subprocess each."""
+    normalize_obs: bool = False
+    """Running mean/std normalisation of float observations (a checkpointed connector)."""
+
+    # --- model ---
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    """Widths of the policy and value MLPs."""
+    activation: str = "tanh"
+    """One of tanh, relu, elu, silu."""
+    shared_encoder: bool = False
+    """Policy and value share the MLP (images always share the CNN)."""
+
+    # --- returns ---
+    gamma: float = 0.99
+    """Discount factor."""
+    reward_scale: float = 1.0
+    """Rewards are multiplied by this before learning (metrics report raw returns)."""
+
+    def validate(self) -> None:
+        super().validate()
+        self.require_positive("num_envs_per_runner", "rollout_fragment_length")
+        self.require_non_negative("env_error_retries")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ConfigError(f"gamma must be in [0, 1], got {self.gamma}")
+        if self.vectorize_mode not in ("sync", "async"):
+            raise ConfigError(f"vectorize_mode must be 'sync' or 'async', got {self.vectorize_mode!r}")
+        if self.activation not in ("tanh", "relu", "elu", "silu"):
+            raise ConfigError(f"activation must be one of tanh, relu, elu, silu; got {self.activation!r}")

@@ -17,11 +17,12 @@ import torch
 import tree
 from gymnasium.vector import AutoresetMode
 
-from rlfleet.envs import ContractCheckWrapper, RecreateOnError, check_observations, check_rewards
-from rlfleet.rl.batch import Fragment
+from rlfleet.envs import ContractCheckWrapper, RecreateOnError, check_observations, check_rewards, make_env_creator
+from rlfleet.rl.config import ControlConfig
 from rlfleet.rl.connectors import MeanStdFilter
+from rlfleet.rl.core import Fragment
 from rlfleet.rl.module import ModuleSpec
-from rlfleet.rl.spaces import actions_to_env
+from rlfleet.rl.spaces import actions_to_env, check_spaces
 
 
 class _SubEnvCreator:
@@ -184,7 +185,7 @@ class EnvRunner:
         next_values[terminated] = 0.0
         return next_values
 
-    def evaluate(self, num_episodes: int) -> list[float]:
+    def evaluate(self, num_episodes: int) -> dict[str, float]:
         """Greedy returns of ``num_episodes`` whole episodes, started from a fresh reset.
 
         Each env contributes its first k = ceil(n / B) episodes: taking whichever episodes
@@ -204,16 +205,56 @@ class EnvRunner:
             for i in np.flatnonzero(term | trunc):
                 done_returns[i].append(float(ep_return[i]))
                 ep_return[i] = 0.0
-        ordered = [r[k] for k in range(per_env) for r in done_returns]
-        return ordered[:num_episodes]
+        returns = [r[k] for k in range(per_env) for r in done_returns][:num_episodes]
+        return {
+            "evaluation/episode_return_mean": float(np.mean(returns)),
+            "evaluation/episode_return_min": float(np.min(returns)),
+            "evaluation/episode_return_max": float(np.max(returns)),
+            "evaluation/num_episodes": len(returns),
+        }
 
     # -- connector state -------------------------------------------------------------
-    def pop_filter_delta(self) -> Any:
+    def pop_connector_delta(self) -> Any:
         return self.filter.pop_delta() if self.filter is not None else None
 
-    def set_filter_state(self, state: Any) -> None:
+    def set_connector_state(self, state: Any) -> None:
         if self.filter is not None:
             self.filter.set_state(state)
 
     def stop(self) -> None:
         self.env.close()
+
+
+class EnvRunnerFactory:
+    """Picklable ``factory(index) -> EnvRunner`` of a control-RL run (the RunnerFactory of
+    rl/core.py): resolves the env once, checks its spaces, and holds the module spec."""
+
+    def __init__(self, config: ControlConfig, *, adapt_spec: Callable[[ModuleSpec], Any] = lambda spec: spec) -> None:
+        c = self.config = config
+        self.env_creator = make_env_creator(c.env, c.env_config)
+        probe = self.env_creator()
+        observation_space, action_space = probe.observation_space, probe.action_space
+        probe.close()
+        check_spaces(observation_space, action_space, self.env_creator.name)
+        self.module_spec = adapt_spec(ModuleSpec(
+            observation_space, action_space, hidden_sizes=tuple(c.hidden_sizes), activation=c.activation,
+            shared_encoder=c.shared_encoder, env_name=self.env_creator.name,
+        ))
+
+    def __call__(self, index: int) -> EnvRunner:
+        # Runners get disjoint seed ranges: env i of runner k is seeded seed + 1000 k + i.
+        return self._runner(index, self.config.num_envs_per_runner, self.config.seed + 1000 * index)
+
+    def evaluation_runner(self, num_episodes: int) -> EnvRunner:
+        return self._runner(-1, min(num_episodes, 8), self.config.seed + 999_983)
+
+    def make_connector(self) -> MeanStdFilter | None:
+        return MeanStdFilter(self.module_spec.observation_space) if self.config.normalize_obs else None
+
+    def _runner(self, index: int, num_envs: int, seed: int) -> EnvRunner:
+        c = self.config
+        return EnvRunner(
+            env_creator=self.env_creator, env_name=self.env_creator.name, module_spec=self.module_spec,
+            num_envs=num_envs, fragment_length=c.rollout_fragment_length, seed=seed, index=index,
+            vectorize_mode=c.vectorize_mode, normalize_obs=c.normalize_obs, env_error_retries=c.env_error_retries,
+        )

@@ -9,14 +9,9 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Callable
+from typing import Any
 
-import gymnasium as gym
-
-from rlfleet.rl.batch import Fragment
-from rlfleet.rl.connectors import MeanStdFilter
-from rlfleet.rl.env_runner import EnvRunner
-from rlfleet.rl.module import ModuleSpec
+from rlfleet.rl.core import Fragment, RunnerFactory
 from rlfleet.runtime import CallResult, Future, ObjectRef, Runtime
 
 
@@ -24,44 +19,11 @@ class RunnerFailureError(RuntimeError):
     """Env runners kept failing; the run stops (after a final checkpoint)."""
 
 
-class EnvRunnerFactory:
-    """Picklable ``factory(index) -> EnvRunner``: remote actors build their own runner."""
-
-    def __init__(
-        self,
-        *,
-        env_creator: Callable[[], gym.Env],
-        env_name: str,
-        module_spec: ModuleSpec,
-        num_envs: int,
-        fragment_length: int,
-        seed: int,
-        vectorize_mode: str,
-        normalize_obs: bool,
-        env_error_retries: int,
-    ) -> None:
-        self.kwargs = dict(
-            env_creator=env_creator,
-            env_name=env_name,
-            module_spec=module_spec,
-            num_envs=num_envs,
-            fragment_length=fragment_length,
-            vectorize_mode=vectorize_mode,
-            normalize_obs=normalize_obs,
-            env_error_retries=env_error_retries,
-        )
-        self.seed = seed
-
-    def __call__(self, index: int) -> EnvRunner:
-        # Runners get disjoint seed ranges: env i of runner k is seeded seed + 1000 k + i.
-        return EnvRunner(**self.kwargs, seed=self.seed + 1000 * index, index=index)
-
-
 class EnvRunnerGroup:
     def __init__(
         self,
         runtime: Runtime,
-        factory: EnvRunnerFactory,
+        factory: RunnerFactory,
         count: int,
         *,
         num_cpus_per_runner: float = 1.0,
@@ -76,7 +38,7 @@ class EnvRunnerGroup:
         self.num_restarts = 0
         self.num_dropped_requests = 0
         self.weights: tuple[ObjectRef, int] | None = None
-        self.filter_state: ObjectRef | None = None
+        self.connector_state: ObjectRef | None = None
         self.runner_versions = [0] * self.group.size  # weight version each runner holds
         self.in_flight: dict[Future, int] = {}  # asynchronous sample requests -> runner
 
@@ -148,8 +110,8 @@ class EnvRunnerGroup:
         if self.weights is not None:
             self.group.call("set_weights", *self.weights, indices=[index])
             self.runner_versions[index] = self.weights[1]
-        if self.filter_state is not None:
-            self.group.call("set_filter_state", self.filter_state, indices=[index])
+        if self.connector_state is not None:
+            self.group.call("set_connector_state", self.connector_state, indices=[index])
 
     def sync_weights(self, weights: dict[str, Any], version: int) -> None:
         """Put the weights into the object store once; every runner receives the same
@@ -158,15 +120,16 @@ class EnvRunnerGroup:
         self.group.call("set_weights", *self.weights)
         self.runner_versions = [version] * self.size
 
-    def set_filter_state(self, state: Any) -> None:
-        self.filter_state = self.runtime.put(state)
-        self.group.call("set_filter_state", self.filter_state)
+    def set_connector_state(self, state: Any) -> None:
+        self.connector_state = self.runtime.put(state)
+        self.group.call("set_connector_state", self.connector_state)
 
-    def sync_filters(self, driver_filter: MeanStdFilter) -> None:
-        """Merge what each runner saw into the driver's filter, then send the merged state."""
-        deltas = [r.value for r in self.group.call("pop_filter_delta") if r.ok]
-        driver_filter.merge_deltas(deltas)
-        self.set_filter_state(driver_filter.get_state())
+    def sync_connectors(self, connector: Any) -> None:
+        """Merge what each runner's connectors saw into the driver's copy, then send the
+        merged state to all."""
+        deltas = [r.value for r in self.group.call("pop_connector_delta") if r.ok]
+        connector.merge_deltas(deltas)
+        self.set_connector_state(connector.get_state())
 
     def stop(self) -> None:
         self.group.shutdown()

@@ -1,19 +1,24 @@
-"""Learner: owns the module on its device, the optimiser, gradient clipping and the
-learning-rate schedule. An algorithm subclasses it and supplies ``compute_loss`` only."""
+"""Learner and LearnerGroup: the one update entry every algorithm trains through.
+
+A learner owns the module on its device, the optimiser, gradient clipping, the learning-
+rate schedule, the epoch/minibatch loop and, with several learners, the all-reduce of
+gradients and of the statistics a loss normalises by. An algorithm supplies its loss
+(``compute_loss``) and, where needed, ``prepare`` and ``minibatches``. See rl/core.py.
+"""
 
 from __future__ import annotations
 
 import abc
 import socket
 import warnings
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 import tree
 
-from rlfleet.rl.batch import SampleBatch, num_rows, take_rows
-from rlfleet.rl.module import ModuleSpec, RLModule
+from rlfleet.rl.batch import num_rows, take_rows
+from rlfleet.rl.core import SampleBatch, UpdateResult, Weights
 from rlfleet.rl.optim import Adam
 from rlfleet.runtime import Runtime
 
@@ -37,24 +42,113 @@ def piecewise_linear(schedule: list[tuple[int, float]], t: int) -> float:
     return float(schedule[-1][1])
 
 
+def normalize(
+    x: torch.Tensor, mask: torch.Tensor | None = None, *, unbiased: bool = True,
+    all_sum: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+) -> torch.Tensor:
+    """(x - mean) / (std + 1e-8) over the elements where ``mask`` is 1 (all by default),
+    zero where it is 0; ``all_sum`` sums the statistics over learners. Fewer than two
+    elements have no spread (the std of one is NaN with Bessel's correction): centred only."""
+    w = torch.ones_like(x) if mask is None else mask.to(x.dtype)
+    n = all_sum(w.sum())
+    mean = all_sum((x * w).sum()) / n.clamp(min=1.0)
+    if float(n) < 2:
+        return (x - mean) * w
+    var = all_sum(((x - mean).pow(2) * w).sum()) / (n - 1 if unbiased else n)
+    return (x - mean) / (var.sqrt() + 1e-8) * w
+
+
 class Learner(abc.ABC):
+    per_row_keys: tuple[str, ...] = ()
+    """Outputs of ``compute_loss`` that are per row, not averaged: returned in
+    ``UpdateResult.per_row`` (e.g. DQN's ``td_abs`` for priorities)."""
+    shard_unit: int = 1
+    """Rows that ``prepare`` must see together (GRPO: a group of completions)."""
+
     def __init__(self, *, module_spec: Any, config: Any) -> None:
         """``module_spec.build()`` makes the module; the optimiser settings (lr,
-        lr_schedule, grad_clip, device, seed) come from the algorithm's ``config``."""
+        lr_schedule, grad_clip, weight_decay, device, seed) come from ``config``."""
         self.config = config
-        lr, lr_schedule, grad_clip, seed = config.lr, config.lr_schedule, config.grad_clip, config.seed
         self.device = resolve_device(config.device)
-        self.module: RLModule = module_spec.build().to(self.device)
+        self.module: torch.nn.Module = module_spec.build().to(self.device)
         # eps=1e-5 rather than Adam's 1e-8: the PPO implementation-details study (Huang et
         # al. 2022) and SB3 both use it; it damps steps on near-zero second moments.
-        self.optimizer = Adam(self.module.parameters(), lr=lr, eps=1e-5)
-        self.lr, self.lr_schedule, self.grad_clip = lr, lr_schedule, grad_clip
-        self.rng = np.random.default_rng(seed)
+        self.optimizer = Adam(self.module.parameters(), lr=config.lr, eps=1e-5,
+                              weight_decay=getattr(config, "weight_decay", 0.0))
+        self.lr, self.lr_schedule, self.grad_clip = config.lr, config.lr_schedule, config.grad_clip
+        # The same seed on every learner: they draw the same shuffles, so N learners cut
+        # the same minibatches as one learner would.
+        self.rng = np.random.default_rng(config.seed)
         self.rank, self.world_size = 0, 1
 
+    # -- what an algorithm supplies ----------------------------------------------------
     @abc.abstractmethod
     def compute_loss(self, batch: TensorBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The algorithm's loss on one minibatch of tensors: (scalar loss, metrics)."""
+        """The algorithm's loss on this learner's part of one minibatch: (loss, metrics)."""
+
+    def prepare(self, data: TensorBatch) -> TensorBatch:
+        """Columns computed once per batch before the gradient steps (GRPO's advantages,
+        reference log-probs). With several learners each prepares its own equal share of
+        whole ``shard_unit``s and the new columns are gathered, so every learner ends
+        with the columns of the whole batch."""
+        return data
+
+    def minibatches(self, data: TensorBatch) -> Iterator[TensorBatch]:
+        """``num_epochs`` passes over the rows in shuffled minibatches of
+        ``minibatch_size``; this learner takes its equal part of each minibatch."""
+        n = num_rows(data)
+        # A batch short of a failed runner's fragment can be smaller than a minibatch:
+        # learn from what arrived rather than take no step at all.
+        size = min(self.config.minibatch_size, n)
+        size -= size % self.world_size  # equal parts: the mean of their losses is the minibatch's
+        part = size // self.world_size
+        for _ in range(self.config.num_epochs):
+            perm = torch.from_numpy(self.rng.permutation(n)).to(self.device)
+            for start in range(0, n - size + 1, size):
+                yield take_rows(data, perm[start + self.rank * part : start + (self.rank + 1) * part])
+
+    # -- the one entry -------------------------------------------------------------------
+    def update(self, batch: SampleBatch, *, env_steps: int) -> UpdateResult:
+        """Learn from ``batch``: prepare it, then a gradient step on every minibatch.
+
+        The batch goes to the device once; minibatches are index views of it. Metrics are
+        kept as tensors and read once at the end, so a GPU step never waits on a ``.item()``.
+        """
+        lr = self.current_lr(env_steps)
+        self.optimizer.lr = lr
+        data = self._prepare(self.to_tensors(batch))
+        keys: list[str] = []
+        total: torch.Tensor | float = 0.0  # all metrics stacked in one tensor: one add per step
+        per_row: dict[str, list[torch.Tensor]] = {k: [] for k in self.per_row_keys}
+        steps = 0
+        for minibatch in self.minibatches(data):
+            metrics = self.gradient_step(minibatch)
+            for key in self.per_row_keys:
+                per_row[key].append(metrics.pop(key))
+            keys = list(metrics)
+            total = total + torch.stack(list(metrics.values()))
+            steps += 1
+        out = dict(zip(keys, (total / max(steps, 1)).tolist())) if steps else {}
+        out["learner/num_sgd_steps"] = steps
+        out["learner/lr"] = lr
+        return UpdateResult(out, {k: torch.cat(v).cpu().numpy() for k, v in per_row.items() if v})
+
+    def _prepare(self, data: TensorBatch) -> TensorBatch:
+        n, world = num_rows(data), self.world_size
+        if type(self).prepare is Learner.prepare:
+            return data
+        if world == 1 or n % (world * self.shard_unit):
+            return self.prepare(data)
+        k = n // world
+        own = take_rows(data, slice(self.rank * k, (self.rank + 1) * k))
+        prepared = self.prepare(own)
+        new = {key: v for key, v in prepared.items() if own.get(key) is not v}
+        gathered = {}
+        for key, value in new.items():
+            parts = [torch.empty_like(value) for _ in range(world)]
+            torch.distributed.all_gather(parts, value.contiguous())
+            gathered[key] = torch.cat(parts)
+        return {**data, **gathered}
 
     def to_tensors(self, batch: SampleBatch) -> TensorBatch:
         # Batches from Ray's object store are read-only numpy views; the loss never writes
@@ -65,41 +159,6 @@ class Learner(abc.ABC):
 
     def current_lr(self, env_steps: int) -> float:
         return piecewise_linear(self.lr_schedule, env_steps) if self.lr_schedule else self.lr
-
-    def update(
-        self, batch: SampleBatch, *, num_epochs: int, minibatch_size: int, env_steps: int
-    ) -> dict[str, float]:
-        """``num_epochs`` passes over ``batch`` (rows) in shuffled minibatches.
-
-        The batch goes to the device once; minibatches are index views of it. Metrics are
-        kept as tensors and read once at the end, so a GPU step never waits on a ``.item()``.
-        """
-        lr = self.current_lr(env_steps)
-        self.optimizer.lr = lr
-        out = self.train_epochs(self.to_tensors(batch), num_epochs=num_epochs, minibatch_size=minibatch_size)
-        out["learner/lr"] = lr
-        return out
-
-    def train_epochs(self, data: TensorBatch, *, num_epochs: int, minibatch_size: int) -> dict[str, float]:
-        """Gradient steps over shuffled minibatches of the rows of ``data`` (tensors on
-        the device); the metrics averaged over the steps."""
-        n = num_rows(data)
-        # A batch short of a failed runner's fragment can be smaller than a minibatch:
-        # learn from what arrived rather than take no step at all.
-        minibatch_size = min(minibatch_size, n)
-        keys: list[str] = []
-        total: torch.Tensor | float = 0.0  # all metrics stacked in one tensor: one add per step
-        steps = 0
-        for _ in range(num_epochs):
-            perm = torch.from_numpy(self.rng.permutation(n)).to(self.device)
-            for start in range(0, n - minibatch_size + 1, minibatch_size):
-                metrics = self.gradient_step(take_rows(data, perm[start : start + minibatch_size]))
-                keys = list(metrics)
-                total = total + torch.stack(list(metrics.values()))
-                steps += 1
-        out = dict(zip(keys, (total / steps).tolist()))
-        out["learner/num_sgd_steps"] = steps
-        return out
 
     def gradient_step(self, minibatch: TensorBatch) -> dict[str, torch.Tensor]:
         """One optimiser step on the loss of ``minibatch``; returns its (detached) metrics."""
@@ -113,8 +172,8 @@ class Learner(abc.ABC):
     def clip_and_norm(self) -> torch.Tensor:
         params = [p for p in self.module.parameters() if p.grad is not None]
         if self.world_size > 1:
-            # Average gradients over learners: each loss is a mean over an equal shard, so
-            # the average is the gradient of the mean over the whole minibatch.
+            # Average gradients over learners: each loss is a mean over an equal part (or
+            # divides by the all-reduced count), so the average is the whole minibatch's.
             flat = torch.cat([p.grad.reshape(-1) for p in params])
             torch.distributed.all_reduce(flat)
             flat /= self.world_size
@@ -131,38 +190,52 @@ class Learner(abc.ABC):
             torch._foreach_mul_(grads, torch.clamp(self.grad_clip / (norm + 1e-6), max=1.0))
         return norm
 
+    # -- statistics over all learners ------------------------------------------------------
+    def all_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` summed over the learners (itself with one learner)."""
+        if self.world_size == 1:
+            return x
+        x = x.detach().clone()
+        torch.distributed.all_reduce(x)
+        return x
+
+    def mean_count(self, count: torch.Tensor) -> torch.Tensor:
+        """What this learner divides a sum by so that the learners' averaged gradients are
+        those of the mean over all of them: the all-reduced count / number of learners."""
+        return self.all_sum(count.float()) / self.world_size
+
+    def normalize(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, unbiased: bool = True) -> torch.Tensor:
+        """:func:`normalize` with mean and std over every learner's elements."""
+        return normalize(x, mask, unbiased=unbiased, all_sum=self.all_sum)
+
     # -- data parallelism ------------------------------------------------------------
     def master_address(self) -> tuple[str, int]:
         """Where rank 0 will listen for the process group (called on rank 0)."""
         return _free_address()
 
-    def setup_distributed(self, world_size: int, address: str, port: int, backend: str) -> None:
+    def setup_distributed(self, rank: int, world_size: int, address: str, port: int, backend: str) -> None:
         torch.distributed.init_process_group(
-            backend, init_method=f"tcp://{address}:{port}", rank=self.rank, world_size=world_size
+            backend, init_method=f"tcp://{address}:{port}", rank=rank, world_size=world_size
         )
-        self.world_size = world_size
+        self.rank, self.world_size = rank, world_size
         with torch.no_grad():  # start from rank 0's weights everywhere
-            for p in self.module.parameters():
-                torch.distributed.broadcast(p.data, src=0)
-
-    def update_shard(
-        self, batch: SampleBatch, num_epochs: int, minibatch_size: int, env_steps: int
-    ) -> dict[str, float]:
-        """``update`` with positional arguments, as learner actors are called."""
-        return self.update(batch, num_epochs=num_epochs, minibatch_size=minibatch_size, env_steps=env_steps)
+            for p in self.module.state_dict().values():
+                torch.distributed.broadcast(p, src=0)
 
     def stop(self) -> None:
         if self.world_size > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
     # -- weights and state -----------------------------------------------------------
-    def get_weights(self) -> dict[str, np.ndarray]:
+    def get_weights(self) -> Weights:
         """CPU numpy copies: numpy arrays are stored once in an object store and read
         zero-copy by every runner."""
         return {k: v.detach().cpu().numpy().copy() for k, v in self.module.state_dict().items()}
 
-    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
-        self.module.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()})
+    def set_weights(self, weights: Weights) -> None:
+        with warnings.catch_warnings():  # read-only arrays from the object store; copied in
+            warnings.simplefilter("ignore", UserWarning)
+            self.module.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()})
 
     def get_state(self) -> dict[str, Any]:
         return {
@@ -176,18 +249,21 @@ class Learner(abc.ABC):
         self.optimizer.load_state_dict(state["optimizer"])
         self.rng.bit_generator.state = state["rng"]
 
+    # Learner actors are called with positional arguments only.
+    def update_positional(self, batch: SampleBatch, env_steps: int) -> UpdateResult:
+        return self.update(batch, env_steps=env_steps)
+
 
 class LearnerFactory:
     """Picklable ``factory(rank) -> Learner`` for learner actors."""
 
-    def __init__(self, learner_cls: type[Learner], *, module_spec: ModuleSpec, config: Any) -> None:
+    def __init__(self, learner_cls: type[Learner], *, module_spec: Any, config: Any) -> None:
         self.learner_cls, self.module_spec, self.config = learner_cls, module_spec, config
 
     def __call__(self, rank: int) -> Learner:
         torch.set_num_threads(self.config.torch_threads)
         learner = self.learner_cls(module_spec=self.module_spec, config=self.config)
         learner.rank = rank
-        learner.rng = np.random.default_rng(self.config.seed + rank)
         return learner
 
 
@@ -200,11 +276,12 @@ def _free_address() -> tuple[str, int]:
 
 class LearnerGroup:
     """One local learner (``num_learners=0``), or N learner actors doing data-parallel
-    updates: the batch is split into N equal shards, each learner computes gradients on
-    its shard, ``all_reduce`` averages them, and every learner takes the same step, so
-    the weights stay identical on all of them."""
+    updates: the batch is put into the object store once, every learner works on its
+    equal part of it (see :meth:`Learner.minibatches`), ``all_reduce`` averages the
+    gradients, and every learner takes the same step, so their weights stay identical."""
 
     def __init__(self, runtime: Runtime, factory: LearnerFactory, num_learners: int, *, num_gpus_per_learner: float) -> None:
+        self.runtime = runtime
         self.num_learners = num_learners
         self.learner: Learner | None = factory(0) if num_learners == 0 else None
         self.group = None
@@ -215,29 +292,28 @@ class LearnerGroup:
             if num_learners > 1:
                 address, port = _unwrap_all(self.group.call("master_address", indices=[0]))[0]
                 backend = "nccl" if num_gpus_per_learner > 0 else "gloo"
-                _unwrap_all(self.group.call("setup_distributed", num_learners, address, port, backend))
+                _unwrap_all(self.group.call_each(
+                    "setup_distributed", [(rank, num_learners, address, port, backend) for rank in range(num_learners)]
+                ))
 
-    def update(self, batch: SampleBatch, *, num_epochs: int, minibatch_size: int, env_steps: int) -> dict[str, float]:
+    def update(self, batch: SampleBatch, *, env_steps: int) -> UpdateResult:
         if self.learner is not None:
-            return self.learner.update(batch, num_epochs=num_epochs, minibatch_size=minibatch_size, env_steps=env_steps)
-        n, rows = self.num_learners, num_rows(batch)
-        shard = rows // n
-        shards = [take_rows(batch, slice(i * shard, (i + 1) * shard)) for i in range(n)]
-        results = _unwrap_all(self.group.call_each(
-            "update_shard", [(s, num_epochs, minibatch_size // n, env_steps) for s in shards]
-        ))
-        return {k: float(np.mean([r[k] for r in results])) for k in results[0]}
+            return self.learner.update(batch, env_steps=env_steps)
+        results = _unwrap_all(self.group.call("update_positional", self.runtime.put(batch), env_steps))
+        metrics = {k: float(np.mean([r.metrics[k] for r in results])) for k in results[0].metrics}
+        per_row = {k: np.concatenate([r.per_row[k] for r in results]) for k in results[0].per_row}
+        return UpdateResult(metrics, per_row)
 
-    def call(self, method: str, *args: Any) -> list[Any]:
-        """An algorithm-specific learner method, on every learner; one result each."""
-        if self.learner is not None:
-            return [getattr(self.learner, method)(*args)]
-        return _unwrap_all(self.group.call(method, *args))
-
-    def get_weights(self) -> dict[str, np.ndarray]:
+    def get_weights(self) -> Weights:
         if self.learner is not None:
             return self.learner.get_weights()
         return _unwrap_all(self.group.call("get_weights", indices=[0]))[0]
+
+    def set_weights(self, weights: Weights) -> None:
+        if self.learner is not None:
+            self.learner.set_weights(weights)
+        else:
+            _unwrap_all(self.group.call("set_weights", self.runtime.put(weights)))
 
     def get_state(self) -> dict[str, Any]:
         if self.learner is not None:

@@ -36,16 +36,9 @@ class ModuleSpec:
     activation: str = "tanh"
     shared_encoder: bool = False
     env_name: str = "env"
-    kind: str = "actor_critic"
-    """``actor_critic`` (policy + value: PPO, IMPALA) or ``q`` (action values: DQN)."""
-    dueling: bool = False
-    """For ``q``: separate state-value and advantage streams (Wang et al. 2016)."""
 
     def build(self) -> nn.Module:
-        if self.kind == "q":
-            from rlfleet.rl.q_module import QModule  # beside this file; imported here to avoid a cycle
-
-            return QModule(self)
+        """The actor-critic (PPO, IMPALA); other module kinds subclass the spec."""
         return RLModule(self)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -9,7 +10,10 @@ from gymnasium import spaces
 
 from rlfleet.algorithms.dqn.config import DQNConfig
 from rlfleet.algorithms.dqn.learner import DQNLearner
+from rlfleet.algorithms.dqn.module import QModuleSpec
 from rlfleet.rl.algorithm import Algorithm
+from rlfleet.rl.core import Weights
+from rlfleet.rl.env_runner import EnvRunnerFactory
 from rlfleet.rl.learner import piecewise_linear
 from rlfleet.rl.module import ModuleSpec
 from rlfleet.rl.replay import PrioritizedReplayBuffer, ReplayBuffer
@@ -20,6 +24,7 @@ class DQN(Algorithm):
     config: DQNConfig
     config_class = DQNConfig
     learner_class = DQNLearner
+    runner_factory_class = EnvRunnerFactory
 
     def __init__(self, config: DQNConfig) -> None:
         super().__init__(config)
@@ -29,12 +34,12 @@ class DQN(Algorithm):
             if not (len(obs_space.shape) >= 3 and obs_space.shape[0] == c.frame_stack):
                 raise UnsupportedSpaceError(
                     f"frame_stack {c.frame_stack} needs observations stacked on the first axis, "
-                    f"got shape {obs_space.shape} from env {self.env_creator.name!r}"
+                    f"got shape {obs_space.shape} from env {self.module_spec.env_name!r}"
                 )
             obs_space = spaces.Box(obs_space.low[-1], obs_space.high[-1], obs_space.shape[1:], obs_space.dtype)
         buffer_kwargs: dict[str, Any] = dict(
-            num_streams=max(1, c.num_env_runners) * c.num_envs_per_runner,
-            n_step=c.n_step, gamma=c.gamma, frame_stack=c.frame_stack, seed=c.seed,
+            num_streams=c.num_runners * c.num_envs_per_runner, n_step=c.n_step, gamma=c.gamma,
+            frame_stack=c.frame_stack, seed=c.seed,
         )
         if c.prioritized_replay:
             self.buffer: ReplayBuffer = PrioritizedReplayBuffer(
@@ -45,33 +50,30 @@ class DQN(Algorithm):
             self.buffer = ReplayBuffer(c.buffer_size, obs_space, self.module_spec.action_space, **buffer_kwargs)
         self.update_budget = 0.0  # fractional gradient steps owed by the replay ratio
         self.set_schedules()
-        self.sync_weights(new_version=False)
 
-    def check_spaces(self, observation_space: Any, action_space: Any) -> None:
-        super().check_spaces(observation_space, action_space)
-        if not isinstance(action_space, spaces.Discrete):
+    def adapt_module_spec(self, spec: ModuleSpec) -> QModuleSpec:
+        if not isinstance(spec.action_space, spaces.Discrete):
             from rlfleet.algorithms import algorithms_supporting  # the registry, beside this package
 
+            kind = type(spec.action_space)
             raise UnsupportedSpaceError(
-                f"DQN needs a Discrete action space; env {self.env_creator.name!r} has {action_space}. "
-                f"Algorithms for {type(action_space).__name__} actions: {', '.join(algorithms_supporting(type(action_space)))}"
+                f"DQN needs a Discrete action space; env {spec.env_name!r} has {spec.action_space}. "
+                f"Algorithms for {kind.__name__} actions: {', '.join(algorithms_supporting(kind))}"
             )
-
-    def build_module_spec(self, observation_space: Any, action_space: Any) -> ModuleSpec:
-        c = self.config
-        return ModuleSpec(
-            observation_space, action_space, hidden_sizes=tuple(c.hidden_sizes), activation=c.activation,
-            env_name=self.env_creator.name, kind="q", dueling=c.dueling,
-        )
+        return QModuleSpec(**{f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}, dueling=self.config.dueling)
 
     def epsilon(self) -> float:
         c = self.config
         return piecewise_linear([(0, c.epsilon_initial), (c.epsilon_timesteps, c.epsilon_final)], self.env_steps)
 
+    def acting_weights(self, weights: Weights) -> Weights:
+        """Epsilon follows the env-step count; it is a buffer of the Q-network, so it
+        reaches the runners inside the weights of every broadcast."""
+        return {**weights, "epsilon": np.asarray(self.epsilon(), np.float32)}
+
     def set_schedules(self) -> None:
-        """Exploration and importance-sampling annealing follow the env-step count."""
+        """Importance-sampling annealing follows the env-step count."""
         c = self.config
-        self.learner_group.call("set_epsilon", self.epsilon())
         if c.prioritized_replay:
             self.buffer.beta = piecewise_linear(
                 [(0, c.prioritized_replay_beta), (c.prioritized_replay_beta_timesteps, 1.0)], self.env_steps
@@ -90,10 +92,11 @@ class DQN(Algorithm):
             self.update_budget -= steps
             for _ in range(steps):
                 batch = self.buffer.sample(c.train_batch_size)
-                step_metrics, td_abs = self.learner_group.call("update_from_replay", batch, self.env_steps)[0]
+                indices = batch.pop("indices")
+                result = self.learner_group.update(batch, env_steps=self.env_steps)
                 if c.prioritized_replay:
-                    self.buffer.update_priorities(batch["indices"], td_abs)
-                for k, v in step_metrics.items():
+                    self.buffer.update_priorities(indices, result.per_row["td_abs"])
+                for k, v in result.metrics.items():
                     sums[k] = sums.get(k, 0.0) + v
             metrics = {k: v / steps for k, v in sums.items()} if steps else {}
             metrics["learner/num_grad_steps"] = steps

@@ -6,11 +6,11 @@ import dataclasses
 
 from gymnasium import spaces
 
-from rlfleet.rl.config import AlgorithmConfig, ConfigError
+from rlfleet.rl.config import ConfigError, ControlConfig
 
 
 @dataclasses.dataclass
-class DQNConfig(AlgorithmConfig):
+class DQNConfig(ControlConfig):
     algo_name = "dqn"
     action_space_types = (spaces.Discrete,)
 
@@ -62,8 +62,9 @@ class DQNConfig(AlgorithmConfig):
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.train_batch_size > self.buffer_size:
             raise ConfigError(f"train_batch_size {self.train_batch_size} > buffer_size {self.buffer_size}")
-        if self.num_learners > 1:
-            raise ConfigError(f"DQN runs one learner (num_learners 0 or 1), got num_learners {self.num_learners}")
+        if self.train_batch_size % max(1, self.num_learners):
+            raise ConfigError(f"train_batch_size {self.train_batch_size} must divide by num_learners {self.num_learners}: "
+                              "each learner takes an equal part of every replay batch")
 
     def algorithm_class(self) -> type:
         from rlfleet.algorithms.dqn.algorithm import DQN

@@ -4,15 +4,14 @@ learner that owns the target network."""
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Iterator
 
-import numpy as np
 import torch
 
 from rlfleet.algorithms.dqn.config import DQNConfig
-from rlfleet.rl.batch import SampleBatch
+from rlfleet.algorithms.dqn.module import QModuleSpec
+from rlfleet.rl.batch import num_rows, take_rows
 from rlfleet.rl.learner import Learner, TensorBatch
-from rlfleet.rl.module import ModuleSpec
 
 
 def dqn_loss(
@@ -47,11 +46,21 @@ def dqn_loss(
 
 
 class DQNLearner(Learner):
-    def __init__(self, *, module_spec: ModuleSpec, config: DQNConfig) -> None:
+    """One gradient step per replay batch; |TD errors| come back per row for priorities."""
+
+    config: DQNConfig
+    per_row_keys = ("td_abs",)
+
+    def __init__(self, *, module_spec: QModuleSpec, config: DQNConfig) -> None:
         super().__init__(module_spec=module_spec, config=config)
         self.target = copy.deepcopy(self.module).requires_grad_(False)
         self.num_grad_steps = 0
-        self.last_td: torch.Tensor | None = None
+
+    def minibatches(self, data: TensorBatch) -> Iterator[TensorBatch]:
+        """The replay batch is already a random sample: one step on it, this learner
+        taking its equal, contiguous part (so the TD errors come back in row order)."""
+        part = num_rows(data) // self.world_size
+        yield take_rows(data, slice(self.rank * part, (self.rank + 1) * part))
 
     def compute_loss(self, batch: TensorBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         c = self.config
@@ -60,30 +69,25 @@ class DQNLearner(Learner):
         with torch.no_grad():
             q_next_target = self.target.forward_train(batch["next_obs"])
             q_next_online = self.module.forward_train(batch["next_obs"]) if c.double_q else None
-        loss, self.last_td, metrics = dqn_loss(
+        loss, td, metrics = dqn_loss(
             q_taken, q_next_target, q_next_online, batch["rewards"] * c.reward_scale, batch["discounts"], batch["weights"],
             huber_delta=c.huber_delta,
         )
+        metrics["td_abs"] = td.abs()  # (N,) per row
         return loss, metrics
 
-    def update_from_replay(self, batch: SampleBatch, env_steps: int) -> tuple[dict[str, float], np.ndarray]:
-        """One gradient step on a replay batch; returns (metrics, |TD errors| for priorities)."""
-        self.optimizer.lr = self.current_lr(env_steps)
-        metrics = self.gradient_step(self.to_tensors({k: v for k, v in batch.items() if k != "indices"}))
+    def gradient_step(self, minibatch: TensorBatch) -> dict[str, torch.Tensor]:
+        metrics = super().gradient_step(minibatch)
         self.num_grad_steps += 1
         if self.num_grad_steps % self.config.target_update_interval == 0:
             self.update_target()
-        return {k: float(v) for k, v in metrics.items()}, self.last_td.abs().cpu().numpy()
+        return metrics
 
     @torch.no_grad()
     def update_target(self) -> None:
         tau = self.config.tau
         for t, o in zip(self.target.state_dict().values(), self.module.state_dict().values()):
             t.copy_(o) if tau == 1.0 else t.lerp_(o, tau)
-
-    def set_epsilon(self, epsilon: float) -> None:
-        """Epsilon is a module buffer, so it reaches the runners with the next broadcast."""
-        self.module.epsilon.fill_(epsilon)
 
     def get_state(self) -> dict[str, Any]:
         state = super().get_state()

@@ -4,68 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 
-from rlfleet.rl.config import AlgorithmConfig, ConfigError
+from rlfleet.rl.config import ConfigError
+from rlfleet.rl.lm.config import LMConfig
 
 
 @dataclasses.dataclass
-class GRPOConfig(AlgorithmConfig):
+class GRPOConfig(LMConfig):
     algo_name = "grpo"
-    action_space_types = ()  # acts in token space, not in a gymnasium action space
 
-    env: object = "text-addition"
-    """A text env name (``envs.text_tasks`` registry) or an ``envs.text.TextEnvSpec`` (Python API:
-    your own prompts, tokenizer and reward function or reward model)."""
-    prompts_per_runner: int = 16
-    """Prompts each generator runner draws per sample call."""
     group_size: int = 8
     """Completions per prompt; advantages are relative within the group."""
-    temperature: float = 1.0
-    """Sampling temperature of the generators."""
-    top_k: int | None = None
-    """Sample among the k most likely tokens only (None: all)."""
-    clip_param: float = 0.2
-    """Clip range of the per-token probability ratio."""
-    kl_coef: float = 0.04
-    """Weight of the KL-to-reference loss term; 0 skips the reference model."""
-    num_epochs: int = 1
-    """Passes over each batch of completions."""
-    minibatch_size: int = 64
-    """Completions per gradient step."""
-    lr: float = 3e-4
-    """Adam learning rate of the RL phase."""
-    grad_clip: float | None = 1.0
-    """Clip the global gradient norm to this; None disables."""
-    hf_model: str | None = None
-    """A local Hugging Face causal-LM directory to post-train instead of the built-in GPT
-    (``pip install -e '.[hf]'``; nothing is downloaded). Pair it with a text env whose
-    tokenizer is that model's (``rlfleet.rl.lm.hf.HFTokenizer``)."""
-    n_layer: int = 2
-    """Transformer blocks of the policy."""
-    n_head: int = 4
-    """Attention heads per block."""
-    n_embd: int = 64
-    """Width of the policy."""
-    warmup_steps: int = 600
-    """Supervised steps on the task's examples before RL (cached in the logdir)."""
-    warmup_lr: float = 3e-3
-    """Adam learning rate of the supervised warm-up."""
-    warmup_batch_size: int = 64
-    """Examples per supervised step."""
-    evaluation_num_episodes: int = 200
-    """Prompts answered greedily by ``evaluate()``."""
 
     def validate(self) -> None:
         super().validate()
-        self.require_positive("prompts_per_runner", "group_size", "num_epochs", "minibatch_size", "n_layer", "n_head",
-                              "n_embd", "warmup_batch_size")
         if self.group_size < 2:
             raise ConfigError(f"group_size must be >= 2 (advantages are relative within a group), got {self.group_size}")
-        if self.n_embd % self.n_head:
-            raise ConfigError(f"n_embd {self.n_embd} must divide by n_head {self.n_head}")
-        if self.kl_coef < 0 or self.warmup_steps < 0:
-            raise ConfigError(f"kl_coef and warmup_steps must be >= 0, got {self.kl_coef}, {self.warmup_steps}")
-        if self.num_learners > 1:
-            raise ConfigError(f"GRPO runs one learner (num_learners 0 or 1), got num_learners {self.num_learners}")
 
     def algorithm_class(self) -> type:
         from rlfleet.algorithms.grpo.algorithm import GRPO

@@ -31,9 +31,11 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return log_ratio.exp() - log_ratio - 1.0
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the tokens where ``mask`` is 1 (every completion token weighs the same)."""
-    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, count: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over the tokens where ``mask`` is 1 (every completion token weighs the same);
+    ``count`` replaces the number of those tokens (the all-reduced count when a minibatch
+    is split over learners)."""
+    return (x * mask).sum() / (mask.sum() if count is None else count).clamp(min=1.0)
 
 
 def grpo_loss(
@@ -45,8 +47,10 @@ def grpo_loss(
     *,
     clip_param: float,
     kl_coef: float,
+    token_count: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """logp, old_logp, ref_logp, mask: (B, T); advantages: (B,), one per completion.
+    Means are over completion tokens (divided by ``token_count`` when given).
 
     Clipped surrogate per token (as PPO) with the completion's advantage, plus
     ``kl_coef`` times the k3 KL to the reference as a loss term; ``ref_logp`` None (and
@@ -55,13 +59,13 @@ def grpo_loss(
     ratio = (logp - old_logp).exp()  # (B, T)
     adv = advantages[:, None]  # (B, 1) broadcast over the completion's tokens
     surrogate = torch.min(ratio * adv, ratio.clamp(1 - clip_param, 1 + clip_param) * adv)
-    policy_loss = -masked_mean(surrogate, mask)
+    policy_loss = -masked_mean(surrogate, mask, token_count)
     loss = policy_loss
     metrics = {"losses/policy_loss": policy_loss.detach()}
     if ref_logp is not None:
-        kl = masked_mean(kl_k3(logp, ref_logp), mask)
+        kl = masked_mean(kl_k3(logp, ref_logp), mask, token_count)
         loss = loss + kl_coef * kl
         metrics["kl_to_ref"] = kl.detach()
     with torch.no_grad():
-        metrics["losses/clip_fraction"] = masked_mean(((ratio - 1).abs() > clip_param).float(), mask)
+        metrics["losses/clip_fraction"] = masked_mean(((ratio - 1).abs() > clip_param).float(), mask, token_count)
     return loss, metrics

@@ -12,7 +12,9 @@ import tree
 from rlfleet.algorithms.impala.config import IMPALAConfig
 from rlfleet.algorithms.impala.learner import IMPALALearner
 from rlfleet.rl.algorithm import Algorithm
-from rlfleet.rl.batch import Fragment, SampleBatch, concat_batches
+from rlfleet.rl.batch import concat_batches
+from rlfleet.rl.core import Fragment, SampleBatch
+from rlfleet.rl.env_runner import EnvRunnerFactory
 from rlfleet.rl.checkpoint import load_checkpoint
 from rlfleet.rl.config import ConfigError
 
@@ -41,6 +43,7 @@ class IMPALA(Algorithm):
     config: IMPALAConfig
     config_class = IMPALAConfig
     learner_class = IMPALALearner
+    runner_factory_class = EnvRunnerFactory
 
     def __init__(self, config: IMPALAConfig) -> None:
         if config.normalize_obs:
@@ -81,7 +84,7 @@ class IMPALA(Algorithm):
         updates = 0
         while len(self.queue) >= c.train_batch_fragments:
             batch = learner_batch([self.queue.popleft() for _ in range(c.train_batch_fragments)])
-            for k, v in self.learner_group.call("update_from_fragments", batch, self.env_steps)[0].items():
+            for k, v in self.learner_group.update(batch, env_steps=self.env_steps).metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
             updates += 1
             self.num_updates += 1

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from rlfleet.rl.config import AlgorithmConfig, ConfigError
+from rlfleet.rl.config import ConfigError, ControlConfig
 
 
 @dataclasses.dataclass
-class IMPALAConfig(AlgorithmConfig):
+class IMPALAConfig(ControlConfig):
     algo_name = "impala"
 
     rollout_fragment_length: int = 50
@@ -43,8 +43,13 @@ class IMPALAConfig(AlgorithmConfig):
                 f"max_queue_fragments {self.max_queue_fragments} < train_batch_fragments {self.train_batch_fragments}: "
                 "a batch could never be filled"
             )
-        if self.num_learners > 1:
-            raise ConfigError(f"IMPALA runs one learner (num_learners 0 or 1), got num_learners {self.num_learners}")
+        envs = self.train_batch_fragments * self.num_envs_per_runner
+        if envs % max(1, self.num_learners):
+            raise ConfigError(
+                f"the learner batch's {envs} envs (train_batch_fragments {self.train_batch_fragments} x "
+                f"num_envs_per_runner {self.num_envs_per_runner}) must divide by num_learners {self.num_learners}: "
+                "each learner takes an equal share of the envs"
+            )
 
     def algorithm_class(self) -> type:
         from rlfleet.algorithms.impala.algorithm import IMPALA

@@ -3,13 +3,12 @@ entropy bonus (Espeholt et al. 2018, section 4.2)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Iterator
 
 import torch
 import tree
 
 from rlfleet.algorithms.impala.config import IMPALAConfig
-from rlfleet.rl.batch import SampleBatch
 from rlfleet.rl.learner import Learner, TensorBatch
 from rlfleet.rl.postprocessing import vtrace
 
@@ -72,12 +71,24 @@ class IMPALALearner(Learner):
             metrics["losses/mean_rho"] = (target_logp - batch["logp"]).exp().clamp(max=c.vtrace_rho_bar).mean()
         return loss, metrics
 
-    def update_from_fragments(self, batch: SampleBatch, env_steps: int) -> dict[str, float]:
-        """``num_epochs`` gradient steps on one time-major batch."""
-        self.optimizer.lr = self.current_lr(env_steps)
-        data = self.to_tensors(batch)
-        sums: dict[str, float] = {}
+    def minibatches(self, data: TensorBatch) -> Iterator[TensorBatch]:
+        """``num_epochs`` gradient steps on the whole time-major batch; with several
+        learners each takes an equal share of the envs, whole through time."""
+        part = env_shard(data, self.rank, self.world_size)
         for _ in range(self.config.num_epochs):
-            for k, v in self.gradient_step(data).items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-        return {k: v / self.config.num_epochs for k, v in sums.items()}
+            yield part
+
+
+def env_shard(batch: TensorBatch, rank: int, world_size: int) -> TensorBatch:
+    """Envs ``[rank * B/n, (rank + 1) * B/n)`` of a time-major batch (T, B, ...), with the
+    truncations' final observations that fall in them (their env index re-based)."""
+    if world_size == 1:
+        return batch
+    B = batch["rewards"].shape[1]
+    lo, hi = rank * B // world_size, (rank + 1) * B // world_size
+    out = {k: tree.map_structure(lambda x: x[:, lo:hi], v) for k, v in batch.items() if k not in ("final_tb", "final_obs")}
+    tb = batch["final_tb"]
+    keep = (tb[:, 1] >= lo) & (tb[:, 1] < hi)
+    out["final_tb"] = tb[keep] - torch.tensor([0, lo], dtype=tb.dtype, device=tb.device)
+    out["final_obs"] = tree.map_structure(lambda x: x[keep], batch["final_obs"])
+    return out

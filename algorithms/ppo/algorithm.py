@@ -6,6 +6,7 @@ from rlfleet.algorithms.ppo.config import PPOConfig
 from rlfleet.algorithms.ppo.learner import PPOLearner
 from rlfleet.rl.algorithm import Algorithm
 from rlfleet.rl.batch import concat_batches, flatten_time
+from rlfleet.rl.env_runner import EnvRunnerFactory
 from rlfleet.rl.postprocessing import compute_gae
 
 
@@ -13,6 +14,7 @@ class PPO(Algorithm):
     config: PPOConfig
     config_class = PPOConfig
     learner_class = PPOLearner
+    runner_factory_class = EnvRunnerFactory
 
     def training_step(self) -> dict[str, float]:
         c = self.config
@@ -30,8 +32,6 @@ class PPO(Algorithm):
             lam=c.gae_lambda,
         )
         rows = flatten_time({k: batch[k] for k in ("obs", "actions", "logp", "values", "advantages", "value_targets")})
-        metrics = self.learner_group.update(
-            rows, num_epochs=c.num_epochs, minibatch_size=c.minibatch_size, env_steps=self.env_steps
-        )
+        result = self.learner_group.update(rows, env_steps=self.env_steps)
         self.sync_weights()
-        return metrics
+        return result.metrics

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from rlfleet.rl.config import AlgorithmConfig, ConfigError
+from rlfleet.rl.config import ConfigError, ControlConfig
 
 
 @dataclasses.dataclass
-class PPOConfig(AlgorithmConfig):
+class PPOConfig(ControlConfig):
     algo_name = "ppo"
 
     gae_lambda: float = 0.95
@@ -31,7 +31,7 @@ class PPOConfig(AlgorithmConfig):
     @property
     def train_batch_size(self) -> int:
         """Rows per iteration: every runner's fragment of every env."""
-        return max(1, self.num_env_runners) * self.num_envs_per_runner * self.rollout_fragment_length
+        return self.num_runners * self.num_envs_per_runner * self.rollout_fragment_length
 
     def validate(self) -> None:
         super().validate()
@@ -41,15 +41,15 @@ class PPOConfig(AlgorithmConfig):
         if not 0 < self.minibatch_size <= self.train_batch_size:
             raise ConfigError(
                 f"minibatch_size {self.minibatch_size} must be in [1, train batch {self.train_batch_size}] "
-                f"(= runners {max(1, self.num_env_runners)} x envs {self.num_envs_per_runner} "
+                f"(= runners {self.num_runners} x envs {self.num_envs_per_runner} "
                 f"x fragment {self.rollout_fragment_length})"
             )
 
         n = max(1, self.num_learners)
-        if self.minibatch_size % n or self.train_batch_size % n:
+        if self.minibatch_size % n:
             raise ConfigError(
-                f"minibatch_size {self.minibatch_size} and train batch {self.train_batch_size} must both "
-                f"divide by num_learners {n}: each learner takes an equal shard"
+                f"minibatch_size {self.minibatch_size} must divide by num_learners {n}: "
+                "each learner takes an equal part of every minibatch"
             )
 
     def algorithm_class(self) -> type:

@@ -21,22 +21,21 @@ def ppo_loss(
     vf_clip_param: float | None,
     vf_coef: float,
     entropy_coef: float,
-    normalize_advantages: bool,
+    count: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """All inputs are (N,) over the minibatch's rows."""
-    if normalize_advantages:
-        # A one-row minibatch has no spread to normalise by (its std is NaN): centre only.
-        std = advantages.std() if advantages.numel() > 1 else torch.zeros((), dtype=advantages.dtype)
-        advantages = (advantages - advantages.mean()) / (std + 1e-8)
+    """All inputs are (N,) over the minibatch's rows (advantages already normalised, if
+    they are to be). The means divide by ``count`` when given (the all-reduced count when
+    one minibatch is split over learners unevenly), else by N."""
+    mean = (lambda x: x.sum() / count) if count is not None else (lambda x: x.mean())
     log_ratio = logp - old_logp
     ratio = log_ratio.exp()
-    policy_loss = -torch.min(ratio * advantages, ratio.clamp(1 - clip_param, 1 + clip_param) * advantages).mean()
+    policy_loss = -mean(torch.min(ratio * advantages, ratio.clamp(1 - clip_param, 1 + clip_param) * advantages))
     value_err = (values - value_targets).pow(2)
     if vf_clip_param is not None:
         clipped = old_values + (values - old_values).clamp(-vf_clip_param, vf_clip_param)
         value_err = torch.max(value_err, (clipped - value_targets).pow(2))
-    value_loss = 0.5 * value_err.mean()
-    entropy_mean = entropy.mean()
+    value_loss = 0.5 * mean(value_err)
+    entropy_mean = mean(entropy)
     loss = policy_loss + vf_coef * value_loss - entropy_coef * entropy_mean
     with torch.no_grad():
         # k3 estimator of KL(old || new) (Schulman 2020): unbiased and always >= 0.
@@ -58,10 +57,13 @@ class PPOLearner(Learner):
     def compute_loss(self, batch: TensorBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         c = self.config
         dist, values = self.module.forward_train(batch["obs"])
+        advantages = batch["advantages"]
+        if c.normalize_advantages:  # per minibatch, over every learner's part of it
+            advantages = self.normalize(advantages)
         return ppo_loss(
             dist.logp(batch["actions"]),
             batch["logp"],
-            batch["advantages"],
+            advantages,
             values,
             batch["values"],
             batch["value_targets"],
@@ -70,5 +72,4 @@ class PPOLearner(Learner):
             vf_clip_param=c.vf_clip_param,
             vf_coef=c.vf_coef,
             entropy_coef=c.entropy_coef,
-            normalize_advantages=c.normalize_advantages,
         )

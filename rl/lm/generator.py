@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from rlfleet.envs import EnvNotFoundError
 from rlfleet.envs.text import TextEnvSpec, score
 from rlfleet.envs.text_tasks import make_text_env
-from rlfleet.rl.batch import Fragment
+from rlfleet.rl.config import ConfigError
+from rlfleet.rl.core import Fragment
+from rlfleet.rl.lm.config import LMConfig
 from rlfleet.rl.lm.gpt import GPTConfig
 
 
@@ -106,5 +109,57 @@ class GeneratorRunner:
         return {"evaluation/episode_return_mean": float(score(self.spec.reward_fn, prompts, completions).mean()),
                 "evaluation/num_episodes": num_prompts}
 
+    # Completions need no connectors (the runner protocol of rl/core.py).
+    def pop_connector_delta(self) -> None:
+        return None
+
+    def set_connector_state(self, state: Any) -> None:
+        pass
+
     def stop(self) -> None:
         pass
+
+
+def resolve_text_env(config: LMConfig) -> TextEnvSpec:
+    """The config's text env, built; a bad env_config, prompt file or reward is bad input."""
+    if isinstance(config.env, TextEnvSpec):
+        return config.env
+    try:
+        return make_text_env(config.env, config.env_config)
+    except EnvNotFoundError:
+        raise
+    except ValueError as e:  # one line naming the env
+        raise ConfigError(f"env {config.env!r}: {e}") from None
+
+
+class GeneratorRunnerFactory:
+    """Picklable ``factory(index) -> GeneratorRunner`` of an LM run (the RunnerFactory of
+    rl/core.py): resolves the text env once and holds the spec of the causal LM."""
+
+    def __init__(self, config: LMConfig, *, adapt_spec: Callable[[Any], Any] = lambda spec: spec) -> None:
+        c = self.config = config
+        text_env = resolve_text_env(config)
+        if c.hf_model:
+            from rlfleet.rl.lm.hf import HFSpec  # optional extra: imported only when asked for
+
+            spec: Any = HFSpec(path=c.hf_model)
+        else:
+            spec = GPTConfig(
+                vocab_size=text_env.tokenizer.vocab_size, block_size=text_env.max_prompt_tokens + text_env.max_new_tokens,
+                n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd,
+            )
+        self.module_spec = adapt_spec(spec)
+
+    def __call__(self, index: int) -> GeneratorRunner:
+        c = self.config
+        torch.set_num_threads(c.torch_threads)
+        return GeneratorRunner(
+            text_env=c.env, env_config=c.env_config, lm_spec=self.module_spec, prompts_per_sample=c.prompts_per_runner,
+            group_size=c.group_size, temperature=c.temperature, top_k=c.top_k, seed=c.seed + 1000 * index, index=index,
+        )
+
+    def evaluation_runner(self, num_episodes: int) -> GeneratorRunner:
+        return self(999)  # its own seed range, apart from the fleet's
+
+    def make_connector(self) -> None:
+        return None

@@ -36,7 +36,7 @@ import numpy as np
 import tree
 from gymnasium import spaces
 
-from rlfleet.rl.batch import Fragment
+from rlfleet.rl.core import Fragment
 from rlfleet.rl.spaces import leaf_spaces, space_structure
 
 _REQUIRED_COLUMNS = ("obs", "actions", "rewards", "terminated", "truncated", "is_first")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rlfleet.algorithms.grpo import GRPOConfig
-from rlfleet.algorithms.grpo.algorithm import supervised_sequences
+from rlfleet.rl.lm.learner import supervised_sequences
 from rlfleet.envs.registry import EnvNotFoundError
 from rlfleet.envs.text import CharTokenizer
 

@@ -26,7 +26,7 @@ import rlfleet.algorithms.impala.learner as impala_learner_module
 from rlfleet.algorithms.impala import IMPALA, IMPALAConfig, IMPALALearner, impala_loss, learner_batch
 from rlfleet.envs.testing import CorridorEnv
 from gymnasium import spaces
-from rlfleet.rl.batch import Fragment
+from rlfleet.rl.core import Fragment
 from rlfleet.rl.config import ConfigError
 from rlfleet.rl.experiment import load_experiment
 from rlfleet.rl.module import ModuleSpec
@@ -313,18 +313,18 @@ def test_off_policy_mean_rho_is_the_mean_clipped_ratio():
     assert metrics["losses/mean_rho"].item() == pytest.approx((8 * 0.5 + 7 * 1.0) / 15, abs=1e-5)
 
 
-def test_update_from_fragments_takes_num_epochs_steps_at_the_scheduled_lr(monkeypatch):
+def test_update_takes_num_epochs_steps_at_the_scheduled_lr(monkeypatch):
     learner = make_learner(num_epochs=3, lr_schedule=[[0, 1e-3], [1000, 0.0]])
     steps = []
     real = learner.gradient_step
     monkeypatch.setattr(learner, "gradient_step", lambda data: steps.append(1) or real(data))
     before = {k: v.clone() for k, v in learner.module.state_dict().items()}
-    metrics = learner.update_from_fragments(module_batch(learner), 250)
+    metrics = learner.update(module_batch(learner), env_steps=250).metrics
     assert len(steps) == 3
     assert learner.optimizer.lr == pytest.approx(0.75e-3)
     assert {"losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/mean_rho",
             "losses/grad_norm"} <= set(metrics)
-    assert all(isinstance(v, float) for v in metrics.values())
+    assert all(isinstance(v, (int, float)) for v in metrics.values())
     assert any(not torch.equal(before[k], v) for k, v in learner.module.state_dict().items())
 
 
@@ -350,7 +350,8 @@ def test_reward_scale_scales_the_rewards_the_learner_sees(monkeypatch):
     ({"broadcast_interval": 0}, "broadcast_interval must be > 0, got 0"),
     ({"max_policy_lag": -1}, "max_policy_lag must be >= 0, got -1"),
     ({"vtrace_c_bar": 0.0}, "vtrace_rho_bar and vtrace_c_bar must be > 0, got 1.0, 0.0"),
-    ({"num_learners": 2}, "IMPALA runs one learner (num_learners 0 or 1), got num_learners 2"),
+    ({"num_learners": 3}, "the learner batch's 16 envs (train_batch_fragments 2 x num_envs_per_runner 8) must divide "
+                          "by num_learners 3: each learner takes an equal share of the envs"),
 ])
 def test_config_errors_quote_the_numbers(overrides, message):
     with pytest.raises(ConfigError) as info:
@@ -394,13 +395,13 @@ def spy_on_learner(algo, monkeypatch):
     """Record every batch the learner updates on."""
     batches = []
     learner = algo.learner_group.learner
-    real = learner.update_from_fragments
+    real = learner.update
 
-    def spy(batch, env_steps):
+    def spy(batch, *, env_steps):
         batches.append(batch)
-        return real(batch, env_steps)
+        return real(batch, env_steps=env_steps)
 
-    monkeypatch.setattr(learner, "update_from_fragments", spy)
+    monkeypatch.setattr(learner, "update", spy)
     return batches
 
 

@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 
 from rlfleet.algorithms import get_config_class
 from rlfleet.algorithms.ppo import PPOConfig

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from rlfleet.algorithms.ppo import ppo_loss
+from rlfleet.rl.learner import normalize
 
 CLIP = 0.2
 
@@ -32,7 +33,7 @@ def loss_of(logp, old_logp, advantages, *, values=None, old_values=None, targets
     return ppo_loss(
         logp,
         old_logp,
-        advantages,
+        normalize(advantages) if normalize_advantages else advantages,
         zeros if values is None else values,
         zeros if old_values is None else old_values,
         zeros if targets is None else targets,
@@ -41,7 +42,6 @@ def loss_of(logp, old_logp, advantages, *, values=None, old_values=None, targets
         vf_clip_param=vf_clip_param,
         vf_coef=vf_coef,
         entropy_coef=entropy_coef,
-        normalize_advantages=normalize_advantages,
     )
 
 

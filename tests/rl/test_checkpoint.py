@@ -102,14 +102,14 @@ def test_restore_reproduces_weights_optimiser_filter_and_counters(saved):
         # Guard: before the restore the new algorithm differs in everything compared below.
         assert not same(module_state(algo), module_state(fresh))
         assert not same(optimizer_state(algo), optimizer_state(fresh))
-        assert not same(algo.obs_filter.get_state(), fresh.obs_filter.get_state())
+        assert not same(algo.connector.get_state(), fresh.connector.get_state())
         assert counters(fresh) != counters(algo)
 
         fresh.restore(path)
 
         assert_same(module_state(algo), module_state(fresh), "module")
         assert_same(optimizer_state(algo), optimizer_state(fresh), "optimizer")
-        assert_same(algo.obs_filter.get_state(), fresh.obs_filter.get_state(), "obs_filter")
+        assert_same(algo.connector.get_state(), fresh.connector.get_state(), "obs_filter")
         assert algo.learner_group.learner.rng.bit_generator.state == fresh.learner_group.learner.rng.bit_generator.state
         assert list(fresh.episode_returns) == list(algo.episode_returns)
         assert list(fresh.episode_lengths) == list(algo.episode_lengths)
@@ -117,7 +117,7 @@ def test_restore_reproduces_weights_optimiser_filter_and_counters(saved):
         for weights in runner_modules(fresh):
             assert_same(module_state(algo), weights, "runner module")
         for state in runner_filters(fresh):
-            assert_same(algo.obs_filter.get_state(), state, "runner filter")
+            assert_same(algo.connector.get_state(), state, "runner filter")
         assert (fresh.iteration, fresh.env_steps, fresh.episodes) == (3, 96, algo.episodes)
         assert fresh.episodes > 0
     finally:
@@ -152,7 +152,7 @@ def test_two_restores_of_one_checkpoint_train_identically(saved):
         assert rb["iteration"] == 4 and rb["env_steps"] == 128
         assert_same(module_state(b), module_state(c), "module after one more iteration")
         assert_same(optimizer_state(b), optimizer_state(c), "optimizer after one more iteration")
-        assert_same(b.obs_filter.get_state(), c.obs_filter.get_state(), "filter after one more iteration")
+        assert_same(b.connector.get_state(), c.connector.get_state(), "filter after one more iteration")
     finally:
         b.stop()
         c.stop()

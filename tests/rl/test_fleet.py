@@ -16,24 +16,16 @@ import subprocess
 import sys
 import textwrap
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import ray
-import torch
 
-from rlfleet.algorithms.ppo import PPOConfig, PPOLearner
-from rlfleet.envs import EnvFailedError, make_env_creator
+from rlfleet.algorithms.ppo import PPOConfig
+from rlfleet.envs import EnvFailedError
 from rlfleet.envs.testing import CorridorEnv, FlakyEnv
-from rlfleet.rl.batch import flatten_time
 from rlfleet.rl.checkpoint import load_checkpoint
-from rlfleet.rl.env_runner import EnvRunner
 from rlfleet.rl.env_runner_group import EnvRunnerGroup, RunnerFailureError
 from rlfleet.rl.experiment import load_experiment
-from rlfleet.rl.learner import LearnerFactory, LearnerGroup
-from rlfleet.rl.module import ModuleSpec
-from rlfleet.rl.postprocessing import compute_gae
-from rlfleet.runtime import LocalRuntime
 from rlfleet.runtime.ray_backend import RayRuntime
 from tests.fleet_envs import (
     HangingEnv,
@@ -142,64 +134,6 @@ def test_runner_processes_are_named_env_runner(cartpole_fleet):
     assert len(set(pids)) == 2 and os.getpid() not in pids
     for pid in pids:
         assert args_of(pid).startswith("ray::EnvRunner"), args_of(pid)
-
-
-# ---------------------------------------------------------------------------------------
-# Data-parallel learners.
-
-
-def one_step_config():
-    # One gradient step on the whole batch; advantages not normalised per shard, so the
-    # mean of the two shard gradients is exactly the whole-batch gradient.
-    return PPOConfig(env="CartPole-v1", seed=0, device="cpu", num_learners=2, num_envs_per_runner=4,
-                     rollout_fragment_length=16, minibatch_size=64, num_epochs=1, normalize_advantages=False)
-
-
-def cartpole_batch(spec, weights):
-    runner = EnvRunner(env_creator=make_env_creator("CartPole-v1"), env_name="CartPole-v1", module_spec=spec,
-                       num_envs=4, fragment_length=16, seed=0)
-    runner.set_weights(weights, 1)
-    batch = runner.sample().batch
-    runner.stop()
-    batch["advantages"], batch["value_targets"] = compute_gae(
-        batch["rewards"], batch["values"], batch["next_values"], batch["terminated"], batch["truncated"],
-        gamma=0.99, lam=0.95,
-    )
-    return flatten_time({k: batch[k] for k in ("obs", "actions", "logp", "values", "advantages", "value_targets")})
-
-
-def test_two_gloo_learners_match_one_learner_and_each_other(shared_ray):
-    config = one_step_config()
-    env = gym.make("CartPole-v1")
-    spec = ModuleSpec(env.observation_space, env.action_space, env_name="CartPole-v1")
-    factory = LearnerFactory(PPOLearner, module_spec=spec, config=config)
-    local = LearnerGroup(LocalRuntime(), factory, 0, num_gpus_per_learner=0.0)
-    remote = LearnerGroup(RayRuntime(), factory, 2, num_gpus_per_learner=0.0)
-    try:
-        for pid in remote.group.pids():
-            assert args_of(pid).startswith("ray::Learner"), args_of(pid)
-        remote.set_state(local.get_state())
-        before = local.get_weights()
-        rows = cartpole_batch(spec, before)
-
-        local_metrics = local.update(rows, num_epochs=1, minibatch_size=64, env_steps=0)
-        remote_metrics = remote.update(rows, num_epochs=1, minibatch_size=64, env_steps=0)
-        after = local.get_weights()
-        rank0, rank1 = [r.value for r in remote.group.call("get_weights")]
-    finally:
-        remote.stop()
-
-    assert local_metrics["learner/num_sgd_steps"] == remote_metrics["learner/num_sgd_steps"] == 1
-    moved = max(float(np.abs(after[k] - before[k]).max(initial=0.0)) for k in after)
-    assert moved > 1e-4, "the update must change the weights for the comparison to mean anything"
-    for k in after:
-        assert np.array_equal(rank0[k], rank1[k]), f"learners disagree on {k}"
-        assert torch.allclose(torch.tensor(rank0[k]), torch.tensor(after[k]), rtol=0, atol=1e-6), (
-            f"{k}: max |2 learners - 1 learner| = {np.abs(rank0[k] - after[k]).max():.3g}")
-    # The averaged gradient is the whole-batch gradient, so its norm and the mean of the
-    # shard losses are the single learner's too.
-    for key in ("losses/grad_norm", "losses/policy_loss", "losses/value_loss"):
-        assert remote_metrics[key] == pytest.approx(local_metrics[key], rel=1e-5, abs=1e-7), key
 
 
 # ---------------------------------------------------------------------------------------

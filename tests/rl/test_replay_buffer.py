@@ -10,7 +10,7 @@ import pytest
 from gymnasium import spaces
 from gymnasium.wrappers import FrameStackObservation
 
-from rlfleet.rl.batch import Fragment
+from rlfleet.rl.core import Fragment
 from rlfleet.rl.replay import PrioritizedReplayBuffer, ReplayBuffer
 
 ID_SPACE = spaces.Box(-np.inf, np.inf, (1,), np.float32)  # each obs is a unique id

@@ -1,4 +1,4 @@
-"""QModule: action values Q(s, .) for a Discrete action space (DQN and its kin).
+"""DQN's network: action values Q(s, .) for a Discrete action space.
 
 Exploration is epsilon-greedy, and epsilon is a buffer of the module: it is part of the
 weights every broadcast carries, so runners always act with the schedule's current value
@@ -7,6 +7,7 @@ and a checkpoint restores it, with no extra channel between driver and runners.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -18,8 +19,19 @@ from rlfleet.rl.module import ModuleSpec, ObsEncoder, _init, mlp
 from rlfleet.rl.spaces import UnsupportedSpaceError, check_spaces
 
 
+@dataclasses.dataclass(frozen=True)
+class QModuleSpec(ModuleSpec):
+    """A ModuleSpec that builds a Q-network."""
+
+    dueling: bool = False
+    """Separate state-value and advantage streams (Wang et al. 2016)."""
+
+    def build(self) -> nn.Module:
+        return QModule(self)
+
+
 class QModule(nn.Module):
-    def __init__(self, spec: ModuleSpec) -> None:
+    def __init__(self, spec: QModuleSpec) -> None:
         super().__init__()
         check_spaces(spec.observation_space, spec.action_space, spec.env_name)
         if not isinstance(spec.action_space, spaces.Discrete):

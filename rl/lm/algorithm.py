@@ -1,0 +1,58 @@
+"""The training step of LM post-training: generate completions, score them, update,
+broadcast. GRPO and LM-PPO differ only in their learner (rl/lm/learner.py subclasses)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from rlfleet.rl.algorithm import Algorithm
+from rlfleet.rl.batch import concat_batches
+from rlfleet.rl.lm.config import LMConfig
+from rlfleet.rl.lm.generator import GeneratorRunnerFactory, resolve_text_env
+
+
+class LMAlgorithm(Algorithm):
+    config: LMConfig
+    runner_factory_class = GeneratorRunnerFactory
+
+    def __init__(self, config: LMConfig) -> None:
+        super().__init__(config)
+        self.text_env = resolve_text_env(config)
+        self.tokens_generated = 0
+
+    def training_step(self) -> dict[str, float]:
+        t0 = time.perf_counter()
+        fragments = self.sample()
+        if not fragments:
+            return {}
+        batch = concat_batches([f.batch for f in fragments], axis=0)  # one row per completion
+        tokens = int(batch["completion_mask"].sum())
+        self.tokens_generated += tokens
+        t_learn = time.perf_counter()
+        metrics = self.learner_group.update(batch, env_steps=self.env_steps).metrics
+        self.sync_weights()
+        metrics.update({
+            "response_length_mean": tokens / len(batch["rewards"]),
+            "tokens_per_s": tokens / max(t_learn - t0, 1e-9),  # generated
+            "train_tokens_per_s": tokens / max(time.perf_counter() - t_learn, 1e-9),
+            "tokens_total": self.tokens_generated,
+        })
+        return metrics
+
+    @classmethod
+    def from_checkpoint(cls, path: str, **overrides: Any) -> "LMAlgorithm":
+        # The checkpoint holds the trained policy: no warm-up to run first.
+        return super().from_checkpoint(path, **{"warmup_steps": 0, **overrides})
+
+    def complete(self, prompts: list[str], *, temperature: float = 0.0) -> list[str]:
+        """Completions of ``prompts`` by the current policy (greedy by default)."""
+        tok = self.text_env.tokenizer
+        module = self.module_spec.build()
+        module.load_state_dict({k: torch.from_numpy(v) for k, v in self.learner_group.get_weights().items()})
+        with torch.inference_mode():
+            out = module.eval().generate([tok.encode(p) for p in prompts], max_new_tokens=self.text_env.max_new_tokens,
+                                         temperature=temperature, eos_id=tok.eos_id, pad_id=tok.pad_id)
+        return [tok.decode(row.tolist()) for row in out["sequences"][:, -self.text_env.max_new_tokens:]]

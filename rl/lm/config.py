@@ -1,0 +1,73 @@
+"""The settings every LM post-training algorithm shares (GRPO, LM-PPO).
+
+They extend the common base only: none of control RL's env-runner or MLP fields
+(``hidden_sizes``, ``num_envs_per_runner``, ``normalize_obs``, ...), which would mean
+nothing here; such a key is an error naming the closest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from rlfleet.rl.config import AlgorithmConfig, ConfigError
+
+
+@dataclasses.dataclass
+class LMConfig(AlgorithmConfig):
+    action_space_types = ()  # acts in token space, not in a gymnasium action space
+
+    env: object = "text-addition"
+    """A text env name (``envs.text_tasks`` registry) or an ``envs.text.TextEnvSpec`` (Python API:
+    your own prompts, tokenizer and reward function or reward model)."""
+    prompts_per_runner: int = 16
+    """Prompts each generator runner draws per sample call."""
+    group_size: int = 2
+    """Completions per prompt, consecutive rows of a batch (kept whole on one learner)."""
+    temperature: float = 1.0
+    """Sampling temperature of the generators."""
+    top_k: int | None = None
+    """Sample among the k most likely tokens only (None: all)."""
+    clip_param: float = 0.2
+    """Clip range of the per-token probability ratio."""
+    kl_coef: float = 0.04
+    """Weight of the KL to the frozen reference; 0 skips the reference model."""
+    num_epochs: int = 1
+    """Passes over each batch of completions."""
+    minibatch_size: int = 64
+    """Completions per gradient step."""
+    lr: float = 3e-4
+    """AdamW learning rate of the RL phase."""
+    weight_decay: float = 0.01
+    """Decoupled weight decay of the policy's AdamW."""
+    grad_clip: float | None = 1.0
+    """Clip the global gradient norm to this; None disables."""
+    hf_model: str | None = None
+    """A local Hugging Face causal-LM directory to post-train instead of the built-in GPT
+    (``pip install '.[hf]'``; nothing is downloaded). Pair it with a text env whose
+    tokenizer is that model's (``rlfleet.rl.lm.hf.HFTokenizer``)."""
+    n_layer: int = 2
+    """Transformer blocks of the policy."""
+    n_head: int = 4
+    """Attention heads per block."""
+    n_embd: int = 64
+    """Width of the policy."""
+    warmup_steps: int = 600
+    """Supervised steps on the task's examples before RL (cached in the logdir)."""
+    warmup_lr: float = 3e-3
+    """Adam learning rate of the supervised warm-up."""
+    warmup_batch_size: int = 64
+    """Examples per supervised step."""
+    evaluation_num_episodes: int = 200
+    """Prompts answered greedily by ``evaluate()``."""
+
+    def validate(self) -> None:
+        super().validate()
+        self.require_positive("prompts_per_runner", "group_size", "num_epochs", "minibatch_size", "n_layer", "n_head",
+                              "n_embd", "warmup_batch_size", "clip_param")
+        self.require_non_negative("kl_coef", "warmup_steps")
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"n_embd {self.n_embd} must divide by n_head {self.n_head}")
+        n = max(1, self.num_learners)
+        if self.minibatch_size % n:
+            raise ConfigError(f"minibatch_size {self.minibatch_size} must divide by num_learners {n}: "
+                              "each learner takes an equal part of every minibatch")

@@ -1,0 +1,112 @@
+"""The learner base of LM post-training (GRPO, LM-PPO): the policy, a frozen reference
+copy for the KL term, and the cached supervised warm-up that teaches the answer format
+before RL starts."""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlfleet.rl.learner import Learner, TensorBatch
+from rlfleet.rl.lm.config import LMConfig
+from rlfleet.rl.lm.generator import resolve_text_env
+from rlfleet.rl.optim import Adam
+
+
+def supervised_sequences(pairs: list[tuple[str, str]], tokenizer: Any, length: int) -> tuple[np.ndarray, ...]:
+    """(prompt, answer) pairs -> right-padded token rows, their attention mask, and the
+    next-token loss mask (N, length-1) that covers the answer and its eos only."""
+    n = len(pairs)
+    seq = np.full((n, length), tokenizer.pad_id, np.int64)
+    attn = np.zeros((n, length), np.int64)
+    loss_mask = np.zeros((n, length - 1), np.float32)
+    for i, (prompt, answer) in enumerate(pairs):
+        p = tokenizer.encode(prompt)
+        a = tokenizer.encode(answer, add_bos=False) + [tokenizer.eos_id]
+        row = (p + a)[:length]
+        seq[i, : len(row)] = row
+        attn[i, : len(row)] = 1
+        loss_mask[i, len(p) - 1 : len(row) - 1] = 1.0  # positions predicting the answer tokens
+    return seq, attn, loss_mask
+
+
+class LMLearner(Learner):
+    config: LMConfig
+
+    def __init__(self, *, module_spec: Any, config: LMConfig) -> None:
+        super().__init__(module_spec=module_spec, config=config)
+        self.shard_unit = config.group_size  # a group's advantages need all of it
+        self.reference: torch.nn.Module | None = None
+        self.warm_start()
+
+    def warm_start(self) -> None:
+        """A short supervised phase so RL starts from a model that writes the answer
+        format; cached as ``warmup.pt`` in the logdir, so a second run starts from it at
+        once. Every learner computes the same warm-up (same seed), so they agree."""
+        c = self.config
+        cache = os.path.join(c.logdir, "warmup.pt") if c.logdir else None
+        if cache and os.path.exists(cache):
+            self.module.load_state_dict(torch.load(cache, weights_only=True))
+            return
+        text_env = resolve_text_env(c)
+        if not c.warmup_steps or text_env.warmup_examples is None:
+            return
+        pairs = text_env.warmup_examples(4096, np.random.default_rng(c.seed))
+        length = text_env.max_prompt_tokens + text_env.max_new_tokens
+        t0 = time.perf_counter()
+        loss = self.warmup(*supervised_sequences(pairs, text_env.tokenizer, length), c.warmup_steps)
+        if c.log_to_console and self.rank == 0:
+            print(f"warm-up: {c.warmup_steps} supervised steps, loss {loss:.3f}, {time.perf_counter() - t0:.1f} s", flush=True)
+        if cache:  # atomically: several learners may write the same file at once
+            os.makedirs(c.logdir, exist_ok=True)
+            tmp = f"{cache}.{os.getpid()}.tmp"
+            torch.save({k: v.detach().cpu() for k, v in self.module.state_dict().items()}, tmp)
+            os.replace(tmp, cache)
+
+    def warmup(self, sequences: np.ndarray, attention_mask: np.ndarray, loss_mask: np.ndarray, steps: int) -> float:
+        """Supervised next-token training on (prompt, answer) sequences; the loss covers the
+        answer tokens only (``loss_mask`` (N, L-1) over next-token positions)."""
+        c = self.config
+        opt = Adam(self.module.parameters(), lr=c.warmup_lr, eps=1e-8)
+        data = self.to_tensors({"seq": sequences, "attn": attention_mask, "mask": loss_mask})
+        rng = np.random.default_rng(c.seed)
+        loss = torch.zeros(())
+        for _ in range(steps):
+            idx = torch.from_numpy(rng.integers(0, len(sequences), c.warmup_batch_size)).to(self.device)
+            lp = self.module.token_logprobs(data["seq"][idx], data["attn"][idx])  # (b, L-1)
+            mask = data["mask"][idx].float()
+            loss = -(lp * mask).sum() / mask.sum().clamp(min=1.0)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), 1.0)
+            opt.step()
+        return float(loss.detach())
+
+    def reference_logprobs(self, data: TensorBatch) -> torch.Tensor | None:
+        """(N, C) log-probs of the completion tokens under the frozen reference, or None
+        when ``kl_coef`` is 0. The reference is the policy as RL starts: frozen at the
+        first update (after the learners agreed on rank 0's weights), or restored."""
+        if self.config.kl_coef <= 0:
+            return None
+        if self.reference is None:
+            self.reference = copy.deepcopy(self.module).eval().requires_grad_(False)
+        n_new = data["completion_mask"].shape[1]
+        with torch.no_grad():
+            return self.reference.token_logprobs(data["sequences"], data["attention_mask"])[:, -n_new:]
+
+    def get_state(self) -> dict[str, Any]:
+        state = super().get_state()
+        if self.reference is not None:
+            state["reference"] = {k: v.detach().cpu().clone() for k, v in self.reference.state_dict().items()}
+        return state
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        super().set_state(state)
+        if "reference" in state:
+            self.reference = copy.deepcopy(self.module).eval().requires_grad_(False)
+            self.reference.load_state_dict(state["reference"])
