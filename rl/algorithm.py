@@ -32,6 +32,16 @@ def _to_numpy(state: Any) -> Any:
     return tree.map_structure(lambda x: x.numpy() if isinstance(x, torch.Tensor) else x, state)
 
 
+def _load_current(path: str) -> dict[str, Any]:
+    """A checkpoint of this version's format; an older one is refused in one line."""
+    state = load_checkpoint(path)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"checkpoint {path!r} has format {state.get('format')}, this version reads "
+                              f"{CHECKPOINT_FORMAT} (format 2 came with the rlfleet namespace and lm-ppo's own name; "
+                              "retrain, or load it with rlfleet 0.1)")
+    return state
+
+
 class Algorithm(abc.ABC):
     """The driver. It knows no algorithm and no env kind: a subclass names its config,
     learner and runner-factory classes and writes ``training_step``; what differs between
@@ -213,10 +223,7 @@ class Algorithm(abc.ABC):
         picklable): a restored run starts fresh episodes, so it continues the training
         exactly except for the episodes that were in progress.
         """
-        state = load_checkpoint(path)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"checkpoint {path!r} has format {state.get('format')}, this version reads "
-                                  f"{CHECKPOINT_FORMAT} (format 2 came with the rlfleet namespace; retrain or use rlfleet 0.1)")
+        state = _load_current(path)
         if state["algo"] != self.config.algo_name:
             raise CheckpointError(f"checkpoint {path!r} is for {state['algo']!r}, not {self.config.algo_name!r}")
         if (state["connector"] is None) != (self.connector is None):
@@ -252,7 +259,7 @@ class Algorithm(abc.ABC):
         """Rebuild the algorithm a checkpoint was saved from (its env must be a name), in
         this process and without writing logs, and restore it: for inference and
         evaluation. ``overrides`` change config keys first."""
-        state = load_checkpoint(path)
+        state = _load_current(path)
         if state["algo"] != cls.config_class.algo_name:
             raise CheckpointError(f"checkpoint {path!r} is for {state['algo']!r}, not {cls.config_class.algo_name!r}")
         local = {"logdir": None, "log_to_console": False, "num_env_runners": 0, "num_learners": 0}

@@ -37,9 +37,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def timed(cmd: list[str]) -> tuple[float, str]:
+def timed(cmd: list[str], cwd: str = ROOT) -> tuple[float, str]:
     t0 = time.perf_counter()
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if out.returncode not in (0, 1):
         raise RuntimeError(f"{' '.join(cmd)} failed ({out.returncode}): {out.stderr.strip()[-500:]}")
@@ -49,13 +49,14 @@ def timed(cmd: list[str]) -> tuple[float, str]:
 PEERS = {"ppo": ("scripts/peers/sb3_ppo_cartpole.py", "100000"), "dqn": ("scripts/peers/sb3_dqn_cartpole.py", "100000")}
 
 
-def run_ours(algo: str, seed: int, target: float, window: int) -> dict:
+def run_ours(algo: str, seed: int, target: float, window: int, checkout: str = ROOT) -> dict:
+    """``scripts/train.py`` of ``checkout`` (this one, or another commit's worktree)."""
     with tempfile.TemporaryDirectory() as logdir:
         wall, _ = timed([
             sys.executable, "scripts/train.py", "--algo", algo, "--env", "CartPole-v1", "--seed", str(seed),
             "--stop-reward", str(target), "--stop-timesteps", "200000", "--quiet", "--logdir", logdir,
             "--set", f"metrics_smoothing_episodes={window}",
-        ])
+        ], cwd=checkout)
         with open(os.path.join(logdir, "progress.jsonl")) as f:
             last = json.loads(f.readlines()[-1])
     ret = last["episode_return_mean"] or 0.0
@@ -72,14 +73,17 @@ def run_sb3(algo: str, python: str, seed: int, target: float, window: int) -> di
 
 
 def cartpole_race(args: argparse.Namespace) -> None:
-    rows: dict[str, list[dict]] = {"rlfleet": [], "sb3": []}
+    rows: dict[str, list[dict]] = {"rlfleet": [], "sb3": [], "reference": []}
     for seed in range(args.seeds):
-        order = ["rlfleet", "sb3"] if seed % 2 == 0 else ["sb3", "rlfleet"]
+        order = ["rlfleet", "sb3", "reference"] if seed % 2 == 0 else ["reference", "sb3", "rlfleet"]
         for who in order:
-            if who == "sb3" and not args.sb3_python:
+            if (who == "sb3" and not args.sb3_python) or (who == "reference" and not args.reference_checkout):
                 continue
-            r = run_ours(args.algo, seed, args.target, args.window) if who == "rlfleet" else run_sb3(
-                args.algo, args.sb3_python, seed, args.target, args.window)
+            if who == "sb3":
+                r = run_sb3(args.algo, args.sb3_python, seed, args.target, args.window)
+            else:
+                r = run_ours(args.algo, seed, args.target, args.window,
+                             args.reference_checkout if who == "reference" else ROOT)
             rows[who].append(r)
             print(f"seed {seed} {who:8s} wall {r['wall_s']:6.2f} s  env_steps {r['env_steps']:7d}  "
                   f"reached {r['reached']}", flush=True)
@@ -90,12 +94,12 @@ def cartpole_race(args: argparse.Namespace) -> None:
             steps = statistics.median(r["env_steps"] for r in rs)
             print(f"{who:8s} median wall {med[who]:.2f} s, median env steps {steps:.0f}, "
                   f"reached {sum(r['reached'] for r in rs)}/{len(rs)}")
-    if len(med) == 2:
-        print(f"ratio rlfleet/sb3 (median wall): {med['rlfleet'] / med['sb3']:.2f}")
+    for other in ("sb3", "reference"):
+        if other in med and "rlfleet" in med:
+            print(f"ratio rlfleet/{other} (median wall): {med['rlfleet'] / med[other]:.2f}")
 
 
 def fleet_scaling(args: argparse.Namespace) -> None:
-    sys.path.insert(0, ROOT)
     from rlfleet.algorithms.ppo import PPOConfig
     from rlfleet.envs.testing import BusyEnv
 
@@ -170,7 +174,6 @@ def measure_window(algo, warmup_steps: int, steps: int) -> dict:
 
 
 def impala_vs_ppo(args: argparse.Namespace) -> None:
-    sys.path.insert(0, ROOT)
     from rlfleet.algorithms.impala import IMPALAConfig
     from rlfleet.algorithms.ppo import PPOConfig
     from rlfleet.envs.testing import BusyEnv
@@ -215,6 +218,8 @@ def main() -> None:
     race.add_argument("--target", type=float, default=450.0)
     race.add_argument("--window", type=int, default=20)
     race.add_argument("--sb3-python", help="python of a venv with stable-baselines3 (see scripts/peers)")
+    race.add_argument("--reference-checkout", help="another checkout of rlfleet (e.g. the previous commit's "
+                      "`git worktree`) raced in the same run, its own scripts/train.py")
     scaling = sub.add_parser("fleet-scaling", help="env steps/s with 1 vs 2 Ray runners on a 2 ms/step env")
     scaling.add_argument("--repeats", type=int, default=3)
     scaling.add_argument("--iterations", type=int, default=8)
