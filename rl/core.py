@@ -87,8 +87,9 @@ class UpdateResult:
     metrics: dict[str, float]
     """Averaged over gradient steps and learners (``losses/*``, ``learner/*``)."""
     per_row: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-    """Outputs per batch row, in the batch's row order, e.g. DQN's ``td_abs`` for new
-    priorities (the group joins every learner's rows)."""
+    """Outputs per batch row, e.g. DQN's ``td_abs`` for new priorities. A learner returns
+    them as (gradient steps, its rows per step); the group returns them flat, in the
+    batch's row order."""
 
 
 class Runner(Protocol):

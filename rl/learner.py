@@ -131,7 +131,8 @@ class Learner(abc.ABC):
         out = dict(zip(keys, (total / max(steps, 1)).tolist())) if steps else {}
         out["learner/num_sgd_steps"] = steps
         out["learner/lr"] = lr
-        return UpdateResult(out, {k: torch.cat(v).cpu().numpy() for k, v in per_row.items() if v})
+        # (steps, rows of this learner per step): the group interleaves the learners' rows.
+        return UpdateResult(out, {k: torch.stack(v).cpu().numpy() for k, v in per_row.items() if v})
 
     def _prepare(self, data: TensorBatch) -> TensorBatch:
         n, world = num_rows(data), self.world_size
@@ -298,10 +299,12 @@ class LearnerGroup:
 
     def update(self, batch: SampleBatch, *, env_steps: int) -> UpdateResult:
         if self.learner is not None:
-            return self.learner.update(batch, env_steps=env_steps)
-        results = _unwrap_all(self.group.call("update_positional", self.runtime.put(batch), env_steps))
+            results = [self.learner.update(batch, env_steps=env_steps)]
+        else:
+            results = _unwrap_all(self.group.call("update_positional", self.runtime.put(batch), env_steps))
         metrics = {k: float(np.mean([r.metrics[k] for r in results])) for k in results[0].metrics}
-        per_row = {k: np.concatenate([r.per_row[k] for r in results]) for k in results[0].per_row}
+        # Learner i holds part i of every step's rows: join the parts step by step.
+        per_row = {k: np.concatenate([r.per_row[k] for r in results], axis=1).reshape(-1) for k in results[0].per_row}
         return UpdateResult(metrics, per_row)
 
     def get_weights(self) -> Weights:

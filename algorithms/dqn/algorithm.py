@@ -12,6 +12,7 @@ from rlfleet.algorithms.dqn.config import DQNConfig
 from rlfleet.algorithms.dqn.learner import DQNLearner
 from rlfleet.algorithms.dqn.module import QModuleSpec
 from rlfleet.rl.algorithm import Algorithm
+from rlfleet.rl.batch import concat_batches
 from rlfleet.rl.core import Weights
 from rlfleet.rl.env_runner import EnvRunnerFactory
 from rlfleet.rl.learner import piecewise_linear
@@ -90,15 +91,29 @@ class DQN(Algorithm):
             sums: dict[str, float] = {}
             steps = int(self.update_budget)
             self.update_budget -= steps
-            for _ in range(steps):
-                batch = self.buffer.sample(c.train_batch_size)
-                indices = batch.pop("indices")
-                result = self.learner_group.update(batch, env_steps=self.env_steps)
-                if c.prioritized_replay:
+            if c.prioritized_replay:
+                # Each step samples with the priorities the previous step left.
+                for _ in range(steps):
+                    batch = self.buffer.sample(c.train_batch_size)
+                    indices = batch.pop("indices")
+                    result = self.learner_group.update(batch, env_steps=self.env_steps)
                     self.buffer.update_priorities(indices, result.per_row["td_abs"])
-                for k, v in result.metrics.items():
-                    sums[k] = sums.get(k, 0.0) + v
+                    for k, v in result.metrics.items():
+                        sums[k] = sums.get(k, 0.0) + v
+            else:
+                # Uniform sampling depends on nothing a step changes: up to 16 steps' batches
+                # are drawn at once and learned from in one call (one round trip to remote
+                # learners instead of one per step), a gradient step per batch as before.
+                for start in range(0, steps, 16):
+                    n = min(16, steps - start)
+                    batches = [self.buffer.sample(c.train_batch_size) for _ in range(n)]
+                    for b in batches:
+                        del b["indices"]
+                    result = self.learner_group.update(concat_batches(batches, axis=0), env_steps=self.env_steps)
+                    for k, v in result.metrics.items():
+                        sums[k] = sums.get(k, 0.0) + v * n
             metrics = {k: v / steps for k, v in sums.items()} if steps else {}
+            metrics.pop("learner/num_sgd_steps", None)  # per call; the iteration's count is this:
             metrics["learner/num_grad_steps"] = steps
         self.set_schedules()
         self.sync_weights()

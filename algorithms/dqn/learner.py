@@ -57,10 +57,13 @@ class DQNLearner(Learner):
         self.num_grad_steps = 0
 
     def minibatches(self, data: TensorBatch) -> Iterator[TensorBatch]:
-        """The replay batch is already a random sample: one step on it, this learner
-        taking its equal, contiguous part (so the TD errors come back in row order)."""
-        part = num_rows(data) // self.world_size
-        yield take_rows(data, slice(self.rank * part, (self.rank + 1) * part))
+        """``data`` is one or more replay batches of ``train_batch_size`` rows, one after
+        the other, each already a random sample: one gradient step on each, this learner
+        taking its equal, contiguous part of it."""
+        size = self.config.train_batch_size
+        part = size // self.world_size
+        for start in range(0, num_rows(data) - size + 1, size):
+            yield take_rows(data, slice(start + self.rank * part, start + (self.rank + 1) * part))
 
     def compute_loss(self, batch: TensorBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         c = self.config
