@@ -37,8 +37,8 @@ def _load_current(path: str) -> dict[str, Any]:
     state = load_checkpoint(path)
     if state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"checkpoint {path!r} has format {state.get('format')}, this version reads "
-                              f"{CHECKPOINT_FORMAT} (format 2 came with the rlfleet namespace and lm-ppo's own name; "
-                              "retrain, or load it with rlfleet 0.1)")
+                              f"{CHECKPOINT_FORMAT} (format 2 came with rlfleet 0.2: the one learner contract and lm-ppo's own "
+                              "name; retrain, or load it with rlfleet 0.1)")
     return state
 
 

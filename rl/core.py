@@ -87,9 +87,9 @@ class UpdateResult:
     metrics: dict[str, float]
     """Averaged over gradient steps and learners (``losses/*``, ``learner/*``)."""
     per_row: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-    """Outputs per batch row, e.g. DQN's ``td_abs`` for new priorities. A learner returns
-    them as (gradient steps, its rows per step); the group returns them flat, in the
-    batch's row order."""
+    """Outputs per batch row, e.g. DQN's ``td_abs`` for new priorities, for learners whose
+    minibatches keep the row order (each row used once). A learner returns them as
+    (gradient steps, its rows per step); the group returns them flat, in the batch's order."""
 
 
 class Runner(Protocol):

@@ -44,11 +44,16 @@ def piecewise_linear(schedule: list[tuple[int, float]], t: int) -> float:
 
 def normalize(
     x: torch.Tensor, mask: torch.Tensor | None = None, *, unbiased: bool = True,
-    all_sum: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+    all_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """(x - mean) / (std + 1e-8) over the elements where ``mask`` is 1 (all by default),
     zero where it is 0; ``all_sum`` sums the statistics over learners. Fewer than two
     elements have no spread (the std of one is NaN with Bessel's correction): centred only."""
+    if all_sum is None:
+        if mask is None:  # torch's own kernels (one learner, as before the learner groups)
+            std = x.std(unbiased=unbiased) if x.numel() > 1 else torch.zeros((), dtype=x.dtype)
+            return (x - x.mean()) / (std + 1e-8)
+        all_sum = lambda t: t  # noqa: E731
     w = torch.ones_like(x) if mask is None else mask.to(x.dtype)
     n = all_sum(w.sum())
     mean = all_sum((x * w).sum()) / n.clamp(min=1.0)
@@ -65,10 +70,11 @@ class Learner(abc.ABC):
     shard_unit: int = 1
     """Rows that ``prepare`` must see together (GRPO: a group of completions)."""
 
-    def __init__(self, *, module_spec: Any, config: Any) -> None:
+    def __init__(self, *, module_spec: Any, config: Any, rank: int = 0) -> None:
         """``module_spec.build()`` makes the module; the optimiser settings (lr,
         lr_schedule, grad_clip, weight_decay, device, seed) come from ``config``."""
         self.config = config
+        self.rank, self.world_size = rank, 1
         self.device = resolve_device(config.device)
         self.module: torch.nn.Module = module_spec.build().to(self.device)
         # eps=1e-5 rather than Adam's 1e-8: the PPO implementation-details study (Huang et
@@ -79,7 +85,6 @@ class Learner(abc.ABC):
         # The same seed on every learner: they draw the same shuffles, so N learners cut
         # the same minibatches as one learner would.
         self.rng = np.random.default_rng(config.seed)
-        self.rank, self.world_size = 0, 1
 
     # -- what an algorithm supplies ----------------------------------------------------
     @abc.abstractmethod
@@ -101,6 +106,8 @@ class Learner(abc.ABC):
         # learn from what arrived rather than take no step at all.
         size = min(self.config.minibatch_size, n)
         size -= size % self.world_size  # equal parts: the mean of their losses is the minibatch's
+        if size == 0:  # fewer rows than learners: nothing to split
+            return
         part = size // self.world_size
         for _ in range(self.config.num_epochs):
             perm = torch.from_numpy(self.rng.permutation(n)).to(self.device)
@@ -114,6 +121,8 @@ class Learner(abc.ABC):
         The batch goes to the device once; minibatches are index views of it. Metrics are
         kept as tensors and read once at the end, so a GPU step never waits on a ``.item()``.
         """
+        if self.per_row_keys and type(self).minibatches is Learner.minibatches:
+            raise TypeError(f"{type(self).__name__}: per-row outputs need minibatches that keep the batch's row order")
         lr = self.current_lr(env_steps)
         self.optimizer.lr = lr
         data = self._prepare(self.to_tensors(batch))
@@ -207,7 +216,7 @@ class Learner(abc.ABC):
 
     def normalize(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, unbiased: bool = True) -> torch.Tensor:
         """:func:`normalize` with mean and std over every learner's elements."""
-        return normalize(x, mask, unbiased=unbiased, all_sum=self.all_sum)
+        return normalize(x, mask, unbiased=unbiased, all_sum=self.all_sum if self.world_size > 1 else None)
 
     # -- data parallelism ------------------------------------------------------------
     def master_address(self) -> tuple[str, int]:
@@ -263,9 +272,8 @@ class LearnerFactory:
 
     def __call__(self, rank: int) -> Learner:
         torch.set_num_threads(self.config.torch_threads)
-        learner = self.learner_cls(module_spec=self.module_spec, config=self.config)
-        learner.rank = rank
-        return learner
+        torch.manual_seed(self.config.seed)  # the module's initial weights follow the seed in any process
+        return self.learner_cls(module_spec=self.module_spec, config=self.config, rank=rank)
 
 
 def _free_address() -> tuple[str, int]:

@@ -114,7 +114,8 @@ class Adam:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Accepts this format and the earlier one (one int "step" shared by every
-        parameter, no "weight_decay": that optimiser had none, so 0.0)."""
+        parameter). ``weight_decay`` stays the constructor's: it is a setting of the run
+        (``--restore --set weight_decay=...`` must take effect), not state."""
         n = len(self.params)
         if len(state["exp_avg"]) != n or len(state["exp_avg_sq"]) != n:
             raise ValueError(f"optimiser state has {len(state['exp_avg'])} tensors, the module {n}")
@@ -125,5 +126,4 @@ class Adam:
         self.exp_avg = [t.to(p.device).clone() for t, p in zip(state["exp_avg"], self.params)]
         self.exp_avg_sq = [t.to(p.device).clone() for t, p in zip(state["exp_avg_sq"], self.params)]
         self.lr, self.betas, self.eps = float(state["lr"]), tuple(state["betas"]), float(state["eps"])
-        self.weight_decay = float(state.get("weight_decay", 0.0))
         self._sync_step_tensors()

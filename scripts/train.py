@@ -34,7 +34,7 @@ BAD_INPUT = (UnknownAlgorithmError, EnvNotFoundError, ConfigError, UnsupportedSp
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train an rlfleet algorithm on an env.")
-    p.add_argument("--algo", help="algorithm: ppo")
+    p.add_argument("--algo", help="algorithm: ppo, dqn, impala, grpo, lm-ppo (ppo on a text env is lm-ppo)")
     p.add_argument("--env", help="gymnasium id or registered env name")
     p.add_argument("--config", help="tuned-example YAML (algo, env, config, stop, pass)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")

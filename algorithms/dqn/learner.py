@@ -51,10 +51,14 @@ class DQNLearner(Learner):
     config: DQNConfig
     per_row_keys = ("td_abs",)
 
-    def __init__(self, *, module_spec: QModuleSpec, config: DQNConfig) -> None:
-        super().__init__(module_spec=module_spec, config=config)
+    def __init__(self, *, module_spec: QModuleSpec, config: DQNConfig, rank: int = 0) -> None:
+        super().__init__(module_spec=module_spec, config=config, rank=rank)
         self.target = copy.deepcopy(self.module).requires_grad_(False)
         self.num_grad_steps = 0
+
+    def setup_distributed(self, rank: int, world_size: int, address: str, port: int, backend: str) -> None:
+        super().setup_distributed(rank, world_size, address, port, backend)
+        self.update_target_hard()  # the target starts as rank 0's online network everywhere
 
     def minibatches(self, data: TensorBatch) -> Iterator[TensorBatch]:
         """``data`` is one or more replay batches of ``train_batch_size`` rows, one after
@@ -85,6 +89,10 @@ class DQNLearner(Learner):
         if self.num_grad_steps % self.config.target_update_interval == 0:
             self.update_target()
         return metrics
+
+    @torch.no_grad()
+    def update_target_hard(self) -> None:
+        self.target.load_state_dict(self.module.state_dict())
 
     @torch.no_grad()
     def update_target(self) -> None:

@@ -1,8 +1,8 @@
 """DQN's network: action values Q(s, .) for a Discrete action space.
 
 Exploration is epsilon-greedy, and epsilon is a buffer of the module: it is part of the
-weights every broadcast carries, so runners always act with the schedule's current value
-and a checkpoint restores it, with no extra channel between driver and runners.
+weights every broadcast carries, so runners always act with the schedule's current value,
+with no extra channel between driver and runners (``DQN.acting_weights`` sets it).
 """
 
 from __future__ import annotations

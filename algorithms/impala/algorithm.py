@@ -16,7 +16,6 @@ from rlfleet.rl.batch import concat_batches
 from rlfleet.rl.core import Fragment, SampleBatch
 from rlfleet.rl.env_runner import EnvRunnerFactory
 from rlfleet.rl.checkpoint import load_checkpoint
-from rlfleet.rl.config import ConfigError
 
 LEARNER_KEYS = ("obs", "actions", "logp", "rewards", "terminated", "truncated", "bootstrap_obs")
 
@@ -46,8 +45,6 @@ class IMPALA(Algorithm):
     runner_factory_class = EnvRunnerFactory
 
     def __init__(self, config: IMPALAConfig) -> None:
-        if config.normalize_obs:
-            raise ConfigError("IMPALA does not support normalize_obs yet (its connector sync is synchronous)")
         super().__init__(config)
         self.queue: collections.deque[Fragment] = collections.deque()
         self.num_updates = 0
@@ -90,7 +87,8 @@ class IMPALA(Algorithm):
             self.num_updates += 1
             if self.num_updates % c.broadcast_interval == 0:
                 self.weights_version += 1
-                self.env_runner_group.publish_weights(self.learner_group.get_weights(), self.weights_version)
+                self.env_runner_group.publish_weights(self.acting_weights(self.learner_group.get_weights()),
+                                                     self.weights_version)
         metrics = {k: v / updates for k, v in sums.items()} if updates else {}
         metrics.update({
             "learner/updates": updates,

@@ -43,6 +43,8 @@ class IMPALAConfig(ControlConfig):
                 f"max_queue_fragments {self.max_queue_fragments} < train_batch_fragments {self.train_batch_fragments}: "
                 "a batch could never be filled"
             )
+        if self.normalize_obs:
+            raise ConfigError("IMPALA does not support normalize_obs yet (its connector sync is synchronous)")
         envs = self.train_batch_fragments * self.num_envs_per_runner
         if envs % max(1, self.num_learners):
             raise ConfigError(

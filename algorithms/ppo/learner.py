@@ -39,8 +39,8 @@ def ppo_loss(
     loss = policy_loss + vf_coef * value_loss - entropy_coef * entropy_mean
     with torch.no_grad():
         # k3 estimator of KL(old || new) (Schulman 2020): unbiased and always >= 0.
-        approx_kl = ((ratio - 1) - log_ratio).mean()
-        clip_fraction = ((ratio - 1).abs() > clip_param).float().mean()
+        approx_kl = mean((ratio - 1) - log_ratio)
+        clip_fraction = mean(((ratio - 1).abs() > clip_param).float())
     metrics = {
         "losses/policy_loss": policy_loss.detach(),
         "losses/value_loss": value_loss.detach(),

@@ -22,7 +22,8 @@ class LMConfig(AlgorithmConfig):
     prompts_per_runner: int = 16
     """Prompts each generator runner draws per sample call."""
     group_size: int = 2
-    """Completions per prompt, consecutive rows of a batch (kept whole on one learner)."""
+    """Completions per prompt, consecutive rows of a batch (a group's advantages are
+    computed on one learner, from all of it)."""
     temperature: float = 1.0
     """Sampling temperature of the generators."""
     top_k: int | None = None

@@ -38,8 +38,8 @@ def supervised_sequences(pairs: list[tuple[str, str]], tokenizer: Any, length: i
 class LMLearner(Learner):
     config: LMConfig
 
-    def __init__(self, *, module_spec: Any, config: LMConfig) -> None:
-        super().__init__(module_spec=module_spec, config=config)
+    def __init__(self, *, module_spec: Any, config: LMConfig, rank: int = 0) -> None:
+        super().__init__(module_spec=module_spec, config=config, rank=rank)
         self.shard_unit = config.group_size  # a group's advantages need all of it
         self.reference: torch.nn.Module | None = None
         self.warm_start()
@@ -53,8 +53,10 @@ class LMLearner(Learner):
         if cache and os.path.exists(cache):
             self.module.load_state_dict(torch.load(cache, weights_only=True))
             return
+        if not c.warmup_steps:
+            return
         text_env = resolve_text_env(c)
-        if not c.warmup_steps or text_env.warmup_examples is None:
+        if text_env.warmup_examples is None:
             return
         pairs = text_env.warmup_examples(4096, np.random.default_rng(c.seed))
         length = text_env.max_prompt_tokens + text_env.max_new_tokens
@@ -62,7 +64,7 @@ class LMLearner(Learner):
         loss = self.warmup(*supervised_sequences(pairs, text_env.tokenizer, length), c.warmup_steps)
         if c.log_to_console and self.rank == 0:
             print(f"warm-up: {c.warmup_steps} supervised steps, loss {loss:.3f}, {time.perf_counter() - t0:.1f} s", flush=True)
-        if cache:  # atomically: several learners may write the same file at once
+        if cache and self.rank == 0:  # atomically: a reader never sees half a file
             os.makedirs(c.logdir, exist_ok=True)
             tmp = f"{cache}.{os.getpid()}.tmp"
             torch.save({k: v.detach().cpu() for k, v in self.module.state_dict().items()}, tmp)
@@ -74,7 +76,7 @@ class LMLearner(Learner):
         c = self.config
         opt = Adam(self.module.parameters(), lr=c.warmup_lr, eps=1e-8)
         data = self.to_tensors({"seq": sequences, "attn": attention_mask, "mask": loss_mask})
-        rng = np.random.default_rng(c.seed)
+        rng = np.random.default_rng([c.seed, 1])  # apart from the examples' stream
         loss = torch.zeros(())
         for _ in range(steps):
             idx = torch.from_numpy(rng.integers(0, len(sequences), c.warmup_batch_size)).to(self.device)
@@ -107,6 +109,7 @@ class LMLearner(Learner):
 
     def set_state(self, state: dict[str, Any]) -> None:
         super().set_state(state)
+        self.reference = None  # frozen again at the next update, unless the state holds one
         if "reference" in state:
             self.reference = copy.deepcopy(self.module).eval().requires_grad_(False)
             self.reference.load_state_dict(state["reference"])

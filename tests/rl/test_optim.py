@@ -122,7 +122,7 @@ def test_state_round_trip_mid_run_continues_identically(fused):
     buffer = io.BytesIO()
     torch.save(opt.state_dict(), buffer)
     buffer.seek(0)
-    twin_opt = Adam(twin.parameters(), lr=0.5, weight_decay=0.0)  # settings come from the state
+    twin_opt = Adam(twin.parameters(), lr=0.5, weight_decay=0.01)  # lr comes from the state, the decay is the run's
     twin_opt._fused_ok = twin_opt._fused_ok and fused
     twin_opt.load_state_dict(torch.load(buffer, weights_only=True))
     assert twin_opt.steps == opt.steps == [save_at] * 4 + [save_at - 3] * 2
@@ -145,7 +145,7 @@ def test_old_format_state_dict_loads_as_every_parameter_at_that_step():
     old["step"] = 4  # the earlier format: one global count, no weight decay
     twin = TwoHeads()
     twin.load_state_dict(model.state_dict())
-    twin_opt = Adam(twin.parameters(), lr=0.5, weight_decay=0.1)
+    twin_opt = Adam(twin.parameters(), lr=0.5)
     twin_opt.load_state_dict(old)
     assert twin_opt.steps == [4] * 6 and twin_opt.weight_decay == 0.0
     assert twin_opt.state_dict().keys() == new.keys()
