@@ -4,7 +4,15 @@ and small test environments. Imports nothing else of ours."""
 from rlfleet.envs.atari import make_atari, register_atari_envs
 from rlfleet.envs.checks import ContractCheckWrapper, EnvContractError, check_observations, check_rewards
 from rlfleet.envs.recovery import EnvFailedError, RecreateOnError
-from rlfleet.envs.registry import EnvCreator, EnvNotFoundError, make_env_creator, register_env, registered_envs
+from rlfleet.envs.registry import (
+    EnvConfigError,
+    EnvCreator,
+    EnvNotFoundError,
+    make_env_creator,
+    probe_env,
+    register_env,
+    registered_envs,
+)
 
 # The test envs are usable by name everywhere, the command line included
 # (`--env rlfleet/Flaky-v0 --set env_config={fail_every: 50}`).
@@ -21,6 +29,7 @@ _register_test_envs()
 
 __all__ = [
     "ContractCheckWrapper",
+    "EnvConfigError",
     "EnvContractError",
     "EnvCreator",
     "EnvFailedError",
@@ -30,6 +39,7 @@ __all__ = [
     "check_rewards",
     "make_atari",
     "make_env_creator",
+    "probe_env",
     "register_atari_envs",
     "register_env",
     "registered_envs",

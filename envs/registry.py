@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 from typing import Any, Callable
 
 import gymnasium as gym
@@ -19,6 +20,24 @@ _REGISTRY: dict[str, Callable[[dict], gym.Env]] = {}
 
 class EnvNotFoundError(ValueError):
     """The ``env`` given is neither registered, a gymnasium id, an Env class nor a callable."""
+
+
+class EnvConfigError(ValueError):
+    """``env_config`` holds a key the env's constructor does not take."""
+
+
+def probe_env(creator: "EnvCreator") -> gym.Env:
+    """Build one env to read its spaces; an ``env_config`` key its constructor does not
+    take is named with the env (gymnasium says only "unexpected keyword argument")."""
+    try:
+        return creator()
+    except TypeError as e:
+        match = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+        if not match or match.group(1) not in creator.env_config:
+            raise
+        key = match.group(1)
+        raise EnvConfigError(f"env {creator.name!r} does not take env_config key {key!r} "
+                             f"(its config: {sorted(creator.env_config)})") from None
 
 
 def register_env(name: str, creator: Callable[[dict], gym.Env]) -> None:

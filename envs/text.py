@@ -264,6 +264,9 @@ def score(reward_fn: RewardFn, prompts: Sequence[Prompt], completions: Sequence[
             value = reward_fn(prompt, completion)
         except Exception as e:
             raise RewardError(f"reward function {name} raised {type(e).__name__}: {e}; on {pair}") from e
+        # float("1") would pass a string off as a number: only real numbers are rewards.
+        if isinstance(value, (str, bytes, bool)) or value is None:
+            raise RewardError(f"reward function {name} returned {value!r}, not a number, for {pair}")
         try:
             reward = float(value)
         except (TypeError, ValueError):

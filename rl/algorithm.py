@@ -206,6 +206,7 @@ class Algorithm(abc.ABC):
                 "num_env_errors": self.num_env_errors,
                 "weights_version": self.weights_version,
                 "time_s": self.time_before_restore + time.perf_counter() - self.started,
+                "runner_env_steps": dict(self.runner_env_steps),
             },
             "episode_returns": list(self.episode_returns),
             "episode_lengths": list(self.episode_lengths),
@@ -244,6 +245,8 @@ class Algorithm(abc.ABC):
         self.iteration, self.env_steps, self.episodes = c["iteration"], c["env_steps"], c["episodes"]
         self.num_env_errors = c.get("num_env_errors", 0)
         self.weights_version = c["weights_version"]
+        self.runner_env_steps = {int(k): int(v) for k, v in c.get("runner_env_steps", {}).items()}
+        self.logger.drop_after(self.iteration)
         self.time_before_restore, self.started = c["time_s"], time.perf_counter()
         self.episode_returns.clear()
         self.episode_returns.extend(state["episode_returns"])

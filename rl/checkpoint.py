@@ -20,7 +20,19 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable or from something else."""
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (a full disk, no permission); the previous one
+    is untouched."""
+
+
 def save_checkpoint(path: str, state: dict[str, Any]) -> str:
+    try:
+        return _save(path, state)
+    except OSError as e:  # ENOSPC, EACCES, ...: one line; the previous checkpoint stays readable
+        raise CheckpointWriteError(f"cannot write a checkpoint into {path!r}: {e.strerror or e}") from None
+
+
+def _save(path: str, state: dict[str, Any]) -> str:
     os.makedirs(path, exist_ok=True)
     final = os.path.join(path, FILENAME)
     for name in os.listdir(path):  # leftovers of a save that was killed midway

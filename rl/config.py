@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import typing
 from typing import Any, ClassVar
@@ -33,6 +34,9 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         if value is None and type(None) in args:
             return None
+        real = [a for a in args if a is not type(None)]
+        if len(real) == 1:  # ``float | None``: the float's own message
+            return _coerce(value, real[0], key)
         for arg in args:
             if arg is type(None):
                 continue
@@ -41,10 +45,24 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             except ConfigError:
                 continue
         raise ConfigError(f"config key {key!r}: cannot use {value!r} as {hint}")
+    name = getattr(hint, "__name__", str(hint))
+    if hint in (float, int) and (isinstance(value, bool) or not isinstance(value, (int, float, str))):
+        raise ConfigError(f"config key {key!r}: expected a number, got {type(value).__name__} {value!r}")
+    if hint in (bool, str, dict) and not isinstance(value, (hint, str) if hint is bool else hint):
+        raise ConfigError(f"config key {key!r}: expected {'a mapping' if hint is dict else name}, "
+                          f"got {type(value).__name__} {value!r}")
+    if origin in (tuple, list) and not isinstance(value, (list, tuple)):
+        raise ConfigError(f"config key {key!r}: expected a list, got {type(value).__name__} {value!r}")
+    if hint is float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"config key {key!r}: cannot use {value!r} as float") from None
+        if not math.isfinite(number):  # NaN trains, then fails deep inside a distribution
+            raise ConfigError(f"config key {key!r}: must be a finite number, got {value!r}")
+        return number
     try:
-        if hint is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
-            return float(value)
-        if hint is int and not isinstance(value, bool):
+        if hint is int:
             if isinstance(value, float) and value.is_integer():
                 return int(value)
             if isinstance(value, int):
@@ -53,6 +71,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 number = float(value)  # '1e6' is a fine way to write a step count
                 if number.is_integer():
                     return int(number)
+            raise ValueError(value)
+        if hint is int and isinstance(value, float):
             raise ValueError(value)
         if hint is bool and isinstance(value, str):
             if value.lower() in ("true", "1", "yes"):
@@ -71,7 +91,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if origin is list and isinstance(value, (list, tuple)):
             return [_coerce(v, args[0], key) for v in value] if args else list(value)
     except ValueError:
-        raise ConfigError(f"config key {key!r}: cannot use {value!r} as {getattr(hint, '__name__', hint)}") from None
+        raise ConfigError(f"config key {key!r}: cannot use {value!r} as {name}") from None
     return value
 
 
@@ -132,6 +152,12 @@ class AlgorithmConfig:
     """Print one progress line per iteration."""
 
     def __post_init__(self) -> None:
+        # Every field checked against its type, whichever way it came (Python, YAML, --set):
+        # a list where a number is meant, NaN, a string for a mapping, ... is one line here.
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            if f.name != "lr_schedule":
+                setattr(self, f.name, _coerce(getattr(self, f.name), hints[f.name], f.name))
         if self.logdir:  # learner actors and runners may run in another directory
             self.logdir = os.path.abspath(self.logdir)
         if self.lr_schedule is not None:
@@ -163,7 +189,7 @@ class AlgorithmConfig:
     def validate(self) -> None:
         self.require_positive("evaluation_num_episodes", "metrics_smoothing_episodes", "torch_threads",
                               "sample_timeout_s", "max_consecutive_runner_failures", "num_cpus_per_runner")
-        self.require_non_negative("num_env_runners", "num_learners", "num_gpus_per_learner", "lr", "weight_decay")
+        self.require_non_negative("num_env_runners", "num_learners", "num_gpus_per_learner", "lr", "weight_decay", "seed")
         if self.lr_schedule is not None:
             pts = self.lr_schedule
             if not pts or any(len(p) != 2 for p in pts) or any(b[0] <= a[0] for a, b in zip(pts, pts[1:])):
@@ -184,12 +210,13 @@ class AlgorithmConfig:
         """A copy with ``values`` applied and validated; unknown keys name the closest one."""
         hints = typing.get_type_hints(type(self))
         names = self.field_names()
-        out = {}
         for key, value in values.items():
             if key not in names:
                 raise ConfigError(f"{source}: unknown key {key!r} for {self.algo_name}{closest(key, names)}")
-            out[key] = _coerce(value, hints[key], key)
-        return dataclasses.replace(self, **out)
+        try:  # a value's own error, named with where it came from
+            return dataclasses.replace(self, **{k: _coerce(v, hints[k], k) for k, v in values.items()})
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
 
     @classmethod
     def from_yaml(cls, path: str) -> "AlgorithmConfig":

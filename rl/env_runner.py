@@ -17,7 +17,7 @@ import torch
 import tree
 from gymnasium.vector import AutoresetMode
 
-from rlfleet.envs import ContractCheckWrapper, RecreateOnError, check_observations, check_rewards, make_env_creator
+from rlfleet.envs import ContractCheckWrapper, RecreateOnError, check_observations, check_rewards, make_env_creator, probe_env
 from rlfleet.rl.config import ControlConfig
 from rlfleet.rl.connectors import MeanStdFilter
 from rlfleet.rl.core import Fragment
@@ -232,7 +232,7 @@ class EnvRunnerFactory:
     def __init__(self, config: ControlConfig, *, adapt_spec: Callable[[ModuleSpec], Any] = lambda spec: spec) -> None:
         c = self.config = config
         self.env_creator = make_env_creator(c.env, c.env_config)
-        probe = self.env_creator()
+        probe = probe_env(self.env_creator)
         observation_space, action_space = probe.observation_space, probe.action_space
         probe.close()
         check_spaces(observation_space, action_space, self.env_creator.name)

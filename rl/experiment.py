@@ -38,11 +38,21 @@ class Criteria:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None, *, source: str) -> "Criteria":
-        values = values or {}
-        for key in values:
+        values = values if values is not None else {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: expected a mapping of {', '.join(CRITERIA_KEYS)}, got {values!r}")
+        out: dict[str, Any] = {}
+        for key, value in values.items():
             if key not in CRITERIA_KEYS:
                 raise ConfigError(f"{source}: unknown key {key!r}{closest(key, CRITERIA_KEYS)}")
-        return cls(**values)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{source}: {key} must be a finite number, got {value!r}")
+            if key != "episode_return_mean" and value <= 0:  # a return target may be negative
+                raise ConfigError(f"{source}: {key} must be > 0, got {value!r}")
+            out[key] = int(value) if key == "env_steps" else float(value)
+        return cls(**out)
 
     def reached(self, result: dict[str, Any]) -> bool:
         ret = result.get("episode_return_mean")
@@ -85,6 +95,11 @@ def load_experiment(path: str) -> Experiment:
     for key in ("algo", "env"):
         if key not in data:
             raise ConfigError(f"{path}: missing key {key!r}")
+        if not isinstance(data[key], str):
+            raise ConfigError(f"{path}: {key} must be a name, got {data[key]!r}")
+    for key, kind, label in (("config", dict, "a mapping of config keys"), ("tags", list, "a list")):
+        if data.get(key) is not None and not isinstance(data[key], kind):
+            raise ConfigError(f"{path}: {key!r} must be {label}, got {type(data[key]).__name__} {data[key]!r}")
     return Experiment(
         algo=data["algo"],
         env=data["env"],
@@ -118,11 +133,18 @@ def run_until(
         interrupted = True
     finally:
         signal.signal(signal.SIGTERM, previous)
+        # A second Ctrl-C must not cut the final checkpoint short (it is atomic, but the
+        # run would end without it and without its summary).
+        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN) if interrupted else None
         # Ask the algorithm, not the last result: Ctrl-C can land after an iteration finished
         # (its line printed) but before train() returned it.
         trained = algo.iteration > first_iteration
-        if checkpoint_dir and trained:
-            algo.save(checkpoint_dir)
+        try:
+            if checkpoint_dir and trained:
+                algo.save(checkpoint_dir)
+        finally:
+            if previous_int is not None:
+                signal.signal(signal.SIGINT, previous_int)
     summary = dict(result)
     summary.update(iteration=algo.iteration, env_steps=algo.env_steps)  # what the checkpoint holds
     summary["reached"] = stop.reached(result) if result else False

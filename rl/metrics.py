@@ -24,6 +24,20 @@ class MetricsLogger:
             # Append: a restored run continues the same progress file.
             self._progress = open(os.path.join(logdir, "progress.jsonl"), "a", encoding="utf-8")
 
+    def drop_after(self, iteration: int) -> None:
+        """Forget the progress rows past ``iteration`` (a run killed after its last
+        checkpoint and restored from it): every iteration stays in the file once."""
+        if self._progress is None:
+            return
+        path = self._progress.name
+        self._progress.close()
+        with open(path, encoding="utf-8") as f:
+            kept = [line for line in f if line.strip() and json.loads(line).get("iteration", 0) <= iteration]
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            f.writelines(kept)
+        os.replace(path + ".tmp", path)  # atomically: a crash here leaves one file or the other
+        self._progress = open(path, "a", encoding="utf-8")
+
     def log(self, result: dict[str, Any]) -> None:
         if self.console:
             print(self.format_line(result), flush=True)

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--tag", help="only examples with this tag (quick, long)")
     p.add_argument("--baseline", help="results JSON to compare against")
-    p.add_argument("--tolerance", type=float, default=0.5, help="allowed slow-down before a regression (0.5 = +50%%)")
+    p.add_argument("--tolerance", type=float, default=0.5, help="allowed rise of env steps to the threshold before a regression (0.5 = +50%%)")
     p.add_argument("--out", help="write the results JSON here")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key in every run")
     p.add_argument("--parallel", type=int, default=0, metavar="N",
@@ -82,11 +82,13 @@ def main(argv: list[str] | None = None) -> int:
         key = example_key(exp.path)
         summaries[key] = regression.summarise(key, [r for t, r in zip(tasks, results) if t.experiment is exp])
 
-    problems = regression.compare(summaries, baseline, args.tolerance) if baseline else []
+    problems, notes = regression.compare(summaries, baseline, args.tolerance) if baseline else ([], [])
     print()
     print(regression.format_table(summaries, problems))
     for line in problems:
         print(f"REGRESSION {line}")
+    for line in notes:
+        print(f"note {line}")
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump({"machine": regression.machine(), "seeds": args.seeds, "examples": summaries}, f, indent=2)

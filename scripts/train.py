@@ -19,22 +19,25 @@ import os
 import sys
 import time
 
-from rlfleet.algorithms import UnknownAlgorithmError, get_config_class
-from rlfleet.envs import EnvContractError, EnvFailedError, EnvNotFoundError
-from rlfleet.envs.text import RewardError
-from rlfleet.rl.env_runner_group import RunnerFailureError
-from rlfleet.rl.checkpoint import CheckpointError, load_checkpoint
-from rlfleet.rl.config import ConfigError
-from rlfleet.rl.experiment import Criteria, load_experiment, run_until
-from rlfleet.rl.spaces import UnsupportedSpaceError
-from rlfleet.tuned_examples import ROOT as TUNED
+# Only argparse before the arguments are parsed: --help must not pay for importing torch.
+ALGORITHMS = "ppo, dqn, impala, grpo, lm-ppo"
+EPILOG = """\
+exit codes: 0 the run finished (and reached its return target when one was set); 1 a
+return target was set and not reached; 2 bad input (one line on stderr naming the
+culprit); 3 the run failed (runners or a simulator kept failing, or the disk is full; the
+last checkpoint is kept); 130 interrupted (a checkpoint is written first).
 
-BAD_INPUT = (UnknownAlgorithmError, EnvNotFoundError, ConfigError, UnsupportedSpaceError, CheckpointError, EnvContractError)
+logs: LOGDIR/progress.jsonl (one JSON line per iteration), TensorBoard event files and
+LOGDIR/checkpoint/; LOGDIR defaults to runs/ALGO_ENV_TIME. A logdir that already holds a
+run is refused unless --restore continues it; a restored run writes beside the checkpoint
+it was given (or to --logdir).
+"""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Train an rlfleet algorithm on an env.")
-    p.add_argument("--algo", help="algorithm: ppo, dqn, impala, grpo, lm-ppo (ppo on a text env is lm-ppo)")
+    p = argparse.ArgumentParser(description="Train an rlfleet algorithm on an env.", epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--algo", help=f"algorithm: {ALGORITHMS} (ppo on a text env is lm-ppo)")
     p.add_argument("--env", help="gymnasium id or registered env name")
     p.add_argument("--config", help="tuned-example YAML (algo, env, config, stop, pass)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
@@ -59,28 +62,80 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def parse_sets(pairs: list[str]) -> dict[str, object]:
     import yaml
 
+    from rlfleet.rl.config import ConfigError
+
     out: dict[str, object] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise ConfigError(f"--set expects KEY=VALUE, got {pair!r}")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {pair!r}: not a YAML value: {str(e).splitlines()[0]}") from None
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from rlfleet.algorithms import UnknownAlgorithmError
+    from rlfleet.envs import EnvConfigError, EnvContractError, EnvFailedError, EnvNotFoundError
+    from rlfleet.envs.text import RewardError
+    from rlfleet.rl.checkpoint import CheckpointError, CheckpointWriteError
+    from rlfleet.rl.config import ConfigError
+    from rlfleet.rl.env_runner_group import RunnerFailureError
+    from rlfleet.rl.spaces import UnsupportedSpaceError
+
+    bad_input = (UnknownAlgorithmError, EnvNotFoundError, EnvConfigError, ConfigError, UnsupportedSpaceError,
+                 CheckpointError, EnvContractError)
     try:
         return run(args)
-    except BAD_INPUT as e:
+    except bad_input as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
-    except (RunnerFailureError, EnvFailedError, RewardError) as e:
+    except (RunnerFailureError, EnvFailedError, RewardError, CheckpointWriteError) as e:
         print(f"train.py: run failed (last checkpoint kept): {e}", file=sys.stderr)
         return 3
 
 
+def checkpoint_run_dir(path: str) -> str:
+    """The run directory a checkpoint lies in: the folder holding ``checkpoint/``."""
+    path = os.path.abspath(path)
+    if os.path.isfile(path):
+        path = os.path.dirname(path)
+    return os.path.dirname(path)
+
+
+def prepare_logdir(logdir: str, *, restoring: bool, default: bool) -> str:
+    """A directory this run may write: created if missing; one that holds another run is
+    refused (or, for the default name, made unique), never appended to by accident."""
+    from rlfleet.rl.config import ConfigError
+
+    if default:
+        base, n = logdir, 1
+        while os.path.exists(logdir):  # two runs started in the same second
+            n += 1
+            logdir = f"{base}-{n}"
+    if os.path.exists(logdir) and not os.path.isdir(logdir):
+        raise ConfigError(f"--logdir {logdir!r} is a file, not a directory")
+    try:
+        os.makedirs(logdir, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--logdir {logdir!r}: cannot create it: {e.strerror}") from None
+    held = [name for name in ("progress.jsonl", "checkpoint") if os.path.exists(os.path.join(logdir, name))]
+    if held and not restoring:
+        raise ConfigError(f"--logdir {logdir!r} already holds a run ({', '.join(held)}); continue it with "
+                          f"--restore {os.path.join(logdir, 'checkpoint')}, or give another --logdir")
+    return logdir
+
+
 def run(args: argparse.Namespace) -> int:
+    from rlfleet.algorithms import get_config_class
+    from rlfleet.rl.checkpoint import load_checkpoint
+    from rlfleet.rl.config import ConfigError
+    from rlfleet.rl.experiment import Criteria, load_experiment, run_until
+    from rlfleet.tuned_examples import ROOT as TUNED
+
     experiment = None
     if args.config:
         experiment = load_experiment(args.config)
@@ -95,39 +150,50 @@ def run(args: argparse.Namespace) -> int:
     config_cls = get_config_class(algo_name, env)
     if experiment is not None and experiment.algo != algo_name.lower():
         raise ConfigError(f"{experiment.path} is for algo {experiment.algo!r}, not {algo_name!r}")
-
-    restored_logdir = None
-    if args.restore:
-        restored_logdir = load_checkpoint(args.restore)["config"].get("logdir")
-    logdir = args.logdir or restored_logdir or os.path.join(
-        "runs", f"{algo_name.lower()}_{env.replace('/', '-')}_{time.strftime('%Y%m%d-%H%M%S')}"
-    )
-    values: dict[str, object] = dict(experiment.config) if experiment else {}
-    values.update(env=env, logdir=logdir, log_to_console=not args.quiet)
-    if args.seed is not None:
-        values["seed"] = args.seed
-    for key in ("num_envs_per_runner", "num_env_runners", "num_cpus_per_runner", "num_learners",
-                "num_gpus_per_learner", "address"):
-        if getattr(args, key) is not None:
-            values[key] = getattr(args, key)
-    values.update(parse_sets(args.set))
-    config = config_cls.from_dict(values, source=experiment.path if experiment else "config")
-
+    if args.checkpoint_every < 0:
+        raise ConfigError(f"--checkpoint-every must be >= 0 (0: only at the end), got {args.checkpoint_every}")
     stop = experiment.stop if experiment else Criteria()
-    stop = Criteria(
-        episode_return_mean=args.stop_reward if args.stop_reward is not None else stop.episode_return_mean,
-        env_steps=args.stop_timesteps if args.stop_timesteps is not None else stop.env_steps,
-        time_s=args.stop_seconds if args.stop_seconds is not None else stop.time_s,
-    )
+    stop = Criteria.from_dict({
+        "episode_return_mean": args.stop_reward if args.stop_reward is not None else stop.episode_return_mean,
+        "env_steps": args.stop_timesteps if args.stop_timesteps is not None else stop.env_steps,
+        "time_s": args.stop_seconds if args.stop_seconds is not None else stop.time_s,
+    }, source="stop criteria (--stop-*)")
     no_stop = stop.episode_return_mean is None and stop.env_steps is None and stop.time_s is None
     if no_stop:
         stop.env_steps = 100_000
+
+    # Each source of values is checked under its own name: the example's YAML, the
+    # command-line flags, then --set.
+    example = dict(experiment.config) if experiment else {}
+    config = config_cls.from_dict({**example, "env": env}, source=experiment.path if experiment else "config")
+    flags: dict[str, object] = {"log_to_console": not args.quiet}
+    if args.seed is not None:
+        flags["seed"] = args.seed
+    for key in ("num_envs_per_runner", "num_env_runners", "num_cpus_per_runner", "num_learners",
+                "num_gpus_per_learner", "address"):
+        if getattr(args, key) is not None:
+            flags[key] = getattr(args, key)
+    config = config.updated(flags, source="command line")
+    sets = parse_sets(args.set)
+    if "lr" in sets and "lr_schedule" not in sets and config.lr_schedule is not None:
+        # The schedule would silently win over the new lr: the override takes effect.
+        print(f"--set lr={sets['lr']} replaces the example's lr_schedule {config.lr_schedule}", flush=True)
+        sets["lr_schedule"] = None
+    config = config.updated(sets, source="--set")
+
+    if args.restore:
+        load_checkpoint(args.restore)  # a missing or corrupt checkpoint is refused before anything is written
+    default = os.path.join("runs", f"{algo_name.lower()}_{env.replace('/', '-')}_{time.strftime('%Y%m%d-%H%M%S')}")
+    logdir = args.logdir or (checkpoint_run_dir(args.restore) if args.restore else default)
+    logdir = prepare_logdir(logdir, restoring=bool(args.restore), default=not args.logdir and not args.restore)
+    config = config.updated({"logdir": logdir}, source="--logdir")
 
     algo = config.build()
     where = f"{experiment.path}" if experiment else "defaults"
     print(f"training {config.algo_name} on {env} ({where}); logs in {logdir}", flush=True)
     if no_stop:
         print("no stop criterion given; stopping at 100000 env steps", flush=True)
+    summary: dict[str, object] = {"interrupted": True, "reached": False, "checkpoint": None}
     try:
         if args.restore:
             algo.restore(args.restore)
@@ -141,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"evaluation: return {evaluation['evaluation/episode_return_mean']:.2f} "
                   f"over {evaluation['evaluation/num_episodes']} episodes", flush=True)
     finally:
-        algo.stop()
+        stop_quietly(algo)
     ret = summary.get("episode_return_mean", float("nan"))
     print(
         f"done: {summary.get('iteration', 0)} iterations, {summary.get('env_steps', 0)} env steps, "
@@ -154,6 +220,16 @@ def run(args: argparse.Namespace) -> int:
     if summary["interrupted"]:
         return 130
     return 1 if stop.episode_return_mean is not None and not summary["reached"] else 0
+
+
+def stop_quietly(algo: object) -> None:
+    """Release the run; a second Ctrl-C during shutdown must not cost the summary line."""
+    for _ in range(3):
+        try:
+            algo.stop()
+            return
+        except KeyboardInterrupt:
+            continue
 
 
 if __name__ == "__main__":

@@ -47,8 +47,13 @@ class LMAlgorithm(Algorithm):
         # The checkpoint holds the trained policy: no warm-up to run first.
         return super().from_checkpoint(path, **{"warmup_steps": 0, **overrides})
 
-    def complete(self, prompts: list[str], *, temperature: float = 0.0) -> list[str]:
-        """Completions of ``prompts`` by the current policy (greedy by default)."""
+    def complete(self, prompts: list[str] | str, *, temperature: float = 0.0) -> list[str] | str:
+        """Completions of ``prompts`` by the current policy (greedy by default); one
+        prompt given as a string gets one completion back."""
+        if isinstance(prompts, str):
+            return self.complete([prompts], temperature=temperature)[0]
+        if not all(isinstance(p, str) for p in prompts):
+            raise TypeError(f"complete() takes a prompt string or a list of them, got {prompts!r}")
         tok = self.text_env.tokenizer
         module = self.module_spec.build()
         module.load_state_dict({k: torch.from_numpy(v) for k, v in self.learner_group.get_weights().items()})

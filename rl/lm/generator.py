@@ -130,6 +130,8 @@ def resolve_text_env(config: LMConfig) -> TextEnvSpec:
         raise
     except ValueError as e:  # one line naming the env
         raise ConfigError(f"env {config.env!r}: {e}") from None
+    except OSError as e:  # a prompt file that is missing or unreadable
+        raise ConfigError(f"env {config.env!r}: cannot read {e.filename!r}: {e.strerror}") from None
 
 
 class GeneratorRunnerFactory:

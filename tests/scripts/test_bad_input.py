@@ -1,0 +1,245 @@
+"""Careless and hostile input to train.py: one line and exit 2 naming the culprit, nothing
+written before it changed; internal errors keep their traceback; runs never overwrite or
+duplicate each other's records."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TRAIN = os.path.join(REPO, "scripts", "train.py")
+TINY = ["--algo", "ppo", "--env", "CartPole-v1", "--set", "num_envs_per_runner=2", "--set", "rollout_fragment_length=16",
+        "--set", "minibatch_size=32", "--set", "num_epochs=1"]
+
+
+def train(*args, script=TRAIN):
+    return subprocess.run([sys.executable, script, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def finished(run):
+    """The run ended normally: 0, or 1 for the tuned example's return target not reached."""
+    assert run.returncode in (0, 1) and "done:" in run.stdout, run.stdout + run.stderr
+
+
+def one_line_error(run, *needles):
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "Traceback" not in run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, f"stderr should be one line, got:\n{run.stderr}"
+    assert lines[0].startswith("train.py: error: "), lines[0]
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def snapshot(folder):
+    """Every file below ``folder`` with its bytes."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, folder)] = f.read()
+    return out
+
+
+BAD_VALUES = {
+    "nan lr": (["--set", "lr=.nan"], ["'lr'", "finite"]),
+    "inf clip": (["--set", "grad_clip=.inf"], ["'grad_clip'", "finite"]),
+    "list for a number": (["--set", "lr=[1, 2]"], ["'lr'", "expected a number"]),
+    "negative seed": (["--seed", "-1"], ["seed must be >= 0, got -1"]),
+    "env_config not a mapping": (["--set", "env_config=3"], ["'env_config'", "mapping"]),
+    "env_config key the env does not take": (["--set", "env_config={bogus: 1}"], ["'CartPole-v1'", "'bogus'"]),
+    "zero stop steps": (["--stop-timesteps", "0"], ["env_steps must be > 0, got 0"]),
+    "negative stop seconds": (["--stop-seconds", "-5"], ["time_s must be > 0, got -5"]),
+    "negative checkpoint interval": (["--checkpoint-every", "-1"], ["--checkpoint-every must be >= 0"]),
+    "set key names --set": (["--set", "lrr=0.1"], ["--set: unknown key 'lrr'", "'lr'"]),
+    "set not key=value": (["--set", "lr"], ["--set expects KEY=VALUE"]),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_VALUES))
+def test_bad_values_exit_2_with_one_line_and_write_nothing(tmp_path, name):
+    args, needles = BAD_VALUES[name]
+    logdir = tmp_path / "logs"
+    one_line_error(train(*TINY, *args, "--logdir", str(logdir)), *needles)
+    assert not logdir.exists() or not os.listdir(logdir), "a refused run wrote files"
+
+
+EXAMPLE = """\
+algo: ppo
+env: CartPole-v1
+config: {config}
+stop: {stop}
+"""
+
+
+@pytest.mark.parametrize("config,stop,needles", [
+    ("[lr, 0.1]", "{env_steps: 100}", ["'config' must be a mapping"]),
+    ("{lr: 0.001}", "{env_steps: many}", ["stop: env_steps must be a finite number, got 'many'"]),
+    ("{lr: 0.001}", "[1, 2]", ["stop: expected a mapping"]),
+    ("{lr: .nan}", "{env_steps: 100}", ["'lr'", "finite"]),
+])
+def test_tuned_examples_of_the_wrong_shape_are_refused_naming_the_file(tmp_path, config, stop, needles):
+    path = tmp_path / "example.yaml"
+    path.write_text(EXAMPLE.format(config=config, stop=stop))
+    line = one_line_error(train("--config", str(path), "--logdir", str(tmp_path / "logs")), *needles)
+    assert str(path) in line
+
+
+def test_a_set_key_error_names_set_not_the_yaml_file(tmp_path):
+    path = tmp_path / "example.yaml"
+    path.write_text(EXAMPLE.format(config="{lr: 0.001}", stop="{env_steps: 100}"))
+    line = one_line_error(train("--config", str(path), "--set", "lrr=1", "--logdir", str(tmp_path / "l")), "--set")
+    assert str(path) not in line
+
+
+def test_a_logdir_that_is_a_file_or_lies_under_one_is_refused(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("keep me")
+    one_line_error(train(*TINY, "--logdir", str(blocker)), str(blocker), "is a file")
+    one_line_error(train(*TINY, "--logdir", str(blocker / "run")), "cannot create it")
+    assert blocker.read_text() == "keep me"
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    logdir = str(tmp_path_factory.mktemp("run") / "logs")
+    finished(train(*TINY, "--stop-timesteps", "128", "--quiet", "--logdir", logdir))
+    return logdir
+
+
+def test_a_logdir_holding_a_run_is_refused_without_restore_and_left_untouched(finished_run):
+    before = snapshot(finished_run)
+    one_line_error(train(*TINY, "--stop-timesteps", "64", "--logdir", finished_run), "already holds a run", "--restore")
+    assert snapshot(finished_run) == before
+
+
+def rows(logdir):
+    with open(os.path.join(logdir, "progress.jsonl"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def test_a_copied_checkpoint_continues_beside_itself_and_each_iteration_is_logged_once(finished_run, tmp_path):
+    original = snapshot(finished_run)
+    copy = tmp_path / "copied"
+    shutil.copytree(finished_run, copy)
+    # As if the run had been killed after logging iteration 9 but before checkpointing it.
+    last = rows(copy)[-1]
+    with open(copy / "progress.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({**last, "iteration": last["iteration"] + 1, "env_steps": -1}) + "\n")
+    finished(train(*TINY, "--stop-timesteps", "256", "--quiet", "--restore", str(copy / "checkpoint")))
+    assert snapshot(finished_run) == original, "the restored run wrote into the directory it was copied from"
+    iterations = [r["iteration"] for r in rows(copy)]
+    assert iterations == list(range(1, len(iterations) + 1)) and len(iterations) > last["iteration"]
+    assert all(r["env_steps"] > 0 for r in rows(copy))
+    after = rows(copy)
+    assert after[-1]["env_runners/0/env_steps"] == after[-1]["env_steps"]  # per-runner counters continue
+
+
+LAUNCHER = textwrap.dedent("""\
+    import errno, sys
+    import rlfleet.rl.checkpoint as checkpoint
+    from rlfleet.algorithms.ppo.learner import PPOLearner
+    from rlfleet.scripts.train import main
+
+    mode = sys.argv.pop(1)
+    if mode == "bug":
+        def broken(self, batch):
+            raise RuntimeError("injected bug in the loss")
+        PPOLearner.compute_loss = broken
+    if mode == "full-disk":
+        real, calls = checkpoint.torch.save, []
+        def save(*args, **kwargs):
+            calls.append(1)
+            if len(calls) > 1:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(*args, **kwargs)
+        checkpoint.torch.save = save
+    sys.exit(main())
+""")
+
+
+def test_a_bug_in_a_loss_is_not_reported_as_bad_input(tmp_path):
+    script = tmp_path / "launcher.py"
+    script.write_text(LAUNCHER)
+    run = subprocess.run([sys.executable, str(script), "bug", *TINY, "--logdir", str(tmp_path / "logs")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stderr
+    assert "Traceback" in run.stderr and "injected bug in the loss" in run.stderr
+    assert "train.py: error" not in run.stderr
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint_and_exits_3(tmp_path):
+    script = tmp_path / "launcher.py"
+    script.write_text(LAUNCHER)
+    logdir = tmp_path / "logs"
+    run = subprocess.run([sys.executable, str(script), "full-disk", *TINY, "--stop-timesteps", "256",
+                          "--checkpoint-every", "1", "--quiet", "--logdir", str(logdir)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 3, run.stdout + run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "No space left on device" in lines[0], run.stderr
+    from rlfleet.rl.checkpoint import load_checkpoint
+
+    assert load_checkpoint(str(logdir / "checkpoint"))["counters"]["iteration"] == 1  # the first save, intact
+
+
+def test_help_is_fast_and_lists_algorithms_exit_codes_and_logs():
+    code = "import sys; sys.argv = ['train.py', '--help']\nimport runpy\ntry:\n    runpy.run_path(%r, run_name='__main__')\n" \
+           "except SystemExit:\n    pass\nprint('torch' in sys.modules)" % TRAIN
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.stdout.strip().endswith("False"), "--help imported torch"
+    for text in ("ppo, dqn, impala, grpo, lm-ppo", "exit codes", "progress.jsonl", "130"):
+        assert text in run.stdout
+
+
+# ---------------------------------------------------------------------------------------
+# The same boundaries from Python.
+
+
+def test_an_env_config_key_the_env_does_not_take_is_named_from_python():
+    from rlfleet.algorithms.ppo import PPOConfig
+    from rlfleet.envs import EnvConfigError
+
+    with pytest.raises(EnvConfigError, match=r"env 'CartPole-v1' does not take env_config key 'bogus'"):
+        PPOConfig(env="CartPole-v1", env_config={"bogus": 1}).build()
+
+
+def test_a_missing_prompt_file_is_one_line():
+    from rlfleet.algorithms.grpo import GRPOConfig
+    from rlfleet.rl.config import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        GRPOConfig(env="text-jsonl", env_config={"path": "/no/such/prompts.jsonl", "reward": "m:f"}).build()
+    assert str(info.value) == "env 'text-jsonl': cannot read '/no/such/prompts.jsonl': No such file or directory"
+
+
+def test_a_reward_that_returns_a_string_is_an_error_not_a_number():
+    import numpy as np
+
+    from rlfleet.envs.text import Prompt, RewardError, score
+
+    with pytest.raises(RewardError, match=r"returned '1', not a number"):
+        score(lambda prompt, completion: "1", [Prompt("1+0=", "1")], ["1"])
+    assert score(lambda prompt, completion: np.float32(1.0), [Prompt("1+0=", "1")], ["1"]).tolist() == [1.0]
+
+
+def test_complete_takes_one_prompt_as_a_string():
+    from rlfleet.algorithms.grpo import GRPOConfig
+
+    algo = GRPOConfig(env="text-addition", seed=0, warmup_steps=0, n_layer=1, n_head=2, n_embd=16,
+                      prompts_per_runner=2, group_size=2, minibatch_size=4).build()
+    try:
+        one = algo.complete("12+7=")
+        many = algo.complete(["12+7=", "3+4="])
+    finally:
+        algo.stop()
+    assert isinstance(one, str) and one == many[0] and len(many) == 2
