@@ -7,6 +7,7 @@ from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
+from gymnasium import spaces
 
 
 class EnvContractError(RuntimeError):
@@ -18,10 +19,50 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-class ContractCheckWrapper(gym.Wrapper):
-    """Checks what one env returns from ``reset`` and the shape of its ``step`` result.
+def structure_problem(value: Any, space: gym.Space) -> str | None:
+    """What is wrong with the type, shape or dtype of ``value`` for ``space`` (bounds are
+    not looked at: that is the batched ``contains`` of :func:`check_observations`), or
+    None. Cheap enough for every sub-env at every step: no pass over the data."""
+    if isinstance(space, spaces.Box):
+        if not isinstance(value, np.ndarray):
+            return f"a {type(value).__name__}, not a numpy array of shape {space.shape}"
+        if value.shape != space.shape:
+            return f"shape {value.shape} where the space's is {space.shape}"
+        if value.dtype != space.dtype and not np.can_cast(value.dtype, space.dtype):
+            return f"dtype {value.dtype} where the space's is {space.dtype}"
+    elif isinstance(space, spaces.Discrete):
+        if not (isinstance(value, (int, np.integer)) or (isinstance(value, np.ndarray) and value.shape == ()
+                                                         and np.issubdtype(value.dtype, np.integer))):
+            return f"a {type(value).__name__} {_describe(value)}, not an integer"
+    elif isinstance(space, spaces.Dict):
+        if not isinstance(value, dict) or set(value) != set(space.spaces):
+            keys = sorted(value) if isinstance(value, dict) else type(value).__name__
+            return f"keys {keys} where the space's are {sorted(space.spaces)}"
+        for key, sub in space.spaces.items():
+            problem = structure_problem(value[key], sub)
+            if problem:
+                return f"[{key!r}]: {problem}"
+    elif isinstance(space, spaces.Tuple):
+        if not isinstance(value, tuple) or len(value) != len(space.spaces):
+            return f"a {type(value).__name__} where the space is a tuple of {len(space.spaces)}"
+        for i, sub in enumerate(space.spaces):
+            problem = structure_problem(value[i], sub)
+            if problem:
+                return f"[{i}]: {problem}"
+    return None
 
-    Observations from ``step`` are checked a whole batch at a time by
+
+def _is_reward(value: Any) -> bool:
+    if isinstance(value, np.ndarray):
+        return value.size == 1 and np.issubdtype(value.dtype, np.number)
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+
+
+class ContractCheckWrapper(gym.Wrapper):
+    """Checks what one env returns from ``reset`` and ``step``: the tuples' shapes, the
+    observation's type, shape and dtype, the reward's type, that ``info`` is a dict.
+
+    Observation bounds from ``step`` are checked a whole batch at a time by
     :func:`check_observations` (one ``contains`` per vector step instead of one per env).
     """
 
@@ -29,8 +70,24 @@ class ContractCheckWrapper(gym.Wrapper):
         super().__init__(env)
         self.name = name
 
+    def _check_obs(self, obs: Any, where: str) -> None:
+        problem = structure_problem(obs, self.observation_space)
+        if problem:
+            raise EnvContractError(f"env {self.name!r} returned an observation from {where} with {problem}: "
+                                   f"{_describe(obs)}")
+
+    def _check_info(self, info: Any, where: str) -> None:
+        if not isinstance(info, dict):
+            raise EnvContractError(f"env {self.name!r}: {where} returned info {_describe(info)}, "
+                                   f"a {type(info).__name__}, not a dict")
+
     def reset(self, **kwargs: Any) -> tuple[Any, dict]:
-        obs, info = self.env.reset(**kwargs)
+        out = self.env.reset(**kwargs)
+        if not isinstance(out, tuple) or len(out) != 2:
+            raise EnvContractError(f"env {self.name!r}: reset() must return (obs, info), got {_describe(out)}")
+        obs, info = out
+        self._check_obs(obs, "reset()")
+        self._check_info(info, "reset()")
         if not self.observation_space.contains(obs):
             raise EnvContractError(
                 f"env {self.name!r} returned an observation outside its observation_space from reset(): "
@@ -40,11 +97,18 @@ class ContractCheckWrapper(gym.Wrapper):
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict]:
         out = self.env.step(action)
-        if len(out) != 5:
+        if not isinstance(out, tuple) or len(out) != 5:
+            count = len(out) if isinstance(out, (tuple, list)) else type(out).__name__
             raise EnvContractError(
-                f"env {self.name!r}: step() returned {len(out)} values, expected 5 "
+                f"env {self.name!r}: step() returned {count} values, expected 5 "
                 "(obs, reward, terminated, truncated, info)"
             )
+        obs, reward, _, _, info = out
+        self._check_obs(obs, "step()")
+        if not _is_reward(reward):
+            raise EnvContractError(f"env {self.name!r}: step() returned reward {_describe(reward)}, "
+                                   f"a {type(reward).__name__}, not a number")
+        self._check_info(info, "step()")
         return out
 
 

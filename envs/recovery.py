@@ -4,7 +4,9 @@ Real simulators crash (a physics blow-up, a lost license server). One crash shou
 one episode, not the run: the wrapper builds a fresh env from the creator and reports the
 failed step as a truncation, so the runner drops that episode from the metrics and
 bootstraps from the last good observation. A sub-env that fails ``max_retries`` times in
-a row is broken, not flaky, and the error is raised.
+a row is broken, not flaky, and the error is raised; so is one whose episodes end in an
+error ``max_failed_episodes`` times in a row, with no episode finishing in between (a
+simulator that crashes at step 5 of every episode would otherwise run forever).
 """
 
 from __future__ import annotations
@@ -21,10 +23,14 @@ class EnvFailedError(RuntimeError):
 
 
 class RecreateOnError(gym.Wrapper):
-    def __init__(self, creator: Callable[[], gym.Env], name: str, *, max_retries: int = 3) -> None:
+    def __init__(self, creator: Callable[[], gym.Env], name: str, *, max_retries: int = 3,
+                 max_failed_episodes: int = 20) -> None:
         super().__init__(creator())
         self.creator, self.name, self.max_retries = creator, name, max_retries
+        self.max_failed_episodes = max_failed_episodes
         self.failures_in_a_row = 0
+        self.failed_episodes_in_a_row = 0
+        self.episode_step = 0
         self.last_obs: Any = None
 
     def _recreate(self, error: Exception) -> None:
@@ -33,6 +39,12 @@ class RecreateOnError(gym.Wrapper):
             raise EnvFailedError(
                 f"env {self.name!r} failed {self.failures_in_a_row} times in a row; last error: "
                 f"{type(error).__name__}: {error}"
+            ) from error
+        self.failed_episodes_in_a_row += 1
+        if self.failed_episodes_in_a_row >= self.max_failed_episodes:
+            raise EnvFailedError(
+                f"env {self.name!r}: {self.failed_episodes_in_a_row} episodes in a row ended in an error, none "
+                f"finished (the last at step {self.episode_step + 1}); last error: {type(error).__name__}: {error}"
             ) from error
         try:
             self.env.close()
@@ -50,6 +62,7 @@ class RecreateOnError(gym.Wrapper):
             except Exception as e:  # noqa: BLE001 - any simulator error is survivable once
                 self._recreate(e)
         self.last_obs = obs
+        self.episode_step = 0
         return obs, info
 
     def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict]:
@@ -63,5 +76,8 @@ class RecreateOnError(gym.Wrapper):
             # vector env then resets this sub-env, which now is the fresh one.
             return self.last_obs, 0.0, False, True, {"env_error": f"{type(e).__name__}: {e}"}
         self.failures_in_a_row = 0
+        self.episode_step += 1
+        if terminated or truncated:  # an episode finished: the simulator does work
+            self.failed_episodes_in_a_row = 0
         self.last_obs = obs
         return obs, reward, terminated, truncated, info

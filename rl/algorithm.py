@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import abc
 import collections
+import contextlib
 import math
 import random
+import signal
+import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -30,6 +33,23 @@ def _to_torch(state: Any) -> Any:
 
 def _to_numpy(state: Any) -> Any:
     return tree.map_structure(lambda x: x.numpy() if isinstance(x, torch.Tensor) else x, state)
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Hold a SIGINT (Ctrl-C) that arrives inside the block until it ends, then deliver
+    it to the handler that was there (in the main thread; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if pending and callable(previous):
+            previous(signal.SIGINT, None)
 
 
 def _load_current(path: str) -> dict[str, Any]:
@@ -153,32 +173,35 @@ class Algorithm(abc.ABC):
         """Run one iteration; return a flat dict (the same keys as a progress.jsonl line)."""
         t0, steps0, busy0 = time.perf_counter(), self.env_steps, self.runner_busy_s
         metrics = self.training_step()
-        self.iteration += 1
-        dt = time.perf_counter() - t0
-        lag = self.policy_lag or [0]
-        result: dict[str, Any] = {
-            "iteration": self.iteration,
-            "env_steps": self.env_steps,
-            "time_s": self.time_before_restore + time.perf_counter() - self.started,
-            "episode_return_mean": float(np.mean(self.episode_returns)) if self.episode_returns else float("nan"),
-            "episode_return_max": float(np.max(self.episode_returns)) if self.episode_returns else float("nan"),
-            "episode_return_min": float(np.min(self.episode_returns)) if self.episode_returns else float("nan"),
-            "episode_len_mean": float(np.mean(self.episode_lengths)) if self.episode_lengths else float("nan"),
-            "episodes_total": self.episodes,
-            "env_steps_per_s": (self.env_steps - steps0) / max(dt, 1e-9),
-            # Share of the iteration the runners spent sampling (1 = never waiting on the learner).
-            "runner_busy_fraction": (self.runner_busy_s - busy0) / max(dt * self.env_runner_group.size, 1e-9),
-            "policy_lag_mean": float(np.mean(lag)),
-            "policy_lag_max": int(np.max(lag)),
-            "weights_version": self.weights_version,
-            "num_env_runner_restarts": self.env_runner_group.num_restarts,
-            "num_env_errors": self.num_env_errors,
-            "num_fragments_dropped": self.env_runner_group.num_dropped_requests,
-            **{f"env_runners/{i}/env_steps": n for i, n in sorted(self.runner_env_steps.items())},
-            **metrics,
-        }
-        self.policy_lag = []
-        self.logger.log(result)
+        # Counters and the progress row move together: a Ctrl-C waits for both, so the
+        # checkpoint written on it holds exactly the last logged iteration.
+        with deferred_interrupts():
+            self.iteration += 1
+            dt = time.perf_counter() - t0
+            lag = self.policy_lag or [0]
+            result: dict[str, Any] = {
+                "iteration": self.iteration,
+                "env_steps": self.env_steps,
+                "time_s": self.time_before_restore + time.perf_counter() - self.started,
+                "episode_return_mean": float(np.mean(self.episode_returns)) if self.episode_returns else float("nan"),
+                "episode_return_max": float(np.max(self.episode_returns)) if self.episode_returns else float("nan"),
+                "episode_return_min": float(np.min(self.episode_returns)) if self.episode_returns else float("nan"),
+                "episode_len_mean": float(np.mean(self.episode_lengths)) if self.episode_lengths else float("nan"),
+                "episodes_total": self.episodes,
+                "env_steps_per_s": (self.env_steps - steps0) / max(dt, 1e-9),
+                # Share of the iteration the runners spent sampling (1 = never waiting on the learner).
+                "runner_busy_fraction": (self.runner_busy_s - busy0) / max(dt * self.env_runner_group.size, 1e-9),
+                "policy_lag_mean": float(np.mean(lag)),
+                "policy_lag_max": int(np.max(lag)),
+                "weights_version": self.weights_version,
+                "num_env_runner_restarts": self.env_runner_group.num_restarts,
+                "num_env_errors": self.num_env_errors,
+                "num_fragments_dropped": self.env_runner_group.num_dropped_requests,
+                **{f"env_runners/{i}/env_steps": n for i, n in sorted(self.runner_env_steps.items())},
+                **metrics,
+            }
+            self.policy_lag = []
+            self.logger.log(result)
         return result
 
     def evaluate(self) -> dict[str, float]:

@@ -190,6 +190,9 @@ class AlgorithmConfig:
         self.require_positive("evaluation_num_episodes", "metrics_smoothing_episodes", "torch_threads",
                               "sample_timeout_s", "max_consecutive_runner_failures", "num_cpus_per_runner")
         self.require_non_negative("num_env_runners", "num_learners", "num_gpus_per_learner", "lr", "weight_decay", "seed")
+        if self.address is not None and self.num_env_runners == 0 and self.num_learners == 0:
+            raise ConfigError(f"address {self.address!r} given, but nothing runs on a cluster: "
+                              "set num_env_runners or num_learners > 0 (or leave address out)")
         if self.lr_schedule is not None:
             pts = self.lr_schedule
             if not pts or any(len(p) != 2 for p in pts) or any(b[0] <= a[0] for a, b in zip(pts, pts[1:])):
@@ -249,6 +252,9 @@ class ControlConfig(AlgorithmConfig):
     env_error_retries: int = 3
     """A sub-env that raises is recreated (its episode dropped) up to this many times in a
     row before the error stops the run; 0 lets the first error through."""
+    max_failed_episodes: int = 20
+    """A sub-env whose episodes end in a simulator error this many times in a row, none
+    finishing in between, stops the run (an env that crashes in every episode)."""
     num_envs_per_runner: int = 8
     """Envs in each runner's vector env, stepped as one batch through the policy."""
     rollout_fragment_length: int = 32
@@ -274,7 +280,7 @@ class ControlConfig(AlgorithmConfig):
 
     def validate(self) -> None:
         super().validate()
-        self.require_positive("num_envs_per_runner", "rollout_fragment_length")
+        self.require_positive("num_envs_per_runner", "rollout_fragment_length", "max_failed_episodes")
         self.require_non_negative("env_error_retries")
         if not 0.0 <= self.gamma <= 1.0:
             raise ConfigError(f"gamma must be in [0, 1], got {self.gamma}")

@@ -29,8 +29,8 @@ class _SubEnvCreator:
     """Picklable ``() -> Env``: the user's env inside the contract checks, recreated when
     it raises (up to ``retries`` times in a row; 0 lets the first error through)."""
 
-    def __init__(self, creator: Callable[[], gym.Env], name: str, retries: int) -> None:
-        self.creator, self.name, self.retries = creator, name, retries
+    def __init__(self, creator: Callable[[], gym.Env], name: str, retries: int, max_failed_episodes: int) -> None:
+        self.creator, self.name, self.retries, self.max_failed_episodes = creator, name, retries, max_failed_episodes
 
     def checked(self) -> gym.Env:
         return ContractCheckWrapper(self.creator(), self.name)
@@ -38,7 +38,8 @@ class _SubEnvCreator:
     def __call__(self) -> gym.Env:
         if self.retries == 0:
             return self.checked()
-        return RecreateOnError(self.checked, self.name, max_retries=self.retries)
+        return RecreateOnError(self.checked, self.name, max_retries=self.retries,
+                               max_failed_episodes=self.max_failed_episodes)
 
 
 def _to_tensor(obs: Any) -> Any:
@@ -71,10 +72,11 @@ class EnvRunner:
         vectorize_mode: str = "sync",
         normalize_obs: bool = False,
         env_error_retries: int = 3,
+        max_failed_episodes: int = 20,
     ) -> None:
         self.index, self.fragment_length, self.num_envs = index, fragment_length, num_envs
         self.env_name = env_name
-        sub_env = _SubEnvCreator(env_creator, env_name, env_error_retries)
+        sub_env = _SubEnvCreator(env_creator, env_name, env_error_retries, max_failed_episodes)
         # SAME_STEP autoreset: a finished env is reset inside the same step() and its last
         # observation comes back in info["final_obs"], which truncation bootstrapping needs.
         vector_cls = gym.vector.AsyncVectorEnv if vectorize_mode == "async" else gym.vector.SyncVectorEnv
@@ -257,4 +259,5 @@ class EnvRunnerFactory:
             env_creator=self.env_creator, env_name=self.env_creator.name, module_spec=self.module_spec,
             num_envs=num_envs, fragment_length=c.rollout_fragment_length, seed=seed, index=index,
             vectorize_mode=c.vectorize_mode, normalize_obs=c.normalize_obs, env_error_retries=c.env_error_retries,
+            max_failed_episodes=c.max_failed_episodes,
         )

@@ -7,10 +7,18 @@ in this process (debugging, unit tests, ``num_env_runners=0``); the ``ray`` back
 them as Ray actors (added with the fleet).
 """
 
-from rlfleet.runtime.base import ActorGroup, CallResult, Future, ObjectRef, Runtime
+from rlfleet.runtime.base import (
+    ActorGroup,
+    CallResult,
+    ClusterUnreachableError,
+    Future,
+    InsufficientResourcesError,
+    ObjectRef,
+    Runtime,
+)
 from rlfleet.runtime.local import LocalRuntime
 
-__all__ = ["ActorGroup", "CallResult", "Future", "ObjectRef", "Runtime", "LocalRuntime", "make_runtime"]
+__all__ = ["ActorGroup", "CallResult", "ClusterUnreachableError", "InsufficientResourcesError", "Future", "ObjectRef", "Runtime", "LocalRuntime", "make_runtime"]
 
 
 def make_runtime(kind: str = "local", **options: object) -> Runtime:

@@ -7,6 +7,14 @@ import dataclasses
 from typing import Any, Callable, Iterator, Sequence
 
 
+class ClusterUnreachableError(ConnectionError):
+    """Nothing answers at the cluster address given."""
+
+
+class InsufficientResourcesError(RuntimeError):
+    """Actors ask for more CPUs or GPUs than the runtime has free (and none will come)."""
+
+
 class ObjectRef(abc.ABC):
     """A handle to an object put once into the store; actors receive the object itself."""
 

@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from typing import Any, Callable, Iterator, Sequence
 
 import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
 
-from rlfleet.runtime.base import ActorGroup, CallResult, Future, ObjectRef, Runtime
+from rlfleet.runtime.base import (
+    ActorGroup,
+    CallResult,
+    ClusterUnreachableError,
+    Future,
+    InsufficientResourcesError,
+    ObjectRef,
+    Runtime,
+)
 
 
 
@@ -149,6 +158,21 @@ class RayActorGroup(ActorGroup):
         self.actors = []
 
 
+def check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Fail within ``timeout_s`` when nothing listens at ``host:port`` (``ray.init`` would
+    keep retrying for minutes). ``auto`` and ``ray://`` addresses are left to Ray."""
+    if address in ("auto", "local") or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ClusterUnreachableError(f"--address {address!r} is not host:port (or 'auto')")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ClusterUnreachableError(f"--address {address!r}: nothing answers there ({e.strerror or e}); "
+                                      "is the cluster started (`ray start --head`)?") from None
+
+
 class RayRuntime(Runtime):
     name = "ray"
 
@@ -162,7 +186,10 @@ class RayRuntime(Runtime):
     ) -> None:
         self.num_puts = 0
         self.started_ray = False
+        self.address = address
         if not ray.is_initialized():
+            if address is not None:
+                check_reachable(address)
             # rlfleet itself is installed; a user's own env modules (imported by module path
             # when a worker unpickles a creator) live beside the driver, so workers get its
             # working directory on their path, as a script run from it has.
@@ -190,7 +217,28 @@ class RayRuntime(Runtime):
         num_gpus: float = 0.0,
         name: str = "Actor",
     ) -> RayActorGroup:
+        if self.address is None:  # a single machine: what is not free now never will be
+            self._require_free(count, num_cpus=num_cpus, num_gpus=num_gpus, name=name)
         return RayActorGroup(factory, count, num_cpus=num_cpus, num_gpus=num_gpus, name=name)
+
+    def _require_free(self, count: int, *, num_cpus: float, num_gpus: float, name: str, wait_s: float = 5.0) -> None:
+        """Refuse at once what the embedded instance cannot place (say a second algorithm
+        built while the first still holds its actors), instead of waiting forever. Actors
+        killed a moment ago free their resources with a delay: wait a little for that."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            free = ray.available_resources()
+            short = [(kind, count * each, free.get(kind, 0.0)) for kind, each in (("CPU", num_cpus), ("GPU", num_gpus))
+                     if each > 0 and count * each > free.get(kind, 0.0) + 1e-9]
+            if not short or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        if short:
+            kind, need, have = short[0]
+            raise InsufficientResourcesError(
+                f"{count} {name} actors ask for {need:g} {kind}s, the Ray instance of this process has {have:g} free; "
+                "stop() the algorithm that still holds them, or ask for fewer"
+            )
 
     def map_unordered(self, fn: Callable[[Any], Any], items: Sequence[Any], *, num_cpus: float = 1.0) -> Iterator[tuple[int, Any]]:
         task = ray.remote(num_cpus=num_cpus)(fn)

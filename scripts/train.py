@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 
@@ -85,9 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     from rlfleet.rl.config import ConfigError
     from rlfleet.rl.env_runner_group import RunnerFailureError
     from rlfleet.rl.spaces import UnsupportedSpaceError
+    from rlfleet.runtime import ClusterUnreachableError, InsufficientResourcesError
 
     bad_input = (UnknownAlgorithmError, EnvNotFoundError, EnvConfigError, ConfigError, UnsupportedSpaceError,
-                 CheckpointError, EnvContractError)
+                 CheckpointError, EnvContractError, ClusterUnreachableError, InsufficientResourcesError)
+    interrupt_once()
     try:
         return run(args)
     except bad_input as e:
@@ -96,6 +99,20 @@ def main(argv: list[str] | None = None) -> int:
     except (RunnerFailureError, EnvFailedError, RewardError, CheckpointWriteError) as e:
         print(f"train.py: run failed (last checkpoint kept): {e}", file=sys.stderr)
         return 3
+    finally:
+        # Done: a late Ctrl-C must not turn the exit code into a death by signal while
+        # the interpreter shuts down.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def interrupt_once() -> None:
+    """The first Ctrl-C stops the run (checkpoint, summary, exit 130); more presses while
+    it stops are ignored, so they cannot cut the checkpoint or the summary short."""
+    def first(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGINT, lambda *_: print("stopping; Ctrl-C again is ignored", file=sys.stderr, flush=True))
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, first)
 
 
 def checkpoint_run_dir(path: str) -> str:

@@ -446,3 +446,22 @@ def test_ctrl_c_of_train_py_checkpoints_exits_130_and_leaves_no_ray_process(tmp_
         assert done.startswith(f"done: {counters['iteration']} iterations, {counters['env_steps']} env steps, "), done
     finally:
         kill_session(proc)
+
+
+def test_a_second_algorithm_that_cannot_be_placed_says_why_instead_of_blocking(shared_ray):
+    from rlfleet.runtime import InsufficientResourcesError
+
+    small = dict(env="CartPole-v1", num_envs_per_runner=2, rollout_fragment_length=16, minibatch_size=32, num_epochs=1)
+    first = PPOConfig(**small, num_env_runners=3).build()  # 3 of the shared instance's 4 CPUs
+    try:
+        first.train()
+        with pytest.raises(InsufficientResourcesError, match=r"^2 EnvRunner actors ask for 2 CPUs, the Ray instance "
+                                                             r"of this process has 1 free; stop\(\) the algorithm"):
+            PPOConfig(**small, num_env_runners=2).build()
+        second = PPOConfig(**small, num_env_runners=1).build()  # what fits is placed
+        try:
+            assert second.train()["env_steps"] > 0
+        finally:
+            second.stop()
+    finally:
+        first.stop()

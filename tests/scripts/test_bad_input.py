@@ -62,6 +62,9 @@ BAD_VALUES = {
     "negative checkpoint interval": (["--checkpoint-every", "-1"], ["--checkpoint-every must be >= 0"]),
     "set key names --set": (["--set", "lrr=0.1"], ["--set: unknown key 'lrr'", "'lr'"]),
     "set not key=value": (["--set", "lr"], ["--set expects KEY=VALUE"]),
+    "address with nothing remote": (["--address", "127.0.0.1:9"], ["address '127.0.0.1:9' given", "num_env_runners"]),
+    "address nothing answers": (["--address", "127.0.0.1:9", "--num-env-runners", "1"],
+                                ["--address '127.0.0.1:9': nothing answers there"]),
 }
 
 
@@ -243,3 +246,29 @@ def test_complete_takes_one_prompt_as_a_string():
     finally:
         algo.stop()
     assert isinstance(one, str) and one == many[0] and len(many) == 2
+
+
+def test_ctrl_c_pressed_several_times_still_ends_with_the_summary_and_exit_130(tmp_path):
+    import signal
+    import time
+
+    logdir = tmp_path / "logs"
+    proc = subprocess.Popen([sys.executable, TRAIN, *TINY, "--stop-timesteps", "10000000", "--logdir", str(logdir)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:  # wait until it trains
+            if line.startswith("iter "):
+                break
+        for _ in range(4):  # an impatient user
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.05)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "done:" in out
+    from rlfleet.rl.checkpoint import load_checkpoint
+
+    counters = load_checkpoint(str(logdir / "checkpoint"))["counters"]
+    assert counters["iteration"] == rows(str(logdir))[-1]["iteration"]  # the checkpoint holds the last logged row
