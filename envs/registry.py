@@ -9,8 +9,13 @@ plain picklable object so remote actors can build their own envs from it.
 from __future__ import annotations
 
 import difflib
+import importlib
+import importlib.util
 import inspect
+import os
 import re
+import sys
+from types import ModuleType
 from typing import Any, Callable
 
 import gymnasium as gym
@@ -20,6 +25,31 @@ _REGISTRY: dict[str, Callable[[dict], gym.Env]] = {}
 
 class EnvNotFoundError(ValueError):
     """The ``env`` given is neither registered, a gymnasium id, an Env class nor a callable."""
+
+
+class UserModuleError(ValueError):
+    """A module of the user's (``--import``) that cannot be imported."""
+
+
+def import_user_module(spec: str) -> ModuleType:
+    """Import the user's module ``spec``, an import name (``mypkg.sims``) or the path of a
+    ``.py`` file, so the envs it registers exist here (remote workers get it shipped)."""
+    if spec.endswith(".py") or os.sep in spec:
+        path = os.path.abspath(spec)
+        name = os.path.splitext(os.path.basename(path))[0]
+        if not os.path.isfile(path):
+            raise UserModuleError(f"--import {spec!r}: no such file")
+        if name in sys.modules and getattr(sys.modules[name], "__file__", None) == path:
+            return sys.modules[name]
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module  # what pickles of its functions refer to
+        module_spec.loader.exec_module(module)
+        return module
+    try:
+        return importlib.import_module(spec)
+    except ModuleNotFoundError as e:
+        raise UserModuleError(f"--import {spec!r}: {e} (give an importable name or the path of a .py file)") from None
 
 
 class EnvConfigError(ValueError):

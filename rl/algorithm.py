@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import tree
 
+from rlfleet.envs import import_user_module
 from rlfleet.rl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from rlfleet.rl.config import AlgorithmConfig
 from rlfleet.rl.core import Fragment, Runner, RunnerFactory, Weights
@@ -81,6 +82,7 @@ class Algorithm(abc.ABC):
         np.random.seed(config.seed)
         torch.manual_seed(config.seed)
 
+        self.user_modules = [import_user_module(m) for m in config.user_modules]  # registers their envs
         self.runner_factory = self.runner_factory_class(config, adapt_spec=self.adapt_module_spec)
         self.module_spec = self.runner_factory.module_spec
         self.connector = self.runner_factory.make_connector()
@@ -135,7 +137,8 @@ class Algorithm(abc.ABC):
             return make_runtime("local")
         cpus = c.num_env_runners * c.num_cpus_per_runner + c.num_learners
         gpus = c.num_learners * c.num_gpus_per_learner
-        return make_runtime("ray", address=c.address, num_cpus=max(1, math.ceil(cpus)), num_gpus=math.ceil(gpus))
+        return make_runtime("ray", address=c.address, num_cpus=max(1, math.ceil(cpus)), num_gpus=math.ceil(gpus),
+                            py_modules=self.user_modules)
 
     @abc.abstractmethod
     def training_step(self) -> dict[str, float]:

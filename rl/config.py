@@ -110,6 +110,10 @@ class AlgorithmConfig:
     """Keyword arguments for the env (``gymnasium.make(id, **env_config)``)."""
     seed: int = 0
     """Seeds torch, numpy and every env; local runs are reproducible with it."""
+    user_modules: list[str] = dataclasses.field(default_factory=list)
+    """Your own modules (import names or ``.py`` paths), imported before the env is
+    resolved and shipped to every Ray worker: envs registered in them work on remote
+    runners, from any directory and on a cluster (``--import``)."""
 
     # --- rollouts ---
     num_env_runners: int = 0

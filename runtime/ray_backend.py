@@ -183,7 +183,10 @@ class RayRuntime(Runtime):
         num_cpus: float | None = None,
         num_gpus: float | None = None,
         include_dashboard: bool = False,
+        py_modules: Sequence[Any] = (),
     ) -> None:
+        """``py_modules`` (the user's own modules) are shipped to every worker, so what
+        they define unpickles there, whatever the worker's directory or node."""
         self.num_puts = 0
         self.started_ray = False
         self.address = address
@@ -194,7 +197,9 @@ class RayRuntime(Runtime):
             # when a worker unpickles a creator) live beside the driver, so workers get its
             # working directory on their path, as a script run from it has.
             path = os.environ.get("PYTHONPATH", "")
-            runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), path) if p)}}
+            runtime_env: dict[str, Any] = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), path) if p)}}
+            if py_modules:
+                runtime_env["py_modules"] = list(py_modules)
             kwargs: dict[str, Any] = dict(
                 address=address,
                 include_dashboard=include_dashboard,

@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tolerance", type=float, default=0.5, help="allowed rise of env steps to the threshold before a regression (0.5 = +50%%)")
     p.add_argument("--out", help="write the results JSON here")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key in every run")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="your module that registers envs, imported by every run (see train.py --import)")
     p.add_argument("--parallel", type=int, default=0, metavar="N",
                    help="run seeds as Ray tasks on N CPUs (or on the cluster of --address); default one after another")
     p.add_argument("--address", help="Ray cluster to run the tasks on, with --parallel")
@@ -62,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run_regression.py: error: cannot read baseline {args.baseline}: {e}", file=sys.stderr)
         return 2
 
-    tasks = [regression.SeedTask(exp, seed, TRAIN_COMMAND, args.set) for exp in experiments for seed in range(args.seeds)]
+    command = TRAIN_COMMAND + [arg for m in args.imports for arg in ("--import", os.path.abspath(m) if m.endswith(".py") else m)]
+    tasks = [regression.SeedTask(exp, seed, command, args.set) for exp in experiments for seed in range(args.seeds)]
     for exp in experiments:
         print(f"{example_key(exp.path)}: {args.seeds} seed(s), target {exp.pass_criteria.episode_return_mean} "
               f"within {exp.pass_criteria.env_steps} env steps / {exp.pass_criteria.time_s} s", flush=True)

@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--algo", help=f"algorithm: {ALGORITHMS} (ppo on a text env is lm-ppo)")
     p.add_argument("--env", help="gymnasium id or registered env name")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="your module (import name or .py path) that registers envs; shipped to Ray workers")
     p.add_argument("--config", help="tuned-example YAML (algo, env, config, stop, pass)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--stop-reward", type=float, help="stop when episode_return_mean reaches this")
@@ -80,7 +82,7 @@ def parse_sets(pairs: list[str]) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from rlfleet.algorithms import UnknownAlgorithmError
-    from rlfleet.envs import EnvConfigError, EnvContractError, EnvFailedError, EnvNotFoundError
+    from rlfleet.envs import EnvConfigError, EnvContractError, EnvFailedError, EnvNotFoundError, UserModuleError
     from rlfleet.envs.text import RewardError
     from rlfleet.rl.checkpoint import CheckpointError, CheckpointWriteError
     from rlfleet.rl.config import ConfigError
@@ -89,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     from rlfleet.runtime import ClusterUnreachableError, InsufficientResourcesError
 
     bad_input = (UnknownAlgorithmError, EnvNotFoundError, EnvConfigError, ConfigError, UnsupportedSpaceError,
-                 CheckpointError, EnvContractError, ClusterUnreachableError, InsufficientResourcesError)
+                 CheckpointError, EnvContractError, ClusterUnreachableError, InsufficientResourcesError,
+                 UserModuleError)
     interrupt_once()
     try:
         return run(args)
@@ -153,6 +156,10 @@ def run(args: argparse.Namespace) -> int:
     from rlfleet.rl.experiment import Criteria, load_experiment, run_until
     from rlfleet.tuned_examples import ROOT as TUNED
 
+    from rlfleet.envs import import_user_module
+
+    for module in args.imports:  # before anything resolves the env name
+        import_user_module(module)
     experiment = None
     if args.config:
         experiment = load_experiment(args.config)
@@ -184,6 +191,8 @@ def run(args: argparse.Namespace) -> int:
     example = dict(experiment.config) if experiment else {}
     config = config_cls.from_dict({**example, "env": env}, source=experiment.path if experiment else "config")
     flags: dict[str, object] = {"log_to_console": not args.quiet}
+    if args.imports:
+        flags["user_modules"] = [os.path.abspath(m) if m.endswith(".py") else m for m in args.imports]
     if args.seed is not None:
         flags["seed"] = args.seed
     for key in ("num_envs_per_runner", "num_env_runners", "num_cpus_per_runner", "num_learners",

@@ -272,3 +272,43 @@ def test_ctrl_c_pressed_several_times_still_ends_with_the_summary_and_exit_130(t
 
     counters = load_checkpoint(str(logdir / "checkpoint"))["counters"]
     assert counters["iteration"] == rows(str(logdir))[-1]["iteration"]  # the checkpoint holds the last logged row
+
+
+USER_SIM = textwrap.dedent("""\
+    import gymnasium as gym
+    import numpy as np
+    from rlfleet.envs import register_env
+
+
+    class MySim(gym.Env):
+        observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        action_space = gym.spaces.Discrete(2)
+
+        def reset(self, *, seed=None, options=None):
+            self.t = 0
+            return np.zeros(2, np.float32), {}
+
+        def step(self, action):
+            self.t += 1
+            return np.zeros(2, np.float32), float(action), False, self.t >= 20, {}
+
+
+    register_env("MySim-v0", lambda cfg: MySim())
+""")
+
+
+def test_an_env_registered_in_the_users_module_trains_on_ray_runners_from_another_directory(tmp_path):
+    (tmp_path / "code").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    module = tmp_path / "code" / "usersim_for_test.py"
+    module.write_text(USER_SIM)
+    args = ["--algo", "ppo", "--env", "MySim-v0", "--num-env-runners", "2", "--stop-timesteps", "1024", "--quiet",
+            "--set", "num_envs_per_runner=2", "--set", "rollout_fragment_length=16", "--set", "minibatch_size=32",
+            "--logdir", str(tmp_path / "logs")]
+    run = subprocess.run([sys.executable, TRAIN, "--import", str(module), *args], cwd=tmp_path / "elsewhere",
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
+    assert rows(str(tmp_path / "logs"))[-1]["env_steps"] >= 1024
+    missing = subprocess.run([sys.executable, TRAIN, "--import", "no_such_user_module", *args],
+                             cwd=tmp_path / "elsewhere", capture_output=True, text=True, timeout=300)
+    one_line_error(missing, "--import 'no_such_user_module'")
