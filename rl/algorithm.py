@@ -101,6 +101,7 @@ class Algorithm(abc.ABC):
             num_cpus_per_runner=config.num_cpus_per_runner,
             sample_timeout_s=config.sample_timeout_s,
             max_consecutive_failures=config.max_consecutive_runner_failures,
+            restart_timeout_s=config.restart_timeout_s,
         )
         self.eval_runner: Runner | None = None
         self.logger = MetricsLogger(config.logdir, console=config.log_to_console)
@@ -198,6 +199,7 @@ class Algorithm(abc.ABC):
                 "policy_lag_max": int(np.max(lag)),
                 "weights_version": self.weights_version,
                 "num_env_runner_restarts": self.env_runner_group.num_restarts,
+                "num_env_runners_lost": self.env_runner_group.num_lost,
                 "num_env_errors": self.num_env_errors,
                 "num_fragments_dropped": self.env_runner_group.num_dropped_requests,
                 **{f"env_runners/{i}/env_steps": n for i, n in sorted(self.runner_env_steps.items())},

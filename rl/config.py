@@ -124,6 +124,9 @@ class AlgorithmConfig:
     """A runner that has not returned its fragment by then is restarted."""
     max_consecutive_runner_failures: int = 3
     """Stop the run after this many iterations in a row with a failed runner."""
+    restart_timeout_s: float = 60.0
+    """A restarted runner not placed and answering within this (its node lost, the rest
+    of the cluster full) is given up: the run goes on with fewer, and stops with none."""
 
     # --- learning ---
     lr: float = 3e-4
@@ -192,7 +195,8 @@ class AlgorithmConfig:
 
     def validate(self) -> None:
         self.require_positive("evaluation_num_episodes", "metrics_smoothing_episodes", "torch_threads",
-                              "sample_timeout_s", "max_consecutive_runner_failures", "num_cpus_per_runner")
+                              "sample_timeout_s", "max_consecutive_runner_failures", "num_cpus_per_runner",
+                              "restart_timeout_s")
         self.require_non_negative("num_env_runners", "num_learners", "num_gpus_per_learner", "lr", "weight_decay", "seed")
         if self.address is not None and self.num_env_runners == 0 and self.num_learners == 0:
             raise ConfigError(f"address {self.address!r} given, but nothing runs on a cluster: "

@@ -29,11 +29,14 @@ class EnvRunnerGroup:
         num_cpus_per_runner: float = 1.0,
         sample_timeout_s: float | None = None,
         max_consecutive_failures: int = 3,
+        restart_timeout_s: float | None = None,
     ) -> None:
         self.runtime = runtime
         self.group = runtime.create_group(factory, count, num_cpus=num_cpus_per_runner, name="EnvRunner")
         self.sample_timeout_s = sample_timeout_s
+        self.restart_timeout_s = restart_timeout_s
         self.max_consecutive_failures = max_consecutive_failures
+        self.lost: set[int] = set()  # runners whose restart could not be placed: given up
         self.consecutive_failures = 0
         self.num_restarts = 0
         self.num_dropped_requests = 0
@@ -43,12 +46,21 @@ class EnvRunnerGroup:
         self.in_flight: dict[Future, int] = {}  # asynchronous sample requests -> runner
 
     @property
+    def active(self) -> list[int]:
+        """Indices of the runners still in the fleet."""
+        return [i for i in range(self.group.size) if i not in self.lost]
+
+    @property
     def size(self) -> int:
-        return self.group.size
+        return len(self.active)
+
+    @property
+    def num_lost(self) -> int:
+        return len(self.lost)
 
     def sample(self) -> list[Fragment]:
         """One fragment from every runner that answers in time; the rest are restarted."""
-        results = self.group.call("sample", timeout_s=self.sample_timeout_s)
+        results = self.group.call("sample", indices=self.active, timeout_s=self.sample_timeout_s)
         self._handle_failures([r for r in results if not r.ok])
         return [r.value for r in results if r.ok]
 
@@ -57,7 +69,7 @@ class EnvRunnerGroup:
         """The fragments that have arrived (waiting for at least one); every runner that
         answered gets the newest published weights if it is behind, and a new request."""
         if not self.in_flight:
-            for i in range(self.size):
+            for i in self.active:
                 self._submit(i)
         done, pending = self.group.wait(list(self.in_flight), timeout_s=self.sample_timeout_s)
         fragments, failed = [], []
@@ -75,7 +87,8 @@ class EnvRunnerGroup:
                 failed.append(CallResult(index, error=TimeoutError(f"actor {index} did not answer within {self.sample_timeout_s} s")))
         self._handle_failures(failed)
         for r in failed:
-            self._submit(r.index)
+            if r.index not in self.lost:
+                self._submit(r.index)
         return fragments
 
     def publish_weights(self, weights: dict[str, Any], version: int) -> None:
@@ -105,29 +118,52 @@ class EnvRunnerGroup:
             )
 
     def restart(self, index: int) -> None:
+        """A fresh runner from the factory, with the current weights and connector state.
+        One that cannot be placed and answer within ``restart_timeout_s`` (its node is gone
+        and the others are full) is given up: the fleet goes on with fewer runners, and
+        with none left the run stops, instead of waiting forever."""
         self.group.restart(index)
         self.num_restarts += 1
+        calls = []
         if self.weights is not None:
-            self.group.call("set_weights", *self.weights, indices=[index])
-            self.runner_versions[index] = self.weights[1]
+            calls.append(("set_weights", self.weights))
         if self.connector_state is not None:
-            self.group.call("set_connector_state", self.connector_state, indices=[index])
+            calls.append(("set_connector_state", (self.connector_state,)))
+        for method, args in calls or [("pop_connector_delta", ())]:
+            result = self.group.call(method, *args, indices=[index], timeout_s=self.restart_timeout_s)[0]
+            if not result.ok:
+                self.lose(index, result.error)
+                return
+        if self.weights is not None:
+            self.runner_versions[index] = self.weights[1]
+
+    def lose(self, index: int, error: BaseException | None) -> None:
+        self.group.kill(index)
+        self.lost.add(index)
+        reason = (str(error).splitlines() or [""])[0][:200]
+        if not self.active:
+            raise RunnerFailureError(f"all {self.group.size} env runners are lost; the last could not be restarted "
+                                     f"within {self.restart_timeout_s} s ({type(error).__name__}: {reason})")
+        print(f"env runner {index} could not be restarted within {self.restart_timeout_s} s "
+              f"({type(error).__name__}: {reason}); going on with {self.size} runners", file=sys.stderr, flush=True)
 
     def sync_weights(self, weights: dict[str, Any], version: int) -> None:
         """Put the weights into the object store once; every runner receives the same
         reference and reads the stored copy (never a copy pickled per runner)."""
         self.weights = (self.runtime.put(weights), version)
-        self.group.call("set_weights", *self.weights)
-        self.runner_versions = [version] * self.size
+        # A runner that does not take them in time fails its next sample and is restarted.
+        self.group.call("set_weights", *self.weights, indices=self.active, timeout_s=self.sample_timeout_s)
+        self.runner_versions = [version] * self.group.size
 
     def set_connector_state(self, state: Any) -> None:
         self.connector_state = self.runtime.put(state)
-        self.group.call("set_connector_state", self.connector_state)
+        self.group.call("set_connector_state", self.connector_state, indices=self.active, timeout_s=self.sample_timeout_s)
 
     def sync_connectors(self, connector: Any) -> None:
         """Merge what each runner's connectors saw into the driver's copy, then send the
         merged state to all."""
-        deltas = [r.value for r in self.group.call("pop_connector_delta") if r.ok]
+        deltas = [r.value for r in self.group.call("pop_connector_delta", indices=self.active,
+                                                   timeout_s=self.sample_timeout_s) if r.ok]
         connector.merge_deltas(deltas)
         self.set_connector_state(connector.get_state())
 

@@ -82,6 +82,9 @@ class ActorGroup(abc.ABC):
         """Replace actor ``index`` with a fresh one built by the factory."""
         raise NotImplementedError(f"{type(self).__name__} cannot restart actors")
 
+    def kill(self, index: int) -> None:
+        """End actor ``index`` for good (its index stays; calls to it fail)."""
+
     @abc.abstractmethod
     def shutdown(self) -> None: ...
 

@@ -142,6 +142,9 @@ class RayActorGroup(ActorGroup):
     def pids(self) -> list[int]:
         return ray.get([a.pid.remote() for a in self.actors])
 
+    def kill(self, index: int) -> None:
+        ray.kill(self.actors[index], no_restart=True)
+
     def restart(self, index: int) -> None:
         """Replace actor ``index`` (dead or hung) with a fresh one from the factory."""
         ray.kill(self.actors[index], no_restart=True)

@@ -452,13 +452,7 @@ def test_a_second_algorithm_that_cannot_be_placed_says_why_instead_of_blocking(s
     from rlfleet.runtime import InsufficientResourcesError
 
     small = dict(env="CartPole-v1", num_envs_per_runner=2, rollout_fragment_length=16, minibatch_size=32, num_epochs=1)
-    import time
-
-    readings = [-1.0]
-    while len(readings) < 3 or readings[-1] != readings[-2]:  # settled: actors stopped a moment ago freed theirs
-        time.sleep(0.5)
-        readings.append(ray.available_resources().get("CPU", 0.0))
-    free = int(readings[-1])  # other tests' fleets may hold some
+    free = settled_free_cpus()  # other tests' fleets may hold some
     assert free >= 2, ray.available_resources()
     first = PPOConfig(**small, num_env_runners=free - 1).build()  # all but one of the free CPUs
     try:
@@ -473,3 +467,45 @@ def test_a_second_algorithm_that_cannot_be_placed_says_why_instead_of_blocking(s
             second.stop()
     finally:
         first.stop()
+
+
+def settled_free_cpus() -> int:
+    """The shared instance's free CPUs once they stop changing (actors stopped or killed a
+    moment ago free theirs with a delay)."""
+    import time
+
+    readings = [-1.0]
+    while len(readings) < 3 or readings[-1] != readings[-2]:
+        time.sleep(0.5)
+        readings.append(ray.available_resources().get("CPU", 0.0))
+    return int(readings[-1])
+
+
+@ray.remote
+class _Blocker:
+    def ping(self) -> bool:
+        return True
+
+
+def test_a_runner_whose_restart_cannot_be_placed_is_given_up_and_training_goes_on(shared_ray, capsys):
+    small = dict(env="CartPole-v1", num_envs_per_runner=2, rollout_fragment_length=16, minibatch_size=32, num_epochs=1)
+    algo = PPOConfig(**small, num_env_runners=2, restart_timeout_s=3.0).build()
+    blocker = None
+    try:
+        algo.train()
+        free = settled_free_cpus()
+        os.kill(algo.env_runner_group.group.pids()[0], signal.SIGKILL)  # as if its node were gone
+        while settled_free_cpus() != free + 1:
+            pass
+        blocker = _Blocker.options(num_cpus=free + 1).remote()  # the rest of the cluster is full
+        assert ray.get(blocker.ping.remote(), timeout=30)
+        result = algo.train()
+        assert result["num_env_runners_lost"] == 1 and result["num_env_runner_restarts"] == 1
+        assert "env runner 0 could not be restarted within 3.0 s" in capsys.readouterr().err
+        before = result["env_runners/1/env_steps"]
+        result = algo.train()  # the fleet goes on with the runner it has
+        assert result["env_runners/1/env_steps"] == before + 32 and result["env_runners/0/env_steps"] == 32
+    finally:
+        if blocker is not None:
+            ray.kill(blocker)
+        algo.stop()
