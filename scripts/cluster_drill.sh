@@ -33,20 +33,21 @@ until [ -f "$LOGDIR/progress.jsonl" ] && [ "$(wc -l < "$LOGDIR/progress.jsonl")"
 done
 RAYLET=$(pgrep -f "raylet.*node_manager_port=$WORKER_NM_PORT" | head -1)
 ROWS_AT_KILL=$(wc -l < "$LOGDIR/progress.jsonl")
-KILLED_AT=$(date +%s.%N)
+now() { python -c "import time; print(time.time())"; }
+KILLED_AT=$(now)
 kill -9 "$RAYLET"
 echo "killed the worker node's raylet (pid $RAYLET) after $ROWS_AT_KILL iterations"
 
 # Training must move on (a new progress row after the lost runners were given up) or end.
-DEADLINE=$(echo "$KILLED_AT + 20 + 15 + 30" | bc)   # sample_timeout_s + restart_timeout_s + slack
+DEADLINE=$(python -c "print($KILLED_AT + 20 + 15 + 30)")   # sample_timeout_s + restart_timeout_s + slack
 MOVED=""
 while kill -0 $TRAIN 2>/dev/null; do
     if [ -z "$MOVED" ] && grep -q '"num_env_runners_lost": [1-9]' "$LOGDIR/progress.jsonl"; then
-        MOVED=$(echo "$(date +%s.%N) - $KILLED_AT" | bc)
+        MOVED=$(python -c "print(round($(now) - $KILLED_AT, 1))")
         echo "training went on without the lost runners $MOVED s after the kill"
         kill -INT $TRAIN                 # enough: stop the run (checkpoint, summary, exit 130)
     fi
-    if [ "$(echo "$(date +%s.%N) > $DEADLINE" | bc)" = 1 ] && [ -z "$MOVED" ]; then
+    if [ -z "$MOVED" ] && python -c "import sys; sys.exit(0 if $(now) > $DEADLINE else 1)"; then
         echo "FAIL: no progress and no exit within the deadline after the kill"; kill -9 $TRAIN; exit 1
     fi
     sleep 0.5
