@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import subprocess
+import sys
 import time
 from typing import Any, Callable, Iterator, Sequence
 
@@ -193,6 +195,7 @@ class RayRuntime(Runtime):
         self.num_puts = 0
         self.started_ray = False
         self.address = address
+        self.watchdog: subprocess.Popen | None = None
         if not ray.is_initialized():
             if address is not None:
                 check_reachable(address)
@@ -215,6 +218,11 @@ class RayRuntime(Runtime):
                               num_gpus=int(num_gpus) if num_gpus is not None else None)
             ray.init(**kwargs)
             self.started_ray = True
+            if address is None:  # an instance of our own: it must not outlive a killed driver
+                self.watchdog = subprocess.Popen(
+                    [sys.executable, "-m", "rlfleet.runtime.watchdog", str(os.getpid())], start_new_session=True,
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )
 
     def create_group(
         self,
@@ -260,6 +268,10 @@ class RayRuntime(Runtime):
         return RayRef(ray.put(obj))
 
     def shutdown(self) -> None:
+        if self.watchdog is not None:  # a clean shutdown: nothing to watch for
+            self.watchdog.kill()
+            self.watchdog.wait()
+            self.watchdog = None
         if self.started_ray and ray.is_initialized():
             ray.shutdown()
             self.started_ray = False

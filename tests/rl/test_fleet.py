@@ -401,6 +401,25 @@ def test_an_algorithm_that_started_ray_leaves_no_process_after_stop(tmp_path):
         kill_session(proc)
 
 
+def test_a_killed_driver_leaves_no_process_of_its_ray_instance_after_10_s(tmp_path):
+    script = tmp_path / "stop.py"
+    script.write_text(STOP_SCRIPT.format(repo=REPO))
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert json.loads(proc.stdout.readline() or "null"), "no first line"
+        running = in_session(proc.pid, exclude=(proc.pid,))
+        assert {"gcs_server", "raylet"} <= set(names(running)), describe(running)
+        watchdogs = [p for p in processes() if f"rlfleet.runtime.watchdog {proc.pid}" in p.args]
+        assert len(watchdogs) == 1
+        proc.kill()  # SIGKILL: no stop(), no ray.shutdown()
+        proc.wait()
+        left = wait_until_gone([p.pid for p in running + watchdogs], timeout_s=10)
+        assert not left, f"left 10 s after the driver was killed:\n{describe(left)}"
+    finally:
+        kill_session(proc)
+
+
 def kill_session(proc):
     """End the subprocess and anything of its session still running (only if a test failed)."""
     if proc.poll() is None:
