@@ -312,3 +312,12 @@ def test_an_env_registered_in_the_users_module_trains_on_ray_runners_from_anothe
     missing = subprocess.run([sys.executable, TRAIN, "--import", "no_such_user_module", *args],
                              cwd=tmp_path / "elsewhere", capture_output=True, text=True, timeout=300)
     one_line_error(missing, "--import 'no_such_user_module'")
+
+
+def test_set_lr_on_an_example_with_an_lr_schedule_takes_effect(tmp_path):
+    # The PPO CartPole example anneals lr with lr_schedule, which would silently win over lr.
+    logdir = tmp_path / "logs"
+    run = train(*TINY, "--set", "lr=0.00123", "--stop-timesteps", "64", "--quiet", "--logdir", str(logdir))
+    finished(run)
+    assert "--set lr=0.00123 replaces the example's lr_schedule" in run.stdout
+    assert {r["learner/lr"] for r in rows(str(logdir))} == {0.00123}
