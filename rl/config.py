@@ -219,13 +219,12 @@ class AlgorithmConfig:
 
     def updated(self, values: dict[str, Any], *, source: str = "config") -> "AlgorithmConfig":
         """A copy with ``values`` applied and validated; unknown keys name the closest one."""
-        hints = typing.get_type_hints(type(self))
         names = self.field_names()
-        for key, value in values.items():
+        for key in values:
             if key not in names:
                 raise ConfigError(f"{source}: unknown key {key!r} for {self.algo_name}{closest(key, names)}")
-        try:  # a value's own error, named with where it came from
-            return dataclasses.replace(self, **{k: _coerce(v, hints[k], k) for k, v in values.items()})
+        try:  # __post_init__ checks every field; a value's error is named with its source
+            return dataclasses.replace(self, **values)
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}") from None
 

@@ -133,18 +133,11 @@ def run_until(
         interrupted = True
     finally:
         signal.signal(signal.SIGTERM, previous)
-        # A second Ctrl-C must not cut the final checkpoint short (it is atomic, but the
-        # run would end without it and without its summary).
-        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN) if interrupted else None
         # Ask the algorithm, not the last result: Ctrl-C can land after an iteration finished
         # (its line printed) but before train() returned it.
         trained = algo.iteration > first_iteration
-        try:
-            if checkpoint_dir and trained:
-                algo.save(checkpoint_dir)
-        finally:
-            if previous_int is not None:
-                signal.signal(signal.SIGINT, previous_int)
+        if checkpoint_dir and trained:
+            algo.save(checkpoint_dir)
     summary = dict(result)
     summary.update(iteration=algo.iteration, env_steps=algo.env_steps)  # what the checkpoint holds
     summary["reached"] = stop.reached(result) if result else False

@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def interrupt_once() -> None:
     """The first Ctrl-C stops the run (checkpoint, summary, exit 130); more presses while
-    it stops are ignored, so they cannot cut the checkpoint or the summary short."""
+    it stops are ignored, so they cannot cut the checkpoint, the shutdown or the summary
+    short. The one place this policy lives."""
     def first(signum: int, frame: object) -> None:
         signal.signal(signal.SIGINT, lambda *_: print("stopping; Ctrl-C again is ignored", file=sys.stderr, flush=True))
         raise KeyboardInterrupt
@@ -233,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"evaluation: return {evaluation['evaluation/episode_return_mean']:.2f} "
                   f"over {evaluation['evaluation/num_episodes']} episodes", flush=True)
     finally:
-        stop_quietly(algo)
+        algo.stop()
     ret = summary.get("episode_return_mean", float("nan"))
     print(
         f"done: {summary.get('iteration', 0)} iterations, {summary.get('env_steps', 0)} env steps, "
@@ -246,16 +247,6 @@ def run(args: argparse.Namespace) -> int:
     if summary["interrupted"]:
         return 130
     return 1 if stop.episode_return_mean is not None and not summary["reached"] else 0
-
-
-def stop_quietly(algo: object) -> None:
-    """Release the run; a second Ctrl-C during shutdown must not cost the summary line."""
-    for _ in range(3):
-        try:
-            algo.stop()
-            return
-        except KeyboardInterrupt:
-            continue
 
 
 if __name__ == "__main__":

@@ -91,27 +91,20 @@ class DQN(Algorithm):
             sums: dict[str, float] = {}
             steps = int(self.update_budget)
             self.update_budget -= steps
-            if c.prioritized_replay:
-                # Each step samples with the priorities the previous step left.
-                for _ in range(steps):
-                    batch = self.buffer.sample(c.train_batch_size)
-                    indices = batch.pop("indices")
-                    result = self.learner_group.update(batch, env_steps=self.env_steps)
+            # Uniform sampling depends on nothing a step changes: up to 16 steps' batches are
+            # drawn at once and learned from in one call (one round trip to remote learners
+            # instead of one per step), a gradient step per batch. Prioritised sampling uses
+            # the priorities the previous step left: one step per call.
+            chunk = 1 if c.prioritized_replay else 16
+            for start in range(0, steps, chunk):
+                n = min(chunk, steps - start)
+                batches = [self.buffer.sample(c.train_batch_size) for _ in range(n)]
+                indices = np.concatenate([b.pop("indices") for b in batches])
+                result = self.learner_group.update(concat_batches(batches, axis=0), env_steps=self.env_steps)
+                if c.prioritized_replay:
                     self.buffer.update_priorities(indices, result.per_row["td_abs"])
-                    for k, v in result.metrics.items():
-                        sums[k] = sums.get(k, 0.0) + v
-            else:
-                # Uniform sampling depends on nothing a step changes: up to 16 steps' batches
-                # are drawn at once and learned from in one call (one round trip to remote
-                # learners instead of one per step), a gradient step per batch as before.
-                for start in range(0, steps, 16):
-                    n = min(16, steps - start)
-                    batches = [self.buffer.sample(c.train_batch_size) for _ in range(n)]
-                    for b in batches:
-                        del b["indices"]
-                    result = self.learner_group.update(concat_batches(batches, axis=0), env_steps=self.env_steps)
-                    for k, v in result.metrics.items():
-                        sums[k] = sums.get(k, 0.0) + v * n
+                for k, v in result.metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v * n
             metrics = {k: v / steps for k, v in sums.items()} if steps else {}
             metrics.pop("learner/num_sgd_steps", None)  # per call; the iteration's count is this:
             metrics["learner/num_grad_steps"] = steps

@@ -375,11 +375,16 @@ def names(procs):
     return [p.args.split()[0].rsplit("/", 1)[-1] for p in procs]
 
 
-def test_an_algorithm_that_started_ray_leaves_no_process_after_stop(tmp_path):
+def start_stop_script(tmp_path):
+    """The driver of STOP_SCRIPT in a session of its own, trained once and waiting."""
     script = tmp_path / "stop.py"
     script.write_text(STOP_SCRIPT.format(repo=REPO))
-    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, stdin=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def test_an_algorithm_that_started_ray_leaves_no_process_after_stop(tmp_path):
+    proc = start_stop_script(tmp_path)
     try:
         started = json.loads(proc.stdout.readline() or "null")
         assert started, proc.stderr.read() if proc.poll() is not None else "no first line"
@@ -402,10 +407,7 @@ def test_an_algorithm_that_started_ray_leaves_no_process_after_stop(tmp_path):
 
 
 def test_a_killed_driver_leaves_no_process_of_its_ray_instance_after_10_s(tmp_path):
-    script = tmp_path / "stop.py"
-    script.write_text(STOP_SCRIPT.format(repo=REPO))
-    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = start_stop_script(tmp_path)
     try:
         assert json.loads(proc.stdout.readline() or "null"), "no first line"
         running = in_session(proc.pid, exclude=(proc.pid,))
