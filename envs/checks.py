@@ -14,7 +14,8 @@ class EnvContractError(RuntimeError):
     """A simulator returned something its declared spaces or the step API do not allow."""
 
 
-def _describe(value: Any) -> str:
+def describe(value: Any) -> str:
+    """A short repr of a value for an error message."""
     text = np.array2string(value, threshold=8, precision=4) if isinstance(value, np.ndarray) else repr(value)
     return text if len(text) <= 200 else text[:197] + "..."
 
@@ -33,7 +34,7 @@ def structure_problem(value: Any, space: gym.Space) -> str | None:
     elif isinstance(space, spaces.Discrete):
         if not (isinstance(value, (int, np.integer)) or (isinstance(value, np.ndarray) and value.shape == ()
                                                          and np.issubdtype(value.dtype, np.integer))):
-            return f"a {type(value).__name__} {_describe(value)}, not an integer"
+            return f"a {type(value).__name__} {describe(value)}, not an integer"
     elif isinstance(space, spaces.Dict):
         if not isinstance(value, dict) or set(value) != set(space.spaces):
             keys = sorted(value) if isinstance(value, dict) else type(value).__name__
@@ -74,24 +75,24 @@ class ContractCheckWrapper(gym.Wrapper):
         problem = structure_problem(obs, self.observation_space)
         if problem:
             raise EnvContractError(f"env {self.name!r} returned an observation from {where} with {problem}: "
-                                   f"{_describe(obs)}")
+                                   f"{describe(obs)}")
 
     def _check_info(self, info: Any, where: str) -> None:
         if not isinstance(info, dict):
-            raise EnvContractError(f"env {self.name!r}: {where} returned info {_describe(info)}, "
+            raise EnvContractError(f"env {self.name!r}: {where} returned info {describe(info)}, "
                                    f"a {type(info).__name__}, not a dict")
 
     def reset(self, **kwargs: Any) -> tuple[Any, dict]:
         out = self.env.reset(**kwargs)
         if not isinstance(out, tuple) or len(out) != 2:
-            raise EnvContractError(f"env {self.name!r}: reset() must return (obs, info), got {_describe(out)}")
+            raise EnvContractError(f"env {self.name!r}: reset() must return (obs, info), got {describe(out)}")
         obs, info = out
         self._check_obs(obs, "reset()")
         self._check_info(info, "reset()")
         if not self.observation_space.contains(obs):
             raise EnvContractError(
                 f"env {self.name!r} returned an observation outside its observation_space from reset(): "
-                f"{_describe(obs)} not in {self.observation_space}"
+                f"{describe(obs)} not in {self.observation_space}"
             )
         return obs, info
 
@@ -106,7 +107,7 @@ class ContractCheckWrapper(gym.Wrapper):
         obs, reward, _, _, info = out
         self._check_obs(obs, "step()")
         if not _is_reward(reward):
-            raise EnvContractError(f"env {self.name!r}: step() returned reward {_describe(reward)}, "
+            raise EnvContractError(f"env {self.name!r}: step() returned reward {describe(reward)}, "
                                    f"a {type(reward).__name__}, not a number")
         self._check_info(info, "step()")
         return out
@@ -121,7 +122,7 @@ def check_observations(obs: Any, batch_space: gym.Space, single_space: gym.Space
         if not single_space.contains(single):
             raise EnvContractError(
                 f"env {name!r} (sub-env {i}) returned an observation outside its observation_space from step(): "
-                f"{_describe(single)} not in {single_space}"
+                f"{describe(single)} not in {single_space}"
             )
     raise EnvContractError(f"env {name!r} returned observations of the wrong shape or dtype from step()")
 

@@ -55,19 +55,20 @@ class RecreateOnError(gym.Wrapper):
     def reset(self, **kwargs: Any) -> tuple[Any, dict]:
         while True:
             try:
-                obs, info = self.env.reset(**kwargs)
+                out = self.env.reset(**kwargs)
                 break
             except EnvContractError:
                 raise
             except Exception as e:  # noqa: BLE001 - any simulator error is survivable once
                 self._recreate(e)
-        self.last_obs = obs
+        # A reset that breaks the API is passed on for the vector env's checks to name.
+        self.last_obs = out[0] if isinstance(out, tuple) and len(out) == 2 else None
         self.episode_step = 0
-        return obs, info
+        return out
 
     def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict]:
         try:
-            obs, reward, terminated, truncated, info = self.env.step(action)
+            out = self.env.step(action)
         except EnvContractError:
             raise
         except Exception as e:  # noqa: BLE001
@@ -75,9 +76,12 @@ class RecreateOnError(gym.Wrapper):
             # The episode ends here as a truncation from the last good observation; the
             # vector env then resets this sub-env, which now is the fresh one.
             return self.last_obs, 0.0, False, True, {"env_error": f"{type(e).__name__}: {e}"}
+        if type(out) is not tuple or len(out) != 5:
+            return out  # the vector env's checks name the broken step API
+        obs, reward, terminated, truncated, info = out
         self.failures_in_a_row = 0
         self.episode_step += 1
         if terminated or truncated:  # an episode finished: the simulator does work
             self.failed_episodes_in_a_row = 0
         self.last_obs = obs
-        return obs, reward, terminated, truncated, info
+        return out

@@ -15,9 +15,9 @@ import gymnasium as gym
 import numpy as np
 import torch
 import tree
-from gymnasium.vector import AutoresetMode
 
-from rlfleet.envs import ContractCheckWrapper, RecreateOnError, check_observations, check_rewards, make_env_creator, probe_env
+from rlfleet.envs import ContractCheckWrapper, RecreateOnError, make_env_creator, probe_env
+from rlfleet.envs.vector import AsyncVectorEnv, CheckedVectorEnv
 from rlfleet.rl.config import ControlConfig
 from rlfleet.rl.connectors import MeanStdFilter
 from rlfleet.rl.core import Fragment
@@ -26,14 +26,18 @@ from rlfleet.rl.spaces import actions_to_env, check_spaces
 
 
 class _SubEnvCreator:
-    """Picklable ``() -> Env``: the user's env inside the contract checks, recreated when
-    it raises (up to ``retries`` times in a row; 0 lets the first error through)."""
+    """Picklable ``() -> Env``: the user's env, recreated when it raises (up to ``retries``
+    times in a row; 0 lets the first error through). In a subprocess (``async``) each
+    sub-env also carries the contract checks; in process the vector env checks a batch at
+    a time."""
 
-    def __init__(self, creator: Callable[[], gym.Env], name: str, retries: int, max_failed_episodes: int) -> None:
+    def __init__(self, creator: Callable[[], gym.Env], name: str, retries: int, max_failed_episodes: int,
+                 checked: bool) -> None:
         self.creator, self.name, self.retries, self.max_failed_episodes = creator, name, retries, max_failed_episodes
+        self.checks = checked
 
     def checked(self) -> gym.Env:
-        return ContractCheckWrapper(self.creator(), self.name)
+        return ContractCheckWrapper(self.creator(), self.name) if self.checks else self.creator()
 
     def __call__(self) -> gym.Env:
         if self.retries == 0:
@@ -44,14 +48,6 @@ class _SubEnvCreator:
 
 def _to_tensor(obs: Any) -> Any:
     return tree.map_structure(torch.from_numpy, obs)
-
-
-def _env_errors(info: dict, done: np.ndarray) -> np.ndarray:
-    """(B,) bool: which sub-envs ended this step because the simulator raised."""
-    final = info.get("final_info")
-    if not final or "_env_error" not in final:
-        return np.zeros_like(done)
-    return np.asarray(final["_env_error"], bool) & done
 
 
 def _stack(items: list[Any]) -> Any:
@@ -76,26 +72,21 @@ class EnvRunner:
     ) -> None:
         self.index, self.fragment_length, self.num_envs = index, fragment_length, num_envs
         self.env_name = env_name
-        sub_env = _SubEnvCreator(env_creator, env_name, env_error_retries, max_failed_episodes)
-        # SAME_STEP autoreset: a finished env is reset inside the same step() and its last
-        # observation comes back in info["final_obs"], which truncation bootstrapping needs.
-        vector_cls = gym.vector.AsyncVectorEnv if vectorize_mode == "async" else gym.vector.SyncVectorEnv
-        self.env = vector_cls([sub_env] * num_envs, autoreset_mode=AutoresetMode.SAME_STEP)
+        in_subprocess = vectorize_mode == "async"
+        sub_env = _SubEnvCreator(env_creator, env_name, env_error_retries, max_failed_episodes, in_subprocess)
+        # A finished env is reset inside the same step() and its last observation comes
+        # back in final_obs, which truncation bootstrapping needs.
+        self.env = (AsyncVectorEnv if in_subprocess else CheckedVectorEnv)([sub_env] * num_envs, env_name)
         self.action_space = self.env.single_action_space
         self.module = module_spec.build()
         self.module.eval()
         self.filter = MeanStdFilter(self.env.single_observation_space) if normalize_obs else None
         self.weights_version = 0
         torch.manual_seed(seed)
-        obs, _ = self.env.reset(seed=seed)
-        self.obs = self._connect(obs)
+        self.obs = self._connect(self.env.reset(seed=seed))
         self.ep_return = np.zeros(num_envs, np.float64)
         self.ep_length = np.zeros(num_envs, np.int64)
         self.is_first = np.ones(num_envs, bool)  # the next observation starts an episode
-
-    def _check(self, obs: Any, reward: np.ndarray) -> None:
-        check_observations(obs, self.env.observation_space, self.env.single_observation_space, self.env_name)
-        check_rewards(reward, self.env_name)
 
     def _connect(self, obs: Any, update: bool = True) -> Any:
         return self.filter(obs, update) if self.filter is not None else obs
@@ -137,16 +128,16 @@ class EnvRunner:
                 if key not in extras:
                     extras[key] = np.zeros((T, B), np.float32)
                 extras[key][t] = value.numpy()
-            obs, reward, term, trunc, info = self.env.step(actions_to_env(actions_np, self.action_space))
-            self._check(obs, reward)
-            rewards[t], terminated[t], truncated[t] = reward, term, trunc
-            self.ep_return += reward
+            step = self.env.step(actions_to_env(actions_np, self.action_space))
+            term, trunc = step.terminated, step.truncated
+            rewards[t], terminated[t], truncated[t] = step.rewards, term, trunc
+            self.ep_return += step.rewards
             self.ep_length += 1
             done = term | trunc
             self.is_first = done
             if done.any():
                 ids = np.flatnonzero(done)
-                failed = _env_errors(info, done)
+                failed = step.env_errors
                 num_env_errors += int(failed.sum())
                 kept = ids[~failed[ids]]  # an episode cut by a simulator crash is dropped
                 returns += self.ep_return[kept].tolist()
@@ -155,12 +146,9 @@ class EnvRunner:
                 self.ep_length[ids] = 0
                 cut = np.flatnonzero(trunc & ~term)
                 if len(cut):
-                    final = _stack([info["final_obs"][i] for i in cut])
-                    check_observations(final, gym.vector.utils.batch_space(self.env.single_observation_space, len(cut)),
-                                       self.env.single_observation_space, self.env_name)
-                    final = self._connect(final, update=False)
+                    final = self._connect(_stack([step.final_obs[i] for i in cut]), update=False)
                     final_obs += [(t, int(b), tree.map_structure(lambda x, k=k: x[k], final)) for k, b in enumerate(cut)]
-            self.obs = self._connect(obs)
+            self.obs = self._connect(step.obs)
         batch = {
             "obs": _stack(obs_list),
             "actions": _stack(action_list),
@@ -194,17 +182,15 @@ class EnvRunner:
         end first would favour short ones and bias the mean.
         """
         per_env = -(-num_episodes // self.num_envs)
-        obs, _ = self.env.reset()
-        obs = self._connect(obs, update=False)
+        obs = self._connect(self.env.reset(), update=False)
         ep_return = np.zeros(self.num_envs)
         done_returns: list[list[float]] = [[] for _ in range(self.num_envs)]
         while any(len(r) < per_env for r in done_returns):
             actions = [a.numpy() for a in self.module.forward_inference(_to_tensor(obs))]
-            obs, reward, term, trunc, _ = self.env.step(actions_to_env(actions, self.action_space))
-            self._check(obs, reward)
-            obs = self._connect(obs, update=False)
-            ep_return += reward
-            for i in np.flatnonzero(term | trunc):
+            step = self.env.step(actions_to_env(actions, self.action_space))
+            obs = self._connect(step.obs, update=False)
+            ep_return += step.rewards
+            for i in np.flatnonzero(step.terminated | step.truncated):
                 done_returns[i].append(float(ep_return[i]))
                 ep_return[i] = 0.0
         returns = [r[k] for k in range(per_env) for r in done_returns][:num_episodes]

@@ -63,19 +63,28 @@ def run_ppo(bad: str, iterations: int = 3, **config):
 
 
 @pytest.mark.parametrize("bad,message", [
-    ("shape", r"'Scripted' returned an observation from step\(\) with shape \(3,\) where the space's is \(2,\)"),
-    ("dtype", r"'Scripted' returned an observation from step\(\) with dtype float64 where the space's is float32"),
-    ("list-obs", r"'Scripted' returned an observation from step\(\) with a list, not a numpy array"),
-    ("reward-str", r"'Scripted': step\(\) returned reward '1.0', a str, not a number"),
-    ("reward-none", r"'Scripted': step\(\) returned reward None, a NoneType, not a number"),
-    ("reward-array", r"'Scripted': step\(\) returned reward \[1\. 1\.\], a ndarray, not a number"),
-    ("info-list", r"'Scripted': step\(\) returned info \['not', 'a', 'dict'\], a list, not a dict"),
-    ("reset-obs-only", r"'Scripted': reset\(\) must return \(obs, info\), got \[0\. 0\.\]"),
-    ("reset-info-list", r"'Scripted': reset\(\) returned info \[\], a list, not a dict"),
+    ("shape", r"'Scripted' \(sub-env 0\) returned an observation from step\(\) with shape \(3,\) where the space's is \(2,\)"),
+    ("dtype", r"'Scripted' \(sub-env 0\) returned an observation from step\(\) with dtype float64 where the space's is float32"),
+    ("list-obs", r"'Scripted' \(sub-env 0\) returned an observation from step\(\) with a list, not a numpy array"),
+    ("reward-str", r"'Scripted' \(sub-env 0\): step\(\) returned reward '1.0', a str, not a number"),
+    ("reward-none", r"'Scripted' \(sub-env 0\): step\(\) returned reward None, a NoneType, not a number"),
+    ("reward-array", r"'Scripted' \(sub-env 0\): step\(\) returned reward \[1\. 1\.\], a ndarray, not a number"),
+    ("info-list", r"'Scripted' \(sub-env 0\): step\(\) returned info \['not', 'a', 'dict'\], a list, not a dict"),
+    ("reset-obs-only", r"'Scripted' \(sub-env 0\): reset\(\) must return \(obs, info\), got \[0\. 0\.\]"),
+    ("reset-info-list", r"'Scripted' \(sub-env 0\): reset\(\) returned info \[\], a list, not a dict"),
 ])
 def test_a_contract_break_is_named_with_the_env_and_the_value(bad, message):
     with pytest.raises(EnvContractError, match=message):
         run_ppo(bad)
+
+
+@pytest.mark.parametrize("bad,message", [
+    ("shape", r"'Scripted' returned an observation from step\(\) with shape \(3,\) where the space's is \(2,\)"),
+    ("reward-str", r"'Scripted': step\(\) returned reward '1.0', a str, not a number"),
+])
+def test_sub_envs_in_subprocesses_are_checked_too(bad, message):
+    with pytest.raises(EnvContractError, match=message):
+        run_ppo(bad, vectorize_mode="async")
 
 
 def test_a_simulator_that_fails_in_every_episode_stops_the_run():
