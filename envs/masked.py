@@ -69,29 +69,32 @@ class MaskedChoiceEnv(gym.Env):
 
 
 MAZE = (
-    "...#.",
-    ".#...",
-    ".###.",
-    "...#.",
-    "##..G",
+    "...#...",
+    ".#.#.#.",
+    ".#...#.",
+    ".#####.",
+    "...#...",
+    "##.#.##",
+    "......G",
 )
 """The default maze of :class:`MaskedMazeEnv`: ``#`` a wall, ``G`` the goal."""
 
 
 class MaskedMazeEnv(gym.Env):
     """A maze walked by jumping to a cell: the action is a cell index (one of rows x cols),
-    and only the free cells next to the agent (up, down, left, right) are legal, so 2 to 4
-    of the 25 actions are legal in each state and the rest raise. Reward 1 at the goal and
+    and only the free cells next to the agent (up, down, left, right) are legal, so 1 to 4
+    of the 49 actions are legal in each state and the rest raise. Reward 1 at the goal and
     -0.02 for every other step; episodes start on a random free cell and are truncated at
-    ``max_steps``. The observation is the agent's cell, one-hot.
+    ``max_steps``. The observation is the agent's cell, one-hot, and the action mask.
 
-    Without the mask a policy over all cells picks an illegal action at almost every
-    step; with it, learning reduces to finding the way. :meth:`optimal_return` gives the
-    expected return of the shortest paths, for a pass criterion."""
+    With ``mask=False`` the observation is the one-hot cell alone and an illegal move
+    leaves the agent where it is, at the cost of a step: the same task without masking,
+    for comparison. :meth:`optimal_return` gives the expected return of the shortest
+    paths, for a pass criterion; random legal moves return about -1.06."""
 
     STEP_REWARD = -0.02
 
-    def __init__(self, maze: tuple[str, ...] = MAZE, max_steps: int = 50) -> None:
+    def __init__(self, maze: tuple[str, ...] | list[str] = MAZE, max_steps: int = 100, mask: bool = True) -> None:
         self.grid = [list(row) for row in maze]
         self.rows, self.cols = len(maze), len(maze[0])
         self.max_steps = max_steps
@@ -99,10 +102,10 @@ class MaskedMazeEnv(gym.Env):
         self.free = [r * self.cols + c for r in range(self.rows) for c in range(self.cols) if maze[r][c] != "#"]
         self.goal = next(r * self.cols + c for r in range(self.rows) for c in range(self.cols) if maze[r][c] == "G")
         self.neighbours = {cell: self._neighbours(cell) for cell in self.free}
-        self.observation_space = spaces.Dict({
-            "observation": spaces.Box(0.0, 1.0, (cells,), np.float32),
-            "action_mask": spaces.Box(0, 1, (cells,), np.int8),
-        })
+        self.mask = mask
+        onehot = spaces.Box(0.0, 1.0, (cells,), np.float32)
+        self.observation_space = (spaces.Dict({"observation": onehot, "action_mask": spaces.Box(0, 1, (cells,), np.int8)})
+                                  if mask else onehot)
         self.action_space = spaces.Discrete(cells)
 
     def _neighbours(self, cell: int) -> list[int]:
@@ -111,10 +114,12 @@ class MaskedMazeEnv(gym.Env):
         return [y * self.cols + x for y, x in near
                 if 0 <= y < self.rows and 0 <= x < self.cols and self.grid[y][x] != "#"]
 
-    def _obs(self) -> dict[str, np.ndarray]:
+    def _obs(self) -> Any:
         cells = self.rows * self.cols
         onehot, mask = np.zeros(cells, np.float32), np.zeros(cells, np.int8)
         onehot[self.pos] = 1.0
+        if not self.mask:
+            return onehot
         mask[self.neighbours[self.pos]] = 1
         return {"observation": onehot, "action_mask": mask}
 
@@ -126,10 +131,12 @@ class MaskedMazeEnv(gym.Env):
 
     def step(self, action: Any) -> tuple[dict, float, bool, bool, dict]:
         action = int(action)
-        if action not in self.neighbours[self.pos]:
+        if action in self.neighbours[self.pos]:
+            self.pos = action
+        elif self.mask:
             raise IllegalActionError(f"illegal move from cell {self.pos} to cell {action}; "
                                      f"legal: {self.neighbours[self.pos]}")
-        self.pos, self.t = action, self.t + 1
+        self.t += 1
         terminated = self.pos == self.goal
         reward = 1.0 if terminated else self.STEP_REWARD
         return self._obs(), reward, terminated, self.t >= self.max_steps, {}

@@ -9,6 +9,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from rlfleet.envs.masked import MaskedChoiceEnv, MaskedMazeEnv
+
 
 class CorridorEnv(gym.Env):
     """Walk right along a corridor of ``length`` cells; reward 1 at the end, -0.01 a step."""
@@ -147,6 +149,8 @@ TEST_ENVS = {
     "rlfleet/Busy-v0": BusyEnv,
     "rlfleet/Flaky-v0": FlakyEnv,
     "rlfleet/OutOfSpace-v0": OutOfSpaceEnv,
+    "rlfleet/MaskedChoice-v0": MaskedChoiceEnv,
+    "rlfleet/MaskedMaze-v0": MaskedMazeEnv,
 }
 
 

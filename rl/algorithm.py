@@ -192,6 +192,9 @@ class Algorithm(abc.ABC):
                 "episode_return_min": float(np.min(self.episode_returns)) if self.episode_returns else float("nan"),
                 "episode_len_mean": float(np.mean(self.episode_lengths)) if self.episode_lengths else float("nan"),
                 "episodes_total": self.episodes,
+                # A return target counts once the mean is over a full window: the first
+                # episodes to end are the short ones, and their mean says little.
+                "episode_window_full": len(self.episode_returns) == self.episode_returns.maxlen,
                 "env_steps_per_s": (self.env_steps - steps0) / max(dt, 1e-9),
                 # Share of the iteration the runners spent sampling (1 = never waiting on the learner).
                 "runner_busy_fraction": (self.runner_busy_s - busy0) / max(dt * self.env_runner_group.size, 1e-9),

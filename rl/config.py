@@ -278,6 +278,9 @@ class ControlConfig(AlgorithmConfig):
     """One of tanh, relu, elu, silu."""
     shared_encoder: bool = False
     """Policy and value share the MLP (images always share the CNN)."""
+    encode_action_mask: bool = False
+    """Feed an observation's ``action_mask`` to the encoder too; it masks the policy (or
+    the Q-values) either way (rl/core.py, "Action masks")."""
 
     # --- returns ---
     gamma: float = 0.99

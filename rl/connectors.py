@@ -10,7 +10,8 @@ import numpy as np
 import tree
 from gymnasium import spaces
 
-from rlfleet.rl.spaces import leaf_spaces
+from rlfleet.rl.core import ACTION_MASK
+from rlfleet.rl.spaces import leaf_spaces, space_structure
 
 
 class RunningStats:
@@ -57,8 +58,10 @@ class MeanStdFilter:
 
     def __init__(self, observation_space: gym.Space, clip: float = 10.0) -> None:
         self.clip = clip
+        # Float Box leaves are normalised; an action mask never is, whatever its dtype.
         self.slots = [
-            isinstance(s, spaces.Box) and np.issubdtype(s.dtype, np.floating) for s in leaf_spaces(observation_space)
+            isinstance(s, spaces.Box) and np.issubdtype(s.dtype, np.floating) and path != (ACTION_MASK,)
+            for path, s in tree.flatten_with_path(space_structure(observation_space))
         ]
         shapes = [s.shape for s in leaf_spaces(observation_space)]
         self.base = [RunningStats(sh) if ok else None for sh, ok in zip(shapes, self.slots)]

@@ -18,6 +18,18 @@ bootstrap_obs, logp, values, next_values), completions in :mod:`rlfleet.rl.lm.ge
 (multi-agent) are a :data:`MultiBatch`, one ``SampleBatch`` per policy id; a single-policy
 run uses :data:`DEFAULT_POLICY`.
 
+**Action masks.** An env with illegal actions returns a Dict observation with an
+``action_mask`` entry (:data:`ACTION_MASK`): 1 for a legal action, 0 for an illegal one,
+for a Discrete action space one entry per action, for a MultiDiscrete one the
+sub-actions' masks one after the other (``sum(nvec)`` entries). Being part of the
+observation, the mask travels in every column that holds observations (``obs``,
+``bootstrap_obs``, final observations, DQN's ``next_obs``), so each algorithm knows the
+legal actions of every state it acts in or bootstraps from: policies put zero probability
+on illegal actions when sampling, in the log-probabilities and entropies of their loss and
+when greedy; DQN explores among and maximises over legal actions only. The mask is not an
+encoder input unless the config asks (``encode_action_mask``). Runners refuse an
+observation whose mask leaves no legal action.
+
 **Weights and versions.** Weights are a flat ``{name: numpy array}`` state dict. The
 driver owns a counter: every broadcast of new weights increments it, the weights travel
 with their version, and a runner stamps every fragment with the version of the weights
@@ -50,6 +62,9 @@ SampleBatch = dict[str, Any]
 
 MultiBatch = dict[str, SampleBatch]
 """One batch per policy id (multi-agent)."""
+
+ACTION_MASK = "action_mask"
+"""The key of the action mask in a Dict observation (see the module docstring)."""
 
 DEFAULT_POLICY = "default"
 """The policy id of a single-policy run."""

@@ -103,9 +103,16 @@ class ActionDistribution:
 
     Actions are a list of leaf tensors in dm-tree order; log-probs and entropies add up,
     because the leaves are sampled independently given the observation.
+
+    ``mask`` (B, n) marks the legal actions of a Discrete or MultiDiscrete space (rl/core.py,
+    "Action masks"): an illegal action's logit becomes the dtype's most negative finite
+    value, so its probability is exactly 0 while 0 * log p stays 0 in the entropy and the
+    KL (with -inf they would be NaN), and no gradient reaches it.
     """
 
-    def __init__(self, inputs: torch.Tensor, action_space: gym.Space) -> None:
+    def __init__(self, inputs: torch.Tensor, action_space: gym.Space, mask: torch.Tensor | None = None) -> None:
+        if mask is not None:
+            inputs = torch.where(mask.bool(), inputs, torch.finfo(inputs.dtype).min)
         self.leaves: list[LeafDistribution] = []
         sizes = [dist_input_size(s) for s in leaf_spaces(action_space)]
         for chunk, space in zip(torch.split(inputs, sizes, dim=-1), leaf_spaces(action_space)):

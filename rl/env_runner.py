@@ -20,9 +20,10 @@ from rlfleet.envs import ContractCheckWrapper, RecreateOnError, make_env_creator
 from rlfleet.envs.vector import AsyncVectorEnv, CheckedVectorEnv
 from rlfleet.rl.config import ControlConfig
 from rlfleet.rl.connectors import MeanStdFilter
-from rlfleet.rl.core import Fragment
+from rlfleet.envs import EnvContractError
+from rlfleet.rl.core import ACTION_MASK, Fragment
 from rlfleet.rl.module import ModuleSpec
-from rlfleet.rl.spaces import actions_to_env, check_spaces
+from rlfleet.rl.spaces import actions_to_env, check_spaces, mask_segments, mask_space, rows_without_legal_action
 
 
 class _SubEnvCreator:
@@ -80,13 +81,26 @@ class EnvRunner:
         self.action_space = self.env.single_action_space
         self.module = module_spec.build()
         self.module.eval()
+        has_mask = mask_space(self.env.single_observation_space) is not None
+        self.mask_segments = mask_segments(self.action_space) if has_mask else None
         self.filter = MeanStdFilter(self.env.single_observation_space) if normalize_obs else None
         self.weights_version = 0
         torch.manual_seed(seed)
-        self.obs = self._connect(self.env.reset(seed=seed))
         self.ep_return = np.zeros(num_envs, np.float64)
         self.ep_length = np.zeros(num_envs, np.int64)
+        self.obs = self._connect(self._check_mask(self.env.reset(seed=seed), self.ep_length))
         self.is_first = np.ones(num_envs, bool)  # the next observation starts an episode
+
+    def _check_mask(self, obs: Any, episode_steps: np.ndarray) -> Any:
+        """Refuse an observation to act in whose action mask leaves no legal action."""
+        if self.mask_segments is not None:
+            bad = rows_without_legal_action(obs[ACTION_MASK], self.mask_segments)
+            if len(bad):
+                i = int(bad[0])
+                step = f"at step {episode_steps[i]} of its episode" if episode_steps[i] else "from reset()"
+                raise EnvContractError(f"env {self.env_name!r} (sub-env {i}) returned an action_mask with no legal "
+                                       f"action {step}: {obs[ACTION_MASK][i]}")
+        return obs
 
     def _connect(self, obs: Any, update: bool = True) -> Any:
         return self.filter(obs, update) if self.filter is not None else obs
@@ -148,7 +162,7 @@ class EnvRunner:
                 if len(cut):
                     final = self._connect(_stack([step.final_obs[i] for i in cut]), update=False)
                     final_obs += [(t, int(b), tree.map_structure(lambda x, k=k: x[k], final)) for k, b in enumerate(cut)]
-            self.obs = self._connect(step.obs)
+            self.obs = self._connect(self._check_mask(step.obs, self.ep_length))
         batch = {
             "obs": _stack(obs_list),
             "actions": _stack(action_list),
@@ -182,13 +196,13 @@ class EnvRunner:
         end first would favour short ones and bias the mean.
         """
         per_env = -(-num_episodes // self.num_envs)
-        obs = self._connect(self.env.reset(), update=False)
+        obs = self._connect(self._check_mask(self.env.reset(), np.zeros(self.num_envs, np.int64)), update=False)
         ep_return = np.zeros(self.num_envs)
         done_returns: list[list[float]] = [[] for _ in range(self.num_envs)]
         while any(len(r) < per_env for r in done_returns):
             actions = [a.numpy() for a in self.module.forward_inference(_to_tensor(obs))]
             step = self.env.step(actions_to_env(actions, self.action_space))
-            obs = self._connect(step.obs, update=False)
+            obs = self._connect(self._check_mask(step.obs, np.ones(self.num_envs, np.int64)), update=False)
             ep_return += step.rewards
             for i in np.flatnonzero(step.terminated | step.truncated):
                 done_returns[i].append(float(ep_return[i]))
@@ -226,7 +240,7 @@ class EnvRunnerFactory:
         check_spaces(observation_space, action_space, self.env_creator.name)
         self.module_spec = adapt_spec(ModuleSpec(
             observation_space, action_space, hidden_sizes=tuple(c.hidden_sizes), activation=c.activation,
-            shared_encoder=c.shared_encoder, env_name=self.env_creator.name,
+            shared_encoder=c.shared_encoder, env_name=self.env_creator.name, encode_mask=c.encode_action_mask,
         ))
 
     def __call__(self, index: int) -> EnvRunner:

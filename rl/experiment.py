@@ -55,9 +55,12 @@ class Criteria:
         return cls(**out)
 
     def reached(self, result: dict[str, Any]) -> bool:
+        """The return target is met by a mean over a full window of episodes
+        (``metrics_smoothing_episodes``)."""
         ret = result.get("episode_return_mean")
         target = self.episode_return_mean
-        return target is not None and ret is not None and not math.isnan(ret) and ret >= target
+        return (target is not None and ret is not None and not math.isnan(ret) and ret >= target
+                and result.get("episode_window_full", True))
 
     def done(self, result: dict[str, Any]) -> bool:
         return (

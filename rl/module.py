@@ -20,8 +20,9 @@ import tree
 from gymnasium import spaces
 from torch import nn
 
+from rlfleet.rl.core import ACTION_MASK
 from rlfleet.rl.distributions import ActionDistribution, dist_input_size
-from rlfleet.rl.spaces import check_spaces, is_image, leaf_spaces
+from rlfleet.rl.spaces import check_spaces, encoder_space, is_image, leaf_spaces
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
 
@@ -36,6 +37,12 @@ class ModuleSpec:
     activation: str = "tanh"
     shared_encoder: bool = False
     env_name: str = "env"
+    encode_mask: bool = False
+    """Feed the observation's action mask to the encoder too (it always masks the logits)."""
+
+    @property
+    def encoder_space(self) -> gym.Space:
+        return encoder_space(self.observation_space, encode_mask=self.encode_mask)
 
     def build(self) -> nn.Module:
         """The actor-critic (PPO, IMPALA); other module kinds subclass the spec."""
@@ -114,15 +121,25 @@ class LeafEncoder(nn.Module):
         return x.reshape(x.shape[0], -1).float()
 
 
-class ObsEncoder(nn.Module):
-    """All observation leaves encoded and concatenated: (nested obs) -> (B, F)."""
+def legal_actions(obs: Any) -> torch.Tensor | None:
+    """The observation's action mask as bool (B, n), or None (rl/core.py, "Action masks")."""
+    return obs[ACTION_MASK].bool() if isinstance(obs, dict) and ACTION_MASK in obs else None
 
-    def __init__(self, observation_space: gym.Space) -> None:
+
+class ObsEncoder(nn.Module):
+    """All observation leaves encoded and concatenated: (nested obs) -> (B, F). Built on
+    ``spec.encoder_space``: an action mask is left out unless the spec asks for it."""
+
+    def __init__(self, spec: ModuleSpec) -> None:
         super().__init__()
-        self.encoders = nn.ModuleList(LeafEncoder(s) for s in leaf_spaces(observation_space))
+        space = spec.encoder_space
+        self.skip_mask = space is not spec.observation_space
+        self.encoders = nn.ModuleList(LeafEncoder(s) for s in leaf_spaces(space))
         self.out_dim = sum(e.out_dim for e in self.encoders)
 
     def forward(self, obs: Any) -> torch.Tensor:
+        if self.skip_mask:
+            obs = {key: value for key, value in obs.items() if key != ACTION_MASK}
         if len(self.encoders) == 1:
             return self.encoders[0](obs if isinstance(obs, torch.Tensor) else tree.flatten(obs)[0])
         leaves = tree.flatten(obs)
@@ -137,7 +154,7 @@ class RLModule(nn.Module):
         check_spaces(spec.observation_space, spec.action_space, spec.env_name)
         self.spec = spec
         self.action_space = spec.action_space
-        self.encoder = ObsEncoder(spec.observation_space)
+        self.encoder = ObsEncoder(spec)
         feat_dim = self.encoder.out_dim
         self.pi_mlp, pi_dim = mlp(feat_dim, spec.hidden_sizes, spec.activation)
         if spec.shared_encoder:
@@ -174,27 +191,28 @@ class RLModule(nn.Module):
     def values(self, feats: torch.Tensor) -> torch.Tensor:
         return self.vf_head(self.vf_mlp(feats)).squeeze(-1)  # (B,)
 
-    def dist(self, inputs: torch.Tensor) -> ActionDistribution:
-        return ActionDistribution(inputs, self.action_space)
+    def dist(self, inputs: torch.Tensor, obs: Any) -> ActionDistribution:
+        """The action distribution, restricted to the legal actions where ``obs`` has a mask."""
+        return ActionDistribution(inputs, self.action_space, legal_actions(obs))
 
     # -- training path ---------------------------------------------------------------
     def forward_train(self, obs: Any) -> tuple[ActionDistribution, torch.Tensor]:
         feats = self.features(obs)
-        return self.dist(self.dist_inputs(feats)), self.values(feats)
+        return self.dist(self.dist_inputs(feats), obs), self.values(feats)
 
     # -- acting paths (no autograd) ----------------------------------------------------
     @torch.inference_mode()
     def forward_exploration(self, obs: Any) -> dict[str, Any]:
         """Sample actions: {"actions": leaves, "logp": (B,), "values": (B,)}."""
         feats = self.features(obs)
-        dist = self.dist(self.dist_inputs(feats))
+        dist = self.dist(self.dist_inputs(feats), obs)
         actions = dist.sample()
         return {"actions": actions, "logp": dist.logp(actions), "values": self.values(feats)}
 
     @torch.inference_mode()
     def forward_inference(self, obs: Any) -> list[torch.Tensor]:
         """Greedy actions, for evaluation and deployment."""
-        return self.dist(self.dist_inputs(self.features(obs))).deterministic()
+        return self.dist(self.dist_inputs(self.features(obs)), obs).deterministic()
 
     @torch.inference_mode()
     def compute_values(self, obs: Any) -> torch.Tensor:

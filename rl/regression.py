@@ -86,7 +86,7 @@ def run_seed(exp: Experiment, seed: int, train_command: list[str], overrides: li
         tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
         print(f"    seed {seed}: run failed (exit {proc.returncode}): {tail}", flush=True)
         return SeedResult(seed, False, None, None, None, 0, 0.0, proc.returncode)
-    first = next((r for r in rows if (r.get("episode_return_mean") or float("-inf")) >= target.episode_return_mean), None)
+    first = next((r for r in rows if target.reached(r)), None)
     reached = first is not None and (target.env_steps is None or first["env_steps"] <= target.env_steps) and (
         target.time_s is None or first["time_s"] <= target.time_s)
     last = rows[-1]

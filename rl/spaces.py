@@ -13,6 +13,8 @@ import numpy as np
 import tree
 from gymnasium import spaces
 
+from rlfleet.rl.core import ACTION_MASK
+
 OBS_LEAVES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
 ACTION_LEAVES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete)
 
@@ -39,8 +41,51 @@ def is_image(space: gym.Space) -> bool:
     return isinstance(space, spaces.Box) and len(space.shape) == 3
 
 
+def mask_space(observation_space: gym.Space) -> gym.Space | None:
+    """The observation's action-mask space (rl/core.py, "Action masks"), or None."""
+    if isinstance(observation_space, spaces.Dict):
+        return observation_space.spaces.get(ACTION_MASK)
+    return None
+
+
+def encoder_space(observation_space: gym.Space, *, encode_mask: bool) -> gym.Space:
+    """What the encoder reads: the observation without its action mask, unless
+    ``encode_mask`` (or the mask is all there is)."""
+    if mask_space(observation_space) is None or encode_mask or len(observation_space.spaces) == 1:
+        return observation_space
+    return spaces.Dict({key: sub for key, sub in observation_space.spaces.items() if key != ACTION_MASK})
+
+
+def mask_segments(action_space: gym.Space) -> list[int]:
+    """The sizes of the action mask's parts: [n] for Discrete, nvec for MultiDiscrete."""
+    return [int(action_space.n)] if isinstance(action_space, spaces.Discrete) else action_space.nvec.tolist()
+
+
+def rows_without_legal_action(mask: np.ndarray, segments: list[int]) -> np.ndarray:
+    """Indices of the rows of ``mask`` (B, sum(segments)) where some (sub-)action has no
+    legal choice."""
+    legal = mask > 0
+    ok = np.logical_and.reduce([part.any(-1) for part in np.split(legal, np.cumsum(segments)[:-1], -1)])
+    return np.flatnonzero(~ok)
+
+
+def _check_mask(observation_space: gym.Space, action_space: gym.Space, env_name: str) -> None:
+    mask = mask_space(observation_space)
+    if mask is None:
+        return
+    if not isinstance(action_space, (spaces.Discrete, spaces.MultiDiscrete)):
+        raise UnsupportedSpaceError(f"env {env_name!r}: an action_mask needs a Discrete or MultiDiscrete action "
+                                    f"space, got {action_space}")
+    size = sum(mask_segments(action_space))
+    if not isinstance(mask, (spaces.Box, spaces.MultiBinary)) or tuple(mask.shape) != (size,):
+        parts = ": the sub-actions' masks one after the other" if isinstance(action_space, spaces.MultiDiscrete) else ""
+        raise UnsupportedSpaceError(f"env {env_name!r}: action_mask space {mask} must be a Box or MultiBinary of "
+                                    f"shape ({size},){parts}, one entry per action of {action_space}")
+
+
 def check_spaces(observation_space: gym.Space, action_space: gym.Space, env_name: str) -> None:
     """Refuse, with the env's name and the leaf, spaces the module cannot encode or act in."""
+    _check_mask(observation_space, action_space, env_name)
     for leaf in leaf_spaces(observation_space):
         if not isinstance(leaf, OBS_LEAVES) or (isinstance(leaf, spaces.Box) and len(leaf.shape) > 3):
             raise UnsupportedSpaceError(

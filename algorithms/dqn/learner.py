@@ -12,6 +12,7 @@ from rlfleet.algorithms.dqn.config import DQNConfig
 from rlfleet.algorithms.dqn.module import QModuleSpec
 from rlfleet.rl.batch import num_rows, take_rows
 from rlfleet.rl.learner import Learner, TensorBatch
+from rlfleet.rl.module import legal_actions
 
 
 def dqn_loss(
@@ -23,18 +24,26 @@ def dqn_loss(
     weights: torch.Tensor,
     *,
     huber_delta: float,
+    next_legal: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """q_taken (N,) is Q(s_t, a_t); q_next_* (N, A) are Q(s_{t+n}, .); rewards (N,) are
-    n-step discounted sums; discounts (N,) are gamma^n, or 0 after a termination.
+    n-step discounted sums; discounts (N,) are gamma^n, or 0 after a termination;
+    next_legal (N, A) bool, where the env masks actions, are the legal actions of s'.
 
     target = r + discount * Q_target(s', argmax_a Q_online(s', a))   (double Q-learning)
     target = r + discount * max_a Q_target(s', a)                    (q_next_online None)
-    Returns (loss, TD errors (N,) for new priorities, metrics).
+    with a ranging over the legal actions of s'; a state with none (a finished game) has
+    no future value. Returns (loss, TD errors (N,) for new priorities, metrics).
     """
     with torch.no_grad():
         chooser = q_next_online if q_next_online is not None else q_next_target
+        if next_legal is not None:
+            chooser = chooser.masked_fill(~next_legal, -torch.inf)
         next_action = chooser.argmax(-1, keepdim=True)  # (N, 1)
-        target = rewards + discounts * q_next_target.gather(-1, next_action).squeeze(-1)
+        next_q = q_next_target.gather(-1, next_action).squeeze(-1)  # (N,)
+        if next_legal is not None:
+            next_q = torch.where(next_legal.any(-1), next_q, 0.0)
+        target = rewards + discounts * next_q
     td = q_taken - target
     loss = (weights * torch.nn.functional.huber_loss(q_taken, target, reduction="none", delta=huber_delta)).mean()
     metrics = {
@@ -78,7 +87,7 @@ class DQNLearner(Learner):
             q_next_online = self.module.forward_train(batch["next_obs"]) if c.double_q else None
         loss, td, metrics = dqn_loss(
             q_taken, q_next_target, q_next_online, batch["rewards"] * c.reward_scale, batch["discounts"], batch["weights"],
-            huber_delta=c.huber_delta,
+            huber_delta=c.huber_delta, next_legal=legal_actions(batch["next_obs"]),
         )
         metrics["td_abs"] = td.abs()  # (N,) per row
         return loss, metrics

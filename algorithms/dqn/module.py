@@ -15,7 +15,7 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from rlfleet.rl.module import ModuleSpec, ObsEncoder, _init, mlp
+from rlfleet.rl.module import ModuleSpec, ObsEncoder, _init, legal_actions, mlp
 from rlfleet.rl.spaces import UnsupportedSpaceError, check_spaces
 
 
@@ -40,7 +40,7 @@ class QModule(nn.Module):
             )
         self.spec = spec
         self.num_actions = int(spec.action_space.n)
-        self.encoder = ObsEncoder(spec.observation_space)
+        self.encoder = ObsEncoder(spec)
         self.mlp, dim = mlp(self.encoder.out_dim, spec.hidden_sizes, spec.activation)
         if spec.dueling:
             self.value_head = _init(nn.Linear(dim, 1), 1.0)
@@ -58,14 +58,24 @@ class QModule(nn.Module):
             return self.value_head(h) + adv - adv.mean(-1, keepdim=True)
         return self.q_head(h)
 
+    def greedy(self, obs: Any) -> torch.Tensor:
+        """argmax_a Q(s, a) over the legal actions where ``obs`` has a mask, (B,)."""
+        q = self.forward_train(obs)
+        legal = legal_actions(obs)
+        return (q if legal is None else q.masked_fill(~legal, -torch.inf)).argmax(-1)
+
     @torch.inference_mode()
     def forward_exploration(self, obs: Any) -> dict[str, Any]:
-        """Epsilon-greedy actions: {"actions": [(B,) int64]}."""
-        greedy = self.forward_train(obs).argmax(-1)
+        """Epsilon-greedy actions, random ones uniform over the legal actions: {"actions": [(B,) int64]}."""
+        greedy = self.greedy(obs)
         explore = torch.rand(greedy.shape) < self.epsilon
-        random_actions = torch.randint(self.num_actions, greedy.shape)
+        legal = legal_actions(obs)
+        if legal is None:
+            random_actions = torch.randint(self.num_actions, greedy.shape)
+        else:
+            random_actions = torch.multinomial(legal.float(), 1).squeeze(-1)
         return {"actions": [torch.where(explore, random_actions, greedy)]}
 
     @torch.inference_mode()
     def forward_inference(self, obs: Any) -> list[torch.Tensor]:
-        return [self.forward_train(obs).argmax(-1)]
+        return [self.greedy(obs)]
