@@ -17,15 +17,16 @@ import torch
 import tree
 
 from rlfleet.envs import import_user_module
+from rlfleet.rl.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from rlfleet.rl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from rlfleet.rl.config import AlgorithmConfig
 from rlfleet.rl.core import Fragment, Runner, RunnerFactory, Weights
 from rlfleet.rl.env_runner_group import EnvRunnerGroup
 from rlfleet.rl.learner import Learner, LearnerFactory, LearnerGroup
 from rlfleet.rl.metrics import MetricsLogger
+from rlfleet.rl.module import ModuleSpec, spec_to_dict
 from rlfleet.runtime import Runtime, make_runtime
 
-CHECKPOINT_FORMAT = 2
 
 
 def _to_torch(state: Any) -> Any:
@@ -51,16 +52,6 @@ def deferred_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
         if pending and callable(previous):
             previous(signal.SIGINT, None)
-
-
-def _load_current(path: str) -> dict[str, Any]:
-    """A checkpoint of this version's format; an older one is refused in one line."""
-    state = load_checkpoint(path)
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"checkpoint {path!r} has format {state.get('format')}, this version reads "
-                              f"{CHECKPOINT_FORMAT} (format 2 came with rlfleet 0.2: the one learner contract and lm-ppo's own "
-                              "name; retrain, or load it with rlfleet 0.1)")
-    return state
 
 
 class Algorithm(abc.ABC):
@@ -230,6 +221,8 @@ class Algorithm(abc.ABC):
             "config": self.config.to_dict(),
             "learner": self.learner_group.get_state(),
             "connector": _to_torch(self.connector.get_state()) if self.connector is not None else None,
+            # What rebuilds the policy without its env (serving, export; rl/inference.py).
+            "module_spec": spec_to_dict(self.module_spec) if isinstance(self.module_spec, ModuleSpec) else None,
             "counters": {
                 "iteration": self.iteration,
                 "env_steps": self.env_steps,
@@ -255,7 +248,7 @@ class Algorithm(abc.ABC):
         picklable): a restored run starts fresh episodes, so it continues the training
         exactly except for the episodes that were in progress.
         """
-        state = _load_current(path)
+        state = load_checkpoint(path)
         if state["algo"] != self.config.algo_name:
             raise CheckpointError(f"checkpoint {path!r} is for {state['algo']!r}, not {self.config.algo_name!r}")
         if (state["connector"] is None) != (self.connector is None):
@@ -293,7 +286,7 @@ class Algorithm(abc.ABC):
         """Rebuild the algorithm a checkpoint was saved from (its env must be a name), in
         this process and without writing logs, and restore it: for inference and
         evaluation. ``overrides`` change config keys first."""
-        state = _load_current(path)
+        state = load_checkpoint(path)
         if state["algo"] != cls.config_class.algo_name:
             raise CheckpointError(f"checkpoint {path!r} is for {state['algo']!r}, not {cls.config_class.algo_name!r}")
         local = {"logdir": None, "log_to_console": False, "num_env_runners": 0, "num_learners": 0}

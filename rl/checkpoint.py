@@ -7,6 +7,7 @@ checkpoint intact. The state holds only tensors and plain values, so it loads wi
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from typing import Any
@@ -14,6 +15,8 @@ from typing import Any
 import torch
 
 FILENAME = "checkpoint.pt"
+FORMAT = 2
+"""The checkpoint layout this version writes and reads."""
 
 
 class CheckpointError(RuntimeError):
@@ -57,15 +60,31 @@ def _save(path: str, state: dict[str, Any]) -> str:
     return final
 
 
+def checkpoint_file(path: str) -> str:
+    """The file of a checkpoint given as its directory or the file itself."""
+    return os.path.join(path, FILENAME) if os.path.isdir(path) else path
+
+
 def load_checkpoint(path: str) -> dict[str, Any]:
-    file = os.path.join(path, FILENAME) if os.path.isdir(path) else path
+    """A checkpoint of this version's format; a missing, corrupt or older one is refused
+    in one line."""
+    file = checkpoint_file(path)
     if not os.path.exists(file):
         raise CheckpointError(f"no checkpoint at {path!r} (expected {file})")
+    with open(file, "rb") as f:
+        return checkpoint_from_bytes(f.read(), source=file)
+
+
+def checkpoint_from_bytes(data: bytes, *, source: str) -> dict[str, Any]:
     try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several kinds for truncated or foreign files
         detail = (str(e).splitlines() or [""])[0]
-        raise CheckpointError(f"corrupt checkpoint {file}: {type(e).__name__}: {detail}".rstrip(": ")) from None
+        raise CheckpointError(f"corrupt checkpoint {source}: {type(e).__name__}: {detail}".rstrip(": ")) from None
     if not isinstance(state, dict) or "format" not in state:
-        raise CheckpointError(f"corrupt checkpoint {file}: not an rlfleet checkpoint")
+        raise CheckpointError(f"corrupt checkpoint {source}: not an rlfleet checkpoint")
+    if state["format"] != FORMAT:
+        raise CheckpointError(f"checkpoint {source!r} has format {state['format']}, this version reads {FORMAT} "
+                              "(format 2 came with rlfleet 0.2: the one learner contract and lm-ppo's own name; "
+                              "retrain, or load it with rlfleet 0.1)")
     return state

@@ -81,6 +81,11 @@ class MeanStdFilter:
             out.append(np.clip((x - mean) / std, -self.clip, self.clip).astype(np.float32))
         return tree.unflatten_as(obs, out)
 
+    def statistics(self) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """(mean, std) of every normalised leaf as this filter applies them now; None for
+        leaves it leaves alone (what an exported model bakes in)."""
+        return [self._combined(b, d) if b is not None else None for b, d in zip(self.base, self.delta)]
+
     @staticmethod
     def _combined(base: RunningStats, delta: RunningStats) -> tuple[np.ndarray, np.ndarray]:
         both = RunningStats(base.mean.shape)

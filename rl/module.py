@@ -10,6 +10,7 @@ is not needed.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 from typing import Any
 
@@ -21,8 +22,8 @@ from gymnasium import spaces
 from torch import nn
 
 from rlfleet.rl.core import ACTION_MASK
-from rlfleet.rl.distributions import ActionDistribution, dist_input_size
-from rlfleet.rl.spaces import check_spaces, encoder_space, is_image, leaf_spaces
+from rlfleet.rl.distributions import ActionDistribution, Categorical, DiagGaussian, MultiCategorical, dist_input_size
+from rlfleet.rl.spaces import check_spaces, encoder_space, is_image, leaf_spaces, space_from_schema, space_to_schema
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
 
@@ -47,6 +48,37 @@ class ModuleSpec:
     def build(self) -> nn.Module:
         """The actor-critic (PPO, IMPALA); other module kinds subclass the spec."""
         return RLModule(self)
+
+
+def spec_to_dict(spec: ModuleSpec) -> dict[str, Any]:
+    """A spec as plain data (for checkpoints): its class and fields, spaces as schemas."""
+    fields = {}
+    for field in dataclasses.fields(spec):
+        value = getattr(spec, field.name)
+        fields[field.name] = (space_to_schema(value) if isinstance(value, gym.Space)
+                              else list(value) if isinstance(value, tuple) else value)
+    return {"class": f"{type(spec).__module__}:{type(spec).__qualname__}", "fields": fields}
+
+
+def spec_from_dict(data: dict[str, Any]) -> ModuleSpec:
+    """Inverse of :func:`spec_to_dict`; only spec classes of this library are imported."""
+    module_name, _, class_name = str(data.get("class", "")).partition(":")
+    if not module_name.startswith("rlfleet."):
+        raise ValueError(f"module spec class {data.get('class')!r} is not one of rlfleet's")
+    cls = getattr(importlib.import_module(module_name), class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, ModuleSpec)):
+        raise ValueError(f"{data['class']!r} is not a ModuleSpec class")
+    kwargs: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):
+        if field.name not in data["fields"]:
+            continue  # a field added later keeps its default
+        value = data["fields"][field.name]
+        if field.name in ("observation_space", "action_space"):
+            value = space_from_schema(value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[field.name] = value
+    return cls(**kwargs)
 
 
 def _init(layer: nn.Module, gain: float) -> nn.Module:
@@ -212,8 +244,31 @@ class RLModule(nn.Module):
     @torch.inference_mode()
     def forward_inference(self, obs: Any) -> list[torch.Tensor]:
         """Greedy actions, for evaluation and deployment."""
+        return self.greedy_actions(obs)
+
+    def greedy_actions(self, obs: Any) -> list[torch.Tensor]:
+        """The distribution's mode (the legal argmax where masked), with autograd as the
+        caller has it (an ONNX export traces this)."""
         return self.dist(self.dist_inputs(self.features(obs)), obs).deterministic()
 
     @torch.inference_mode()
     def compute_values(self, obs: Any) -> torch.Tensor:
         return self.values(self.features(obs))
+
+    @torch.inference_mode()
+    def forward_details(self, obs: Any) -> dict[str, torch.Tensor]:
+        """What serving returns on request besides the action: the probabilities of
+        discrete actions (their leaves side by side, 0 where masked), the mean and log-std
+        of continuous ones, and the value."""
+        feats = self.features(obs)
+        dist = self.dist(self.dist_inputs(feats), obs)
+        probs = [d.logits.exp() for d in dist.leaves if isinstance(d, Categorical)]
+        probs += [c.logits.exp() for d in dist.leaves if isinstance(d, MultiCategorical) for c in d.cats]
+        gaussians = [d for d in dist.leaves if isinstance(d, DiagGaussian)]
+        out = {"value": self.values(feats)}
+        if probs:
+            out["action_probs"] = torch.cat(probs, -1)
+        if gaussians:
+            out["action_mean"] = torch.cat([d.mean for d in gaussians], -1)
+            out["action_log_std"] = torch.cat([d.log_std for d in gaussians], -1)
+        return out

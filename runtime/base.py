@@ -15,6 +15,10 @@ class InsufficientResourcesError(RuntimeError):
     """Actors ask for more CPUs or GPUs than the runtime has free (and none will come)."""
 
 
+class BadRequest(ValueError):
+    """A request a served model refuses: answered with HTTP 400 and this one-line message."""
+
+
 class ObjectRef(abc.ABC):
     """A handle to an object put once into the store; actors receive the object itself."""
 

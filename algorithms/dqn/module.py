@@ -62,7 +62,7 @@ class QModule(nn.Module):
         """argmax_a Q(s, a) over the legal actions where ``obs`` has a mask, (B,)."""
         q = self.forward_train(obs)
         legal = legal_actions(obs)
-        return (q if legal is None else q.masked_fill(~legal, -torch.inf)).argmax(-1)
+        return (q if legal is None else q.masked_fill(~legal, torch.finfo(q.dtype).min)).argmax(-1)
 
     @torch.inference_mode()
     def forward_exploration(self, obs: Any) -> dict[str, Any]:
@@ -78,4 +78,12 @@ class QModule(nn.Module):
 
     @torch.inference_mode()
     def forward_inference(self, obs: Any) -> list[torch.Tensor]:
+        return self.greedy_actions(obs)
+
+    def greedy_actions(self, obs: Any) -> list[torch.Tensor]:
         return [self.greedy(obs)]
+
+    @torch.inference_mode()
+    def forward_details(self, obs: Any) -> dict[str, torch.Tensor]:
+        """What serving returns on request besides the action: Q(s, .), (B, A)."""
+        return {"q_values": self.forward_train(obs)}

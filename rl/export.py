@@ -1,0 +1,133 @@
+"""Export a trained control policy to ONNX: one file that holds the observation
+normalisation, the policy's deterministic action (the distribution's mode, or the legal
+argmax Q-value) and the action post-processing (clipping to a Box, a Discrete's start),
+plus a JSON contract beside it, so the policy runs with onnxruntime alone.
+
+The model takes one input per observation leaf, in dm-tree order (a Dict's keys sorted),
+the action mask included where the env has one, each with a leading batch axis; it
+returns one output per action leaf. The contract names them with their shapes and dtypes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+import tree
+from torch import nn
+
+from rlfleet.rl.inference import Policy
+from rlfleet.rl.spaces import leaf_spaces, space_structure, space_to_schema
+
+CONTRACT_FORMAT = "rlfleet-onnx-1"
+
+
+class ExportError(ValueError):
+    """A policy or an output path that cannot be exported."""
+
+
+class DeployedPolicy(nn.Module):
+    """normalise -> module -> deterministic action -> post-process, as one graph."""
+
+    def __init__(self, policy: Policy) -> None:
+        super().__init__()
+        self.module = policy.module
+        self.structure = space_structure(policy.observation_space)
+        stats = policy.filter.statistics() if policy.filter is not None else [None] * len(leaf_spaces(policy.observation_space))
+        self.clip = policy.filter.clip if policy.filter is not None else 0.0
+        # Normalisation in float64, as the filter computes it, so actions match bit for bit.
+        self.stats = [None if s is None else (torch.from_numpy(s[0]), torch.from_numpy(s[1])) for s in stats]
+        self.post = []
+        for space in leaf_spaces(policy.action_space):
+            if hasattr(space, "low") and space.dtype.kind == "f":
+                self.post.append(("clip", torch.from_numpy(space.low), torch.from_numpy(space.high)))
+            elif hasattr(space, "start") and np.any(space.start != 0):
+                self.post.append(("shift", torch.as_tensor(space.start), None))
+            else:
+                self.post.append(None)
+
+    def forward(self, *leaves: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        normalised = []
+        for x, stat in zip(leaves, self.stats):
+            if stat is not None:
+                mean, std = stat
+                x = ((x.double() - mean) / std).clamp(-self.clip, self.clip).float()
+            normalised.append(x)
+        obs = tree.unflatten_as(self.structure, normalised)
+        actions = []
+        for action, post in zip(self.module.greedy_actions(obs), self.post):
+            if post is not None and post[0] == "clip":
+                action = torch.maximum(torch.minimum(action, post[2]), post[1])
+            elif post is not None:
+                action = action + post[1]
+            actions.append(action)
+        return tuple(actions)
+
+
+def _leaf_names(prefix: str, structure: Any) -> list[str]:
+    paths = [path for path, _ in tree.flatten_with_path(structure)]
+    return [prefix if not path else prefix + "." + ".".join(str(p) for p in path) for path in paths]
+
+
+def export_onnx(policy: Policy, path: str) -> dict[str, Any]:
+    """Write the ONNX model to ``path`` (and the contract to ``path`` + ".json", both via
+    a temporary file and a rename); returns the contract."""
+    if not path.endswith(".onnx"):
+        raise ExportError(f"export path {path!r} must end in .onnx")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ExportError(f"export path {path!r}: no directory {directory!r}")
+    model = DeployedPolicy(policy).eval()
+    obs_spaces = leaf_spaces(policy.observation_space)
+    act_spaces = leaf_spaces(policy.action_space)
+    input_names = _leaf_names("obs", space_structure(policy.observation_space))
+    output_names = _leaf_names("action", space_structure(policy.action_space))
+    example = tuple(torch.from_numpy(np.stack([s.sample(), s.sample()])) for s in obs_spaces)
+    dynamic = {name: {0: "batch"} for name in input_names + output_names}
+    tmp = path + ".tmp"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, example, tmp, input_names=input_names, output_names=output_names,
+                          dynamic_axes=dynamic, dynamo=False, opset_version=17)
+    contract = {
+        "format": CONTRACT_FORMAT,
+        "algorithm": policy.algo, "env": policy.env, "weights_version": policy.weights_version,
+        "env_steps": policy.env_steps, "deterministic": True,
+        "inputs": [{"name": n, "shape": ["batch", *s.shape], "dtype": str(s.dtype)} for n, s in zip(input_names, obs_spaces)],
+        "outputs": [{"name": n, "shape": ["batch", *_action_shape(s)], "dtype": _action_dtype(s)}
+                    for n, s in zip(output_names, act_spaces)],
+        "observation_space": space_to_schema(policy.observation_space),
+        "action_space": space_to_schema(policy.action_space),
+        "normalization": "inside the model" if policy.filter is not None else "none",
+    }
+    with open(path + ".json.tmp", "w", encoding="utf-8") as f:
+        json.dump(contract, f, indent=2)
+    os.replace(tmp, path)
+    os.replace(path + ".json.tmp", path + ".json")
+    return contract
+
+
+def _action_shape(space: Any) -> list[int]:
+    return [] if space.shape == () else list(space.shape)
+
+
+def _action_dtype(space: Any) -> str:
+    return "int64" if space.dtype.kind in "iu" else "float32"
+
+
+def export_torchscript(policy: Policy, path: str) -> None:
+    """The same graph as :func:`export_onnx`, traced to TorchScript (``torch.jit.load``)."""
+    if not path.endswith(".pt"):
+        raise ExportError(f"export path {path!r} must end in .pt")
+    model = DeployedPolicy(policy).eval()
+    example = tuple(torch.from_numpy(np.stack([s.sample(), s.sample()])) for s in leaf_spaces(policy.observation_space))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, example, check_trace=False)
+    tmp = path + ".tmp"
+    traced.save(tmp)
+    os.replace(tmp, path)

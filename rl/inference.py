@@ -1,0 +1,184 @@
+"""A trained control policy for inference: the checkpoint's module, observation
+normaliser and action post-processing, with no env, learner or Ray. Serving, evaluation
+and export all act through it, so they apply exactly what training applied.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+import tree
+from gymnasium import spaces
+
+from rlfleet.rl.checkpoint import CheckpointError, checkpoint_file, checkpoint_from_bytes
+from rlfleet.rl.connectors import MeanStdFilter
+from rlfleet.rl.core import ACTION_MASK
+from rlfleet.rl.module import spec_from_dict
+from rlfleet.rl.spaces import actions_to_env, mask_segments, rows_without_legal_action, space_structure, space_to_schema
+from rlfleet.runtime.base import BadRequest
+
+
+class Policy:
+    """``act(obs)`` on batched observations, as the checkpoint's training acted."""
+
+    def __init__(self, state: dict[str, Any], *, source: str) -> None:
+        if state.get("module_spec") is None:
+            raise CheckpointError(f"checkpoint {source!r} holds no module spec: an LM checkpoint (served with "
+                                  "/complete), or one saved before rlfleet 0.3 (restore and save it again)")
+        self.source = source
+        self.algo = state["algo"]
+        self.env = str(state["config"].get("env"))
+        self.env_config = dict(state["config"].get("env_config") or {})
+        self.spec = spec_from_dict(state["module_spec"])
+        self.observation_space, self.action_space = self.spec.observation_space, self.spec.action_space
+        self.module = self.spec.build()
+        self.module.load_state_dict(state["learner"]["module"])
+        self.module.eval()
+        self.filter: MeanStdFilter | None = None
+        if state["connector"] is not None:
+            self.filter = MeanStdFilter(self.observation_space)
+            self.filter.set_state(tree.map_structure(
+                lambda x: x.numpy() if isinstance(x, torch.Tensor) else x, state["connector"]))
+        self.weights_version = int(state["counters"]["weights_version"])
+        self.env_steps = int(state["counters"]["env_steps"])
+
+    @classmethod
+    def load(cls, path: str) -> "Policy":
+        file = checkpoint_file(path)
+        if not os.path.exists(file):
+            raise CheckpointError(f"no checkpoint at {path!r} (expected {file})")
+        with open(file, "rb") as f:
+            return cls.from_bytes(f.read(), source=file)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, source: str) -> "Policy":
+        return cls(checkpoint_from_bytes(data, source=source), source=source)
+
+    def act(self, obs: Any, *, explore: bool = False, details: bool = False) -> dict[str, Any]:
+        """Actions for a batch of observations (B, ...), in the env's form (Box actions
+        clipped to the space, Discrete offset by ``start``): greedy unless ``explore``.
+        ``details`` adds the module's ``forward_details`` (probabilities, value, Q)."""
+        if self.filter is not None:
+            obs = self.filter(obs, update=False)
+        tensors = tree.map_structure(torch.from_numpy, obs)
+        with torch.inference_mode():
+            if explore:
+                leaves = self.module.forward_exploration(tensors)["actions"]
+            else:
+                leaves = self.module.forward_inference(tensors)
+            out: dict[str, Any] = {"actions": actions_to_env([a.numpy() for a in leaves], self.action_space)}
+            if details:
+                out.update({k: v.numpy() for k, v in self.module.forward_details(tensors).items()})
+        return out
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "algorithm": self.algo, "env": self.env, "env_config": to_json(self.env_config), "weights_version": self.weights_version,
+            "env_steps": self.env_steps, "checkpoint": self.source,
+            "observation_space": space_to_schema(self.observation_space),
+            "action_space": space_to_schema(self.action_space),
+            "normalizes_observations": self.filter is not None,
+        }
+
+
+# -- observations from JSON ------------------------------------------------------------
+
+
+def parse_observations(data: Any, observation_space: gym.Space, action_space: gym.Space, *,
+                       max_batch: int) -> tuple[Any, bool]:
+    """JSON data -> (observations batched (N, ...), whether it was one observation).
+
+    One observation has the space's nesting (a Dict as an object, a Tuple as a list) with
+    each leaf's shape; a batch is the same nesting with a leading batch axis on every leaf.
+    Anything else raises :class:`BadRequest` with a one-line reason naming the leaf.
+    """
+    leaves = list(_walk(observation_space, data, "observation"))
+    parsed = [_parse_leaf(value, leaf_space, name) for name, leaf_space, value in leaves]
+    sizes = {size for _, size in parsed}
+    if len(sizes) != 1:
+        raise BadRequest("observation leaves disagree on the batch: some are one observation, some a batch, "
+                         "or batches of different sizes")
+    size = sizes.pop()
+    if size is not None and size > max_batch:
+        raise BadRequest(f"batch of {size} observations is over the limit of {max_batch}")
+    if size == 0:
+        raise BadRequest("empty batch of observations")
+    batched = [array if size is not None else array[None] for array, _ in parsed]
+    obs = tree.unflatten_as(space_structure(observation_space), batched)
+    if isinstance(observation_space, spaces.Dict) and ACTION_MASK in observation_space.spaces:
+        bad = rows_without_legal_action(obs[ACTION_MASK], mask_segments(action_space))
+        if len(bad):
+            raise BadRequest(f"action_mask of observation {int(bad[0])} leaves no legal action")
+    return obs, size is None
+
+
+def _walk(space: gym.Space, data: Any, name: str) -> Any:
+    """(name, leaf space, JSON value) for every leaf, in dm-tree order (sorted Dict keys)."""
+    if isinstance(space, spaces.Dict):
+        if not isinstance(data, dict) or set(data) != set(space.spaces):
+            got = sorted(data) if isinstance(data, dict) else type(data).__name__
+            raise BadRequest(f"{name}: expected an object with keys {sorted(space.spaces)}, got {got}")
+        for key in sorted(space.spaces):
+            yield from _walk(space.spaces[key], data[key], f"{name}[{key!r}]")
+    elif isinstance(space, spaces.Tuple):
+        if not isinstance(data, list) or len(data) != len(space.spaces):
+            raise BadRequest(f"{name}: expected a list of the tuple's {len(space.spaces)} parts")
+        for i, sub in enumerate(space.spaces):
+            yield from _walk(sub, data[i], f"{name}[{i}]")
+    else:
+        yield name, space, data
+
+
+def _parse_leaf(value: Any, space: gym.Space, name: str) -> tuple[np.ndarray, int | None]:
+    """(array with the leaf's dtype, batch size or None for one observation)."""
+    try:
+        array = np.asarray(value)
+    except ValueError:
+        raise BadRequest(f"{name}: ragged nesting of lists") from None
+    if array.dtype.kind not in "iuf":
+        kinds = sorted({type(x).__name__ for x in np.asarray(value, dtype=object).reshape(-1)}) if isinstance(
+            value, list) else [type(value).__name__]
+        raise BadRequest(f"{name}: expected numbers, got {', '.join(kinds) or 'nothing'}")
+    shape = tuple(space.shape)
+    if array.shape == shape:
+        size = None
+    elif array.shape[1:] == shape and array.ndim == len(shape) + 1:
+        size = array.shape[0]
+    else:
+        batch = "(N, " + ", ".join(map(str, shape)) + ")"
+        raise BadRequest(f"{name}: shape {array.shape}, expected {shape} (one observation) or {batch} (a batch)")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise BadRequest(f"{name}: holds NaN or infinity")
+    integral = isinstance(space, (spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)) or (
+        np.issubdtype(space.dtype, np.integer))
+    if integral and array.dtype.kind == "f" and not (array == np.round(array)).all():
+        raise BadRequest(f"{name}: expected integers for {space}")
+    low, high = _bounds(space)
+    if ((array < low) | (array > high)).any():
+        raise BadRequest(f"{name}: values outside {space}")
+    return array.astype(space.dtype), size
+
+
+def _bounds(space: gym.Space) -> tuple[Any, Any]:
+    if isinstance(space, spaces.Box):
+        return space.low, space.high
+    if isinstance(space, spaces.Discrete):
+        return space.start, space.start + space.n - 1
+    if isinstance(space, spaces.MultiDiscrete):
+        return space.start, space.start + space.nvec - 1
+    return 0, 1  # MultiBinary
+
+
+def to_json(value: Any) -> Any:
+    """numpy results -> JSON-safe lists (infinities as the strings "inf"/"-inf")."""
+    def leaf(x: Any) -> Any:
+        if isinstance(x, (np.ndarray, np.generic)):
+            x = x.tolist()
+        return tree.map_structure(lambda v: ("inf" if v > 0 else "-inf") if isinstance(v, float) and math.isinf(v)
+                                  else v, x)
+    return tree.map_structure(leaf, value)

@@ -1,0 +1,184 @@
+"""What a served checkpoint answers (the model behind runtime/serving.py's routes).
+
+``PolicyService`` serves a control policy on ``POST /act``; ``CompletionService`` an LM
+checkpoint on ``POST /complete``. Both are stateless between requests (where an env
+stacks frames, the client sends the stacked observation) and follow their checkpoint
+file: ``reload()`` (``POST /reload``) and ``watch()`` (``--watch``) load a newer one, and a
+batch in flight finishes on the weights it started with.
+
+Request bodies:
+
+    POST /act       {"obs": <one observation or a batch>, "explore": false, "details": false}
+                    -> {"actions": ..., "weights_version": v, [details]}
+    POST /complete  {"prompts": ["12+7=", ...]} or {"prompt": "12+7="}, "temperature": 0.0
+                    -> {"completions": [...]} or {"completion": ...}, "weights_version": v
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Callable
+
+import numpy as np
+import tree
+
+from rlfleet.rl.checkpoint import CheckpointError, checkpoint_file, load_checkpoint
+from rlfleet.rl.config import closest
+from rlfleet.rl.inference import Policy, parse_observations, to_json
+from rlfleet.runtime.base import BadRequest
+
+
+def _stamp(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_mtime_ns, st.st_size
+
+
+def _check_keys(body: Any, allowed: tuple[str, ...], required: tuple[str, ...], usage: str) -> None:
+    if not isinstance(body, dict):
+        raise BadRequest(f"body must be a JSON object: {usage}")
+    for key in body:
+        if key not in allowed:
+            raise BadRequest(f"unknown key {key!r}{closest(key, allowed)}: {usage}")
+    missing = [key for key in required if key not in body]
+    if len(missing) == len(required):
+        raise BadRequest(f"missing {' or '.join(repr(k) for k in required)}: {usage}")
+
+
+def _flag(body: dict, key: str) -> bool:
+    value = body.get(key, False)
+    if not isinstance(value, bool):
+        raise BadRequest(f"{key!r} must be true or false, got {value!r}")
+    return value
+
+
+class _Followed:
+    """Holds what was loaded from a checkpoint file and loads it again when it changed."""
+
+    def __init__(self, checkpoint: str, load: Callable[[str], Any]) -> None:
+        self.path = checkpoint_file(checkpoint)
+        self.load = load
+        self.lock = threading.Lock()
+        self.stamp = _stamp(self.path) if os.path.exists(self.path) else None
+        self.current = load(self.path)
+
+    def reload(self, *, only_if_changed: bool = False) -> bool:
+        with self.lock:
+            try:
+                stamp = _stamp(self.path)
+            except OSError as e:
+                raise BadRequest(f"reload failed, still serving the loaded weights: {self.path}: {e.strerror}") from None
+            if only_if_changed and stamp == self.stamp:
+                return False
+            try:
+                loaded = self.load(self.path)
+            except CheckpointError as e:
+                raise BadRequest(f"reload failed, still serving the loaded weights: {e}") from None
+            self.current, self.stamp = loaded, stamp  # one assignment: a batch in flight keeps its reference
+            return True
+
+
+class PolicyService:
+    USAGE = '{"obs": <observation or batch>, "explore": false, "details": false}'
+
+    def __init__(self, checkpoint: str, *, max_batch_rows: int = 256) -> None:
+        self.followed = _Followed(checkpoint, Policy.load)
+        self.max_batch_rows = max_batch_rows
+
+    def parse(self, route: str, body: Any) -> tuple[Any, int]:
+        if route != "/act":
+            raise BadRequest(f"this server serves a control policy: POST /act {self.USAGE}")
+        _check_keys(body, ("obs", "explore", "details"), ("obs",), self.USAGE)
+        policy = self.followed.current
+        obs, single = parse_observations(body["obs"], policy.observation_space, policy.action_space,
+                                         max_batch=self.max_batch_rows)
+        rows = len(tree.flatten(obs)[0])
+        return (obs, single, _flag(body, "explore"), _flag(body, "details")), rows
+
+    def run(self, route: str, items: list[tuple[Any, int]]) -> list[dict[str, Any]]:
+        """One forward pass per kind of request (greedy/explore, with/without details)
+        for all the requests Serve batched together."""
+        policy = self.followed.current  # one set of weights for the whole batch
+        results: list[dict[str, Any] | None] = [None] * len(items)
+        kinds: dict[tuple[bool, bool], list[int]] = {}
+        for i, ((_, _, explore, details), _) in enumerate(items):
+            kinds.setdefault((explore, details), []).append(i)
+        for (explore, details), indices in kinds.items():
+            parts = [items[i][0][0] for i in indices]
+            obs = tree.map_structure(lambda *xs: np.concatenate(xs), *parts) if len(parts) > 1 else parts[0]
+            out = policy.act(obs, explore=explore, details=details)
+            start = 0
+            for i in indices:
+                rows, single = items[i][1], items[i][0][1]
+                part = tree.map_structure(lambda x: x[start:start + rows], out)
+                if single:
+                    part = tree.map_structure(lambda x: x[0], part)
+                results[i] = {**to_json(part), "weights_version": policy.weights_version}
+                start += rows
+        return results  # type: ignore[return-value]
+
+    def metadata(self) -> dict[str, Any]:
+        return {**self.followed.current.metadata(), "route": "POST /act", "max_batch_rows": self.max_batch_rows}
+
+    def reload(self) -> dict[str, Any]:
+        changed = self.followed.reload()
+        return {"reloaded": changed, "weights_version": self.followed.current.weights_version}
+
+    def watch(self) -> None:
+        self.followed.reload(only_if_changed=True)
+
+
+class CompletionService:
+    """An LM checkpoint behind ``POST /complete``; ``load(path)`` rebuilds its algorithm in
+    this process (``from_checkpoint``), and completions are the same as its ``complete``."""
+
+    USAGE = '{"prompts": ["12+7=", ...]} or {"prompt": "12+7="}, optional "temperature": 0.0'
+
+    def __init__(self, checkpoint: str, load: Callable[[str], Any], *, max_batch_rows: int = 256) -> None:
+        self.followed = _Followed(checkpoint, load)
+        self.max_batch_rows = max_batch_rows
+
+    def parse(self, route: str, body: Any) -> tuple[Any, int]:
+        if route != "/complete":
+            raise BadRequest(f"this server serves a language model: POST /complete {self.USAGE}")
+        _check_keys(body, ("prompts", "prompt", "temperature"), ("prompts", "prompt"), self.USAGE)
+        single = "prompt" in body
+        prompts = [body["prompt"]] if single else body["prompts"]
+        if "prompt" in body and "prompts" in body:
+            raise BadRequest(f"give 'prompt' or 'prompts', not both: {self.USAGE}")
+        if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+            raise BadRequest(f"prompts must be a non-empty list of strings: {self.USAGE}")
+        if len(prompts) > self.max_batch_rows:
+            raise BadRequest(f"batch of {len(prompts)} prompts is over the limit of {self.max_batch_rows}")
+        temperature = body.get("temperature", 0.0)
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 10:
+            raise BadRequest(f"temperature must be a number in [0, 10], got {temperature!r}")
+        return (prompts, single, float(temperature)), len(prompts)
+
+    def run(self, route: str, items: list[tuple[Any, int]]) -> list[dict[str, Any]]:
+        algo = self.followed.current
+        version = algo.weights_version
+        results = []
+        for (prompts, single, temperature), _ in items:
+            completions = algo.complete(prompts, temperature=temperature)
+            results.append({"completion": completions[0]} if single else {"completions": completions})
+            results[-1]["weights_version"] = version
+        return results
+
+    def metadata(self) -> dict[str, Any]:
+        algo = self.followed.current
+        return {"algorithm": algo.config.algo_name, "env": str(algo.config.env), "weights_version": algo.weights_version,
+                "env_steps": algo.env_steps, "checkpoint": self.followed.path, "route": "POST /complete",
+                "max_batch_rows": self.max_batch_rows}
+
+    def reload(self) -> dict[str, Any]:
+        changed = self.followed.reload()
+        return {"reloaded": changed, "weights_version": self.followed.current.weights_version}
+
+    def watch(self) -> None:
+        self.followed.reload(only_if_changed=True)
+
+
+def checkpoint_algo(checkpoint: str) -> str:
+    """The algorithm name a checkpoint was saved by."""
+    return str(load_checkpoint(checkpoint)["algo"])

@@ -1,0 +1,173 @@
+"""Evaluate a policy on a local env: a served one over HTTP, or a checkpoint in-process.
+
+    python scripts/evaluate.py --endpoint http://127.0.0.1:8000 --episodes 10
+    python scripts/evaluate.py --checkpoint runs/ppo_Pendulum-v1_X/checkpoint --episodes 10
+    rlfleet evaluate --endpoint URL --env CartPole-v1 --episodes 20 --json
+
+Episode i runs on the env reset with seed ``--seed + i``, acting greedily, so the two
+ways give the same per-episode returns for the same policy. Prints the mean, min and max
+return and the latency percentiles of the action requests (HTTP round trips, or in-process
+calls). ``--env`` defaults to the checkpoint's (or the server's) env and env_config.
+
+Exit codes: 0 evaluated, 2 bad input (one line), 3 the endpoint failed mid-run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import sys
+import time
+import urllib.parse
+from typing import Any, Callable
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Evaluate a served policy or a checkpoint on a local env.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="exit codes: 0 evaluated; 2 bad input; 3 the endpoint failed mid-run")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--endpoint", help="URL of a server started with serve.py")
+    source.add_argument("--checkpoint", help="checkpoint directory, evaluated in this process")
+    p.add_argument("--env", help="env id (default: the policy's)")
+    p.add_argument("--env-config", help="env_config as YAML/JSON (default: the policy's)")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0, help="episode i is reset with seed SEED + i")
+    p.add_argument("--token", help="bearer token of the server")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="your module (import name or .py path) that registers the env")
+    p.add_argument("--json", action="store_true", help="print one JSON object (per-episode returns included)")
+    return p.parse_args(argv)
+
+
+class EndpointError(RuntimeError):
+    """The server answered a request with an error or not at all."""
+
+
+class HttpPolicy:
+    """``act(obs)`` through ``POST /act`` on one kept-alive connection."""
+
+    def __init__(self, url: str, token: str | None) -> None:
+        parsed = urllib.parse.urlparse(url if "://" in url else f"http://{url}")
+        if parsed.scheme != "http" or not parsed.hostname:
+            raise ValueError(f"--endpoint {url!r}: expected http://HOST:PORT")
+        self.conn = http.client.HTTPConnection(parsed.hostname, parsed.port or 80, timeout=30)
+        self.headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+        self.metadata = self._request("GET", "/metadata")
+
+    def _request(self, method: str, path: str, body: Any = None) -> Any:
+        try:
+            self.conn.request(method, path, None if body is None else json.dumps(body), self.headers)
+            response = self.conn.getresponse()
+            data = response.read()
+        except OSError as e:
+            raise EndpointError(f"{method} {path}: {e}") from None
+        if response.status != 200:
+            raise EndpointError(f"{method} {path}: HTTP {response.status}: {data.decode(errors='replace')[:200]}")
+        return json.loads(data)
+
+    def act(self, obs: Any) -> Any:
+        return self._request("POST", "/act", {"obs": obs})["actions"]
+
+
+def run_episodes(env: Any, act: Callable[[Any], Any], episodes: int, seed: int) -> tuple[list[float], list[float]]:
+    """(returns, seconds per action request) of ``episodes`` episodes, seeded seed + i."""
+    returns, latencies = [], []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        total, done = 0.0, False
+        while not done:
+            started = time.perf_counter()
+            action = act(obs)
+            latencies.append(time.perf_counter() - started)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    return returns, latencies
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import numpy as np
+    import tree
+    import yaml
+    from gymnasium.spaces import Discrete
+
+    from rlfleet.envs import EnvConfigError, EnvNotFoundError, UserModuleError, import_user_module, make_env_creator, probe_env
+    from rlfleet.rl.checkpoint import CheckpointError
+    from rlfleet.rl.inference import Policy, to_json
+    from rlfleet.rl.spaces import space_from_schema, space_structure
+
+    def fail(message: str, code: int = 2) -> int:
+        print(f"evaluate.py: error: {message}", file=sys.stderr)
+        return code
+
+    if args.episodes <= 0:
+        return fail(f"--episodes must be > 0, got {args.episodes}")
+    try:
+        for module in args.imports:
+            import_user_module(module)
+        if args.checkpoint:
+            policy = Policy.load(args.checkpoint)
+            meta = policy.metadata()
+            action_space = policy.action_space
+
+            def act(obs: Any) -> Any:
+                batched = tree.map_structure(lambda x: np.asarray(x)[None], obs)
+                return tree.map_structure(lambda x: x[0], policy.act(batched)["actions"])
+        else:
+            remote = HttpPolicy(args.endpoint, args.token)
+            meta = remote.metadata
+            action_space = space_from_schema(meta["action_space"])
+            structure = space_structure(action_space)
+            leaves = tree.flatten(structure)
+
+            def act(obs: Any) -> Any:
+                answer = remote.act(to_json(obs))
+                parts = [answer] if len(leaves) == 1 else tree.flatten_up_to(structure, _tuples(answer, structure))
+                values = [int(a) if isinstance(s, Discrete) else np.asarray(a, s.dtype) for a, s in zip(parts, leaves)]
+                return values[0] if len(leaves) == 1 else tree.unflatten_as(structure, values)
+        env_name = args.env or meta["env"]
+        env_config = yaml.safe_load(args.env_config) if args.env_config else (meta.get("env_config") or {})
+        env = probe_env(make_env_creator(env_name, env_config))
+    except (CheckpointError, EnvNotFoundError, EnvConfigError, UserModuleError, ValueError, yaml.YAMLError) as e:
+        return fail(str(e).splitlines()[0])
+    except EndpointError as e:
+        return fail(f"cannot reach the endpoint: {e}")
+    try:
+        returns, latencies = run_episodes(env, act, args.episodes, args.seed)
+    except EndpointError as e:
+        return fail(f"the endpoint failed mid-run: {e}", 3)
+    finally:
+        env.close()
+    ms = np.asarray(latencies) * 1000.0
+    summary = {
+        "source": args.endpoint or args.checkpoint, "env": env_name, "episodes": len(returns), "seed": args.seed,
+        "return_mean": float(np.mean(returns)), "return_min": float(np.min(returns)), "return_max": float(np.max(returns)),
+        "latency_ms_p50": float(np.percentile(ms, 50)), "latency_ms_p90": float(np.percentile(ms, 90)),
+        "latency_ms_p99": float(np.percentile(ms, 99)), "requests": len(latencies),
+        "weights_version": meta.get("weights_version"), "returns": returns,
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{summary['source']} on {env_name}: {len(returns)} episodes, return mean {summary['return_mean']:.2f} "
+              f"(min {summary['return_min']:.2f}, max {summary['return_max']:.2f}); {len(latencies)} action requests, "
+              f"latency p50 {summary['latency_ms_p50']:.3f} ms, p90 {summary['latency_ms_p90']:.3f} ms, "
+              f"p99 {summary['latency_ms_p99']:.3f} ms")
+    return 0
+
+
+def _tuples(answer: Any, structure: Any) -> Any:
+    """JSON lists back into the tuples of a Tuple action space's structure."""
+    if isinstance(structure, tuple):
+        return tuple(_tuples(a, s) for a, s in zip(answer, structure))
+    if isinstance(structure, dict):
+        return {k: _tuples(answer[k], s) for k, s in structure.items()}
+    return answer
+
+
+if __name__ == "__main__":
+    sys.exit(main())
