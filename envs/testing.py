@@ -67,9 +67,9 @@ class NestedObsEnv(gym.Env):
 class ImageEnv(gym.Env):
     """uint8 image observation (HWC); the reward says whether the bright half was chosen."""
 
-    def __init__(self, size: int = 32, max_steps: int = 10) -> None:
-        self.size, self.max_steps = size, max_steps
-        self.observation_space = spaces.Box(0, 255, (size, size, 3), np.uint8)
+    def __init__(self, size: int = 32, max_steps: int = 10, channels: int = 3) -> None:
+        self.size, self.max_steps, self.channels = size, max_steps, channels
+        self.observation_space = spaces.Box(0, 255, (size, size, channels), np.uint8)
         self.action_space = spaces.Discrete(2)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
@@ -79,7 +79,7 @@ class ImageEnv(gym.Env):
 
     def _obs(self) -> np.ndarray:
         self.side = int(self.np_random.integers(2))
-        img = np.zeros((self.size, self.size, 3), np.uint8)
+        img = np.zeros((self.size, self.size, self.channels), np.uint8)
         half = self.size // 2
         img[:, self.side * half : (self.side + 1) * half] = 255
         return img

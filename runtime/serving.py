@@ -47,7 +47,8 @@ class ServeOptions:
     max_body_bytes: int = 1 << 20
     max_batch_rows: int = 256
     """Rows one batched forward pass takes (several requests' observations together)."""
-    batch_wait_s: float = 0.002
+    batch_wait_s: float = 0.0
+    """How long a batch waits to fill; 0 batches what queued up while the last one ran."""
     batching: bool = True
     watch: bool = False
     app_name: str = "rlfleet"

@@ -228,7 +228,15 @@ def main() -> None:
     ivp = sub.add_parser("impala-vs-ppo", help="env steps/s of IMPALA vs synchronous PPO on a 2 ms/step env")
     ivp.add_argument("--repeats", type=int, default=3)
     ivp.add_argument("--steps", type=int, default=4000, help="env steps measured per run (after warm-up)")
+    serving = sub.add_parser("serve", help="served policy: latency and actions/s vs a bare forward and minimal Serve")
+    serving.add_argument("--seconds", type=float, default=3.0, help="seconds per measured point")
+    serving.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args()
+    if args.bench == "serve":
+        from bench_serve import main as serve_bench  # scripts/ is on sys.path when run as a script
+
+        serve_bench(args)
+        return
     {"cartpole-race": cartpole_race, "fleet-scaling": fleet_scaling, "startup": startup,
      "impala-vs-ppo": impala_vs_ppo}[args.bench](args)
 

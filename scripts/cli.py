@@ -5,19 +5,31 @@ from __future__ import annotations
 
 import sys
 
-COMMANDS = {"train": "train a policy (scripts/train.py)", "regression": "run tuned examples (scripts/run_regression.py)"}
+COMMANDS = {
+    "train": "train a policy (scripts/train.py)",
+    "regression": "run tuned examples (scripts/run_regression.py)",
+    "serve": "serve a checkpoint over HTTP on Ray Serve (scripts/serve.py)",
+    "evaluate": "evaluate a served policy or a checkpoint on a local env (scripts/evaluate.py)",
+    "export": "export a checkpoint's policy to ONNX or TorchScript (scripts/export.py)",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ("-h", "--help"):
-        print("usage: rlfleet {train,regression} [options]\n" + "\n".join(f"  {k:11s} {v}" for k, v in COMMANDS.items()))
+        print("usage: rlfleet {" + ",".join(COMMANDS) + "} [options]\n" + "\n".join(f"  {k:11s} {v}" for k, v in COMMANDS.items()))
         return 0 if args else 2
     command, rest = args[0], args[1:]
     if command == "train":
         from rlfleet.scripts.train import main as run
     elif command == "regression":
         from rlfleet.scripts.run_regression import main as run
+    elif command == "serve":
+        from rlfleet.scripts.serve import main as run
+    elif command == "evaluate":
+        from rlfleet.scripts.evaluate import main as run
+    elif command == "export":
+        from rlfleet.scripts.export import main as run
     else:
         from rlfleet.rl.config import closest
 

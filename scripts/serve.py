@@ -41,7 +41,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-replicas", type=int, default=1)
     p.add_argument("--num-cpus-per-replica", type=float, default=1.0)
     p.add_argument("--max-batch-rows", type=int, default=256, help="observations per batched forward pass and request")
-    p.add_argument("--batch-wait-ms", type=float, default=2.0, help="how long a batch waits to fill")
+    p.add_argument("--batch-wait-ms", type=float, default=0.0,
+                   help="how long a batch waits to fill (default 0: what queued up while the last batch ran)")
     p.add_argument("--no-batching", action="store_true", help="one forward pass per request")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20)
     p.add_argument("--watch", action="store_true", help="load the checkpoint again whenever its file changes")

@@ -1,0 +1,81 @@
+"""Servers started and stopped per test (one Serve instance per process at a time, so
+these live apart from test_serve.py's module-wide server)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("ray.serve")
+
+from tests.serving.conftest import train  # noqa: E402
+from tests.serving.test_serve import REPO, Client, evaluate, ray_processes, start  # noqa: E402
+
+
+def test_pendulum_normalised_and_clipped_serves_like_in_process_and_stops_clean(checkpoints):
+    checkpoint = checkpoints("ppo-pendulum")
+    before = ray_processes()
+    server, client = start(checkpoint)
+    try:
+        served = evaluate("--endpoint", f"http://127.0.0.1:{client.port}")
+        status, one = client.act([1.0, 0.0, 0.0])
+        assert status == 200 and -2.0 <= one["actions"][0] <= 2.0  # clipped to the Box
+    finally:
+        server.stop()
+    local = evaluate("--checkpoint", checkpoint)
+    assert served["returns"] == local["returns"]
+    deadline = time.monotonic() + 15
+    while ray_processes() - before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not ray_processes() - before
+
+
+def test_reload_under_load_fails_no_request_and_shows_the_new_version(checkpoints, tmp_path):
+    checkpoint = train("ppo-cartpole", tmp_path / "checkpoint", iterations=2)
+    server, client = start(checkpoint)
+    try:
+        old = client.request("GET", "/metadata")[1]["weights_version"]
+        statuses: list[int] = []
+        stop = threading.Event()
+
+        def hammer() -> None:
+            while not stop.is_set():
+                statuses.append(client.act([0.0, 0.1, 0.0, -0.1])[0])
+
+        threads = [threading.Thread(target=hammer) for _ in range(4)]
+        for t in threads:
+            t.start()
+        train("ppo-cartpole", tmp_path / "checkpoint", iterations=3)  # a newer checkpoint, same place
+        status, answer = client.request("POST", "/reload")
+        time.sleep(1.0)
+        stop.set()
+        for t in threads:
+            t.join()
+        assert status == 200 and answer["reloaded"] and answer["weights_version"] != old
+        assert len(statuses) > 20 and set(statuses) == {200}
+        assert client.request("GET", "/metadata")[1]["weights_version"] == answer["weights_version"]
+    finally:
+        server.stop()
+
+
+def test_a_token_is_required_when_set_and_other_hosts_need_one(checkpoints):
+    server, client = start(checkpoints("ppo-cartpole"), token="s3cret")
+    try:
+        anonymous = Client(client.port)
+        status, answer = anonymous.request("GET", "/metadata")
+        assert status == 401 and "Authorization: Bearer" in answer["error"]
+        assert anonymous.request("GET", "/metadata", headers={"Authorization": "Bearer wrong"})[0] == 401
+        assert client.request("GET", "/metadata")[0] == 200
+    finally:
+        server.stop()
+    done = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "serve.py"), "--checkpoint",
+                           checkpoints("ppo-cartpole"), "--host", "0.0.0.0"], capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items() if k != "RLFLEET_SERVE_TOKEN"})
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("serve.py: error: --host 0.0.0.0 is reachable from other machines: give --token "
+                                   "(or RLFLEET_SERVE_TOKEN)")
