@@ -20,7 +20,7 @@ import torch
 import tree
 from torch import nn
 
-from rlfleet.rl.inference import Policy
+from rlfleet.rl.inference import Policy, to_json
 from rlfleet.rl.spaces import leaf_spaces, space_structure, space_to_schema
 
 CONTRACT_FORMAT = "rlfleet-onnx-1"
@@ -95,7 +95,8 @@ def export_onnx(policy: Policy, path: str) -> dict[str, Any]:
                           dynamic_axes=dynamic, dynamo=False, opset_version=17)
     contract = {
         "format": CONTRACT_FORMAT,
-        "algorithm": policy.algo, "env": policy.env, "weights_version": policy.weights_version,
+        "algorithm": policy.algo, "env": policy.env, "env_config": to_json(policy.env_config),
+        "weights_version": policy.weights_version,
         "env_steps": policy.env_steps, "deterministic": True,
         "inputs": [{"name": n, "shape": ["batch", *s.shape], "dtype": str(s.dtype)} for n, s in zip(input_names, obs_spaces)],
         "outputs": [{"name": n, "shape": ["batch", *_action_shape(s)], "dtype": _action_dtype(s)}

@@ -156,13 +156,19 @@ class CompletionService:
         return (prompts, single, float(temperature)), len(prompts)
 
     def run(self, route: str, items: list[tuple[Any, int]]) -> list[dict[str, Any]]:
+        """One generation per temperature for the prompts of all the batched requests."""
         algo = self.followed.current
-        version = algo.weights_version
-        results = []
-        for (prompts, single, temperature), _ in items:
-            completions = algo.complete(prompts, temperature=temperature)
-            results.append({"completion": completions[0]} if single else {"completions": completions})
-            results[-1]["weights_version"] = version
+        results: list[dict[str, Any]] = [{} for _ in items]
+        by_temperature: dict[float, list[int]] = {}
+        for i, ((_, _, temperature), _) in enumerate(items):
+            by_temperature.setdefault(temperature, []).append(i)
+        for temperature, indices in by_temperature.items():
+            completions = algo.complete([p for i in indices for p in items[i][0][0]], temperature=temperature)
+            for i in indices:
+                prompts, single, _ = items[i][0]
+                mine, completions = completions[:len(prompts)], completions[len(prompts):]
+                results[i] = {"completion": mine[0]} if single else {"completions": mine}
+                results[i]["weights_version"] = algo.weights_version
         return results
 
     def metadata(self) -> dict[str, Any]:

@@ -30,6 +30,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--endpoint", help="URL of a server started with serve.py")
     source.add_argument("--checkpoint", help="checkpoint directory, evaluated in this process")
+    source.add_argument("--onnx", help="an exported policy.onnx (its .json contract beside it), run with onnxruntime")
     p.add_argument("--env", help="env id (default: the policy's)")
     p.add_argument("--env-config", help="env_config as YAML/JSON (default: the policy's)")
     p.add_argument("--episodes", type=int, default=10)
@@ -117,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             def act(obs: Any) -> Any:
                 batched = tree.map_structure(lambda x: np.asarray(x)[None], obs)
                 return tree.map_structure(lambda x: x[0], policy.act(batched)["actions"])
+        elif args.onnx:
+            meta, act = onnx_policy(args.onnx)
         else:
             remote = HttpPolicy(args.endpoint, args.token)
             meta = remote.metadata
@@ -144,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         env.close()
     ms = np.asarray(latencies) * 1000.0
     summary = {
-        "source": args.endpoint or args.checkpoint, "env": env_name, "episodes": len(returns), "seed": args.seed,
+        "source": args.endpoint or args.checkpoint or args.onnx, "env": env_name, "episodes": len(returns), "seed": args.seed,
         "return_mean": float(np.mean(returns)), "return_min": float(np.min(returns)), "return_max": float(np.max(returns)),
         "latency_ms_p50": float(np.percentile(ms, 50)), "latency_ms_p90": float(np.percentile(ms, 90)),
         "latency_ms_p99": float(np.percentile(ms, 99)), "requests": len(latencies),
@@ -158,6 +161,38 @@ def main(argv: list[str] | None = None) -> int:
               f"latency p50 {summary['latency_ms_p50']:.3f} ms, p90 {summary['latency_ms_p90']:.3f} ms, "
               f"p99 {summary['latency_ms_p99']:.3f} ms")
     return 0
+
+
+def onnx_policy(path: str) -> tuple[dict, Callable[[Any], Any]]:
+    """(metadata, act) of an exported model, from its contract: observation leaves in, in
+    sorted-key order with a batch axis of 1; action leaves out."""
+    import numpy as np
+    import tree
+    from gymnasium.spaces import Discrete
+
+    from rlfleet.rl.spaces import space_from_schema, space_structure
+
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise ValueError(f"--onnx needs onnxruntime: pip install 'rlfleet[export]' ({e})") from None
+    try:
+        with open(path + ".json", encoding="utf-8") as f:
+            contract = json.load(f)
+        session = onnxruntime.InferenceSession(path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--onnx {path!r}: {e}") from None
+    action_structure = space_structure(space_from_schema(contract["action_space"]))
+    inputs = [(i["name"], np.dtype(i["dtype"])) for i in contract["inputs"]]
+
+    def act(obs: Any) -> Any:
+        feed = {name: np.asarray(x, dtype)[None] for (name, dtype), x in zip(inputs, tree.flatten(obs))}
+        outputs = [o[0] for o in session.run(None, feed)]
+        leaves = [int(o) if isinstance(s, Discrete) else o for o, s in zip(outputs, tree.flatten(action_structure))]
+        return tree.unflatten_as(action_structure, leaves)
+
+    return {"env": contract["env"], "env_config": contract.get("env_config") or {},
+            "weights_version": contract["weights_version"]}, act
 
 
 def _tuples(answer: Any, structure: Any) -> Any:

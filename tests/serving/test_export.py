@@ -98,3 +98,21 @@ def test_torchscript_export_acts_like_the_library(checkpoints, tmp_path):
     with torch.no_grad():
         got = torch.jit.load(str(out))(torch.from_numpy(obs))[0].numpy()
     assert np.abs(got - Policy.load(checkpoint).act(obs)["actions"]).max() <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["ppo-pendulum", "ppo-cartpole"])
+def test_evaluating_the_onnx_file_gives_the_checkpoints_returns(name, checkpoints, tmp_path):
+    checkpoint = checkpoints(name)
+    model = str(tmp_path / "policy.onnx")
+    subprocess.run([sys.executable, "scripts/export.py", "--checkpoint", checkpoint, "--out", model], check=True,
+                   capture_output=True)
+    runs = {}
+    for flag, source in (("--onnx", model), ("--checkpoint", checkpoint)):
+        done = subprocess.run([sys.executable, "scripts/evaluate.py", flag, source, "--episodes", "4", "--seed", "3",
+                               "--json"], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        runs[flag] = json.loads(done.stdout)["returns"]
+    if name == "ppo-cartpole":  # discrete actions: the same episodes exactly
+        assert runs["--onnx"] == runs["--checkpoint"]
+    else:  # continuous actions agree to float32 rounding (<= 1e-5), and so do the returns
+        np.testing.assert_allclose(runs["--onnx"], runs["--checkpoint"], rtol=1e-5)

@@ -50,7 +50,10 @@ class Client:
         response = conn.getresponse()
         status, data = response.status, response.read()
         conn.close()
-        return status, json.loads(data)
+        try:
+            return status, json.loads(data)
+        except json.JSONDecodeError:  # Serve's proxy before the app is up answers in text
+            return status, {"error": data.decode(errors="replace")}
 
     def act(self, obs, **extra) -> tuple[int, dict]:
         return self.request("POST", "/act", json.dumps({"obs": obs, **extra}))

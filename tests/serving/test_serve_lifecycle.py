@@ -79,3 +79,54 @@ def test_a_token_is_required_when_set_and_other_hosts_need_one(checkpoints):
     assert done.returncode == 2
     assert done.stderr.strip() == ("serve.py: error: --host 0.0.0.0 is reachable from other machines: give --token "
                                    "(or RLFLEET_SERVE_TOKEN)")
+
+
+def test_an_lm_checkpoint_answers_complete_like_from_checkpoint_and_ctrl_c_stops_clean(tmp_path):
+    import json
+    import signal
+
+    from rlfleet.algorithms.grpo import GRPO, GRPOConfig
+    from tests.serving.test_serve import free_port
+
+    algo = GRPOConfig(env="text-addition", env_config={"warmup_error_rate": 0.5}, seed=0, warmup_steps=20,
+                      prompts_per_runner=4, group_size=4, minibatch_size=16, n_layer=1, n_head=2, n_embd=16).build()
+    algo.train()
+    algo.save(str(tmp_path / "checkpoint"))
+    algo.stop()
+    local = GRPO.from_checkpoint(str(tmp_path / "checkpoint"))
+    expected = local.complete(["12+7=", "3+4="])
+    local.stop()
+    before = ray_processes()
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "scripts", "serve.py"), "--checkpoint",
+                             str(tmp_path / "checkpoint"), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        client = Client(port)
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if client.request("GET", "/healthz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "timeout"
+            time.sleep(0.3)
+        status, answer = client.request("POST", "/complete", json.dumps({"prompts": ["12+7=", "3+4="]}))
+        assert status == 200 and answer["completions"] == expected
+        status, answer = client.request("POST", "/complete", json.dumps({"prompt": "12+7="}))
+        assert status == 200 and answer["completion"] == expected[0]
+        status, answer = client.request("POST", "/complete", json.dumps({"prompts": "12+7="}))
+        assert status == 400 and "prompts must be a non-empty list of strings" in answer["error"]
+        status, answer = client.request("POST", "/act", json.dumps({"obs": [1]}))
+        assert status == 400 and "serves a language model: POST /complete" in answer["error"]
+        assert client.request("GET", "/metadata")[1]["algorithm"] == "grpo"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "server stopped" in out
+    deadline = time.monotonic() + 15
+    while ray_processes() - before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not ray_processes() - before
