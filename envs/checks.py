@@ -20,6 +20,15 @@ def describe(value: Any) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
+def space_structure(space: gym.Space) -> Any:
+    """The space as plain nested dicts/tuples of leaf spaces (what dm-tree understands)."""
+    if isinstance(space, spaces.Dict):
+        return {key: space_structure(sub) for key, sub in space.spaces.items()}
+    if isinstance(space, spaces.Tuple):
+        return tuple(space_structure(sub) for sub in space.spaces)
+    return space
+
+
 def structure_problem(value: Any, space: gym.Space) -> str | None:
     """What is wrong with the type, shape or dtype of ``value`` for ``space`` (bounds are
     not looked at: that is the batched ``contains`` of :func:`check_observations`), or

@@ -28,7 +28,8 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space, iterate
 
-from rlfleet.envs.checks import EnvContractError, check_observations, check_rewards, describe, structure_problem
+from rlfleet.envs.checks import (EnvContractError, check_observations, check_rewards, describe, space_structure,
+                                 structure_problem)
 
 
 @dataclasses.dataclass
@@ -62,7 +63,7 @@ class CheckedVectorEnv:
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self._leaf_obs = not isinstance(self.single_observation_space, (spaces.Dict, spaces.Tuple))
         self._leaf_actions = not isinstance(self.single_action_space, (spaces.Dict, spaces.Tuple))
-        self._leaf_spaces = _structure(self.single_observation_space)
+        self._leaf_spaces = space_structure(self.single_observation_space)
 
     # -- the loop ------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None) -> Any:
@@ -168,15 +169,6 @@ class CheckedVectorEnv:
             raise EnvContractError(f"env {self.name!r} (sub-env {i}): step() returned {what}={describe(flag)}, "
                                    f"a {type(flag).__name__}, not a bool")
         return stacked.astype(bool, copy=False)
-
-
-def _structure(space: gym.Space) -> Any:
-    """The space as nested dicts/tuples of leaf spaces, to map over beside an observation."""
-    if isinstance(space, spaces.Dict):
-        return {key: _structure(sub) for key, sub in space.spaces.items()}
-    if isinstance(space, spaces.Tuple):
-        return tuple(_structure(sub) for sub in space.spaces)
-    return space
 
 
 def _is_number(value: Any) -> bool:

@@ -13,6 +13,7 @@ import numpy as np
 import tree
 from gymnasium import spaces
 
+from rlfleet.envs.checks import space_structure
 from rlfleet.rl.core import ACTION_MASK
 
 OBS_LEAVES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
@@ -21,15 +22,6 @@ ACTION_LEAVES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete)
 
 class UnsupportedSpaceError(ValueError):
     """A space the RLModule has no encoder or head for."""
-
-
-def space_structure(space: gym.Space) -> Any:
-    """The space as plain nested dicts/tuples of leaf spaces (what dm-tree understands)."""
-    if isinstance(space, spaces.Dict):
-        return {key: space_structure(sub) for key, sub in space.spaces.items()}
-    if isinstance(space, spaces.Tuple):
-        return tuple(space_structure(sub) for sub in space.spaces)
-    return space
 
 
 def leaf_spaces(space: gym.Space) -> list[gym.Space]:

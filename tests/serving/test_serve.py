@@ -113,7 +113,8 @@ def test_metadata_and_actions(cartpole_server):
 @pytest.mark.parametrize("body,message", [
     ('{"obs": [0.1, 0.2, 0.3]}', "observation: shape (3,), expected (4,) (one observation) or (N, 4) (a batch)"),
     ('{"obs": [[0.1, 0.2], [0.3]]}', "observation: ragged nesting of lists"),
-    ('{"obs": {"x": [0.1, 0.2, 0.3, 0.4]}}', "observation: expected numbers, got dict"),
+    ('{"obs": {"x": [0.1, 0.2, 0.3, 0.4]}}', """observation: an object leaf must be {"b64": ..."""),
+    ('{"obs": [[0.1, 0.2, 0.3, {"x": 1}]]}', "observation: expected numbers, got dict, float"),
     ('{"obs": [NaN, 0.2, 0.3, 0.4]}', "observation: holds NaN or infinity"),
     ('{"obs": [0.1, "a", 0.3, 0.4]}', "observation: expected numbers, got float, str"),
     ('{"obs": [0.1, 0.2, 0.3, 0.4], "explore": "yes"}', "'explore' must be true or false, got 'yes'"),
