@@ -1,50 +1,30 @@
 """Simulators: the registry that turns a user's ``env`` into a creator, contract checks,
-and small test environments. Imports nothing else of ours."""
+vector envs, small test environments, and external simulators. Imports nothing else of
+ours.
 
-from rlfleet.envs.atari import make_atari, register_atari_envs
-from rlfleet.envs.checks import ContractCheckWrapper, EnvContractError, check_observations, check_rewards
-from rlfleet.envs.recovery import EnvFailedError, RecreateOnError
-from rlfleet.envs.registry import (
-    EnvConfigError,
-    EnvCreator,
-    EnvNotFoundError,
-    UserModuleError,
-    import_user_module,
-    make_env_creator,
-    probe_env,
-    register_env,
-    registered_envs,
-)
+Names are loaded on first use (PEP 562), so ``import rlfleet.envs.external`` (the
+external-simulator client) needs only numpy and msgpack, not gymnasium.
+"""
 
-# The test envs are usable by name everywhere, the command line included
-# (`--env rlfleet/Flaky-v0 --set env_config={fail_every: 50}`).
-def _register_test_envs() -> None:
-    import functools
+from __future__ import annotations
 
-    from rlfleet.envs.testing import TEST_ENVS, make_test_env
+import importlib
+from typing import Any
 
-    for name in TEST_ENVS:
-        register_env(name, functools.partial(make_test_env, name))
+_EXPORTS = {
+    "make_atari": "atari", "register_atari_envs": "atari",
+    "ContractCheckWrapper": "checks", "EnvContractError": "checks", "check_observations": "checks",
+    "check_rewards": "checks",
+    "EnvFailedError": "recovery", "RecreateOnError": "recovery",
+    "EnvConfigError": "registry", "EnvCreator": "registry", "EnvNotFoundError": "registry",
+    "UserModuleError": "registry", "import_user_module": "registry", "make_env_creator": "registry",
+    "probe_env": "registry", "register_env": "registry", "registered_envs": "registry",
+}
+
+__all__ = sorted(_EXPORTS)
 
 
-_register_test_envs()
-
-__all__ = [
-    "ContractCheckWrapper",
-    "EnvConfigError",
-    "EnvContractError",
-    "EnvCreator",
-    "EnvFailedError",
-    "EnvNotFoundError",
-    "UserModuleError",
-    "import_user_module",
-    "RecreateOnError",
-    "check_observations",
-    "check_rewards",
-    "make_atari",
-    "make_env_creator",
-    "probe_env",
-    "register_atari_envs",
-    "register_env",
-    "registered_envs",
-]
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'rlfleet.envs' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"rlfleet.envs.{_EXPORTS[name]}"), name)

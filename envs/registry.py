@@ -132,3 +132,17 @@ def _registered(name: str) -> Callable[[dict], gym.Env] | None:
 
         register_atari_envs([name])
     return _REGISTRY.get(name)
+
+
+# The test envs are usable by name everywhere, the command line included
+# (`--env rlfleet/Flaky-v0 --set env_config={fail_every: 50}`).
+def _register_test_envs() -> None:
+    import functools
+
+    from rlfleet.envs.testing import TEST_ENVS, make_test_env
+
+    for name in TEST_ENVS:
+        register_env(name, functools.partial(make_test_env, name))
+
+
+_register_test_envs()

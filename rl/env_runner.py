@@ -22,6 +22,7 @@ from rlfleet.rl.config import ControlConfig
 from rlfleet.rl.connectors import MeanStdFilter
 from rlfleet.envs import EnvContractError
 from rlfleet.rl.core import ACTION_MASK, Fragment
+from rlfleet.rl.external_runner import EXTERNAL_ENV, ExternalEnvRunner, ExternalConfigError, external_spaces
 from rlfleet.rl.module import ModuleSpec
 from rlfleet.rl.spaces import actions_to_env, check_spaces, mask_segments, mask_space, rows_without_legal_action
 
@@ -233,14 +234,21 @@ class EnvRunnerFactory:
 
     def __init__(self, config: ControlConfig, *, adapt_spec: Callable[[ModuleSpec], Any] = lambda spec: spec) -> None:
         c = self.config = config
-        self.env_creator = make_env_creator(c.env, c.env_config)
-        probe = probe_env(self.env_creator)
-        observation_space, action_space = probe.observation_space, probe.action_space
-        probe.close()
-        check_spaces(observation_space, action_space, self.env_creator.name)
+        # ``env: external``: simulators connect over the network (rl/external_runner.py).
+        self.external = c.env == EXTERNAL_ENV
+        if self.external:
+            observation_space, action_space = external_spaces(c.env_config)
+            env_name = EXTERNAL_ENV
+        else:
+            self.env_creator = make_env_creator(c.env, c.env_config)
+            probe = probe_env(self.env_creator)
+            observation_space, action_space = probe.observation_space, probe.action_space
+            probe.close()
+            env_name = self.env_creator.name
+        check_spaces(observation_space, action_space, env_name)
         self.module_spec = adapt_spec(ModuleSpec(
             observation_space, action_space, hidden_sizes=tuple(c.hidden_sizes), activation=c.activation,
-            shared_encoder=c.shared_encoder, env_name=self.env_creator.name, encode_mask=c.encode_action_mask,
+            shared_encoder=c.shared_encoder, env_name=env_name, encode_mask=c.encode_action_mask,
         ))
 
     def __call__(self, index: int) -> EnvRunner:
@@ -248,13 +256,20 @@ class EnvRunnerFactory:
         return self._runner(index, self.config.num_envs_per_runner, self.config.seed + 1000 * index)
 
     def evaluation_runner(self, num_episodes: int) -> EnvRunner:
+        if self.external:
+            raise ExternalConfigError("env 'external' has no local env to evaluate in: serve a checkpoint "
+                                     "(scripts/serve.py) and evaluate it with scripts/evaluate.py")
         return self._runner(-1, min(num_episodes, 8), self.config.seed + 999_983)
 
     def make_connector(self) -> MeanStdFilter | None:
         return MeanStdFilter(self.module_spec.observation_space) if self.config.normalize_obs else None
 
-    def _runner(self, index: int, num_envs: int, seed: int) -> EnvRunner:
+    def _runner(self, index: int, num_envs: int, seed: int) -> EnvRunner | ExternalEnvRunner:
         c = self.config
+        if self.external:
+            return ExternalEnvRunner(module_spec=self.module_spec, env_config=c.env_config, num_columns=num_envs,
+                                     fragment_length=c.rollout_fragment_length, seed=seed, index=index,
+                                     sample_timeout_s=c.sample_timeout_s)
         return EnvRunner(
             env_creator=self.env_creator, env_name=self.env_creator.name, module_spec=self.module_spec,
             num_envs=num_envs, fragment_length=c.rollout_fragment_length, seed=seed, index=index,

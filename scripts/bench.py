@@ -231,7 +231,15 @@ def main() -> None:
     serving = sub.add_parser("serve", help="served policy: latency and actions/s vs a bare forward and minimal Serve")
     serving.add_argument("--seconds", type=float, default=3.0, help="seconds per measured point")
     serving.add_argument("--out", help="write the figures as JSON here")
+    external = sub.add_parser("external", help="get_action latency of external simulators with 1, 8, 64 clients")
+    external.add_argument("--seconds", type=float, default=5.0)
+    external.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args()
+    if args.bench == "external":
+        from bench_external import main as external_bench  # scripts/ is on sys.path when run as a script
+
+        external_bench(args)
+        return
     if args.bench == "serve":
         from bench_serve import main as serve_bench  # scripts/ is on sys.path when run as a script
 

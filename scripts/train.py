@@ -87,19 +87,20 @@ def main(argv: list[str] | None = None) -> int:
     from rlfleet.rl.checkpoint import CheckpointError, CheckpointWriteError
     from rlfleet.rl.config import ConfigError
     from rlfleet.rl.env_runner_group import RunnerFailureError
+    from rlfleet.rl.external_runner import ExternalConfigError, ExternalTimeoutError
     from rlfleet.rl.spaces import UnsupportedSpaceError
     from rlfleet.runtime import ClusterUnreachableError, InsufficientResourcesError
 
     bad_input = (UnknownAlgorithmError, EnvNotFoundError, EnvConfigError, ConfigError, UnsupportedSpaceError,
                  CheckpointError, EnvContractError, ClusterUnreachableError, InsufficientResourcesError,
-                 UserModuleError)
+                 UserModuleError, ExternalConfigError)
     interrupt_once()
     try:
         return run(args)
     except bad_input as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
-    except (RunnerFailureError, EnvFailedError, RewardError, CheckpointWriteError) as e:
+    except (RunnerFailureError, EnvFailedError, RewardError, CheckpointWriteError, ExternalTimeoutError) as e:
         print(f"train.py: run failed (last checkpoint kept): {e}", file=sys.stderr)
         return 3
     finally:

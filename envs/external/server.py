@@ -1,0 +1,339 @@
+"""The listening side of the external-simulator protocol: one thread serves every
+connected simulator, batches their pending ``get_action`` requests into one call of the
+policy, and records each connection's steps until they form whole columns of a fragment.
+
+Knows no policy: ``act(observations) -> (actions, extras)`` and ``value(observations)``
+are given by the env runner that owns the server (rl/external_runner.py). A step is
+complete once its reward and its next observation are known (the next ``get_action``, or
+``end_episode``); ``take_columns`` hands out runs of T complete steps of one connection.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import itertools
+import selectors
+import socket
+import struct
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from rlfleet.envs.external.protocol import MAX_FRAME, ProtocolError, decode, encode, pack, unpack
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclasses.dataclass
+class Step:
+    obs: Any
+    action: Any  # as the policy returned it (leaves), for the batch
+    extras: dict[str, float]  # logp, values, ... of the acting forward pass
+    weights_version: int
+    is_first: bool
+    reward: float = 0.0
+    terminated: bool = False
+    truncated: bool = False
+    final_obs: Any = None  # at a truncation
+    next_value: float | None = None  # V(s_{t+1}); 0 after a termination
+    complete: bool = False
+
+
+@dataclasses.dataclass
+class Episode:
+    id: int
+    steps_taken: int = 0
+    total: float = 0.0
+
+
+class _Peer:
+    def __init__(self, sock: socket.socket, address: Any) -> None:
+        self.sock, self.address = sock, address
+        self.buffer = bytearray()
+        self.welcomed = False
+        self.episode: Episode | None = None
+        self.steps: list[Step] = []
+        self.opened = time.monotonic()
+        self.name = "?"
+
+
+class ExternalServer:
+    """Serves simulators on ``host:port`` from a background thread (see the module doc)."""
+
+    def __init__(self, *, host: str, port: int, token: str | None, observation_space: dict, action_space: dict,
+                 spaces_equal: Callable[[dict, dict], bool], check_obs: Callable[[Any], str | None],
+                 act: Callable[[list[Any]], tuple[list[Any], list[Any], list[dict[str, float]]]],
+                 value: Callable[[list[Any]], list[float]] | None, hello_timeout_s: float = 10.0,
+                 label: str = "external runner") -> None:
+        if host not in LOOPBACK and not token:
+            raise ValueError(f"external env: host {host!r} is reachable from other machines; set a token")
+        self.token, self.observation_space, self.action_space = token, observation_space, action_space
+        self.spaces_equal, self.check_obs, self.act, self.value = spaces_equal, check_obs, act, value
+        self.hello_timeout_s = hello_timeout_s
+        self.weights_version = 0
+        self.lock = threading.Condition()
+        self.listener = socket.create_server((host, port), reuse_port=False, backlog=256)
+        self.listener.setblocking(False)
+        self.address = self.listener.getsockname()[:2]
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.listener, selectors.EVENT_READ, None)
+        self.peers: dict[socket.socket, _Peer] = {}
+        self.columns: list[list[Step]] = []  # runs of T complete steps, ready for a fragment
+        self.bootstrap: list[Any] = []  # the observation after each column's last step
+        self.episode_returns: list[float] = []
+        self.episode_lengths: list[int] = []
+        self.dropped_episodes = 0
+        self.episode_ids = itertools.count()
+        self.column_length = 0
+        self.column_count = 0
+        self.dropped_columns = 0
+        self.running = True
+        self.thread = threading.Thread(target=self._serve, name=label, daemon=True)
+        self.thread.start()
+        print(f"{label} listening on {self.address[0]}:{self.address[1]}", file=sys.stderr, flush=True)
+
+    # -- the driver's side -----------------------------------------------------------------
+    def take_columns(self, length: int, count: int, timeout_s: float) -> tuple[list[list[Step]], list[Any]] | None:
+        """``count`` columns of ``length`` steps (and their bootstrap observations), or None
+        after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        with self.lock:
+            self.column_length, self.column_count = length, count
+            self._cut_columns()
+            while len(self.columns) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self.lock.wait(left)
+            columns, self.columns = self.columns[:count], self.columns[count:]
+            bootstrap, self.bootstrap = self.bootstrap[:count], self.bootstrap[count:]
+            return columns, bootstrap
+
+    def pop_episodes(self) -> tuple[list[float], list[int], int]:
+        with self.lock:
+            out = (self.episode_returns, self.episode_lengths, self.dropped_episodes)
+            self.episode_returns, self.episode_lengths, self.dropped_episodes = [], [], 0
+            return out
+
+    @property
+    def num_clients(self) -> int:
+        return sum(1 for p in self.peers.values() if p.welcomed)
+
+    def stop(self) -> None:
+        self.running = False
+        self.thread.join(timeout=5)
+        for peer in list(self.peers.values()):
+            peer.sock.close()
+        self.listener.close()
+        self.selector.close()
+
+    # -- the serving thread ------------------------------------------------------------------
+    def _serve(self) -> None:
+        while self.running:
+            pending: list[tuple[_Peer, Any]] = []
+            for key, _ in self.selector.select(timeout=0.05):
+                if key.data is None:
+                    self._accept()
+                else:
+                    self._read(key.data, pending)
+            if pending:
+                self._answer(pending)
+            self._expire_silent()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, address = self.listener.accept()
+            except BlockingIOError:
+                return
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            peer = _Peer(sock, address)
+            self.peers[sock] = peer
+            self.selector.register(sock, selectors.EVENT_READ, peer)
+
+    def _read(self, peer: _Peer, pending: list[tuple[_Peer, Any]]) -> None:
+        try:
+            data = peer.sock.recv(1 << 20)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(peer)
+            return
+        peer.buffer += data
+        while len(peer.buffer) >= 4:
+            (length,) = struct.unpack(">I", peer.buffer[:4])
+            if length > MAX_FRAME:
+                self._refuse(peer, f"frame of {length} bytes is over the limit of {MAX_FRAME}")
+                return
+            if len(peer.buffer) < 4 + length:
+                return
+            body = bytes(peer.buffer[4:4 + length])
+            del peer.buffer[:4 + length]
+            try:
+                self._handle(peer, unpack(body), pending)
+            except ProtocolError as e:
+                self._refuse(peer, str(e))
+                return
+            if peer.sock not in self.peers:
+                return
+
+    def _handle(self, peer: _Peer, message: dict[str, Any], pending: list[tuple[_Peer, Any]]) -> None:
+        kind = message["type"]
+        if not peer.welcomed:
+            if kind != "hello":
+                raise ProtocolError(f"the first message must be 'hello', got {kind!r}")
+            self._hello(peer, message)
+            return
+        if kind == "start_episode":
+            if peer.episode is not None:
+                raise ProtocolError("start_episode while an episode is running: end it first")
+            peer.episode = Episode(next(self.episode_ids))
+            self._send(peer, {"type": "ok", "episode": peer.episode.id})
+        elif kind == "get_action":
+            if peer.episode is None:
+                raise ProtocolError("get_action outside an episode: send start_episode first")
+            obs = self._observation(message)
+            pending.append((peer, obs))
+        elif kind == "log_reward":
+            reward = message.get("reward")
+            if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not np.isfinite(reward):
+                raise ProtocolError(f"reward must be a finite number, got {reward!r}")
+            if peer.episode is None or not peer.steps or peer.steps[-1].complete:
+                raise ProtocolError("log_reward before the episode's first action: a reward belongs to an action")
+            peer.steps[-1].reward += float(reward)
+            peer.episode.total += float(reward)
+        elif kind == "end_episode":
+            if peer.episode is None:
+                raise ProtocolError("end_episode outside an episode")
+            terminated, truncated = message.get("terminated"), message.get("truncated")
+            if not isinstance(terminated, bool) or not isinstance(truncated, bool) or terminated == truncated:
+                raise ProtocolError("end_episode needs exactly one of terminated and truncated true")
+            obs = self._observation(message)
+            self._end_episode(peer, obs, terminated=terminated)
+            self._send(peer, {"type": "ok"})
+        elif kind == "bye":
+            self._drop(peer)
+        else:
+            raise ProtocolError(f"unknown message type {kind!r}")
+
+    def _hello(self, peer: _Peer, message: dict[str, Any]) -> None:
+        if self.token is not None and not hmac.compare_digest(str(message.get("token") or ""), self.token):
+            raise ProtocolError("wrong or missing token")
+        for key, ours in (("observation_space", self.observation_space), ("action_space", self.action_space)):
+            theirs = message.get(key)
+            if not isinstance(theirs, dict) or not self.spaces_equal(theirs, ours):
+                raise ProtocolError(f"hello: {key} {theirs!r} differs from this runner's {ours!r}")
+        peer.welcomed = True
+        peer.name = str(message.get("name", "client"))
+        self._send(peer, {"type": "welcome", "runner": self.address[1], "weights_version": self.weights_version})
+
+    def _observation(self, message: dict[str, Any]) -> Any:
+        obs = decode(message.get("obs"))
+        problem = self.check_obs(obs)
+        if problem:
+            raise ProtocolError(f"observation {problem}")
+        return obs
+
+    def _answer(self, pending: list[tuple[_Peer, Any]]) -> None:
+        """One forward pass for every pending get_action; the previous step of each
+        connection learns its next observation's value."""
+        actions, leaves, extras = self.act([obs for _, obs in pending])
+        version = self.weights_version
+        with self.lock:
+            for (peer, obs), action, leaf, extra in zip(pending, actions, leaves, extras):
+                if peer.sock not in self.peers:
+                    continue
+                if peer.steps and not peer.steps[-1].complete:
+                    previous = peer.steps[-1]
+                    previous.next_value = extra.get("values", 0.0)
+                    previous.complete = True
+                first = peer.episode.steps_taken == 0
+                peer.steps.append(Step(obs, leaf, extra, version, first))
+                peer.episode.steps_taken += 1
+                self._send(peer, {"type": "action", "action": encode(action), "weights_version": version})
+            self._cut_columns()
+
+    def _end_episode(self, peer: _Peer, final_obs: Any, *, terminated: bool) -> None:
+        with self.lock:
+            episode = peer.episode
+            if peer.steps and not peer.steps[-1].complete:
+                last = peer.steps[-1]
+                last.terminated, last.truncated = terminated, not terminated
+                if terminated:
+                    last.next_value = 0.0
+                else:
+                    last.final_obs = final_obs
+                    last.next_value = self.value([final_obs])[0] if self.value is not None else 0.0
+                last.complete = True
+            if episode.steps_taken:
+                self.episode_returns.append(episode.total)
+                self.episode_lengths.append(episode.steps_taken)
+            peer.episode = None
+            self._cut_columns()
+
+    def _cut_columns(self) -> None:
+        """Move runs of T complete steps into ``columns`` (caller holds the lock)."""
+        T = self.column_length
+        if T <= 0:
+            return
+        cut = False
+        for peer in self.peers.values():
+            while len(peer.steps) >= T and peer.steps[T - 1].complete:
+                column, peer.steps = peer.steps[:T], peer.steps[T:]
+                last = column[-1]
+                after = peer.steps[0].obs if peer.steps else (last.final_obs if last.final_obs is not None else last.obs)
+                self.columns.append(column)
+                self.bootstrap.append(after)
+                cut = True
+        backlog = 4 * self.column_count  # simulators faster than training: keep the newest data
+        if self.column_count and len(self.columns) > backlog:
+            excess = len(self.columns) - backlog
+            if not self.dropped_columns:
+                print(f"external runner on port {self.address[1]}: simulators produce faster than training takes; "
+                      f"keeping the newest {backlog} columns", file=sys.stderr, flush=True)
+            self.dropped_columns += excess
+            del self.columns[:excess], self.bootstrap[:excess]
+        if cut:
+            self.lock.notify_all()
+
+    def _send(self, peer: _Peer, message: dict[str, Any]) -> None:
+        try:
+            peer.sock.setblocking(True)
+            peer.sock.sendall(pack(message))
+            peer.sock.setblocking(False)
+        except OSError:
+            self._drop(peer)
+
+    def _refuse(self, peer: _Peer, reason: str) -> None:
+        """An error reply, then the connection is closed; the trainer goes on."""
+        self._send(peer, {"type": "error", "message": reason})
+        self._drop(peer)
+
+    def _drop(self, peer: _Peer) -> None:
+        """A connection ends: a running episode is dropped and counted, with the steps of
+        it no column holds yet."""
+        with self.lock:
+            if peer.sock not in self.peers:
+                return
+            del self.peers[peer.sock]
+            if peer.episode is not None and peer.episode.steps_taken:
+                self.dropped_episodes += 1
+            peer.steps = []
+        try:
+            self.selector.unregister(peer.sock)
+        except (KeyError, ValueError):
+            pass
+        peer.sock.close()
+
+    def _expire_silent(self) -> None:
+        now = time.monotonic()
+        for peer in list(self.peers.values()):
+            if not peer.welcomed and now - peer.opened > self.hello_timeout_s:
+                self._refuse(peer, f"no hello within {self.hello_timeout_s:g} s")

@@ -1,0 +1,187 @@
+"""An env runner whose envs are simulators that own their loop and connect over the
+network (envs/external/PROTOCOL.md): it listens on ``port + index``, acts for every
+connected simulator in batched forward passes (server-side inference), and turns their
+steps into fragments with the layout of :class:`rlfleet.rl.env_runner.EnvRunner`'s, so
+PPO, IMPALA and DQN train from them unchanged.
+
+``env: external`` with ``env_config``:
+    observation_space, action_space   the spaces, as schemas (rl/spaces.space_to_schema), or
+    spaces_from                       a gymnasium id whose spaces to use (CartPole-v1)
+    host (127.0.0.1), port (9900), token (required for a non-loopback host)
+A fragment is ``num_envs_per_runner`` columns of ``rollout_fragment_length`` steps, each
+column a run of steps of one connection (several columns may come from one busy client).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import warnings
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+import tree
+
+from rlfleet.envs.checks import describe
+from rlfleet.envs.external.server import LOOPBACK, ExternalServer
+from rlfleet.rl.config import closest
+from rlfleet.rl.core import Fragment
+from rlfleet.rl.module import ModuleSpec
+from rlfleet.rl.spaces import actions_to_env, space_from_schema, space_to_schema
+
+EXTERNAL_ENV = "external"
+ENV_CONFIG_KEYS = ("observation_space", "action_space", "spaces_from", "host", "port", "token", "hello_timeout_s")
+
+
+class ExternalConfigError(ValueError):
+    """``env: external`` with unusable spaces, unknown env_config keys, a non-loopback
+    host without a token, or a port that is taken."""
+
+
+class ExternalTimeoutError(RuntimeError):
+    """The connected simulators gave too few steps within ``sample_timeout_s``."""
+
+
+def external_spaces(env_config: dict[str, Any]) -> tuple[gym.Space, gym.Space]:
+    unknown = sorted(set(env_config) - set(ENV_CONFIG_KEYS))
+    if unknown:
+        raise ExternalConfigError(f"env 'external' does not take env_config key {unknown[0]!r}"
+                                  f"{closest(unknown[0], ENV_CONFIG_KEYS)} (its keys: {', '.join(ENV_CONFIG_KEYS)})")
+    host = env_config.get("host", "127.0.0.1")
+    if host not in LOOPBACK and not (env_config.get("token") or os.environ.get("RLFLEET_EXTERNAL_TOKEN")):
+        raise ExternalConfigError(f"env 'external': host {host!r} is reachable from other machines; set env_config "
+                                  "token (or RLFLEET_EXTERNAL_TOKEN)")
+    if "spaces_from" in env_config:
+        env = gym.make(env_config["spaces_from"])
+        spaces = env.observation_space, env.action_space
+        env.close()
+        return spaces
+    try:
+        return space_from_schema(env_config["observation_space"]), space_from_schema(env_config["action_space"])
+    except KeyError:
+        raise ExternalConfigError("env 'external' needs env_config observation_space and action_space (schemas), "
+                                 "or spaces_from: a gymnasium id") from None
+    except ValueError as e:
+        raise ExternalConfigError(f"env 'external': {e}") from None
+
+
+def _stack(items: list[Any]) -> Any:
+    return tree.map_structure(lambda *xs: np.stack(xs), *items)
+
+
+class ExternalEnvRunner:
+    def __init__(self, *, module_spec: ModuleSpec, env_config: dict[str, Any], num_columns: int,
+                 fragment_length: int, seed: int, index: int, sample_timeout_s: float) -> None:
+        self.index, self.num_columns, self.fragment_length = index, num_columns, fragment_length
+        self.sample_timeout_s = sample_timeout_s
+        self.observation_space, self.action_space = module_spec.observation_space, module_spec.action_space
+        self.module = module_spec.build()
+        self.module.eval()
+        self.weights_lock = threading.Lock()
+        self.weights_version = 0
+        torch.manual_seed(seed)
+        schemas = space_to_schema(self.observation_space), space_to_schema(self.action_space)
+        port = int(env_config.get("port", 9900)) + max(index, 0)
+        try:
+            self.server = self._listen(env_config, port, schemas, index)
+        except OSError as e:
+            raise ExternalConfigError(f"env 'external': cannot listen on port {port}: {e.strerror}") from None
+
+    def _listen(self, env_config: dict[str, Any], port: int, schemas: tuple[dict, dict], index: int) -> ExternalServer:
+        return ExternalServer(
+            host=env_config.get("host", "127.0.0.1"), port=port,
+            token=env_config.get("token") or os.environ.get("RLFLEET_EXTERNAL_TOKEN"),
+            observation_space=schemas[0], action_space=schemas[1],
+            spaces_equal=lambda theirs, ours: _same_space(theirs, ours),
+            check_obs=self._check_obs, act=self._act,
+            value=self._value if hasattr(self.module, "compute_values") else None,
+            hello_timeout_s=float(env_config.get("hello_timeout_s", 10.0)), label=f"external runner {index}",
+        )
+
+    # -- called from the server's thread -------------------------------------------------------
+    def _check_obs(self, obs: Any) -> str | None:
+        try:
+            ok = self.observation_space.contains(obs)
+        except Exception:  # noqa: BLE001 - a structure the space cannot even compare
+            ok = False
+        return None if ok else f"{describe(obs)} is not in {self.observation_space}"
+
+    def _act(self, observations: list[Any]) -> tuple[list[Any], list[Any], list[dict[str, float]]]:
+        batch = tree.map_structure(torch.from_numpy, _stack(observations))
+        with self.weights_lock:
+            out = self.module.forward_exploration(batch)
+        leaves = [a.numpy() for a in out.pop("actions")]
+        env_actions = actions_to_env(leaves, self.action_space)
+        extras = {k: v.numpy() for k, v in out.items()}
+        n = len(observations)
+        return ([tree.map_structure(lambda x, i=i: x[i], env_actions) for i in range(n)],
+                [[leaf[i] for leaf in leaves] for i in range(n)],
+                [{k: float(v[i]) for k, v in extras.items()} for i in range(n)])
+
+    def _value(self, observations: list[Any]) -> list[float]:
+        with self.weights_lock:
+            return self.module.compute_values(tree.map_structure(torch.from_numpy, _stack(observations))).tolist()
+
+    # -- the Runner interface -----------------------------------------------------------------
+    def set_weights(self, weights: dict[str, np.ndarray], version: int) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            state = {k: torch.from_numpy(v) for k, v in weights.items()}
+        with self.weights_lock:
+            self.module.load_state_dict(state)
+            self.weights_version = self.server.weights_version = version
+
+    def sample(self) -> Fragment:
+        """The next ``num_columns`` columns of ``fragment_length`` steps the connected
+        simulators produced (waiting up to ``sample_timeout_s`` for them)."""
+        started = time.perf_counter()
+        T, B = self.fragment_length, self.num_columns
+        taken = self.server.take_columns(T, B, self.sample_timeout_s)
+        if taken is None:
+            raise ExternalTimeoutError(f"external runner {self.index}: {self.server.num_clients} simulator(s) connected on "
+                               f"port {self.server.address[1]} gave fewer than {B} x {T} steps within "
+                               f"{self.sample_timeout_s:g} s")
+        columns, bootstrap = taken
+        steps = [[column[t] for column in columns] for t in range(T)]  # (T, B)
+        batch: dict[str, Any] = {
+            "obs": _stack([_stack([s.obs for s in row]) for row in steps]),
+            "actions": [np.stack([np.stack([s.action[k] for s in row]) for row in steps])
+                        for k in range(len(steps[0][0].action))],
+            "rewards": np.array([[s.reward for s in row] for row in steps], np.float32),
+            "terminated": np.array([[s.terminated for s in row] for row in steps], bool),
+            "truncated": np.array([[s.truncated for s in row] for row in steps], bool),
+            "is_first": np.array([[s.is_first for s in row] for row in steps], bool),
+            "bootstrap_obs": tree.map_structure(lambda x: x[None], _stack(bootstrap)),
+        }
+        for key in steps[0][0].extras:
+            batch[key] = np.array([[s.extras[key] for s in row] for row in steps], np.float32)
+        if "values" in batch:
+            batch["next_values"] = np.array([[s.next_value for s in row] for row in steps], np.float32)
+        final_obs = [(t, b, s.final_obs) for t, row in enumerate(steps) for b, s in enumerate(row) if s.truncated]
+        returns, lengths, dropped = self.server.pop_episodes()
+        version = min(s.weights_version for row in steps for s in row)  # the oldest weights that acted
+        return Fragment(batch, returns, lengths, T * B, version, self.index, dropped, final_obs,
+                        sample_time_s=time.perf_counter() - started)
+
+    def evaluate(self, num_episodes: int) -> dict[str, float]:
+        raise ExternalConfigError("env 'external' has no local env to evaluate in: serve a checkpoint "
+                                 "(scripts/serve.py) and evaluate it with scripts/evaluate.py")
+
+    def pop_connector_delta(self) -> Any:
+        return None
+
+    def set_connector_state(self, state: Any) -> None:
+        pass
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def _same_space(theirs: dict, ours: dict) -> bool:
+    try:
+        return space_from_schema(theirs) == space_from_schema(ours)
+    except ValueError:
+        return False
