@@ -21,7 +21,8 @@ import tree
 from torch import nn
 
 from rlfleet.rl.inference import Policy, to_json
-from rlfleet.rl.spaces import leaf_spaces, space_structure, space_to_schema
+from rlfleet.envs.schema import space_to_schema
+from rlfleet.rl.spaces import leaf_spaces, space_structure
 
 CONTRACT_FORMAT = "rlfleet-onnx-1"
 

@@ -30,7 +30,8 @@ from rlfleet.envs.external.server import LOOPBACK, ExternalServer
 from rlfleet.rl.config import closest
 from rlfleet.rl.core import Fragment
 from rlfleet.rl.module import ModuleSpec
-from rlfleet.rl.spaces import actions_to_env, space_from_schema, space_to_schema
+from rlfleet.envs.schema import space_from_schema, space_to_schema
+from rlfleet.rl.spaces import actions_to_env
 
 EXTERNAL_ENV = "external"
 ENV_CONFIG_KEYS = ("observation_space", "action_space", "spaces_from", "host", "port", "token", "hello_timeout_s")

@@ -23,7 +23,8 @@ from torch import nn
 
 from rlfleet.rl.core import ACTION_MASK
 from rlfleet.rl.distributions import ActionDistribution, Categorical, DiagGaussian, MultiCategorical, dist_input_size
-from rlfleet.rl.spaces import check_spaces, encoder_space, is_image, leaf_spaces, space_from_schema, space_to_schema
+from rlfleet.envs.schema import space_from_schema, space_to_schema
+from rlfleet.rl.spaces import check_spaces, encoder_space, is_image, leaf_spaces
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
 

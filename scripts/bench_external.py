@@ -49,7 +49,7 @@ def main(args: Any) -> None:
 
     from rlfleet.rl.external_runner import ExternalEnvRunner
     from rlfleet.rl.module import ModuleSpec
-    from rlfleet.rl.spaces import space_to_schema
+    from rlfleet.envs.schema import space_to_schema
 
     env = gym.make("CartPole-v1")
     schemas = {"observation_space": space_to_schema(env.observation_space),

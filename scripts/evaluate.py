@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     from rlfleet.envs import EnvConfigError, EnvNotFoundError, UserModuleError, import_user_module, make_env_creator, probe_env
     from rlfleet.rl.checkpoint import CheckpointError
     from rlfleet.rl.inference import Policy, to_json
-    from rlfleet.rl.spaces import space_from_schema, space_structure
+    from rlfleet.envs.schema import space_from_schema
+    from rlfleet.rl.spaces import space_structure
 
     def fail(message: str, code: int = 2) -> int:
         print(f"evaluate.py: error: {message}", file=sys.stderr)
@@ -170,7 +171,8 @@ def onnx_policy(path: str) -> tuple[dict, Callable[[Any], Any]]:
     import tree
     from gymnasium.spaces import Discrete
 
-    from rlfleet.rl.spaces import space_from_schema, space_structure
+    from rlfleet.envs.schema import space_from_schema
+    from rlfleet.rl.spaces import space_structure
 
     try:
         import onnxruntime

@@ -18,7 +18,7 @@ import threading
 import gymnasium as gym
 
 from rlfleet.envs.external import ExternalError, PolicyClient
-from rlfleet.rl.spaces import space_to_schema
+from rlfleet.envs.schema import space_to_schema
 
 
 def run_connection(env_id: str, port: int, seed: int, episodes: int, token: str | None, host: str) -> int:

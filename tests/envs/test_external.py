@@ -22,7 +22,7 @@ from rlfleet.envs.external.protocol import decode, encode, pack, unpack
 from rlfleet.rl.external_runner import ExternalEnvRunner
 from rlfleet.rl.module import ModuleSpec
 from rlfleet.rl.postprocessing import compute_gae
-from rlfleet.rl.spaces import space_to_schema
+from rlfleet.envs.schema import space_to_schema
 
 OBS = spaces.Box(-10.0, 10.0, (2,), np.float32)
 ACT = spaces.Discrete(3)
