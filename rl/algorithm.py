@@ -101,6 +101,7 @@ class Algorithm(abc.ABC):
         self.env_steps = 0
         self.episodes = 0
         self.num_env_errors = 0
+        self.num_stale_episodes = 0
         self.runner_env_steps: dict[int, int] = {}
         self.runner_busy_s = 0.0
         self.weights_version = 0
@@ -154,6 +155,7 @@ class Algorithm(abc.ABC):
             self.episode_lengths.extend(frag.episode_lengths)
             self.policy_lag.append(self.weights_version - frag.weights_version)
             self.num_env_errors += frag.num_env_errors
+            self.num_stale_episodes += frag.num_stale_episodes
             self.runner_env_steps[frag.runner_index] = self.runner_env_steps.get(frag.runner_index, 0) + frag.env_steps
             self.runner_busy_s += frag.sample_time_s
 
@@ -195,6 +197,7 @@ class Algorithm(abc.ABC):
                 "num_env_runner_restarts": self.env_runner_group.num_restarts,
                 "num_env_runners_lost": self.env_runner_group.num_lost,
                 "num_env_errors": self.num_env_errors,
+                "num_stale_episodes": self.num_stale_episodes,
                 "num_fragments_dropped": self.env_runner_group.num_dropped_requests,
                 **{f"env_runners/{i}/env_steps": n for i, n in sorted(self.runner_env_steps.items())},
                 **metrics,
@@ -228,6 +231,7 @@ class Algorithm(abc.ABC):
                 "env_steps": self.env_steps,
                 "episodes": self.episodes,
                 "num_env_errors": self.num_env_errors,
+                "num_stale_episodes": self.num_stale_episodes,
                 "weights_version": self.weights_version,
                 "time_s": self.time_before_restore + time.perf_counter() - self.started,
                 "runner_env_steps": dict(self.runner_env_steps),
@@ -268,6 +272,7 @@ class Algorithm(abc.ABC):
         c = state["counters"]
         self.iteration, self.env_steps, self.episodes = c["iteration"], c["env_steps"], c["episodes"]
         self.num_env_errors = c.get("num_env_errors", 0)
+        self.num_stale_episodes = c.get("num_stale_episodes", 0)
         self.weights_version = c["weights_version"]
         self.runner_env_steps = {int(k): int(v) for k, v in c.get("runner_env_steps", {}).items()}
         self.logger.drop_after(self.iteration)

@@ -88,11 +88,13 @@ class Fragment:
     """The version of the weights that chose its actions (see the module docstring)."""
     runner_index: int = 0
     num_env_errors: int = 0
-    """Episodes dropped because the simulator raised."""
+    """Episodes dropped because the simulator raised (or, external, its client was lost)."""
     final_obs: list[tuple[int, int, Any]] = dataclasses.field(default_factory=list)
     """(t, env, observation) for every truncation: the episode's true last observation."""
     sample_time_s: float = 0.0
     """Seconds the runner spent producing this fragment (its busy time)."""
+    num_stale_episodes: int = 0
+    """Episodes acted on a client's side and dropped for a policy lag over the limit."""
 
 
 @dataclasses.dataclass

@@ -10,6 +10,7 @@ returns one output per action leaf. The contract names them with their shapes an
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import warnings
@@ -21,6 +22,7 @@ import tree
 from torch import nn
 
 from rlfleet.rl.inference import Policy, to_json
+from rlfleet.rl.module import legal_actions
 from rlfleet.envs.schema import space_to_schema
 from rlfleet.rl.spaces import leaf_spaces, space_structure
 
@@ -133,3 +135,44 @@ def export_torchscript(policy: Policy, path: str) -> None:
     tmp = path + ".tmp"
     traced.save(tmp)
     os.replace(tmp, path)
+
+
+class SamplingPolicy(nn.Module):
+    """For client-side inference: observation leaves -> (the action distribution's inputs,
+    masked; V(s)). The client samples and computes log-probabilities itself
+    (envs/external/client.py), and reports them with its episodes."""
+
+    def __init__(self, module: nn.Module, observation_space: Any) -> None:
+        super().__init__()
+        self.module = module
+        self.structure = space_structure(observation_space)
+
+    def forward(self, *leaves: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        obs = tree.unflatten_as(self.structure, list(leaves))
+        feats = self.module.features(obs)
+        inputs = self.module.dist_inputs(feats)
+        legal = legal_actions(obs)
+        if legal is not None:
+            inputs = torch.where(legal, inputs, torch.finfo(inputs.dtype).min)
+        return inputs, self.module.values(feats)
+
+
+def sampling_policy_onnx(module: nn.Module, observation_space: Any, action_space: Any) -> tuple[bytes, dict[str, Any]]:
+    """The ONNX bytes of :class:`SamplingPolicy` and its contract (which distribution the
+    client samples from); Discrete, MultiDiscrete or 1-D Box actions, actor-critic modules."""
+    if not hasattr(module, "dist_inputs") or len(leaf_spaces(action_space)) != 1:
+        raise ExportError("client-side inference needs an actor-critic policy (PPO, IMPALA) with one action leaf")
+    kind = {"Discrete": "categorical", "MultiDiscrete": "multi_categorical", "Box": "diag_gaussian"}[
+        type(action_space).__name__]
+    names = _leaf_names("obs", space_structure(observation_space))
+    example = tuple(torch.from_numpy(np.stack([s.sample(), s.sample()])) for s in leaf_spaces(observation_space))
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(SamplingPolicy(module, observation_space).eval(), example, buffer, input_names=names,
+                          output_names=["dist_inputs", "value"], dynamo=False, opset_version=17,
+                          dynamic_axes={n: {0: "batch"} for n in names + ["dist_inputs", "value"]})
+    contract = {"format": CONTRACT_FORMAT, "distribution": kind,
+                "inputs": [{"name": n, "dtype": str(s.dtype)} for n, s in zip(names, leaf_spaces(observation_space))],
+                "action_space": space_to_schema(action_space)}
+    return buffer.getvalue(), contract

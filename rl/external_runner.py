@@ -34,7 +34,8 @@ from rlfleet.envs.schema import space_from_schema, space_to_schema
 from rlfleet.rl.spaces import actions_to_env
 
 EXTERNAL_ENV = "external"
-ENV_CONFIG_KEYS = ("observation_space", "action_space", "spaces_from", "host", "port", "token", "hello_timeout_s")
+ENV_CONFIG_KEYS = ("observation_space", "action_space", "spaces_from", "host", "port", "token", "hello_timeout_s",
+                   "max_lag")
 
 
 class ExternalConfigError(ValueError):
@@ -100,6 +101,9 @@ class ExternalEnvRunner:
             check_obs=self._check_obs, act=self._act,
             value=self._value if hasattr(self.module, "compute_values") else None,
             hello_timeout_s=float(env_config.get("hello_timeout_s", 10.0)), label=f"external runner {index}",
+            policy=self._sampling_policy if hasattr(self.module, "dist_inputs") else None,
+            max_lag=int(env_config.get("max_lag", 8)), column_length=self.fragment_length,
+            column_count=self.num_columns,
         )
 
     # -- called from the server's thread -------------------------------------------------------
@@ -121,6 +125,16 @@ class ExternalEnvRunner:
         return ([tree.map_structure(lambda x, i=i: x[i], env_actions) for i in range(n)],
                 [[leaf[i] for leaf in leaves] for i in range(n)],
                 [{k: float(v[i]) for k, v in extras.items()} for i in range(n)])
+
+    def _sampling_policy(self) -> tuple[bytes, dict]:
+        """The current weights as ONNX for client-side inference (cached per version)."""
+        with self.weights_lock:
+            if getattr(self, "_exported", (None,))[0] != self.weights_version:
+                from rlfleet.rl.export import sampling_policy_onnx  # torch.onnx: only when a client asks
+
+                model, contract = sampling_policy_onnx(self.module, self.observation_space, self.action_space)
+                self._exported = (self.weights_version, model, {**contract, "weights_version": self.weights_version})
+            return self._exported[1], self._exported[2]
 
     def _value(self, observations: list[Any]) -> list[float]:
         with self.weights_lock:
@@ -162,10 +176,12 @@ class ExternalEnvRunner:
         if "values" in batch:
             batch["next_values"] = np.array([[s.next_value for s in row] for row in steps], np.float32)
         final_obs = [(t, b, s.final_obs) for t, row in enumerate(steps) for b, s in enumerate(row) if s.truncated]
-        returns, lengths, dropped = self.server.pop_episodes()
+        returns, lengths, dropped, stale, unused_steps = self.server.pop_episodes()
         version = min(s.weights_version for row in steps for s in row)  # the oldest weights that acted
-        return Fragment(batch, returns, lengths, T * B, version, self.index, dropped, final_obs,
-                        sample_time_s=time.perf_counter() - started)
+        # env steps count every step the simulators took, those of a backlog dropped for
+        # fresher data included: the simulators did that work.
+        return Fragment(batch, returns, lengths, T * B + unused_steps, version, self.index, dropped, final_obs,
+                        sample_time_s=time.perf_counter() - started, num_stale_episodes=stale)
 
     def evaluate(self, num_episodes: int) -> dict[str, float]:
         raise ExternalConfigError("env 'external' has no local env to evaluate in: serve a checkpoint "

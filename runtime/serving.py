@@ -35,6 +35,7 @@ from rlfleet.runtime.base import BadRequest
 BATCHED_ROUTES = ("/act", "/complete")
 ROUTES = ("GET /healthz", "GET /metadata", "POST /act", "POST /complete", "POST /reload")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+SERVE_NAMESPACE = "serve"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +53,27 @@ class ServeOptions:
     batching: bool = True
     watch: bool = False
     app_name: str = "rlfleet"
+
+    @property
+    def reload_counter(self) -> str:
+        return f"{self.app_name}-reloads"
+
+
+@ray.remote(num_cpus=0)
+class ReloadCounter:
+    """How many ``POST /reload`` the app has taken. Serve routes a request to one replica;
+    every replica compares this count with the one it last acted on (at most twice a
+    second), so a reload that reached one replica reaches them all."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def bump(self) -> int:
+        self.count += 1
+        return self.count
+
+    def get(self) -> int:
+        return self.count
 
 
 def _rows(items: list[tuple[Any, int]]) -> int:
@@ -73,6 +95,22 @@ class ModelIngress:
         self._batched_complete.set_max_batch_size(options.max_batch_rows)
         self._batched_complete.set_batch_wait_timeout_s(options.batch_wait_s)
         self.next_watch = 0.0
+        self.counter = ray.get_actor(options.reload_counter, namespace=SERVE_NAMESPACE)
+        self.reloads_seen = ray.get(self.counter.get.remote())
+        self.next_reload_check = 0.0
+
+    async def _follow_reloads(self) -> None:
+        """Reload when another replica took a ``POST /reload`` since we last looked."""
+        if time.monotonic() < self.next_reload_check:
+            return
+        self.next_reload_check = time.monotonic() + 0.5
+        try:
+            count = await self.counter.get.remote()
+        except ray.exceptions.RayError:  # the serving process went away; keep serving what is loaded
+            return
+        if count != self.reloads_seen:
+            self.reloads_seen = count
+            await asyncio.to_thread(self.model.reload)
 
     async def __call__(self, request: Request) -> JSONResponse:
         if self.auth is not None and not hmac.compare_digest(request.headers.get("authorization", ""), self.auth):
@@ -83,11 +121,14 @@ class ModelIngress:
             if self.options.watch and time.monotonic() >= self.next_watch:
                 self.next_watch = time.monotonic() + 1.0
                 await asyncio.to_thread(self.model.watch)
+            if route != "POST /reload":
+                await self._follow_reloads()
             if route == "GET /healthz":
                 return JSONResponse({"status": "ok"})
             if route == "GET /metadata":
                 return JSONResponse(self.model.metadata())
             if route == "POST /reload":
+                self.reloads_seen = await self.counter.bump.remote()
                 return JSONResponse(await asyncio.to_thread(self.model.reload))
             if request.method == "POST" and path in BATCHED_ROUTES:
                 return JSONResponse(await self._batched_route(request, path))
@@ -133,6 +174,7 @@ class Server:
         self.options = options
         self.runtime = RayRuntime(address=address, py_modules=py_modules)
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
+        self.counter = ReloadCounter.options(name=options.reload_counter, namespace=SERVE_NAMESPACE).remote()
         self.own_serve = address is None
         serve.start(http_options={"host": options.host, "port": options.port},
                     logging_config={"log_level": "WARNING", "enable_access_log": False})
@@ -154,4 +196,5 @@ class Server:
                 serve.shutdown()
             else:
                 serve.delete(self.options.app_name)
+            ray.kill(self.counter)
         self.runtime.shutdown()

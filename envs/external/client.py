@@ -15,8 +15,11 @@ a time; open several for parallel episodes.
 
 from __future__ import annotations
 
+import math
 import socket
 from typing import Any
+
+import numpy as np
 
 from rlfleet.envs.external.protocol import Connection, decode, encode
 
@@ -64,6 +67,25 @@ class PolicyClient:
                     "truncated": bool(truncated)})
         self.episode = None
 
+    # -- client-side inference ---------------------------------------------------------------
+    def fetch_policy(self, seed: int | None = None) -> "LocalPolicy":
+        """The server's current policy, to act with here (needs onnxruntime)."""
+        reply = self._call({"type": "get_policy"})
+        return LocalPolicy(reply["model"], reply["contract"], reply["weights_version"], seed=seed)
+
+    def report_episode(self, steps: list[dict[str, Any]], rewards: list[float], obs: Any, *,
+                       terminated: bool = False, truncated: bool = False) -> dict[str, Any]:
+        """A whole episode acted here: ``steps`` as returned by :meth:`LocalPolicy.act`
+        (``obs``, ``action``, ``logp``, ``weights_version``), one reward per step, the last
+        observation. The reply says whether it was accepted (not too stale) and the
+        server's current weights version (fetch the policy again when it moved on)."""
+        reply = self._call({"type": "report_episode", "steps": [{**s, "obs": encode(s["obs"]),
+                                                                 "action": encode(s["action"])} for s in steps],
+                            "rewards": [float(r) for r in rewards], "obs": encode(obs),
+                            "terminated": bool(terminated), "truncated": bool(truncated)})
+        self.weights_version = reply["weights_version"]
+        return reply
+
     def close(self) -> None:
         try:
             self.conn.send({"type": "bye"})
@@ -76,3 +98,60 @@ class PolicyClient:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _leaves(obs: Any) -> list[Any]:
+    """Observation leaves in the order the exported model takes them (a dict's keys sorted)."""
+    if isinstance(obs, dict):
+        return [leaf for key in sorted(obs) for leaf in _leaves(obs[key])]
+    if isinstance(obs, (list, tuple)):
+        return [leaf for part in obs for leaf in _leaves(part)]
+    return [obs]
+
+
+def _bound(value: Any, shape: list[int]) -> np.ndarray:
+    as_float = np.vectorize(float)(np.asarray(value, dtype=object)) if not isinstance(value, (int, float)) else value
+    return np.broadcast_to(np.asarray(as_float, np.float64), shape)
+
+
+class LocalPolicy:
+    """The server's policy run here with onnxruntime: ``act(obs)`` samples an action and its
+    log-probability from the distribution the model outputs (masked logits where the env
+    masks actions)."""
+
+    def __init__(self, model: bytes, contract: dict[str, Any], weights_version: int, *, seed: int | None = None) -> None:
+        import onnxruntime  # only client-side inference needs it
+
+        self.session = onnxruntime.InferenceSession(model)
+        self.inputs = contract["inputs"]
+        self.kind = contract["distribution"]
+        self.space = contract["action_space"]
+        self.weights_version = weights_version
+        self.rng = np.random.default_rng(seed)
+
+    def act(self, obs: Any) -> tuple[Any, dict[str, Any]]:
+        """(the action for the env, the step to report: obs, action as sampled, logp, version)."""
+        feed = {i["name"]: np.asarray(x, i["dtype"])[None] for i, x in zip(self.inputs, _leaves(obs))}
+        inputs = self.session.run(["dist_inputs"], feed)[0][0].astype(np.float64)
+        if self.kind == "diag_gaussian":
+            mean, log_std = np.split(inputs, 2)
+            action = mean + np.exp(log_std) * self.rng.standard_normal(mean.shape)
+            logp = float(np.sum(-0.5 * ((action - mean) / np.exp(log_std)) ** 2 - log_std - 0.5 * math.log(2 * math.pi)))
+            shape = self.space["shape"]
+            env_action = np.clip(action, _bound(self.space["low"], shape), _bound(self.space["high"], shape))
+            action, env_action = action.astype(np.float32), env_action.astype(np.float32)
+        else:
+            sizes = [self.space["n"]] if self.kind == "categorical" else self.space["nvec"]
+            picks, logp = [], 0.0
+            for logits in np.split(inputs, np.cumsum(sizes)[:-1]):
+                logp_all = logits - (logits.max() + np.log(np.exp(logits - logits.max()).sum()))
+                p = np.exp(logp_all)
+                pick = int(self.rng.choice(len(p), p=p / p.sum()))
+                picks.append(pick)
+                logp += float(logp_all[pick])
+            if self.kind == "categorical":
+                action, env_action = picks[0], picks[0] + int(self.space.get("start", 0))
+            else:
+                action = np.asarray(picks, np.int64)
+                env_action = action + np.asarray(self.space.get("start", [0] * len(picks)), np.int64)
+        return env_action, {"obs": obs, "action": action, "logp": logp, "weights_version": self.weights_version}

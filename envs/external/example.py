@@ -21,13 +21,16 @@ from rlfleet.envs.external import ExternalError, PolicyClient
 from rlfleet.envs.schema import space_to_schema
 
 
-def run_connection(env_id: str, port: int, seed: int, episodes: int, token: str | None, host: str) -> int:
+def run_connection(env_id: str, port: int, seed: int, episodes: int, token: str | None, host: str,
+                   local: bool = False) -> int:
     env = gym.make(env_id)
     done_episodes = 0
     try:
         with PolicyClient(host=host, port=port, token=token, name=f"{env_id}#{seed}",
                           observation_space=space_to_schema(env.observation_space),
                           action_space=space_to_schema(env.action_space)) as client:
+            if local:
+                return run_local(env, client, seed, episodes)
             while episodes <= 0 or done_episodes < episodes:
                 obs, _ = env.reset(seed=seed + done_episodes)
                 client.start_episode()
@@ -38,10 +41,32 @@ def run_connection(env_id: str, port: int, seed: int, episodes: int, token: str 
                         client.end_episode(obs, terminated=terminated, truncated=truncated and not terminated)
                         break
                 done_episodes += 1
-    except (ConnectionError, ExternalError, OSError):
+    except (ConnectionError, ExternalError, OSError):  # noqa: B014
         pass  # the training run ended (or refused us): this connection is done
     finally:
         env.close()
+    return done_episodes
+
+
+def run_local(env: gym.Env, client: PolicyClient, seed: int, episodes: int) -> int:
+    """Client-side inference: act with the fetched policy here, report whole episodes,
+    fetch the policy again when the server's weights moved on."""
+    policy = client.fetch_policy(seed=seed)
+    done_episodes = 0
+    while episodes <= 0 or done_episodes < episodes:
+        obs, _ = env.reset(seed=seed + done_episodes)
+        steps, rewards = [], []
+        while True:
+            action, step = policy.act(obs)
+            steps.append(step)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            rewards.append(reward)
+            if terminated or truncated:
+                break
+        reply = client.report_episode(steps, rewards, obs, terminated=terminated, truncated=truncated and not terminated)
+        if reply["weights_version"] != policy.weights_version:
+            policy = client.fetch_policy(seed=seed + done_episodes)
+        done_episodes += 1
     return done_episodes
 
 
@@ -54,9 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=1)
     p.add_argument("--episodes", type=int, default=0, help="per connection; 0 runs until the server goes away")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--local", action="store_true", help="client-side inference: act here with the fetched ONNX "
+                   "policy (needs onnxruntime) and report whole episodes")
     args = p.parse_args(argv)
     threads = [threading.Thread(target=run_connection, daemon=True,
-                                args=(args.env, args.port, args.seed + 100_000 * i, args.episodes, args.token, args.host))
+                                args=(args.env, args.port, args.seed + 100_000 * i, args.episodes, args.token, args.host,
+                                      args.local))
                for i in range(args.connections)]
     for t in threads:
         t.start()

@@ -68,13 +68,16 @@ class ExternalServer:
                  spaces_equal: Callable[[dict, dict], bool], check_obs: Callable[[Any], str | None],
                  act: Callable[[list[Any]], tuple[list[Any], list[Any], list[dict[str, float]]]],
                  value: Callable[[list[Any]], list[float]] | None, hello_timeout_s: float = 10.0,
-                 label: str = "external runner") -> None:
+                 label: str = "external runner", policy: Callable[[], tuple[bytes, dict]] | None = None,
+                 max_lag: int = 8, column_length: int = 0, column_count: int = 0) -> None:
         if host not in LOOPBACK and not token:
             raise ValueError(f"external env: host {host!r} is reachable from other machines; set a token")
         self.token, self.observation_space, self.action_space = token, observation_space, action_space
         self.spaces_equal, self.check_obs, self.act, self.value = spaces_equal, check_obs, act, value
         self.hello_timeout_s = hello_timeout_s
+        self.policy, self.max_lag = policy, max_lag
         self.weights_version = 0
+        self.too_stale = 0  # reported episodes dropped for their policy lag
         self.lock = threading.Condition()
         self.listener = socket.create_server((host, port), reuse_port=False, backlog=256)
         self.listener.setblocking(False)
@@ -88,9 +91,10 @@ class ExternalServer:
         self.episode_lengths: list[int] = []
         self.dropped_episodes = 0
         self.episode_ids = itertools.count()
-        self.column_length = 0
-        self.column_count = 0
+        self.column_length = column_length  # steps per column and columns per fragment, as the runner asks
+        self.column_count = column_count
         self.dropped_columns = 0
+        self.dropped_steps = 0  # steps simulators took that no fragment will hold (the backlog's oldest)
         self.running = True
         self.thread = threading.Thread(target=self._serve, name=label, daemon=True)
         self.thread.start()
@@ -113,10 +117,14 @@ class ExternalServer:
             bootstrap, self.bootstrap = self.bootstrap[:count], self.bootstrap[count:]
             return columns, bootstrap
 
-    def pop_episodes(self) -> tuple[list[float], list[int], int]:
+    def pop_episodes(self) -> tuple[list[float], list[int], int, int, int]:
+        """(returns, lengths, episodes dropped by a lost client, reported episodes dropped
+        for their policy lag, steps dropped from a full backlog) since the last call."""
         with self.lock:
-            out = (self.episode_returns, self.episode_lengths, self.dropped_episodes)
-            self.episode_returns, self.episode_lengths, self.dropped_episodes = [], [], 0
+            out = (self.episode_returns, self.episode_lengths, self.dropped_episodes, self.too_stale,
+                   self.dropped_steps)
+            self.episode_returns, self.episode_lengths = [], []
+            self.dropped_episodes = self.too_stale = self.dropped_steps = 0
             return out
 
     @property
@@ -218,6 +226,10 @@ class ExternalServer:
             obs = self._observation(message)
             self._end_episode(peer, obs, terminated=terminated)
             self._send(peer, {"type": "ok"})
+        elif kind == "get_policy":
+            self._send_policy(peer)
+        elif kind == "report_episode":
+            self._report(peer, message)
         elif kind == "bye":
             self._drop(peer)
         else:
@@ -233,6 +245,63 @@ class ExternalServer:
         peer.welcomed = True
         peer.name = str(message.get("name", "client"))
         self._send(peer, {"type": "welcome", "runner": self.address[1], "weights_version": self.weights_version})
+
+    def _send_policy(self, peer: _Peer) -> None:
+        """The current policy as ONNX bytes with its version, for client-side inference."""
+        if self.policy is None:
+            raise ProtocolError("this runner's algorithm has no policy for client-side inference (use get_action)")
+        model, contract = self.policy()
+        self._send(peer, {"type": "policy", "weights_version": self.weights_version, "model": model,
+                          "contract": contract})
+
+    def _report(self, peer: _Peer, message: dict[str, Any]) -> None:
+        """A whole episode acted on the client's side: each step's observation, action (as
+        the policy sampled it), log-probability and weights version, the rewards, and the
+        last observation. Values come from the runner's current critic."""
+        if peer.episode is not None:
+            raise ProtocolError("report_episode while a server-side episode is running")
+        steps = message.get("steps")
+        rewards = message.get("rewards")
+        if not isinstance(steps, list) or not steps or not isinstance(rewards, list) or len(rewards) != len(steps):
+            raise ProtocolError("report_episode needs 'steps' (a non-empty list) and one reward per step")
+        terminated, truncated = message.get("terminated"), message.get("truncated")
+        if not isinstance(terminated, bool) or not isinstance(truncated, bool) or terminated == truncated:
+            raise ProtocolError("report_episode needs exactly one of terminated and truncated true")
+        observations, actions, logps, versions = [], [], [], []
+        for i, step in enumerate(steps):
+            if not isinstance(step, dict) or not {"obs", "action", "logp", "weights_version"} <= set(step):
+                raise ProtocolError(f"report_episode step {i} needs obs, action, logp and weights_version")
+            observations.append(self._observation(step))
+            actions.append(decode(step["action"]))
+            logps.append(step["logp"])
+            versions.append(step["weights_version"])
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x) for x in logps + rewards):
+            raise ProtocolError("report_episode: logp and rewards must be finite numbers")
+        if not all(isinstance(v, int) and 0 <= v <= self.weights_version for v in versions):
+            raise ProtocolError(f"report_episode: weights_version must be an int between 0 and {self.weights_version}")
+        final_obs = self._observation(message)
+        if self.weights_version - min(versions) > self.max_lag:
+            with self.lock:
+                self.too_stale += 1
+            self._send(peer, {"type": "ok", "accepted": False, "weights_version": self.weights_version,
+                              "reason": f"policy lag {self.weights_version - min(versions)} over {self.max_lag}"})
+            return
+        values = self.value(observations + [final_obs]) if self.value is not None else [0.0] * (len(steps) + 1)
+        with self.lock:
+            for i, (obs, action, logp, version) in enumerate(zip(observations, actions, logps, versions)):
+                step = Step(obs, [np.asarray(action)], {"logp": float(logp), "values": values[i]}, version, i == 0,
+                            reward=float(rewards[i]), next_value=values[i + 1], complete=True)
+                peer.steps.append(step)
+            last = peer.steps[-1]
+            last.terminated, last.truncated = terminated, truncated
+            if terminated:
+                last.next_value = 0.0
+            else:
+                last.final_obs = final_obs
+            self.episode_returns.append(float(sum(rewards)))
+            self.episode_lengths.append(len(steps))
+            self._cut_columns()
+        self._send(peer, {"type": "ok", "accepted": True, "weights_version": self.weights_version})
 
     def _observation(self, message: dict[str, Any]) -> Any:
         obs = decode(message.get("obs"))
@@ -299,17 +368,27 @@ class ExternalServer:
                 print(f"external runner on port {self.address[1]}: simulators produce faster than training takes; "
                       f"keeping the newest {backlog} columns", file=sys.stderr, flush=True)
             self.dropped_columns += excess
+            self.dropped_steps += excess * T
             del self.columns[:excess], self.bootstrap[:excess]
         if cut:
             self.lock.notify_all()
 
     def _send(self, peer: _Peer, message: dict[str, Any]) -> None:
+        data = pack(message)
         try:
-            peer.sock.setblocking(True)
-            peer.sock.sendall(pack(message))
-            peer.sock.setblocking(False)
+            sent = peer.sock.send(data)  # a small reply fits the socket buffer: one syscall
+        except BlockingIOError:
+            sent = 0
         except OSError:
             self._drop(peer)
+            return
+        if sent < len(data):  # a full buffer (a slow reader): finish blocking
+            try:
+                peer.sock.setblocking(True)
+                peer.sock.sendall(data[sent:])
+                peer.sock.setblocking(False)
+            except OSError:
+                self._drop(peer)
 
     def _refuse(self, peer: _Peer, reason: str) -> None:
         """An error reply, then the connection is closed; the trainer goes on."""

@@ -319,3 +319,55 @@ def test_64_connections_opened_at_once_from_four_processes_are_all_served(runner
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-500:] for o in outs]
     assert all(o[0].strip() == "ready" for o in outs)
+
+
+# --- client-side inference --------------------------------------------------------------------
+
+
+def test_client_side_inference_samples_like_the_policy_and_reported_episodes_become_fragments(runner):
+    import torch
+
+    pytest.importorskip("onnxruntime")
+    with client(runner.port) as c:
+        policy = c.fetch_policy(seed=0)
+        assert policy.weights_version == 0
+        observations = [np.array([0.1 * i, -0.2], np.float32) for i in range(3)]
+        steps = []
+        for obs in observations:
+            action, step = policy.act(obs)
+            assert action in (0, 1, 2) and step["action"] == action
+            steps.append(step)
+        # the client's log-probabilities are the policy's
+        with torch.no_grad():
+            dist, _ = runner.module.forward_train(torch.from_numpy(np.stack(observations)))
+            logp = dist.logp([torch.tensor([s["action"] for s in steps])]).numpy()
+        np.testing.assert_allclose([s["logp"] for s in steps], logp, rtol=1e-4, atol=1e-5)
+        final = np.array([1.0, 1.0], np.float32)
+        reply = c.report_episode(steps[:2], [1.0, 2.0], final, truncated=True)
+        assert reply["accepted"] and reply["weights_version"] == 0
+    fragment = runner.sample()
+    b = fragment.batch
+    np.testing.assert_array_equal(b["rewards"][:, 0], [1.0, 2.0])
+    np.testing.assert_allclose(b["logp"][:, 0], [s["logp"] for s in steps[:2]], rtol=1e-6)
+    v = values_of(runner, observations[0], observations[1], final)
+    np.testing.assert_allclose(b["values"][:, 0], v[:2], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(b["next_values"][:, 0], v[1:], rtol=1e-5, atol=1e-6)  # V(final) at the truncation
+    assert b["truncated"][:, 0].tolist() == [False, True] and fragment.episode_returns == [3.0]
+
+
+@pytest.mark.parametrize("runner", [{"env": {"max_lag": 2}}], indirect=True)
+def test_reported_episodes_past_the_lag_limit_are_dropped_and_counted(runner):
+    pytest.importorskip("onnxruntime")
+    with client(runner.port) as c:
+        policy = c.fetch_policy()
+        action, step = policy.act(np.zeros(2, np.float32))
+        runner.set_weights({k: v.numpy() for k, v in runner.module.state_dict().items()}, 5)  # the learner moved on
+        reply = c.report_episode([step], [1.0], np.zeros(2, np.float32), terminated=True)
+        assert not reply["accepted"] and reply["weights_version"] == 5 and "policy lag 5 over 2" in reply["reason"]
+        fresh = c.fetch_policy()
+        assert fresh.weights_version == 5
+        for _ in range(2):
+            _, step = fresh.act(np.zeros(2, np.float32))
+            assert c.report_episode([step], [1.0], np.zeros(2, np.float32), terminated=True)["accepted"]
+    fragment = runner.sample()
+    assert fragment.num_stale_episodes == 1 and fragment.weights_version == 5

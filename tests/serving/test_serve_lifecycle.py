@@ -130,3 +130,32 @@ def test_an_lm_checkpoint_answers_complete_like_from_checkpoint_and_ctrl_c_stops
     while ray_processes() - before and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not ray_processes() - before
+
+
+def test_a_reload_reaching_one_replica_reaches_all_and_watch_follows_the_file(tmp_path):
+    checkpoint = train("ppo-cartpole", tmp_path / "checkpoint", iterations=1)
+    server, client = start(checkpoint, num_replicas=2, num_cpus_per_replica=0.5, watch=True)
+    try:
+        old = client.request("GET", "/metadata")[1]["weights_version"]
+        assert {client.act([0.0, 0.0, 0.0, 0.0])[1]["weights_version"] for _ in range(20)} == {old}
+        train("ppo-cartpole", tmp_path / "checkpoint", iterations=2)  # a newer checkpoint: --watch follows it
+        time.sleep(2.5)
+        versions = {client.act([0.0, 0.0, 0.0, 0.0])[1]["weights_version"] for _ in range(30)}
+        time.sleep(1.5)
+        watched = {client.act([0.0, 0.0, 0.0, 0.0])[1]["weights_version"] for _ in range(30)}
+        assert watched == {old + 1} and old + 1 in versions
+    finally:
+        server.stop()
+    # Without --watch, one POST /reload (answered by one replica) switches both.
+    checkpoint2 = train("ppo-cartpole", tmp_path / "other", iterations=1)
+    server, client = start(checkpoint2, num_replicas=2, num_cpus_per_replica=0.5)
+    try:
+        old = client.request("GET", "/metadata")[1]["weights_version"]
+        train("ppo-cartpole", tmp_path / "other", iterations=3)
+        assert {client.act([0.0, 0.0, 0.0, 0.0])[1]["weights_version"] for _ in range(20)} == {old}
+        status, answer = client.request("POST", "/reload")
+        assert status == 200 and answer["weights_version"] == old + 2
+        time.sleep(1.5)
+        assert {client.act([0.0, 0.0, 0.0, 0.0])[1]["weights_version"] for _ in range(40)} == {old + 2}
+    finally:
+        server.stop()
