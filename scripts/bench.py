@@ -236,12 +236,12 @@ def main() -> None:
     external.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args()
     if args.bench == "external":
-        from bench_external import main as external_bench  # scripts/ is on sys.path when run as a script
+        from rlfleet.scripts.bench_external import main as external_bench
 
         external_bench(args)
         return
     if args.bench == "serve":
-        from bench_serve import main as serve_bench  # scripts/ is on sys.path when run as a script
+        from rlfleet.scripts.bench_serve import main as serve_bench
 
         serve_bench(args)
         return

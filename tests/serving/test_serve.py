@@ -59,6 +59,20 @@ class Client:
         return self.request("POST", "/act", json.dumps({"obs": obs, **extra}))
 
 
+def wait_healthy(client: Client, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
+    """Until the server started as ``proc`` (serve.py) answers /healthz."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if client.request("GET", "/healthz")[0] == 200:
+                return
+        except OSError:
+            pass
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, "the server did not come up"
+        time.sleep(0.3)
+
+
 def start(checkpoint: str, **options) -> tuple[Server, Client]:
     port = free_port()
     opts = ServeOptions(port=port, **options)

@@ -11,13 +11,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 pytest.importorskip("ray.serve")
 
-from tests.serving.test_serve import REPO, Client, free_port  # noqa: E402
+from tests.serving.test_serve import REPO, Client, free_port, wait_healthy  # noqa: E402
 
 ENV = {**os.environ, "RAY_AUTH_MODE": "token"}  # every process that joins carries the token
 
@@ -40,16 +39,7 @@ def test_serve_joins_a_running_cluster_and_removes_only_its_app(checkpoints):
                                  "--address", address, "--port", str(http_port)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
         client = Client(http_port)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if client.request("GET", "/healthz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.monotonic() < deadline, "the server did not come up"
-            time.sleep(0.5)
+        wait_healthy(client, proc)
         status, answer = client.act([0.0, 0.0, 0.0, 0.0])
         assert status == 200 and answer["actions"] in (0, 1)
         proc.send_signal(signal.SIGINT)

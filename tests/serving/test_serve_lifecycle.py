@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("ray.serve")
 
 from tests.serving.conftest import train  # noqa: E402
-from tests.serving.test_serve import REPO, Client, evaluate, ray_processes, start  # noqa: E402
+from tests.serving.test_serve import REPO, Client, evaluate, ray_processes, start, wait_healthy  # noqa: E402
 
 
 def test_pendulum_normalised_and_clipped_serves_like_in_process_and_stops_clean(checkpoints):
@@ -103,15 +103,7 @@ def test_an_lm_checkpoint_answers_complete_like_from_checkpoint_and_ctrl_c_stops
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         client = Client(port)
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if client.request("GET", "/healthz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "timeout"
-            time.sleep(0.3)
+        wait_healthy(client, proc)
         status, answer = client.request("POST", "/complete", json.dumps({"prompts": ["12+7=", "3+4="]}))
         assert status == 200 and answer["completions"] == expected
         status, answer = client.request("POST", "/complete", json.dumps({"prompt": "12+7="}))
