@@ -98,6 +98,14 @@ def dist_input_size(space: gym.Space) -> int:
     return 2 * int(space.shape[0])
 
 
+def mask_logits(logits: torch.Tensor, legal: torch.Tensor) -> torch.Tensor:
+    """Illegal entries of ``logits`` (or Q-values) set to the dtype's most negative finite
+    value: an illegal action gets probability exactly 0 (and never wins an argmax) while
+    0 * log p stays 0 in entropies and KLs, where -inf would make them NaN; no gradient
+    reaches the illegal entries."""
+    return torch.where(legal.bool(), logits, torch.finfo(logits.dtype).min)
+
+
 class ActionDistribution:
     """The joint distribution over all leaves of a (possibly nested) action space.
 
@@ -105,14 +113,12 @@ class ActionDistribution:
     because the leaves are sampled independently given the observation.
 
     ``mask`` (B, n) marks the legal actions of a Discrete or MultiDiscrete space (rl/core.py,
-    "Action masks"): an illegal action's logit becomes the dtype's most negative finite
-    value, so its probability is exactly 0 while 0 * log p stays 0 in the entropy and the
-    KL (with -inf they would be NaN), and no gradient reaches it.
+    "Action masks"); see :func:`mask_logits`.
     """
 
     def __init__(self, inputs: torch.Tensor, action_space: gym.Space, mask: torch.Tensor | None = None) -> None:
         if mask is not None:
-            inputs = torch.where(mask.bool(), inputs, torch.finfo(inputs.dtype).min)
+            inputs = mask_logits(inputs, mask)
         self.leaves: list[LeafDistribution] = []
         sizes = [dist_input_size(s) for s in leaf_spaces(action_space)]
         for chunk, space in zip(torch.split(inputs, sizes, dim=-1), leaf_spaces(action_space)):

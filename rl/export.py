@@ -21,6 +21,7 @@ import torch
 import tree
 from torch import nn
 
+from rlfleet.rl.distributions import mask_logits
 from rlfleet.rl.inference import Policy, to_json
 from rlfleet.rl.module import legal_actions
 from rlfleet.envs.schema import space_to_schema
@@ -152,9 +153,7 @@ class SamplingPolicy(nn.Module):
         feats = self.module.features(obs)
         inputs = self.module.dist_inputs(feats)
         legal = legal_actions(obs)
-        if legal is not None:
-            inputs = torch.where(legal, inputs, torch.finfo(inputs.dtype).min)
-        return inputs, self.module.values(feats)
+        return (inputs if legal is None else mask_logits(inputs, legal)), self.module.values(feats)
 
 
 def sampling_policy_onnx(module: nn.Module, observation_space: Any, action_space: Any) -> tuple[bytes, dict[str, Any]]:

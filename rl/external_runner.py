@@ -84,6 +84,7 @@ class ExternalEnvRunner:
         self.module.eval()
         self.weights_lock = threading.Lock()
         self.weights_version = 0
+        self.exported: tuple[int, bytes, dict] | None = None  # the policy as ONNX, per weights version
         torch.manual_seed(seed)
         schemas = space_to_schema(self.observation_space), space_to_schema(self.action_space)
         port = int(env_config.get("port", 9900)) + max(index, 0)
@@ -129,12 +130,12 @@ class ExternalEnvRunner:
     def _sampling_policy(self) -> tuple[bytes, dict]:
         """The current weights as ONNX for client-side inference (cached per version)."""
         with self.weights_lock:
-            if getattr(self, "_exported", (None,))[0] != self.weights_version:
+            if self.exported is None or self.exported[0] != self.weights_version:
                 from rlfleet.rl.export import sampling_policy_onnx  # torch.onnx: only when a client asks
 
                 model, contract = sampling_policy_onnx(self.module, self.observation_space, self.action_space)
-                self._exported = (self.weights_version, model, {**contract, "weights_version": self.weights_version})
-            return self._exported[1], self._exported[2]
+                self.exported = (self.weights_version, model, {**contract, "weights_version": self.weights_version})
+            return self.exported[1], self.exported[2]
 
     def _value(self, observations: list[Any]) -> list[float]:
         with self.weights_lock:

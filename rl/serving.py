@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import tree
 
-from rlfleet.rl.checkpoint import CheckpointError, checkpoint_file, load_checkpoint
+from rlfleet.rl.checkpoint import CheckpointError, checkpoint_file
 from rlfleet.rl.config import closest
 from rlfleet.rl.inference import Policy, parse_observations, to_json
 from rlfleet.runtime.base import BadRequest
@@ -78,7 +78,20 @@ class _Followed:
             return True
 
 
-class PolicyService:
+class _FollowingService:
+    """``POST /reload`` and ``--watch`` of a service whose weights come from a checkpoint."""
+
+    followed: _Followed
+
+    def reload(self) -> dict[str, Any]:
+        changed = self.followed.reload()
+        return {"reloaded": changed, "weights_version": self.followed.current.weights_version}
+
+    def watch(self) -> None:
+        self.followed.reload(only_if_changed=True)
+
+
+class PolicyService(_FollowingService):
     USAGE = '{"obs": <observation or batch>, "explore": false, "details": false}'
 
     def __init__(self, checkpoint: str, *, max_batch_rows: int = 256) -> None:
@@ -120,15 +133,9 @@ class PolicyService:
     def metadata(self) -> dict[str, Any]:
         return {**self.followed.current.metadata(), "route": "POST /act", "max_batch_rows": self.max_batch_rows}
 
-    def reload(self) -> dict[str, Any]:
-        changed = self.followed.reload()
-        return {"reloaded": changed, "weights_version": self.followed.current.weights_version}
-
-    def watch(self) -> None:
-        self.followed.reload(only_if_changed=True)
 
 
-class CompletionService:
+class CompletionService(_FollowingService):
     """An LM checkpoint behind ``POST /complete``; ``load(path)`` rebuilds its algorithm in
     this process (``from_checkpoint``), and completions are the same as its ``complete``."""
 
@@ -177,14 +184,3 @@ class CompletionService:
                 "env_steps": algo.env_steps, "checkpoint": self.followed.path, "route": "POST /complete",
                 "max_batch_rows": self.max_batch_rows}
 
-    def reload(self) -> dict[str, Any]:
-        changed = self.followed.reload()
-        return {"reloaded": changed, "weights_version": self.followed.current.weights_version}
-
-    def watch(self) -> None:
-        self.followed.reload(only_if_changed=True)
-
-
-def checkpoint_algo(checkpoint: str) -> str:
-    """The algorithm name a checkpoint was saved by."""
-    return str(load_checkpoint(checkpoint)["algo"])

@@ -15,6 +15,10 @@ class InsufficientResourcesError(RuntimeError):
     """Actors ask for more CPUs or GPUs than the runtime has free (and none will come)."""
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+"""Hosts only this machine reaches: a server bound anywhere else needs a token."""
+
+
 class BadRequest(ValueError):
     """A request a served model refuses: answered with HTTP 400 and this one-line message."""
 

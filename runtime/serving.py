@@ -34,7 +34,6 @@ from rlfleet.runtime.base import BadRequest
 
 BATCHED_ROUTES = ("/act", "/complete")
 ROUTES = ("GET /healthz", "GET /metadata", "POST /act", "POST /complete", "POST /reload")
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SERVE_NAMESPACE = "serve"
 
 

@@ -26,7 +26,6 @@ import signal
 import sys
 import time
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -78,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     from rlfleet.rl.checkpoint import CheckpointError
     from rlfleet.rl.config import ConfigError
     from rlfleet.runtime import ClusterUnreachableError
+    from rlfleet.runtime.base import LOOPBACK
 
     def fail(message: str) -> int:
         print(f"serve.py: error: {message}", file=sys.stderr)

@@ -11,6 +11,7 @@ import torch
 from rlfleet.algorithms.dqn.config import DQNConfig
 from rlfleet.algorithms.dqn.module import QModuleSpec
 from rlfleet.rl.batch import num_rows, take_rows
+from rlfleet.rl.distributions import mask_logits
 from rlfleet.rl.learner import Learner, TensorBatch
 from rlfleet.rl.module import legal_actions
 
@@ -38,7 +39,7 @@ def dqn_loss(
     with torch.no_grad():
         chooser = q_next_online if q_next_online is not None else q_next_target
         if next_legal is not None:
-            chooser = chooser.masked_fill(~next_legal, -torch.inf)
+            chooser = mask_logits(chooser, next_legal)
         next_action = chooser.argmax(-1, keepdim=True)  # (N, 1)
         next_q = q_next_target.gather(-1, next_action).squeeze(-1)  # (N,)
         if next_legal is not None:

@@ -15,6 +15,7 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
+from rlfleet.rl.distributions import mask_logits
 from rlfleet.rl.module import ModuleSpec, ObsEncoder, _init, legal_actions, mlp
 from rlfleet.rl.spaces import UnsupportedSpaceError, check_spaces
 
@@ -62,7 +63,7 @@ class QModule(nn.Module):
         """argmax_a Q(s, a) over the legal actions where ``obs`` has a mask, (B,)."""
         q = self.forward_train(obs)
         legal = legal_actions(obs)
-        return (q if legal is None else q.masked_fill(~legal, torch.finfo(q.dtype).min)).argmax(-1)
+        return (q if legal is None else mask_logits(q, legal)).argmax(-1)
 
     @torch.inference_mode()
     def forward_exploration(self, obs: Any) -> dict[str, Any]:

@@ -17,9 +17,6 @@ VERSION = 1
 MAX_FRAME = 16 << 20
 """Frames larger than this are refused (16 MiB)."""
 
-CLIENT_TYPES = ("hello", "start_episode", "get_action", "log_reward", "end_episode", "get_policy", "report_episode",
-                "bye")
-SERVER_TYPES = ("welcome", "ok", "action", "policy", "error")
 DTYPES = ("float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool")
 
 

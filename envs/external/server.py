@@ -58,7 +58,6 @@ class _Peer:
         self.episode: Episode | None = None
         self.steps: list[Step] = []
         self.opened = time.monotonic()
-        self.name = "?"
 
 
 class ExternalServer:
@@ -93,8 +92,8 @@ class ExternalServer:
         self.episode_ids = itertools.count()
         self.column_length = column_length  # steps per column and columns per fragment, as the runner asks
         self.column_count = column_count
-        self.dropped_columns = 0
         self.dropped_steps = 0  # steps simulators took that no fragment will hold (the backlog's oldest)
+        self.warned_backlog = False
         self.running = True
         self.thread = threading.Thread(target=self._serve, name=label, daemon=True)
         self.thread.start()
@@ -243,7 +242,6 @@ class ExternalServer:
             if not isinstance(theirs, dict) or not self.spaces_equal(theirs, ours):
                 raise ProtocolError(f"hello: {key} {theirs!r} differs from this runner's {ours!r}")
         peer.welcomed = True
-        peer.name = str(message.get("name", "client"))
         self._send(peer, {"type": "welcome", "runner": self.address[1], "weights_version": self.weights_version})
 
     def _send_policy(self, peer: _Peer) -> None:
@@ -364,10 +362,10 @@ class ExternalServer:
         backlog = 4 * self.column_count  # simulators faster than training: keep the newest data
         if self.column_count and len(self.columns) > backlog:
             excess = len(self.columns) - backlog
-            if not self.dropped_columns:
+            if not self.warned_backlog:
+                self.warned_backlog = True
                 print(f"external runner on port {self.address[1]}: simulators produce faster than training takes; "
                       f"keeping the newest {backlog} columns", file=sys.stderr, flush=True)
-            self.dropped_columns += excess
             self.dropped_steps += excess * T
             del self.columns[:excess], self.bootstrap[:excess]
         if cut:
