@@ -7,6 +7,8 @@ PPO, IMPALA and DQN train from them unchanged.
 ``env: external`` with ``env_config``:
     observation_space, action_space   the spaces, as schemas (rl/spaces.space_to_schema), or
     spaces_from                       a gymnasium id whose spaces to use (CartPole-v1)
+    (neither)                         the first simulator's hello declares them (within
+                                      spaces_timeout_s, 300 s); later ones must match
     host (127.0.0.1), port (9900), token (required for a non-loopback host)
 A fragment is ``num_envs_per_runner`` columns of ``rollout_fragment_length`` steps, each
 column a run of steps of one connection (several columns may come from one busy client).
@@ -26,16 +28,16 @@ import torch
 import tree
 
 from rlfleet.envs.checks import describe
-from rlfleet.envs.external.server import LOOPBACK, ExternalServer
+from rlfleet.envs.external.server import LOOPBACK, ExternalServer, await_declared_spaces
 from rlfleet.rl.config import closest
 from rlfleet.rl.core import Fragment
 from rlfleet.rl.module import ModuleSpec
 from rlfleet.envs.schema import space_from_schema, space_to_schema
-from rlfleet.rl.spaces import actions_to_env
+from rlfleet.rl.spaces import actions_to_env, check_spaces
 
 EXTERNAL_ENV = "external"
-ENV_CONFIG_KEYS = ("observation_space", "action_space", "spaces_from", "host", "port", "token", "hello_timeout_s",
-                   "max_lag")
+ENV_CONFIG_KEYS = ("observation_space", "action_space", "spaces_from", "spaces_timeout_s", "host", "port", "token",
+                   "hello_timeout_s", "max_lag")
 
 
 class ExternalConfigError(ValueError):
@@ -61,13 +63,46 @@ def external_spaces(env_config: dict[str, Any]) -> tuple[gym.Space, gym.Space]:
         spaces = env.observation_space, env.action_space
         env.close()
         return spaces
+    declared = [key for key in ("observation_space", "action_space") if key in env_config]
+    if len(declared) == 1:
+        missing = ({"observation_space", "action_space"} - set(declared)).pop()
+        raise ExternalConfigError(f"env 'external' has env_config {declared[0]} but no {missing}: give both, "
+                                  "or neither to take them from the first simulator's hello")
+    if not declared:
+        return _spaces_from_hello(env_config, host)
     try:
         return space_from_schema(env_config["observation_space"]), space_from_schema(env_config["action_space"])
-    except KeyError:
-        raise ExternalConfigError("env 'external' needs env_config observation_space and action_space (schemas), "
-                                 "or spaces_from: a gymnasium id") from None
     except ValueError as e:
         raise ExternalConfigError(f"env 'external': {e}") from None
+
+
+def _spaces_from_hello(env_config: dict[str, Any], host: str) -> tuple[gym.Space, gym.Space]:
+    port, timeout_s = int(env_config.get("port", 9900)), float(env_config.get("spaces_timeout_s", 300.0))
+    print(f"env 'external': waiting up to {timeout_s:g} s for a simulator's hello on {host}:{port} to declare "
+          "the spaces", flush=True)
+
+    def check(obs: dict, act: dict) -> str | None:
+        try:
+            spaces = space_from_schema(obs), space_from_schema(act)
+        except ValueError as e:
+            return f"hello: {e}"
+        try:
+            check_spaces(*spaces, EXTERNAL_ENV)
+        except ValueError as e:
+            return f"hello: {e}"
+        return None
+
+    try:
+        obs, act = await_declared_spaces(
+            host=host, port=port, token=env_config.get("token") or os.environ.get("RLFLEET_EXTERNAL_TOKEN"),
+            timeout_s=timeout_s, check=check, hello_timeout_s=float(env_config.get("hello_timeout_s", 10.0)))
+    except TimeoutError as e:  # before OSError, its base class
+        raise ExternalTimeoutError(f"env 'external': {e}") from None
+    except OSError as e:
+        raise ExternalConfigError(f"env 'external': cannot listen on port {port}: {e.strerror}") from None
+    spaces = space_from_schema(obs), space_from_schema(act)
+    print(f"env 'external': spaces from the first hello: observations {spaces[0]}, actions {spaces[1]}", flush=True)
+    return spaces
 
 
 def _stack(items: list[Any]) -> Any:

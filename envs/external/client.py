@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import socket
+import time
 from typing import Any
 
 import numpy as np
@@ -30,12 +31,31 @@ class ExternalError(RuntimeError):
 
 class PolicyClient:
     def __init__(self, *, host: str = "127.0.0.1", port: int = 9900, observation_space: dict, action_space: dict,
-                 token: str | None = None, name: str = "client", timeout_s: float = 60.0) -> None:
-        sock = socket.create_connection((host, port), timeout=timeout_s)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small frames: no Nagle delay
-        self.conn = Connection(sock)
-        welcome = self._call({"type": "hello", "token": token, "name": name,
-                              "observation_space": observation_space, "action_space": action_space})
+                 token: str | None = None, name: str = "client", timeout_s: float = 60.0,
+                 connect_timeout_s: float = 60.0) -> None:
+        """Connects and says hello. A refused connection (the run is not listening yet) and a
+        ``reconnect`` reply (the run took its spaces from this hello) are retried for
+        ``connect_timeout_s``; ``timeout_s`` bounds every later reply."""
+        hello = {"type": "hello", "token": token, "name": name,
+                 "observation_space": observation_space, "action_space": action_space}
+        deadline = time.monotonic() + connect_timeout_s
+        while True:
+            try:
+                sock = socket.create_connection((host, port), timeout=timeout_s)
+            except ConnectionRefusedError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small frames: no Nagle delay
+            self.conn = Connection(sock)
+            welcome = self._call(hello)
+            if welcome["type"] != "reconnect":
+                break
+            sock.close()
+            if time.monotonic() > deadline:
+                raise ExternalError(f"the server on {host}:{port} asked to reconnect for {connect_timeout_s:g} s")
+            time.sleep(float(welcome.get("after_s", 1.0)))
         self.runner, self.weights_version = welcome["runner"], welcome["weights_version"]
         self.episode: int | None = None
 

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from rlfleet.envs.external.protocol import MAX_FRAME, ProtocolError, decode, encode, pack, unpack
+from rlfleet.envs.external.protocol import MAX_FRAME, Connection, ProtocolError, decode, encode, pack, unpack
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -414,3 +414,50 @@ class ExternalServer:
         for peer in list(self.peers.values()):
             if not peer.welcomed and now - peer.opened > self.hello_timeout_s:
                 self._refuse(peer, f"no hello within {self.hello_timeout_s:g} s")
+
+
+def await_declared_spaces(*, host: str, port: int, token: str | None, timeout_s: float,
+                          check: Callable[[dict, dict], str | None], hello_timeout_s: float = 10.0) -> tuple[dict, dict]:
+    """The spaces of the first simulator that says hello on ``host:port`` within
+    ``timeout_s`` (``env_config`` without spaces). That simulator is told to ``reconnect``:
+    the runners listen once the run has built its module from these spaces.
+    ``check(observation_space, action_space)`` returns why schemas are unusable (that
+    client gets an ``error``, the wait goes on) or None."""
+    deadline = time.monotonic() + timeout_s
+    with socket.create_server((host, port)) as listener:
+        while (left := deadline - time.monotonic()) > 0:
+            listener.settimeout(left)
+            try:
+                sock, _ = listener.accept()
+            except socket.timeout:
+                break
+            with sock:
+                sock.settimeout(min(hello_timeout_s, max(left, 0.1)))
+                try:
+                    conn = Connection(sock)
+                    try:
+                        message = conn.receive()
+                        reason = _declared_spaces_error(message, token, check)
+                    except ProtocolError as e:
+                        reason = str(e)
+                    if reason is not None:
+                        conn.send({"type": "error", "message": reason})
+                        continue
+                    conn.send({"type": "reconnect", "after_s": 1.0,
+                               "message": "the run took its spaces from this hello and is starting its runners"})
+                    return message["observation_space"], message["action_space"]
+                except (OSError, ConnectionError):
+                    continue  # a client that went away or never spoke: wait for the next
+    raise TimeoutError(f"no simulator said hello on {host}:{port} within {timeout_s:g} s to declare the spaces")
+
+
+def _declared_spaces_error(message: dict[str, Any], token: str | None,
+                           check: Callable[[dict, dict], str | None]) -> str | None:
+    if message.get("type") != "hello":
+        return f"the first message must be 'hello', got {message.get('type')!r}"
+    if token is not None and not hmac.compare_digest(str(message.get("token") or ""), token):
+        return "wrong or missing token"
+    obs, act = message.get("observation_space"), message.get("action_space")
+    if not isinstance(obs, dict) or not isinstance(act, dict):
+        return "hello: this run takes its spaces from the first hello: send observation_space and action_space"
+    return check(obs, act)
