@@ -255,6 +255,11 @@ class AlgorithmConfig:
 class ControlConfig(AlgorithmConfig):
     """Settings of control RL (gymnasium envs and MLP/CNN policies): PPO, DQN, IMPALA."""
 
+    external_max_lag: ClassVar[int | None] = None
+    """``env: external`` with client-side inference: reports more weights versions behind
+    than this are dropped and counted (None: the algorithm learns from any lag, V-trace
+    and replay correct for it); ``env_config.max_lag`` overrides it."""
+
     # --- env runners ---
     env_error_retries: int = 3
     """A sub-env that raises is recreated (its episode dropped) up to this many times in a

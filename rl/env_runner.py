@@ -269,7 +269,7 @@ class EnvRunnerFactory:
         if self.external:
             return ExternalEnvRunner(module_spec=self.module_spec, env_config=c.env_config, num_columns=num_envs,
                                      fragment_length=c.rollout_fragment_length, seed=seed, index=index,
-                                     sample_timeout_s=c.sample_timeout_s)
+                                     sample_timeout_s=c.sample_timeout_s, max_lag=c.external_max_lag)
         return EnvRunner(
             env_creator=self.env_creator, env_name=self.env_creator.name, module_spec=self.module_spec,
             num_envs=num_envs, fragment_length=c.rollout_fragment_length, seed=seed, index=index,

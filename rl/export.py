@@ -156,22 +156,46 @@ class SamplingPolicy(nn.Module):
         return (inputs if legal is None else mask_logits(inputs, legal)), self.module.values(feats)
 
 
+class EpsilonGreedyPolicy(nn.Module):
+    """For client-side inference with a Q-network (DQN): observation leaves -> (Q(s, .) with
+    illegal actions at the float minimum; zeros for the value it has not)."""
+
+    def __init__(self, module: nn.Module, observation_space: Any) -> None:
+        super().__init__()
+        self.module = module
+        self.structure = space_structure(observation_space)
+
+    def forward(self, *leaves: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        obs = tree.unflatten_as(self.structure, list(leaves))
+        q = self.module.forward_train(obs)
+        legal = legal_actions(obs)
+        return (q if legal is None else mask_logits(q, legal)), torch.zeros(q.shape[0])
+
+
 def sampling_policy_onnx(module: nn.Module, observation_space: Any, action_space: Any) -> tuple[bytes, dict[str, Any]]:
-    """The ONNX bytes of :class:`SamplingPolicy` and its contract (which distribution the
-    client samples from); Discrete, MultiDiscrete or 1-D Box actions, actor-critic modules."""
-    if not hasattr(module, "dist_inputs") or len(leaf_spaces(action_space)) != 1:
-        raise ExportError("client-side inference needs an actor-critic policy (PPO, IMPALA) with one action leaf")
-    kind = {"Discrete": "categorical", "MultiDiscrete": "multi_categorical", "Box": "diag_gaussian"}[
-        type(action_space).__name__]
+    """The ONNX bytes of the policy a client samples from and its contract: an actor-critic's
+    distribution (Discrete, MultiDiscrete or 1-D Box actions), or a Q-network's
+    epsilon-greedy choice at the module's current epsilon."""
+    if len(leaf_spaces(action_space)) != 1:
+        raise ExportError("client-side inference needs one action leaf")
+    if hasattr(module, "dist_inputs"):
+        graph, extra = SamplingPolicy(module, observation_space), {}
+        kind = {"Discrete": "categorical", "MultiDiscrete": "multi_categorical", "Box": "diag_gaussian"}[
+            type(action_space).__name__]
+    elif hasattr(module, "epsilon"):
+        graph, kind, extra = EpsilonGreedyPolicy(module, observation_space), "epsilon_greedy", {
+            "epsilon": float(module.epsilon)}
+    else:
+        raise ExportError(f"client-side inference needs an actor-critic or a Q-network, not {type(module).__name__}")
     names = _leaf_names("obs", space_structure(observation_space))
     example = tuple(torch.from_numpy(np.stack([s.sample(), s.sample()])) for s in leaf_spaces(observation_space))
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(SamplingPolicy(module, observation_space).eval(), example, buffer, input_names=names,
+        torch.onnx.export(graph.eval(), example, buffer, input_names=names,
                           output_names=["dist_inputs", "value"], dynamo=False, opset_version=17,
                           dynamic_axes={n: {0: "batch"} for n in names + ["dist_inputs", "value"]})
-    contract = {"format": CONTRACT_FORMAT, "distribution": kind,
+    contract = {"format": CONTRACT_FORMAT, "distribution": kind, **extra,
                 "inputs": [{"name": n, "dtype": str(s.dtype)} for n, s in zip(names, leaf_spaces(observation_space))],
                 "action_space": space_to_schema(action_space)}
     return buffer.getvalue(), contract

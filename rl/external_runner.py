@@ -28,6 +28,7 @@ import torch
 import tree
 
 from rlfleet.envs.checks import describe
+from rlfleet.envs.external.protocol import ProtocolError
 from rlfleet.envs.external.server import LOOPBACK, ExternalServer, await_declared_spaces
 from rlfleet.rl.config import closest
 from rlfleet.rl.core import Fragment
@@ -58,6 +59,9 @@ def external_spaces(env_config: dict[str, Any]) -> tuple[gym.Space, gym.Space]:
     if host not in LOOPBACK and not (env_config.get("token") or os.environ.get("RLFLEET_EXTERNAL_TOKEN")):
         raise ExternalConfigError(f"env 'external': host {host!r} is reachable from other machines; set env_config "
                                   "token (or RLFLEET_EXTERNAL_TOKEN)")
+    max_lag = env_config.get("max_lag")
+    if max_lag is not None and (not isinstance(max_lag, int) or isinstance(max_lag, bool) or max_lag < 0):
+        raise ExternalConfigError(f"env 'external': max_lag {max_lag!r} must be a non-negative int (or null: no limit)")
     if "spaces_from" in env_config:
         env = gym.make(env_config["spaces_from"])
         spaces = env.observation_space, env.action_space
@@ -111,8 +115,11 @@ def _stack(items: list[Any]) -> Any:
 
 class ExternalEnvRunner:
     def __init__(self, *, module_spec: ModuleSpec, env_config: dict[str, Any], num_columns: int,
-                 fragment_length: int, seed: int, index: int, sample_timeout_s: float) -> None:
+                 fragment_length: int, seed: int, index: int, sample_timeout_s: float, max_lag: int | None = 8) -> None:
+        """``max_lag``: client-side reports more weights versions behind are dropped (None:
+        none are; ``env_config.max_lag`` overrides it)."""
         self.index, self.num_columns, self.fragment_length = index, num_columns, fragment_length
+        self.max_lag = env_config.get("max_lag", max_lag)
         self.sample_timeout_s = sample_timeout_s
         self.observation_space, self.action_space = module_spec.observation_space, module_spec.action_space
         self.module = module_spec.build()
@@ -137,8 +144,7 @@ class ExternalEnvRunner:
             check_obs=self._check_obs, act=self._act,
             value=self._value if hasattr(self.module, "compute_values") else None,
             hello_timeout_s=float(env_config.get("hello_timeout_s", 10.0)), label=f"external runner {index}",
-            policy=self._sampling_policy if hasattr(self.module, "dist_inputs") else None,
-            max_lag=int(env_config.get("max_lag", 8)), column_length=self.fragment_length,
+            policy=self._sampling_policy, max_lag=self.max_lag, column_length=self.fragment_length,
             column_count=self.num_columns,
         )
 
@@ -166,9 +172,12 @@ class ExternalEnvRunner:
         """The current weights as ONNX for client-side inference (cached per version)."""
         with self.weights_lock:
             if self.exported is None or self.exported[0] != self.weights_version:
-                from rlfleet.rl.export import sampling_policy_onnx  # torch.onnx: only when a client asks
+                from rlfleet.rl.export import ExportError, sampling_policy_onnx  # torch.onnx: only when asked
 
-                model, contract = sampling_policy_onnx(self.module, self.observation_space, self.action_space)
+                try:
+                    model, contract = sampling_policy_onnx(self.module, self.observation_space, self.action_space)
+                except ExportError as e:
+                    raise ProtocolError(f"get_policy: {e} (use get_action)") from None
                 self.exported = (self.weights_version, model, {**contract, "weights_version": self.weights_version})
             return self.exported[1], self.exported[2]
 

@@ -10,6 +10,7 @@ from rlfleet.rl.config import ConfigError, ControlConfig
 @dataclasses.dataclass
 class PPOConfig(ControlConfig):
     algo_name = "ppo"
+    external_max_lag = 8  # on-policy: clipping alone cannot correct older data
 
     gae_lambda: float = 0.95
     """GAE lambda: 0 is one-step TD, 1 is Monte Carlo."""

@@ -95,10 +95,13 @@ class PolicyClient:
 
     def report_episode(self, steps: list[dict[str, Any]], rewards: list[float], obs: Any, *,
                        terminated: bool = False, truncated: bool = False) -> dict[str, Any]:
-        """A whole episode acted here: ``steps`` as returned by :meth:`LocalPolicy.act`
-        (``obs``, ``action``, ``logp``, ``weights_version``), one reward per step, the last
-        observation. The reply says whether it was accepted (not too stale) and the
-        server's current weights version (fetch the policy again when it moved on)."""
+        """Steps acted here: ``steps`` as returned by :meth:`LocalPolicy.act` (``obs``,
+        ``action``, ``logp``, ``weights_version``), one reward per step, and the observation
+        after the last step. ``terminated`` or ``truncated`` ends the episode; neither
+        reports a part of it that goes on from ``obs`` (report long episodes in parts:
+        a part is judged for staleness alone). The reply says whether it was accepted (not
+        too stale) and the server's current weights version (fetch the policy again when it
+        moved on)."""
         reply = self._call({"type": "report_episode", "steps": [{**s, "obs": encode(s["obs"]),
                                                                  "action": encode(s["action"])} for s in steps],
                             "rewards": [float(r) for r in rewards], "obs": encode(obs),
@@ -145,6 +148,7 @@ class LocalPolicy:
         self.session = onnxruntime.InferenceSession(model)
         self.inputs = contract["inputs"]
         self.kind = contract["distribution"]
+        self.epsilon = float(contract.get("epsilon", 0.0))
         self.space = contract["action_space"]
         self.weights_version = weights_version
         self.rng = np.random.default_rng(seed)
@@ -153,6 +157,11 @@ class LocalPolicy:
         """(the action for the env, the step to report: obs, action as sampled, logp, version)."""
         feed = {i["name"]: np.asarray(x, i["dtype"])[None] for i, x in zip(self.inputs, _leaves(obs))}
         inputs = self.session.run(["dist_inputs"], feed)[0][0].astype(np.float64)
+        if self.kind == "epsilon_greedy":  # a Q-network: logp is not used (off-policy)
+            legal = np.flatnonzero(inputs > np.finfo(np.float32).min / 2)
+            pick = int(self.rng.choice(legal)) if self.rng.random() < self.epsilon else int(np.argmax(inputs))
+            return pick + int(self.space.get("start", 0)), {"obs": obs, "action": pick, "logp": 0.0,
+                                                              "weights_version": self.weights_version}
         if self.kind == "diag_gaussian":
             mean, log_std = np.split(inputs, 2)
             action = mean + np.exp(log_std) * self.rng.standard_normal(mean.shape)

@@ -48,24 +48,27 @@ def run_connection(env_id: str, port: int, seed: int, episodes: int, token: str 
     return done_episodes
 
 
-def run_local(env: gym.Env, client: PolicyClient, seed: int, episodes: int) -> int:
-    """Client-side inference: act with the fetched policy here, report whole episodes,
-    fetch the policy again when the server's weights moved on."""
+def run_local(env: gym.Env, client: PolicyClient, seed: int, episodes: int, report_every: int = 64) -> int:
+    """Client-side inference: act with the fetched policy here, report the episode in parts
+    of ``report_every`` steps and at its end, fetch the policy again whenever the server's
+    weights moved on."""
     policy = client.fetch_policy(seed=seed)
     done_episodes = 0
     while episodes <= 0 or done_episodes < episodes:
         obs, _ = env.reset(seed=seed + done_episodes)
-        steps, rewards = [], []
-        while True:
+        steps, rewards, ended = [], [], False
+        while not ended:
             action, step = policy.act(obs)
             steps.append(step)
             obs, reward, terminated, truncated, _ = env.step(action)
             rewards.append(reward)
-            if terminated or truncated:
-                break
-        reply = client.report_episode(steps, rewards, obs, terminated=terminated, truncated=truncated and not terminated)
-        if reply["weights_version"] != policy.weights_version:
-            policy = client.fetch_policy(seed=seed + done_episodes)
+            ended = terminated or truncated
+            if ended or len(steps) == report_every:
+                reply = client.report_episode(steps, rewards, obs, terminated=terminated,
+                                              truncated=truncated and not terminated)
+                steps, rewards = [], []
+                if reply["weights_version"] != policy.weights_version:
+                    policy = client.fetch_policy(seed=seed + done_episodes + reply["weights_version"])
         done_episodes += 1
     return done_episodes
 

@@ -56,6 +56,7 @@ class _Peer:
         self.buffer = bytearray()
         self.welcomed = False
         self.episode: Episode | None = None
+        self.reported = Episode(-1)  # the client-side episode reported in parts so far
         self.steps: list[Step] = []
         self.opened = time.monotonic()
 
@@ -68,7 +69,7 @@ class ExternalServer:
                  act: Callable[[list[Any]], tuple[list[Any], list[Any], list[dict[str, float]]]],
                  value: Callable[[list[Any]], list[float]] | None, hello_timeout_s: float = 10.0,
                  label: str = "external runner", policy: Callable[[], tuple[bytes, dict]] | None = None,
-                 max_lag: int = 8, column_length: int = 0, column_count: int = 0) -> None:
+                 max_lag: int | None = 8, column_length: int = 0, column_count: int = 0) -> None:
         if host not in LOOPBACK and not token:
             raise ValueError(f"external env: host {host!r} is reachable from other machines; set a token")
         self.token, self.observation_space, self.action_space = token, observation_space, action_space
@@ -76,7 +77,7 @@ class ExternalServer:
         self.hello_timeout_s = hello_timeout_s
         self.policy, self.max_lag = policy, max_lag
         self.weights_version = 0
-        self.too_stale = 0  # reported episodes dropped for their policy lag
+        self.too_stale = 0  # reports (episodes or parts of one) dropped for their policy lag
         self.lock = threading.Condition()
         self.listener = socket.create_server((host, port), reuse_port=False, backlog=256)
         self.listener.setblocking(False)
@@ -253,9 +254,12 @@ class ExternalServer:
                           "contract": contract})
 
     def _report(self, peer: _Peer, message: dict[str, Any]) -> None:
-        """A whole episode acted on the client's side: each step's observation, action (as
-        the policy sampled it), log-probability and weights version, the rewards, and the
-        last observation. Values come from the runner's current critic."""
+        """Steps acted on the client's side: each step's observation, action (as the policy
+        sampled it), log-probability and weights version, the rewards, and the observation
+        after the last step. ``terminated`` or ``truncated`` ends the episode; neither
+        reports a part of one that goes on from ``obs`` (its end is bootstrapped from
+        ``obs`` like a truncation, so a part stands alone when its neighbour is too stale).
+        Values come from the runner's current critic."""
         if peer.episode is not None:
             raise ProtocolError("report_episode while a server-side episode is running")
         steps = message.get("steps")
@@ -263,8 +267,8 @@ class ExternalServer:
         if not isinstance(steps, list) or not steps or not isinstance(rewards, list) or len(rewards) != len(steps):
             raise ProtocolError("report_episode needs 'steps' (a non-empty list) and one reward per step")
         terminated, truncated = message.get("terminated"), message.get("truncated")
-        if not isinstance(terminated, bool) or not isinstance(truncated, bool) or terminated == truncated:
-            raise ProtocolError("report_episode needs exactly one of terminated and truncated true")
+        if not isinstance(terminated, bool) or not isinstance(truncated, bool) or (terminated and truncated):
+            raise ProtocolError("report_episode needs terminated and truncated as booleans, at most one true")
         observations, actions, logps, versions = [], [], [], []
         for i, step in enumerate(steps):
             if not isinstance(step, dict) or not {"obs", "action", "logp", "weights_version"} <= set(step):
@@ -278,28 +282,39 @@ class ExternalServer:
         if not all(isinstance(v, int) and 0 <= v <= self.weights_version for v in versions):
             raise ProtocolError(f"report_episode: weights_version must be an int between 0 and {self.weights_version}")
         final_obs = self._observation(message)
-        if self.weights_version - min(versions) > self.max_lag:
-            with self.lock:
-                self.too_stale += 1
-            self._send(peer, {"type": "ok", "accepted": False, "weights_version": self.weights_version,
-                              "reason": f"policy lag {self.weights_version - min(versions)} over {self.max_lag}"})
-            return
-        values = self.value(observations + [final_obs]) if self.value is not None else [0.0] * (len(steps) + 1)
+        lag = self.weights_version - min(versions)
+        stale = self.max_lag is not None and lag > self.max_lag
+        values = [0.0] * (len(steps) + 1)
+        if self.value is not None and not stale:
+            values = self.value(observations + [final_obs])
         with self.lock:
-            for i, (obs, action, logp, version) in enumerate(zip(observations, actions, logps, versions)):
-                step = Step(obs, [np.asarray(action)], {"logp": float(logp), "values": values[i]}, version, i == 0,
-                            reward=float(rewards[i]), next_value=values[i + 1], complete=True)
-                peer.steps.append(step)
-            last = peer.steps[-1]
-            last.terminated, last.truncated = terminated, truncated
-            if terminated:
-                last.next_value = 0.0
+            episode = peer.reported
+            if episode.steps_taken == 0:
+                episode.id = next(self.episode_ids)
+            episode.total += float(sum(rewards))
+            episode.steps_taken += len(steps)
+            if stale:
+                self.too_stale += 1
             else:
-                last.final_obs = final_obs
-            self.episode_returns.append(float(sum(rewards)))
-            self.episode_lengths.append(len(steps))
+                for i, (obs, action, logp, version) in enumerate(zip(observations, actions, logps, versions)):
+                    # a policy without a critic (DQN's Q-network) keeps no logp or values: its
+                    # server-side steps have none either, and the two mix in one fragment
+                    extras = {"logp": float(logp), "values": values[i]} if self.value is not None else {}
+                    peer.steps.append(Step(obs, [np.asarray(action)], extras, version, i == 0,
+                                           reward=float(rewards[i]), next_value=values[i + 1], complete=True))
+                last = peer.steps[-1]
+                last.terminated, last.truncated = terminated, not terminated  # a part ends like a truncation
+                if terminated:
+                    last.next_value = 0.0
+                else:
+                    last.final_obs = final_obs
+            if terminated or truncated:  # the episode happened, stale parts or not: it counts in the metrics
+                self.episode_returns.append(episode.total)
+                self.episode_lengths.append(episode.steps_taken)
+                peer.reported = Episode(-1)
             self._cut_columns()
-        self._send(peer, {"type": "ok", "accepted": True, "weights_version": self.weights_version})
+        reply = {"type": "ok", "accepted": not stale, "weights_version": self.weights_version}
+        self._send(peer, reply if not stale else {**reply, "reason": f"policy lag {lag} over {self.max_lag}"})
 
     def _observation(self, message: dict[str, Any]) -> Any:
         obs = decode(message.get("obs"))
@@ -400,7 +415,7 @@ class ExternalServer:
             if peer.sock not in self.peers:
                 return
             del self.peers[peer.sock]
-            if peer.episode is not None and peer.episode.steps_taken:
+            if (peer.episode is not None and peer.episode.steps_taken) or peer.reported.steps_taken:
                 self.dropped_episodes += 1
             peer.steps = []
         try:

@@ -371,3 +371,68 @@ def test_reported_episodes_past_the_lag_limit_are_dropped_and_counted(runner):
             assert c.report_episode([step], [1.0], np.zeros(2, np.float32), terminated=True)["accepted"]
     fragment = runner.sample()
     assert fragment.num_stale_episodes == 1 and fragment.weights_version == 5
+
+
+@pytest.mark.parametrize("runner", [{"columns": 2, "length": 2, "env": {"max_lag": 2}}], indirect=True)
+def test_an_episode_reported_in_parts_trains_each_fresh_part_and_counts_its_whole_return(runner):
+    pytest.importorskip("onnxruntime")
+    obs = [np.array([0.1 * i, 0.0], np.float32) for i in range(6)]
+    with client(runner.port) as c:
+        old = c.fetch_policy(seed=1)
+        first = [old.act(o)[1] for o in obs[:2]]
+        assert c.report_episode(first, [1.0, 2.0], obs[2])["accepted"]  # neither flag: the episode goes on
+        stale = [old.act(obs[2])[1]]
+        runner.set_weights({k: v.numpy() for k, v in runner.module.state_dict().items()}, 5)
+        reply = c.report_episode(stale, [3.0], obs[3])
+        assert not reply["accepted"] and "policy lag 5 over 2" in reply["reason"]
+        fresh = c.fetch_policy(seed=2)
+        last = [fresh.act(o)[1] for o in obs[3:5]]
+        assert c.report_episode(last, [4.0, 5.0], obs[5], terminated=True)["accepted"]
+        with pytest.raises(Exception, match="at most one true"):
+            c.report_episode(last, [4.0, 5.0], obs[5], terminated=True, truncated=True)
+    fragment = runner.sample()
+    b = fragment.batch
+    np.testing.assert_array_equal(b["rewards"].T, [[1.0, 2.0], [4.0, 5.0]])
+    # the first part ends like a truncation, bootstrapped from the observation it was reported with
+    assert b["truncated"].T.tolist() == [[False, True], [False, False]]
+    assert b["terminated"].T.tolist() == [[False, False], [False, True]]
+    assert b["is_first"].T.tolist() == [[True, False], [True, False]]
+    np.testing.assert_allclose(b["next_values"][1, 0], values_of(runner, obs[2])[0], rtol=1e-5, atol=1e-6)
+    assert b["next_values"][1, 1] == 0.0
+    assert [t for t, col, _ in fragment.final_obs] == [1]
+    # the whole episode counts once, its stale part's reward included
+    assert fragment.episode_returns == [15.0] and fragment.episode_lengths == [5]
+    assert fragment.num_stale_episodes == 1
+
+
+def test_a_q_network_is_fetched_epsilon_greedy_and_its_reports_of_any_lag_are_kept():
+    import torch
+
+    pytest.importorskip("onnxruntime")
+    from rlfleet.algorithms.dqn.module import QModuleSpec
+
+    port = free_port()
+    r = ExternalEnvRunner(module_spec=QModuleSpec(OBS, ACT), env_config={"port": port}, num_columns=1,
+                          fragment_length=2, seed=0, index=0, sample_timeout_s=20.0, max_lag=None)
+    try:
+        weights = {k: v.numpy().copy() for k, v in r.module.state_dict().items()}
+        r.set_weights({**weights, "epsilon": np.asarray(0.0, np.float32)}, 1)
+        observations = [np.array([0.5 * i - 1.0, 0.3 * i], np.float32) for i in range(3)]
+        with client(port) as c:
+            greedy = c.fetch_policy(seed=0)
+            assert greedy.kind == "epsilon_greedy" and greedy.epsilon == 0.0
+            with torch.no_grad():
+                expected = r.module.greedy(torch.from_numpy(np.stack(observations))).tolist()
+            steps = [greedy.act(o)[1] for o in observations]
+            assert [s["action"] for s in steps] == expected
+            r.set_weights({**weights, "epsilon": np.asarray(1.0, np.float32)}, 9)  # 8 versions on: no limit
+            assert c.report_episode(steps[:2], [1.0, 1.0], observations[2], terminated=True)["accepted"]
+            explorer = c.fetch_policy(seed=0)
+            assert explorer.epsilon == 1.0 and explorer.weights_version == 9
+            picks = {explorer.act(observations[0])[0] for _ in range(60)}
+            assert picks == {0, 1, 2}  # uniform over the 3 actions: all seen in 60 draws (p of missing one < 1e-10)
+        fragment = r.sample()
+        assert fragment.batch["actions"][0][:, 0].tolist() == expected[:2]
+        assert "logp" not in fragment.batch and fragment.weights_version == 1 and fragment.num_stale_episodes == 0
+    finally:
+        r.stop()

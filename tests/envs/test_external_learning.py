@@ -21,7 +21,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def train_external(seed: int, processes: int = 4, connections: int = 2, max_steps: int = 200_000) -> dict:
+def train_external(seed: int, processes: int = 4, connections: int = 2, max_steps: int = 200_000,
+                   local: bool = False) -> dict:
     import os
 
     exp = load_experiment(os.path.join(os.path.dirname(examples_init), "ppo", "CartPole-v1.yaml"))
@@ -30,7 +31,8 @@ def train_external(seed: int, processes: int = 4, connections: int = 2, max_step
                                   "env_config": {"spaces_from": "CartPole-v1", "port": port}}, source="test")
     algo = config.build()
     clients = [subprocess.Popen([sys.executable, "-m", "rlfleet.envs.external.example", "--port", str(port),
-                                 "--connections", str(connections), "--seed", str(1000 * seed + 10 * i)])
+                                 "--connections", str(connections), "--seed", str(1000 * seed + 10 * i)]
+                                + ["--local"] * local)
                for i in range(processes)]
     started = time.perf_counter()
     try:
@@ -52,3 +54,14 @@ def test_cartpole_trained_by_external_processes_reaches_475(seed):
           f"{result['wall_s']:.1f} s, policy lag {result['policy_lag_mean']:.2f}, dropped {result['num_env_errors']}")
     assert result["episode_return_mean"] >= 475 and result["episode_window_full"]
     assert result["env_steps"] <= 150_000  # the tuned example's pass bound for in-process envs
+
+
+@pytest.mark.learning
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cartpole_trained_with_client_side_inference_reaches_475(seed):
+    pytest.importorskip("onnxruntime")
+    result = train_external(seed, local=True, max_steps=250_000)
+    print(f"seed {seed}: return {result['episode_return_mean']:.1f} at {result['env_steps']} env steps, "
+          f"{result['wall_s']:.1f} s, policy lag {result['policy_lag_mean']:.2f}, "
+          f"stale {result['num_stale_episodes']}")
+    assert result["episode_return_mean"] >= 475 and result["episode_window_full"]
