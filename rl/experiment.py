@@ -8,6 +8,7 @@ A tuned example (``tuned_examples/<algo>/<env>.yaml``) holds::
     config: {...}             # keys of the algorithm's config
     stop: {episode_return_mean: 475, env_steps: 200000, time_s: 300}
     pass: {episode_return_mean: 475, env_steps: 100000, time_s: 120}
+    search: {lr: {loguniform: [1.0e-4, 3.0e-3]}}   # optional: scripts/tune.py's space (rl/search.py)
 
 ``stop`` ends a run; ``pass`` is what a regression run must reach, within its bounds.
 """
@@ -24,7 +25,7 @@ import yaml
 
 from rlfleet.rl.config import ConfigError, closest
 
-EXPERIMENT_KEYS = ("algo", "env", "tags", "config", "stop", "pass", "description")
+EXPERIMENT_KEYS = ("algo", "env", "tags", "config", "stop", "pass", "search", "description")
 CRITERIA_KEYS = ("episode_return_mean", "env_steps", "time_s")
 
 
@@ -79,6 +80,7 @@ class Experiment:
     pass_criteria: Criteria
     tags: list[str]
     path: str
+    search: dict[str, Any] | None = None
 
 
 def load_experiment(path: str) -> Experiment:
@@ -111,6 +113,7 @@ def load_experiment(path: str) -> Experiment:
         pass_criteria=Criteria.from_dict(data.get("pass"), source=f"{path}: pass"),
         tags=list(data.get("tags") or []),
         path=path,
+        search=data.get("search"),
     )
 
 

@@ -11,6 +11,7 @@ COMMANDS = {
     "serve": "serve a checkpoint over HTTP on Ray Serve (scripts/serve.py)",
     "evaluate": "evaluate a served policy or a checkpoint on a local env (scripts/evaluate.py)",
     "export": "export a checkpoint's policy to ONNX or TorchScript (scripts/export.py)",
+    "tune": "search hyperparameters of a tuned example on Ray Tune (scripts/tune.py)",
 }
 
 
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         from rlfleet.scripts.evaluate import main as run
     elif command == "export":
         from rlfleet.scripts.export import main as run
+    elif command == "tune":
+        from rlfleet.scripts.tune import main as run
     else:
         from rlfleet.rl.config import closest
 

@@ -1,0 +1,145 @@
+"""Search hyperparameters of a tuned example on Ray Tune; the winner becomes a tuned example.
+
+    python scripts/tune.py --config tuned_examples/ppo/CartPole-v1.yaml --num-samples 8 --scheduler asha \\
+        --search 'lr={loguniform: [1e-4, 3e-3]}' --search 'num_epochs={choice: [4, 10, 20]}'
+    python scripts/tune.py --resume --logdir runs/tune_ppo_CartPole-v1_X     # continue an interrupted search
+    rlfleet tune ...                                                        # the same code
+
+The space comes from the example's ``search:`` section and ``--search`` (which wins);
+every trial runs the example's config with the sampled values until its ``stop``.
+Everything lands under LOGDIR: search.json (the settings), trials/<id>/ (progress.jsonl,
+TensorBoard, the trial's record), tune/ (Ray Tune's state), results.csv and results.md (the
+ranked table), best.yaml (the winner as a tuned example: ``train.py --config`` and
+``run_regression.py`` take it as it is).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+EPILOG = """\
+exit codes: 0 the best trial reached the example's pass threshold; 1 no trial did; 2 bad
+input (one line on stderr); 130 interrupted (continue with --resume --logdir LOGDIR).
+"""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Search hyperparameters of a tuned example on Ray Tune.", epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="the tuned example to search around (its search: section is the space)")
+    p.add_argument("--search", action="append", default=[], metavar="KEY=SPEC",
+                   help="a searched key, SPEC in YAML: {loguniform: [1e-4, 3e-3]}, {choice: [4, 10]}, "
+                        "{uniform: [a, b]}, {randint: [a, b]}, {grid: [...]}")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a base config key")
+    p.add_argument("--num-samples", type=int, default=8, help="configs to sample (each grid point counts once)")
+    p.add_argument("--scheduler", default="fifo", help="fifo, asha (early stopping) or pbt")
+    p.add_argument("--search-alg", default="random", help="random, or optuna (TPE; pip install '.[tune]')")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--num-cpus", type=int, help="CPUs of the embedded Ray instance (default: all)")
+    p.add_argument("--address", help="join a running Ray cluster")
+    p.add_argument("--stop-timesteps", type=int, help="each trial's env-step budget (default: the example's stop)")
+    p.add_argument("--perturbation-interval", type=int, metavar="STEPS", help="PBT: env steps between perturbations")
+    p.add_argument("--confirm-seeds", type=int, default=0, metavar="K",
+                   help="re-run the top configs on K fresh seeds; the winner by the median")
+    p.add_argument("--confirm-top", type=int, default=3, metavar="N", help="how many configs --confirm-seeds re-runs")
+    p.add_argument("--seed", type=int, default=0, help="seed of the search's sampling")
+    p.add_argument("--logdir", help="the search's directory (default runs/tune_ALGO_ENV_TIME)")
+    p.add_argument("--resume", action="store_true", help="continue the search in --logdir")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from rlfleet.algorithms import UnknownAlgorithmError
+    from rlfleet.rl.config import ConfigError
+    from rlfleet.runtime import ClusterUnreachableError
+
+    try:
+        options, exp, config_class = build(args)
+    except (ConfigError, UnknownAlgorithmError, ClusterUnreachableError) as e:
+        print(f"tune.py: error: {e}", file=sys.stderr)
+        return 2
+    return run(args, options, exp, config_class)
+
+
+def build(args: argparse.Namespace):  # -> (SearchOptions, Experiment, config class)
+    from rlfleet.algorithms import get_config_class
+    from rlfleet.rl.config import ConfigError
+    from rlfleet.rl.experiment import load_experiment
+    from rlfleet.rl.search import SearchOptions, parse_search_flags
+    from rlfleet.scripts.train import parse_sets
+
+    if args.resume:
+        if not args.logdir:
+            raise ConfigError("--resume needs --logdir: the directory of the search to continue")
+        given = [flag for flag, value in (("--config", args.config), ("--search", args.search), ("--set", args.set))
+                 if value]
+        if given:
+            raise ConfigError(f"--resume takes the search's settings from {args.logdir}/search.json; drop {given[0]}")
+        options = SearchOptions.load(args.logdir)
+        exp = load_experiment(options.source)
+        return options, exp, get_config_class(exp.algo, exp.env)
+    if not args.config:
+        raise ConfigError("--config is required: the tuned example to search around")
+    exp = load_experiment(args.config)
+    config_class = get_config_class(exp.algo, exp.env)
+    search = {**(exp.search or {}), **parse_search_flags(args.search)}
+    algo_alg = {"random": None, "none": None, "optuna": "optuna"}
+    if args.search_alg not in algo_alg:
+        raise ConfigError(f"--search-alg {args.search_alg!r}: choose random or optuna")
+    if algo_alg[args.search_alg] == "optuna":
+        try:
+            import optuna  # noqa: F401
+        except ImportError:
+            raise ConfigError("--search-alg optuna needs optuna: pip install 'rlfleet[tune]'") from None
+    directory = args.logdir or os.path.join("runs", f"tune_{exp.algo}_{exp.env.replace('/', '-')}_"
+                                                    f"{time.strftime('%Y%m%d-%H%M%S')}")
+    if os.path.isdir(directory) and os.listdir(directory):
+        raise ConfigError(f"--logdir {directory!r} already holds files; continue a search there with --resume, "
+                          "or choose a new directory")
+    options = SearchOptions(
+        source=os.path.abspath(args.config), directory=os.path.abspath(directory), search=search,
+        overrides=parse_sets(args.set), scheduler=args.scheduler, search_alg=algo_alg[args.search_alg],
+        num_samples=args.num_samples, cpus_per_trial=args.cpus_per_trial, confirm_seeds=args.confirm_seeds,
+        confirm_top=args.confirm_top, perturbation_interval=args.perturbation_interval,
+        stop_env_steps=args.stop_timesteps, seed=args.seed, address=args.address, num_cpus=args.num_cpus)
+    from rlfleet.rl.search import prepare
+
+    prepare(options, exp, config_class)  # every check before a directory is made
+    os.makedirs(directory, exist_ok=True)
+    options.save()
+    return options, exp, config_class
+
+
+def run(args: argparse.Namespace, options, exp, config_class) -> int:
+    from rlfleet.rl.search import run_search
+
+    started = time.perf_counter()
+    print(f"[search] {exp.algo} on {exp.env}: {options.scheduler}, {options.num_samples} samples over "
+          f"{', '.join(sorted(options.search))}; logs in {options.directory}", flush=True)
+    from rlfleet.rl.search import parse_search, schedule_note
+
+    note = schedule_note({**exp.config, **options.overrides},
+                         parse_search(options.search, config_class, {**exp.config, **options.overrides, "env": exp.env},
+                                      source=options.source))
+    if note:
+        print(f"[search] {note}", flush=True)
+    try:
+        outcome = run_search(options, exp, config_class, resume=args.resume,
+                             echo=lambda line: print(line, flush=True))
+    except KeyboardInterrupt:
+        print(f"tune.py: interrupted; continue with --resume --logdir {options.directory}", file=sys.stderr)
+        return 130
+    print(outcome.table)
+    print(f"[search] {len(outcome.ranked)} trials in {time.perf_counter() - started:.0f} s; results in "
+          f"{options.directory}/results.md")
+    if outcome.best_yaml:
+        print(f"[search] best config: {outcome.best_yaml}")
+    return 0 if outcome.best is not None and outcome.best.reached else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

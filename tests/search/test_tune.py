@@ -1,0 +1,112 @@
+"""Searches on Ray Tune as a user runs them (scripts/tune.py in a subprocess): a search
+that ends in a table and a tuned example, PBT's exploit and explore taking effect in the
+learner, and a search whose driver is SIGKILLed, resumed without training a finished
+trial twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from rlfleet.algorithms.ppo import PPOConfig
+from rlfleet.rl.regression import validate
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CARTPOLE = os.path.join(REPO, "tuned_examples", "ppo", "CartPole-v1.yaml")
+TUNE = [sys.executable, os.path.join(REPO, "scripts", "tune.py")]
+
+pytest.importorskip("ray.tune")
+
+
+def rows(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def trials(directory: str) -> dict[str, str]:
+    root = os.path.join(directory, "trials")
+    return {t: os.path.join(root, t) for t in sorted(os.listdir(root))}
+
+
+def test_a_fifo_search_ends_in_a_ranked_table_and_a_tuned_example(tmp_path):
+    logdir = str(tmp_path / "search")
+    proc = subprocess.run([*TUNE, "--config", CARTPOLE, "--search", "lr={grid: [3.0e-3, 1.0e-5]}", "--num-samples", "1",
+                           "--stop-timesteps", "2048", "--num-cpus", "2", "--logdir", logdir],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]  # 2,048 steps reach no 475: the run says so
+    finished = [line for line in proc.stdout.splitlines() if line.startswith("[search] trial") and "started" not in line]
+    assert len(finished) == 2 and "running 0, done 2, failed 0, best" in finished[-1]
+    with open(os.path.join(logdir, "results.csv"), encoding="utf-8") as f:
+        table = f.read().splitlines()
+    assert len(table) == 3 and ",lr=0.003," in table[1] and ",lr=1e-05," in table[2]  # the higher lr learned more
+    for directory in trials(logdir).values():
+        progress = rows(os.path.join(directory, "run", "progress.jsonl"))
+        assert progress[-1]["env_steps"] >= 2048 and [r["iteration"] for r in progress] == list(range(1, len(progress) + 1))
+        assert os.path.exists(os.path.join(directory, "summary.json"))
+    best = validate(os.path.join(logdir, "best.yaml"), lambda algo, env: PPOConfig)
+    assert best.config["lr"] == 3.0e-3 and best.config["lr_schedule"][0] == [0, 3.0e-3]
+    assert os.path.exists(os.path.join(logdir, "results.md")) and os.path.exists(os.path.join(logdir, "search.json"))
+
+
+def test_pbt_exploit_copies_the_donors_weights_and_the_learner_uses_the_perturbed_lr(tmp_path):
+    logdir = str(tmp_path / "pbt")
+    proc = subprocess.run([*TUNE, "--config", CARTPOLE, "--set", "lr_schedule=null",
+                           "--search", "lr={loguniform: [1.0e-5, 1.0e-2]}", "--num-samples", "2", "--scheduler", "pbt",
+                           "--perturbation-interval", "1024", "--stop-timesteps", "8192", "--num-cpus", "2",
+                           "--seed", "1", "--logdir", logdir], capture_output=True, text=True, timeout=600)
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    saved = {}  # weights digest -> trial that checkpointed them
+    for tid, directory in trials(logdir).items():
+        for c in rows(os.path.join(directory, "checkpoints.jsonl")):
+            saved.setdefault(c["weights"], tid)
+    exploits = []
+    for tid, directory in trials(logdir).items():
+        starts = rows(os.path.join(directory, "starts.jsonl"))
+        progress = rows(os.path.join(directory, "run", "progress.jsonl"))
+        for before, start in zip(starts, starts[1:]):
+            if start.get("restored") and saved.get(start["weights"], tid) != tid:
+                # the restored weights are a checkpoint of the other trial ...
+                after = [r for r in progress if r["iteration"] > start["iteration"]]
+                assert after, f"trial {tid} did not train after its exploit"
+                # ... and the learner trains with the new lr, read from the learner's metrics
+                assert start["params"]["lr"] != before["params"]["lr"]
+                assert after[0]["learner/lr"] == pytest.approx(start["params"]["lr"], rel=1e-6)
+                exploits.append(tid)
+    assert exploits, "no trial exploited another within the budget"
+
+
+def test_a_killed_search_resumes_without_training_a_finished_trial_twice(tmp_path):
+    logdir = str(tmp_path / "resume")
+    args = ["--config", CARTPOLE, "--search", "lr={grid: [1.0e-3, 2.0e-3, 3.0e-3, 4.0e-3]}", "--num-samples", "1",
+            "--stop-timesteps", "6144", "--num-cpus", "1", "--logdir", logdir]
+    driver = subprocess.Popen([*TUNE, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    done = []
+    while time.monotonic() < deadline and len(done) < 2:
+        time.sleep(0.5)
+        if os.path.isdir(os.path.join(logdir, "trials")):
+            done = [t for t, d in trials(logdir).items() if os.path.exists(os.path.join(d, "summary.json"))]
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    assert len(done) >= 2, "the search did not finish 2 trials before the kill"
+    finished_before = set(done)
+    resumed = subprocess.run([*TUNE, "--resume", "--logdir", logdir], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode in (0, 1), resumed.stderr[-3000:]
+    all_trials = trials(logdir)
+    assert len(all_trials) == 4
+    for tid, directory in all_trials.items():
+        assert os.path.exists(os.path.join(directory, "summary.json")), f"trial {tid} never finished"
+        trained = [s for s in rows(os.path.join(directory, "starts.jsonl")) if "skipped" not in s]
+        progress = rows(os.path.join(directory, "run", "progress.jsonl"))
+        iterations = [r["iteration"] for r in progress]
+        assert iterations == list(range(1, len(iterations) + 1)), f"trial {tid} logged iterations twice: {iterations}"
+        if tid in finished_before:
+            assert len(trained) == 1, f"finished trial {tid} trained again after the resume"
+    with open(os.path.join(logdir, "results.csv"), encoding="utf-8") as f:
+        assert len(f.read().splitlines()) == 5
