@@ -477,6 +477,13 @@ def prepare(options: SearchOptions, exp: Experiment,
     stop = dataclasses.replace(exp.stop, env_steps=options.stop_env_steps or exp.stop.env_steps)
     if stop.env_steps is None and options.scheduler != "fifo":
         raise ConfigError(f"{options.source}: {options.scheduler} needs a budget: 'stop: env_steps' or --stop-timesteps")
+    setup_bundles = _runner_bundles(config_class, base)
+    need = options.cpus_per_trial + sum(b["CPU"] for b in setup_bundles)
+    have = options.num_cpus or (os.cpu_count() or 1)
+    if options.address is None and need > have:
+        raise ConfigError(f"a trial needs {need:g} CPUs ({options.cpus_per_trial:g} for the trial + {len(setup_bundles)} "
+                          f"env runner/learner actors) and this machine's Ray has {have}: lower --cpus-per-trial or "
+                          "num_cpus_per_runner (--set), or raise --num-cpus")
     target = exp.pass_criteria
     if target.episode_return_mean is None:
         target = dataclasses.replace(target, episode_return_mean=exp.stop.episode_return_mean)
@@ -498,7 +505,8 @@ def run_search(options: SearchOptions, exp: Experiment, config_class: type[Algor
         functools.partial(run_trial, setup), directory=setup.directory,
         specs={k: (s.kind, s.args) for k, s in specs.items()}, metric="episode_return_mean", time_attr="env_steps",
         max_t=setup.stop.env_steps or 0, scheduler=options.scheduler, search_alg=options.search_alg,
-        num_samples=options.num_samples, cpus_per_trial=options.cpus_per_trial, bundles=_runner_bundles(setup),
+        num_samples=options.num_samples, cpus_per_trial=options.cpus_per_trial,
+        bundles=_runner_bundles(setup.config_class, setup.base),
         perturbation_interval=setup.checkpoint_steps if options.scheduler == "pbt" else None, seed=options.seed,
         resume=resume, address=options.address, num_cpus=options.num_cpus, on_event=live)
     ranked = rank([_summary(setup, r.trial_id, r.params, r.error) for r in records])
@@ -518,8 +526,9 @@ def run_search(options: SearchOptions, exp: Experiment, config_class: type[Algor
     return SearchOutcome(ranked, best, best_yaml, table, confirmed)
 
 
-def _runner_bundles(setup: TrialSetup) -> list[dict[str, float]]:
-    config = setup.config_class.from_dict(setup.base, source="search")
+def _runner_bundles(config_class: type[AlgorithmConfig], base: dict[str, Any]) -> list[dict[str, float]]:
+    """The CPUs of a trial's own actors: its env runners and learners."""
+    config = config_class.from_dict(base, source="search")
     runners = getattr(config, "num_env_runners", 0)
     per_runner = float(getattr(config, "num_cpus_per_runner", 1.0))
     return [{"CPU": per_runner}] * runners + [{"CPU": 1.0}] * getattr(config, "num_learners", 0)
@@ -583,7 +592,8 @@ def _confirm(options: SearchOptions, setup: TrialSetup, top: list[TrialSummary],
         functools.partial(_run_candidate, confirm, [t.params for t in top]), directory=confirm.directory,
         specs={"_candidate": ("grid", candidates), "_seed": ("grid", seeds)}, metric="episode_return_mean",
         time_attr="env_steps", max_t=setup.stop.env_steps or 0, scheduler="fifo", num_samples=1,
-        cpus_per_trial=options.cpus_per_trial, bundles=_runner_bundles(setup), resume=False,
+        cpus_per_trial=options.cpus_per_trial, bundles=_runner_bundles(setup.config_class, setup.base),
+        resume=False,
         address=options.address, num_cpus=options.num_cpus, on_event=_LiveCount(confirm, echo))
     per_candidate: dict[int, list[TrialSummary]] = {i: [] for i in candidates}
     for r in records:

@@ -233,7 +233,9 @@ class RayRuntime(Runtime):
         num_gpus: float = 0.0,
         name: str = "Actor",
     ) -> RayActorGroup:
-        if self.address is None:  # a single machine: what is not free now never will be
+        # A single machine: what is not free now never will be. Inside a placement group (a
+        # Tune trial's) the actors take the group's reserved bundles instead.
+        if self.address is None and ray.util.get_current_placement_group() is None:
             self._require_free(count, num_cpus=num_cpus, num_gpus=num_gpus, name=name)
         return RayActorGroup(factory, count, num_cpus=num_cpus, num_gpus=num_gpus, name=name)
 

@@ -140,7 +140,9 @@ def run_search(
         run_config = tune.RunConfig(
             name=EXPERIMENT_NAME, storage_path=storage, verbose=0, callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=0),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # PBT restores a donor's checkpoint some time after choosing it: keep them all
+            # there (one per perturbation interval), or the copy can find it deleted
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None if scheduler == "pbt" else 2),
         )
         path = os.path.join(storage, EXPERIMENT_NAME)
         if resume:

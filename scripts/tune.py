@@ -91,10 +91,10 @@ def build(args: argparse.Namespace):  # -> (SearchOptions, Experiment, config cl
     if args.search_alg not in algo_alg:
         raise ConfigError(f"--search-alg {args.search_alg!r}: choose random or optuna")
     if algo_alg[args.search_alg] == "optuna":
-        try:
-            import optuna  # noqa: F401
-        except ImportError:
-            raise ConfigError("--search-alg optuna needs optuna: pip install 'rlfleet[tune]'") from None
+        import importlib.util
+
+        if importlib.util.find_spec("optuna") is None:
+            raise ConfigError("--search-alg optuna needs optuna: pip install 'rlfleet[tune]'")
     directory = args.logdir or os.path.join("runs", f"tune_{exp.algo}_{exp.env.replace('/', '-')}_"
                                                     f"{time.strftime('%Y%m%d-%H%M%S')}")
     if os.path.isdir(directory) and os.listdir(directory):

@@ -4,13 +4,11 @@ runs, how trials rank, and the tuned example a search ends in; tune.py's bad inp
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
 
 import pytest
-import yaml
 
 from rlfleet.algorithms.ppo import PPOConfig
 from rlfleet.rl.config import ConfigError
@@ -146,6 +144,8 @@ def tune_py(*args, cwd=REPO):
      "unknown scheduler 'hyperband'"),
     (["--config", CARTPOLE, "--search", "hidden_sizes={choice: [[8]]}", "--scheduler", "pbt"],
      "'hidden_sizes' cannot be searched with PBT"),
+    (["--config", os.path.join(REPO, "tuned_examples", "impala", "CartPole-v1.yaml"), "--search",
+      "lr={uniform: [1e-4, 1e-3]}", "--num-cpus", "2"], "a trial needs 3 CPUs (1 for the trial + 2 env runner"),
     (["--resume"], "--resume needs --logdir"),
     (["--resume", "--logdir", "/nonexistent/search"], "holds no search (no search.json)"),
 ])
