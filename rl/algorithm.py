@@ -22,11 +22,20 @@ from rlfleet.rl.checkpoint import CheckpointError, load_checkpoint, save_checkpo
 from rlfleet.rl.config import AlgorithmConfig
 from rlfleet.rl.core import Fragment, Runner, RunnerFactory, Weights
 from rlfleet.rl.env_runner_group import EnvRunnerGroup
-from rlfleet.rl.learner import Learner, LearnerFactory, LearnerGroup
+from rlfleet.rl.learner import Learner, LearnerFactory, LearnerGroup, MultiLearnerGroup
 from rlfleet.rl.metrics import MetricsLogger
 from rlfleet.rl.module import ModuleSpec, spec_to_dict
 from rlfleet.runtime import Runtime, make_runtime
 
+
+
+def _shapes(learner_state: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Parameter name -> shape of a learner state (one module, or one per policy)."""
+    if "policies" in learner_state:
+        learner_state = learner_state["policies"]
+    if "module" in learner_state:
+        return {k: tuple(v.shape) for k, v in learner_state["module"].items()}
+    return {f"{pid}/{k}": shape for pid, s in learner_state.items() for k, shape in _shapes(s).items()}
 
 
 def _to_torch(state: Any) -> Any:
@@ -78,12 +87,7 @@ class Algorithm(abc.ABC):
         self.module_spec = self.runner_factory.module_spec
         self.connector = self.runner_factory.make_connector()
         self.runtime = self.make_runtime()
-        self.learner_group = LearnerGroup(
-            self.runtime,
-            LearnerFactory(self.learner_class, module_spec=self.module_spec, config=config),
-            config.num_learners,
-            num_gpus_per_learner=config.num_gpus_per_learner,
-        )
+        self.learner_group = self.make_learner_group(self.module_spec)
         # num_env_runners=0 samples in this process, even when the learners are remote.
         self.env_runner_group = EnvRunnerGroup(
             self.runtime if config.num_env_runners > 0 else make_runtime("local"),
@@ -106,11 +110,22 @@ class Algorithm(abc.ABC):
         self.runner_busy_s = 0.0
         self.weights_version = 0
         self.policy_lag: list[int] = []
+        self.agent_returns: dict[str, collections.deque[float]] = {}  # multi-agent: per agent
         self.episode_returns: collections.deque[float] = collections.deque(maxlen=config.metrics_smoothing_episodes)
         self.episode_lengths: collections.deque[int] = collections.deque(maxlen=config.metrics_smoothing_episodes)
         self.time_before_restore = 0.0
         self.started = time.perf_counter()
         self.sync_weights()
+
+    def make_learner_group(self, spec: Any) -> LearnerGroup | MultiLearnerGroup:
+        """One learner group, or one per policy when the factory gives a spec per policy
+        id (multi-agent)."""
+        c = self.config
+        if isinstance(spec, dict):
+            trainable = getattr(c, "policies_to_train", None) or sorted(spec)
+            return MultiLearnerGroup({pid: self.make_learner_group(s) for pid, s in spec.items()}, trainable)
+        return LearnerGroup(self.runtime, LearnerFactory(self.learner_class, module_spec=spec, config=c),
+                            c.num_learners, num_gpus_per_learner=c.num_gpus_per_learner)
 
     # -- what an algorithm may adapt ------------------------------------------------------
     def adapt_module_spec(self, spec: Any) -> Any:
@@ -158,6 +173,9 @@ class Algorithm(abc.ABC):
             self.num_stale_episodes += frag.num_stale_episodes
             self.runner_env_steps[frag.runner_index] = self.runner_env_steps.get(frag.runner_index, 0) + frag.env_steps
             self.runner_busy_s += frag.sample_time_s
+            for agent, returns in frag.agent_returns.items():
+                self.agent_returns.setdefault(
+                    agent, collections.deque(maxlen=self.config.metrics_smoothing_episodes)).extend(returns)
 
     def sync_weights(self, new_version: bool = True) -> None:
         """Broadcast the learner's weights (put into the object store once, every runner
@@ -170,6 +188,9 @@ class Algorithm(abc.ABC):
         """Run one iteration; return a flat dict (the same keys as a progress.jsonl line)."""
         t0, steps0, busy0 = time.perf_counter(), self.env_steps, self.runner_busy_s
         metrics = self.training_step()
+        interval = getattr(self.config, "evaluation_interval", 0)
+        if interval and (self.iteration + 1) % interval == 0:
+            metrics = {**metrics, **self.evaluate()}
         # Counters and the progress row move together: a Ctrl-C waits for both, so the
         # checkpoint written on it holds exactly the last logged iteration.
         with deferred_interrupts():
@@ -200,6 +221,7 @@ class Algorithm(abc.ABC):
                 "num_stale_episodes": self.num_stale_episodes,
                 "num_fragments_dropped": self.env_runner_group.num_dropped_requests,
                 **{f"env_runners/{i}/env_steps": n for i, n in sorted(self.runner_env_steps.items())},
+                **{f"agents/{a}/episode_return_mean": float(np.mean(r)) for a, r in sorted(self.agent_returns.items())},
                 **metrics,
             }
             self.policy_lag = []
@@ -257,8 +279,8 @@ class Algorithm(abc.ABC):
             raise CheckpointError(f"checkpoint {path!r} is for {state['algo']!r}, not {self.config.algo_name!r}")
         if (state["connector"] is None) != (self.connector is None):
             raise CheckpointError(f"checkpoint {path!r}: normalize_obs differs from this config")
-        saved = {k: tuple(v.shape) for k, v in state["learner"]["module"].items()}
-        ours = {k: tuple(v.shape) for k, v in self.learner_group.get_weights().items()}
+        saved = _shapes(state["learner"])
+        ours = _shapes(self.learner_group.get_state())
         if saved != ours:
             diff = sorted(set(saved.items()) ^ set(ours.items()))[0][0]
             raise CheckpointError(

@@ -151,6 +151,9 @@ class AlgorithmConfig:
     # --- evaluation and logging ---
     evaluation_num_episodes: int = 10
     """Episodes per ``evaluate()`` call (greedy actions)."""
+    evaluation_interval: int = 0
+    """Evaluate every N iterations inside ``train()``: the ``evaluation/*`` metrics join
+    that iteration's progress row (0: only when asked)."""
     metrics_smoothing_episodes: int = 100
     """``episode_return_mean`` is over this many last episodes."""
     logdir: str | None = None
@@ -194,6 +197,7 @@ class AlgorithmConfig:
         return max(1, self.num_env_runners)
 
     def validate(self) -> None:
+        self.require_non_negative("evaluation_interval")
         self.require_positive("evaluation_num_episodes", "metrics_smoothing_episodes", "torch_threads",
                               "sample_timeout_s", "max_consecutive_runner_failures", "num_cpus_per_runner",
                               "restart_timeout_s")
@@ -283,6 +287,15 @@ class ControlConfig(AlgorithmConfig):
     """One of tanh, relu, elu, silu."""
     shared_encoder: bool = False
     """Policy and value share the MLP (images always share the CNN)."""
+    policy_mapping: dict[str, str] | None = None
+    """Multi-agent: agent id (or fnmatch pattern, ``agent_*``) -> policy id; agents that
+    match none share the policy ``default``. Agents mapped to one policy share its weights."""
+    policies_to_train: list[str] | None = None
+    """Multi-agent: the policies that learn (None: all); the others act with their weights
+    as they are (a frozen opponent)."""
+    evaluation_policy_mapping: dict[str, str] | None = None
+    """Multi-agent: the mapping of evaluation episodes (``{player_2: random}`` plays the
+    trained policy against a uniformly random legal opponent); None: ``policy_mapping``."""
     encode_action_mask: bool = False
     """Feed an observation's ``action_mask`` to the encoder too; it masks the policy (or
     the Q-values) either way (rl/core.py, "Action masks")."""

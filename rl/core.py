@@ -95,6 +95,9 @@ class Fragment:
     """Seconds the runner spent producing this fragment (its busy time)."""
     num_stale_episodes: int = 0
     """Episodes acted on a client's side and dropped for a policy lag over the limit."""
+    agent_returns: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    """Multi-agent: each agent's return in every episode finished inside this fragment
+    (``episode_returns`` holds their sum per episode)."""
 
 
 @dataclasses.dataclass

@@ -18,10 +18,12 @@ import tree
 
 from rlfleet.envs import ContractCheckWrapper, RecreateOnError, make_env_creator, probe_env
 from rlfleet.envs.vector import AsyncVectorEnv, CheckedVectorEnv
-from rlfleet.rl.config import ControlConfig
+from rlfleet.rl.config import ConfigError, ControlConfig
 from rlfleet.rl.connectors import MeanStdFilter
 from rlfleet.envs import EnvContractError
 from rlfleet.rl.core import ACTION_MASK, Fragment
+from rlfleet.envs.multi_agent import MultiAgentCreator, is_multi_agent_name
+from rlfleet.rl.multi_agent_runner import RANDOM_POLICY, MultiAgentEnvRunner, PolicyMapping
 from rlfleet.rl.external_runner import EXTERNAL_ENV, ExternalEnvRunner, ExternalConfigError, external_spaces
 from rlfleet.rl.module import ModuleSpec
 from rlfleet.rl.spaces import actions_to_env, check_spaces, mask_segments, mask_space, rows_without_legal_action
@@ -236,6 +238,18 @@ class EnvRunnerFactory:
         c = self.config = config
         # ``env: external``: simulators connect over the network (rl/external_runner.py).
         self.external = c.env == EXTERNAL_ENV
+        self.multi_agent = is_multi_agent_name(c.env)
+        if self.multi_agent:
+            if c.normalize_obs:
+                raise ConfigError("normalize_obs is not built for multi-agent envs yet")
+            self.env_creator = MultiAgentCreator(c.env, c.env_config)
+            self.mapping = PolicyMapping(c.policy_mapping)
+            self.module_spec = {pid: adapt_spec(spec) for pid, spec in self._policy_specs().items()}
+            unknown = sorted(set(c.policies_to_train or []) - set(self.module_spec))
+            if unknown:
+                raise ConfigError(f"policies_to_train names {unknown[0]!r}, which no agent maps to "
+                                  f"(policies: {', '.join(sorted(self.module_spec))})")
+            return
         if self.external:
             observation_space, action_space = external_spaces(c.env_config)
             env_name = EXTERNAL_ENV
@@ -251,6 +265,36 @@ class EnvRunnerFactory:
             shared_encoder=c.shared_encoder, env_name=env_name, encode_mask=c.encode_action_mask,
         ))
 
+    def _policy_specs(self) -> dict[str, ModuleSpec]:
+        """One module spec per policy, from the spaces of the agents mapped to it (which
+        must agree: they share one network)."""
+        c = self.config
+        env = self.env_creator()
+        try:
+            agents = list(env.possible_agents)
+            spaces_of = {a: (env.observation_space(a), env.action_space(a)) for a in agents}
+        finally:
+            env.close()
+        specs: dict[str, ModuleSpec] = {}
+        first: dict[str, str] = {}
+        for agent in agents:
+            pid = self.mapping(agent)
+            if pid == RANDOM_POLICY:
+                continue  # acts at random: no module
+            obs_space, act_space = spaces_of[agent]
+            if pid in specs:
+                if (specs[pid].observation_space, specs[pid].action_space) != (obs_space, act_space):
+                    raise ConfigError(f"env {c.env!r}: agents {first[pid]!r} and {agent!r} share policy {pid!r} but "
+                                      f"not their spaces ({specs[pid].observation_space} vs {obs_space}); map them "
+                                      "to separate policies (policy_mapping)")
+                continue
+            check_spaces(obs_space, act_space, f"{c.env} ({agent})")
+            first[pid] = agent
+            specs[pid] = ModuleSpec(obs_space, act_space, hidden_sizes=tuple(c.hidden_sizes), activation=c.activation,
+                                    shared_encoder=c.shared_encoder, env_name=c.env,
+                                    encode_mask=c.encode_action_mask)
+        return specs
+
     def __call__(self, index: int) -> EnvRunner:
         # Runners get disjoint seed ranges: env i of runner k is seeded seed + 1000 k + i.
         return self._runner(index, self.config.num_envs_per_runner, self.config.seed + 1000 * index)
@@ -259,13 +303,23 @@ class EnvRunnerFactory:
         if self.external:
             raise ExternalConfigError("env 'external' has no local env to evaluate in: serve a checkpoint "
                                      "(scripts/serve.py) and evaluate it with scripts/evaluate.py")
+        if self.multi_agent:  # its own mapping: a trained policy against random opponents, say
+            c = self.config
+            return MultiAgentEnvRunner(env_creator=self.env_creator, specs=self.module_spec,
+                                       mapping=PolicyMapping(c.evaluation_policy_mapping or c.policy_mapping),
+                                       num_envs=1, fragment_length=c.rollout_fragment_length, seed=c.seed + 999_983,
+                                       index=-1)
         return self._runner(-1, min(num_episodes, 8), self.config.seed + 999_983)
 
     def make_connector(self) -> MeanStdFilter | None:
         return MeanStdFilter(self.module_spec.observation_space) if self.config.normalize_obs else None
 
-    def _runner(self, index: int, num_envs: int, seed: int) -> EnvRunner | ExternalEnvRunner:
+    def _runner(self, index: int, num_envs: int, seed: int) -> EnvRunner | ExternalEnvRunner | MultiAgentEnvRunner:
         c = self.config
+        if self.multi_agent:
+            return MultiAgentEnvRunner(env_creator=self.env_creator, specs=self.module_spec, mapping=self.mapping,
+                                       num_envs=num_envs, fragment_length=c.rollout_fragment_length, seed=seed,
+                                       index=index)
         if self.external:
             return ExternalEnvRunner(module_spec=self.module_spec, env_config=c.env_config, num_columns=num_envs,
                                      fragment_length=c.rollout_fragment_length, seed=seed, index=index,

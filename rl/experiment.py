@@ -26,42 +26,58 @@ import yaml
 from rlfleet.rl.config import ConfigError, closest
 
 EXPERIMENT_KEYS = ("algo", "env", "tags", "config", "stop", "pass", "search", "description")
-CRITERIA_KEYS = ("episode_return_mean", "env_steps", "time_s")
+CRITERIA_KEYS = ("episode_return_mean", "env_steps", "time_s", "metric", "threshold")
+RETURN = "episode_return_mean"
 
 
 @dataclasses.dataclass
 class Criteria:
-    """Reach ``episode_return_mean`` (if set), or stop at ``env_steps`` / ``time_s``."""
+    """Reach a target (if set), or stop at ``env_steps`` / ``time_s``. The target is
+    ``episode_return_mean: X``, or any progress-row key: ``metric: <key>, threshold: X``
+    (``evaluation/agents/player_1/win_rate``, which periodic evaluation writes)."""
 
     episode_return_mean: float | None = None
+    """The target's threshold (named for the usual metric; ``threshold`` in YAML with ``metric``)."""
     env_steps: int | None = None
     time_s: float | None = None
+    metric: str = RETURN
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None, *, source: str) -> "Criteria":
-        values = values if values is not None else {}
+        values = dict(values) if values is not None else {}
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: expected a mapping of {', '.join(CRITERIA_KEYS)}, got {values!r}")
-        out: dict[str, Any] = {}
-        for key, value in values.items():
+        for key in values:
             if key not in CRITERIA_KEYS:
                 raise ConfigError(f"{source}: unknown key {key!r}{closest(key, CRITERIA_KEYS)}")
+        metric = values.pop("metric", None)
+        if metric is not None:
+            if not isinstance(metric, str) or not metric:
+                raise ConfigError(f"{source}: metric must be a progress-row key, got {metric!r}")
+            if RETURN in values:
+                raise ConfigError(f"{source}: with metric, give the target as threshold, not {RETURN}")
+            values[RETURN] = values.pop("threshold", None)
+        elif "threshold" in values:
+            raise ConfigError(f"{source}: threshold needs metric (the key it applies to); or use {RETURN}")
+        out: dict[str, Any] = {"metric": metric or RETURN}
+        for key, value in values.items():
             if value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"{source}: {key} must be a finite number, got {value!r}")
-            if key != "episode_return_mean" and value <= 0:  # a return target may be negative
+            if key != RETURN and value <= 0:  # a return target may be negative
                 raise ConfigError(f"{source}: {key} must be > 0, got {value!r}")
             out[key] = int(value) if key == "env_steps" else float(value)
         return cls(**out)
 
     def reached(self, result: dict[str, Any]) -> bool:
-        """The return target is met by a mean over a full window of episodes
+        """The target is met; a return target by a mean over a full window of episodes
         (``metrics_smoothing_episodes``)."""
-        ret = result.get("episode_return_mean")
+        value = result.get(self.metric)
         target = self.episode_return_mean
-        return (target is not None and ret is not None and not math.isnan(ret) and ret >= target
-                and result.get("episode_window_full", True))
+        full = result.get("episode_window_full", True) if self.metric == RETURN else True
+        return (target is not None and isinstance(value, (int, float)) and not math.isnan(value) and value >= target
+                and full)
 
     def done(self, result: dict[str, Any]) -> bool:
         return (

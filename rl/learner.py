@@ -342,6 +342,42 @@ class LearnerGroup:
             self.group.shutdown()
 
 
+class MultiLearnerGroup:
+    """Several policies (multi-agent): one :class:`LearnerGroup` per policy id, with the
+    same interface over ``{policy: ...}`` batches, weights and state. A policy that got no
+    rows this iteration, or is not in ``trainable``, takes no step: its learners are never
+    asked, so none of them waits in an all-reduce for it."""
+
+    def __init__(self, groups: dict[str, LearnerGroup], trainable: list[str]) -> None:
+        self.groups, self.trainable = groups, list(trainable)
+
+    def update(self, batches: dict[str, SampleBatch], *, env_steps: int) -> UpdateResult:
+        metrics: dict[str, float] = {}
+        for pid in self.trainable:
+            if pid in batches and num_rows(batches[pid]) > 0:
+                result = self.groups[pid].update(batches[pid], env_steps=env_steps)
+                metrics.update({f"policies/{pid}/{k}": v for k, v in result.metrics.items()})
+        return UpdateResult(metrics)
+
+    def get_weights(self) -> dict[str, Weights]:
+        return {pid: g.get_weights() for pid, g in self.groups.items()}
+
+    def set_weights(self, weights: dict[str, Weights]) -> None:
+        for pid, w in weights.items():
+            self.groups[pid].set_weights(w)
+
+    def get_state(self) -> dict[str, Any]:
+        return {"policies": {pid: g.get_state() for pid, g in self.groups.items()}}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        for pid, s in state["policies"].items():
+            self.groups[pid].set_state(s)
+
+    def stop(self) -> None:
+        for g in self.groups.values():
+            g.stop()
+
+
 def _unwrap_all(results: list) -> list:
     """A learner failure is fatal: raise the first error, else return the values."""
     for r in results:

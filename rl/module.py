@@ -105,7 +105,9 @@ class LeafEncoder(nn.Module):
         super().__init__()
         self.space = space
         self.cnn: nn.Module | None = None
-        if is_image(space):
+        # A grid smaller than the light trunk's two stride-2 3x3 convolutions can see (a
+        # 3x3 board) is encoded flat, like a vector.
+        if is_image(space) and min(sorted(space.shape)[1:]) >= 7:
             channels_last = space.shape[-1] <= 4 < space.shape[0]
             self.channels_last = channels_last
             c = space.shape[-1] if channels_last else space.shape[0]

@@ -26,6 +26,11 @@ from rlfleet.rl.config import AlgorithmConfig, ConfigError
 from rlfleet.rl.experiment import Experiment, load_experiment
 
 
+def _last_value(rows: list[dict[str, Any]], metric: str) -> float | None:
+    """The metric in the last row that has it (evaluation metrics come every N rows)."""
+    return next((r[metric] for r in reversed(rows) if metric in r), None)
+
+
 @dataclasses.dataclass
 class SeedResult:
     seed: int
@@ -67,7 +72,7 @@ def run_seed(exp: Experiment, seed: int, train_command: list[str], overrides: li
     target = exp.pass_criteria
     with tempfile.TemporaryDirectory() as logdir:
         cmd = [*train_command, "--config", exp.path, "--seed", str(seed), "--logdir", logdir, "--quiet",
-               "--stop-reward", str(target.episode_return_mean)]
+               "--stop-reward", str(target.episode_return_mean), "--stop-metric", target.metric]
         if target.env_steps is not None:
             cmd += ["--stop-timesteps", str(target.env_steps)]
         if target.time_s is not None:
@@ -91,7 +96,7 @@ def run_seed(exp: Experiment, seed: int, train_command: list[str], overrides: li
         target.time_s is None or first["time_s"] <= target.time_s)
     last = rows[-1]
     return SeedResult(
-        seed, reached, last.get("episode_return_mean"),
+        seed, reached, _last_value(rows, target.metric),
         first["env_steps"] if first else None, round(first["time_s"], 3) if first else None,
         last["env_steps"], round(last["time_s"], 3), proc.returncode,
     )

@@ -44,7 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="your module (import name or .py path) that registers envs; shipped to Ray workers")
     p.add_argument("--config", help="tuned-example YAML (algo, env, config, stop, pass)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    p.add_argument("--stop-reward", type=float, help="stop when episode_return_mean reaches this")
+    p.add_argument("--stop-reward", type=float, help="stop when episode_return_mean (or --stop-metric) reaches this")
+    p.add_argument("--stop-metric", help="the progress-row key --stop-reward applies to (default episode_return_mean)")
     p.add_argument("--stop-timesteps", type=int, help="stop after this many env steps")
     p.add_argument("--stop-seconds", type=float, help="stop after this many seconds of training")
     p.add_argument("--seed", type=int)
@@ -155,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     from rlfleet.algorithms import get_config_class
     from rlfleet.rl.checkpoint import load_checkpoint
     from rlfleet.rl.config import ConfigError
-    from rlfleet.rl.experiment import Criteria, load_experiment, run_until
+    from rlfleet.rl.experiment import RETURN, Criteria, load_experiment, run_until
     from rlfleet.tuned_examples import ROOT as TUNED
 
     from rlfleet.envs import import_user_module
@@ -179,8 +180,10 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint_every < 0:
         raise ConfigError(f"--checkpoint-every must be >= 0 (0: only at the end), got {args.checkpoint_every}")
     stop = experiment.stop if experiment else Criteria()
+    metric = args.stop_metric or stop.metric
+    threshold = args.stop_reward if args.stop_reward is not None else stop.episode_return_mean
     stop = Criteria.from_dict({
-        "episode_return_mean": args.stop_reward if args.stop_reward is not None else stop.episode_return_mean,
+        **({"episode_return_mean": threshold} if metric == RETURN else {"metric": metric, "threshold": threshold}),
         "env_steps": args.stop_timesteps if args.stop_timesteps is not None else stop.env_steps,
         "time_s": args.stop_seconds if args.stop_seconds is not None else stop.time_s,
     }, source="stop criteria (--stop-*)")

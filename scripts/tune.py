@@ -69,7 +69,8 @@ def build(args: argparse.Namespace):  # -> (SearchOptions, Experiment, config cl
     from rlfleet.algorithms import get_config_class
     from rlfleet.rl.config import ConfigError
     from rlfleet.rl.experiment import load_experiment
-    from rlfleet.rl.search import SearchOptions, parse_search_flags
+    from rlfleet.rl.search import parse_search_flags
+    from rlfleet.rl.search_run import SearchOptions
     from rlfleet.scripts.train import parse_sets
 
     if args.resume:
@@ -106,7 +107,7 @@ def build(args: argparse.Namespace):  # -> (SearchOptions, Experiment, config cl
         num_samples=args.num_samples, cpus_per_trial=args.cpus_per_trial, confirm_seeds=args.confirm_seeds,
         confirm_top=args.confirm_top, perturbation_interval=args.perturbation_interval,
         stop_env_steps=args.stop_timesteps, seed=args.seed, address=args.address, num_cpus=args.num_cpus)
-    from rlfleet.rl.search import prepare
+    from rlfleet.rl.search_run import prepare
 
     prepare(options, exp, config_class)  # every check before a directory is made
     os.makedirs(directory, exist_ok=True)
@@ -115,7 +116,7 @@ def build(args: argparse.Namespace):  # -> (SearchOptions, Experiment, config cl
 
 
 def run(args: argparse.Namespace, options, exp, config_class) -> int:
-    from rlfleet.rl.search import run_search
+    from rlfleet.rl.search_run import run_search
 
     started = time.perf_counter()
     print(f"[search] {exp.algo} on {exp.env}: {options.scheduler}, {options.num_samples} samples over "

@@ -17,11 +17,23 @@ class PPO(Algorithm):
     runner_factory_class = EnvRunnerFactory
 
     def training_step(self) -> dict[str, float]:
-        c = self.config
         fragments = self.sample()
         if not fragments:  # every runner failed this time; they were restarted
             return {}
-        batch = concat_batches([f.batch for f in fragments])  # (T, B_total)
+        if isinstance(self.module_spec, dict):  # multi-agent: a batch per policy
+            batches = {pid: self.rows([f.batch[pid] for f in fragments if pid in f.batch]) for pid in self.module_spec}
+            result = self.learner_group.update({pid: b for pid, b in batches.items() if b}, env_steps=self.env_steps)
+        else:
+            result = self.learner_group.update(self.rows([f.batch for f in fragments]), env_steps=self.env_steps)
+        self.sync_weights()
+        return result.metrics
+
+    def rows(self, fragments: list[dict]) -> dict:
+        """Fragments (T, B) of one policy -> GAE -> rows (N = T * B) for the learner."""
+        if not fragments:
+            return {}
+        c = self.config
+        batch = concat_batches(fragments)  # (T, B_total)
         batch["advantages"], batch["value_targets"] = compute_gae(
             batch["rewards"] * c.reward_scale,
             batch["values"],
@@ -31,7 +43,4 @@ class PPO(Algorithm):
             gamma=c.gamma,
             lam=c.gae_lambda,
         )
-        rows = flatten_time({k: batch[k] for k in ("obs", "actions", "logp", "values", "advantages", "value_targets")})
-        result = self.learner_group.update(rows, env_steps=self.env_steps)
-        self.sync_weights()
-        return result.metrics
+        return flatten_time({k: batch[k] for k in ("obs", "actions", "logp", "values", "advantages", "value_targets")})

@@ -122,4 +122,4 @@ def test_lm_ppo_checkpoints_carry_its_name_and_old_formats_are_refused_in_one_li
 def test_the_rlfleet_command_names_an_unknown_subcommand():
     out = subprocess.run([sys.executable, "-m", "rlfleet.scripts.cli", "trian"], capture_output=True, text=True)
     assert out.returncode == 2
-    assert out.stderr.strip() == "rlfleet: error: unknown command 'trian'; did you mean 'train'? (choose from train, regression, serve, evaluate, export)"
+    assert out.stderr.strip() == "rlfleet: error: unknown command 'trian'; did you mean 'train'? (choose from train, regression, serve, evaluate, export, tune)"

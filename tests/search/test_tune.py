@@ -125,3 +125,33 @@ def test_a_trial_with_ray_env_runners_gets_them_inside_its_placement_group(tmp_p
     (directory,) = trials(logdir).values()
     last = rows(os.path.join(directory, "run", "progress.jsonl"))[-1]
     assert last["env_runners/0/env_steps"] > 0 and last["env_runners/1/env_steps"] > 0  # both Ray runners sampled
+
+
+def test_a_crashing_trial_is_recorded_as_failed_and_the_search_goes_on(tmp_path):
+    logdir = str(tmp_path / "crash")
+    proc = subprocess.run([*TUNE, "--config", CARTPOLE, "--search", "env_config={grid: [{}, {bogus_kwarg: 1}]}",
+                           "--num-samples", "1", "--stop-timesteps", "1024", "--num-cpus", "2", "--logdir", logdir],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    with open(os.path.join(logdir, "results.csv"), encoding="utf-8") as f:
+        table = f.read().splitlines()
+    assert table[1].split(",")[2] == "done" and table[2].split(",")[2] == "failed"
+    assert "running 0, done 1, failed 1" in proc.stdout
+    failed_line = next(line for line in proc.stdout.splitlines() if " failed: " in line)
+    assert "bogus_kwarg" in failed_line  # the trial's own error, in one line
+
+
+def test_confirm_seeds_reruns_the_top_configs_and_picks_the_winner_by_the_median(tmp_path):
+    logdir = str(tmp_path / "confirm")
+    proc = subprocess.run([*TUNE, "--config", CARTPOLE, "--search", "lr={grid: [3.0e-3, 1.0e-5]}", "--num-samples", "1",
+                           "--stop-timesteps", "2048", "--num-cpus", "2", "--confirm-seeds", "2", "--confirm-top", "2",
+                           "--logdir", logdir], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    confirm = trials(os.path.join(logdir, "confirm"))
+    seeds = sorted((rows(os.path.join(d, "starts.jsonl"))[0]["params"]["lr"],
+                    rows(os.path.join(d, "starts.jsonl"))[0]["params"]["seed"]) for d in confirm.values())
+    assert seeds == [(1.0e-5, 10_000), (1.0e-5, 10_001), (3.0e-3, 10_000), (3.0e-3, 10_001)]
+    with open(os.path.join(logdir, "confirm.csv"), encoding="utf-8") as f:
+        table = f.read().splitlines()
+    assert len(table) == 3 and ",lr=0.003," in table[1]  # medians of 2 seeds: the higher lr again
+    assert validate(os.path.join(logdir, "best.yaml"), lambda algo, env: PPOConfig).config["lr"] == 3.0e-3

@@ -1,0 +1,265 @@
+"""MultiAgentEnvRunner: steps copies of a multi-agent env (envs/multi_agent.py) with one
+CPU module per policy, and returns one time-major batch per policy (a MultiBatch).
+
+Every agent's experience is a run of steps: a step is the agent's observation, its
+action, the rewards paid to it until it acts again (or ends), and the value of what
+follows. A step is complete once the agent's next observation is known (it acts again:
+V(next obs) comes from that forward pass) or it ended (terminated: no future; truncated:
+V(its last observation)). Complete steps of one agent are cut into columns of
+``fragment_length`` steps, and a policy's batch is the columns of every agent mapped to
+it, with the single-agent layout (rl/env_runner.py): so PPO's GAE runs on it unchanged,
+and agents that join late, leave early or act in turns need no special case. Leftover
+steps wait for the next ``sample``.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import fnmatch
+import time
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import tree
+
+from rlfleet.rl.core import ACTION_MASK, Fragment
+from rlfleet.rl.module import ModuleSpec
+from rlfleet.rl.spaces import actions_to_env
+
+RANDOM_POLICY = "random"
+"""A built-in policy id: agents mapped to it act uniformly at random among their legal
+actions and never learn (an opponent for evaluation, or a baseline)."""
+
+
+class PolicyMapping:
+    """Agent id -> policy id: the first ``pattern: policy`` (fnmatch) that matches, else
+    ``default``. Picklable (no lambdas), so runners on Ray build the same mapping."""
+
+    def __init__(self, patterns: dict[str, str] | None, default: str = "default") -> None:
+        self.patterns, self.default = dict(patterns or {}), default
+
+    def __call__(self, agent: str) -> str:
+        for pattern, policy in self.patterns.items():
+            if fnmatch.fnmatchcase(agent, pattern):
+                return policy
+        return self.default
+
+
+@dataclasses.dataclass
+class _Step:
+    obs: Any
+    action: list[np.ndarray]
+    logp: float
+    value: float
+    weights_version: int
+    is_first: bool
+    reward: float = 0.0
+    terminated: bool = False
+    truncated: bool = False
+    final_obs: Any = None  # at a truncation: V(final_obs) is the bootstrap
+    next_value: float | None = None
+    next_obs: Any = None  # what follows the step (for bootstrap_obs)
+
+
+def _stack(items: list[Any]) -> Any:
+    return tree.map_structure(lambda *xs: np.stack(xs), *items)
+
+
+class MultiAgentEnvRunner:
+    def __init__(self, *, env_creator: Callable[[], Any], specs: dict[str, ModuleSpec], mapping: PolicyMapping,
+                 num_envs: int, fragment_length: int, seed: int, index: int = 0) -> None:
+        self.index, self.fragment_length = index, fragment_length
+        self.mapping = mapping
+        self.specs = specs
+        self.modules = {pid: spec.build().eval() for pid, spec in specs.items()}
+        torch.manual_seed(seed)
+        self.rng = np.random.default_rng(seed)
+        self.weights_version = 0
+        self.envs = [env_creator() for _ in range(num_envs)]
+        self.obs: list[dict[str, Any]] = []  # per env: the agents that act next -> observation
+        for i, env in enumerate(self.envs):
+            obs, _ = env.reset(seed=seed + i)
+            self.obs.append(obs)
+        self.pending: dict[tuple[int, str], _Step] = {}  # the last action of each live agent
+        self.complete: dict[tuple[int, str], list[_Step]] = collections.defaultdict(list)
+        self.returns: list[collections.Counter] = [collections.Counter() for _ in self.envs]  # per env, per agent
+        self.lengths = [0] * len(self.envs)
+        self.finished: list[tuple[float, int, dict[str, float]]] = []  # (team return, length, per agent)
+
+    # -- the Runner interface -----------------------------------------------------------------
+    def set_weights(self, weights: dict[str, dict[str, np.ndarray]], version: int) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # read-only arrays from the object store
+            for pid, module in self.modules.items():
+                if pid in weights:
+                    module.load_state_dict({k: torch.from_numpy(v) for k, v in weights[pid].items()})
+        self.weights_version = version
+
+    def sample(self) -> Fragment:
+        """Step every env ``fragment_length`` times; return the full columns of every policy."""
+        started = time.perf_counter()
+        for _ in range(self.fragment_length):
+            self._step()
+        batches, version = self._cut_columns()
+        finished, self.finished = self.finished, []
+        agent_returns: dict[str, list[float]] = collections.defaultdict(list)
+        for _, _, per_agent in finished:
+            for agent, ret in per_agent.items():
+                agent_returns[agent].append(ret)
+        return Fragment(batches, [f[0] for f in finished], [f[1] for f in finished],
+                        self.fragment_length * len(self.envs), version, self.index,
+                        sample_time_s=time.perf_counter() - started, agent_returns=dict(agent_returns))
+
+    def evaluate(self, num_episodes: int) -> dict[str, float]:
+        """``num_episodes`` whole episodes on env 0 from fresh resets, every learned policy
+        greedy (agents mapped to ``random`` random): each agent's mean return and win rate
+        (episodes where its return beats every other agent's), and how many actions broke
+        the action mask (a masked policy takes none)."""
+        env = self.envs[0]
+        totals: dict[str, list[float]] = collections.defaultdict(list)
+        team, illegal = [], 0
+        for episode in range(num_episodes):
+            obs, _ = env.reset(seed=10_000 + episode)
+            returns: collections.Counter = collections.Counter()
+            while obs:
+                actions = {}
+                for agent, o in obs.items():
+                    pid = self.mapping(agent)
+                    if pid == RANDOM_POLICY:
+                        actions[agent] = self._random_action(agent, o)
+                        continue
+                    with torch.inference_mode():
+                        leaves = self.modules[pid].forward_inference(
+                            tree.map_structure(lambda x: torch.from_numpy(np.asarray(x)[None]), o))
+                    action = actions_to_env([leaf.numpy() for leaf in leaves], self.specs[pid].action_space)
+                    actions[agent] = tree.map_structure(lambda x: x[0], action)
+                    if isinstance(o, dict) and ACTION_MASK in o and not o[ACTION_MASK][int(actions[agent])]:
+                        illegal += 1
+                obs, rewards, terminations, truncations, _ = env.step(actions)
+                for agent, reward in rewards.items():
+                    returns[agent] += float(reward)
+                obs = {a: o for a, o in obs.items() if not (terminations.get(a) or truncations.get(a))}
+            team.append(float(sum(returns.values())))
+            for agent in env.possible_agents:
+                totals[agent].append(returns[agent])
+        metrics = {"evaluation/episode_return_mean": float(np.mean(team)), "evaluation/num_episodes": num_episodes,
+                   "evaluation/illegal_actions": illegal}
+        for agent, values in totals.items():
+            others = [totals[a] for a in totals if a != agent]
+            wins = [all(v > o[k] for o in others) for k, v in enumerate(values)]
+            metrics[f"evaluation/agents/{agent}/episode_return_mean"] = float(np.mean(values))
+            metrics[f"evaluation/agents/{agent}/win_rate"] = float(np.mean(wins))
+        return metrics
+
+    def _random_action(self, agent: str, obs: Any) -> Any:
+        space = self.envs[0].action_space(agent)
+        if isinstance(obs, dict) and ACTION_MASK in obs:
+            return int(self.rng.choice(np.flatnonzero(obs[ACTION_MASK]))) + int(getattr(space, "start", 0))
+        return space.sample()
+
+    def pop_connector_delta(self) -> Any:
+        return None
+
+    def set_connector_state(self, state: Any) -> None:
+        pass
+
+    def stop(self) -> None:
+        for env in self.envs:
+            env.close()
+
+    # -- one step of every env -------------------------------------------------------------------
+    def _step(self) -> None:
+        groups: dict[str, list[tuple[int, str, Any]]] = collections.defaultdict(list)
+        for i, obs in enumerate(self.obs):
+            for agent, o in obs.items():
+                groups[self.mapping(agent)].append((i, agent, o))
+        actions: list[dict[str, Any]] = [{} for _ in self.envs]
+        for pid, items in groups.items():
+            if pid == RANDOM_POLICY:
+                for i, agent, o in items:
+                    actions[i][agent] = self._random_action(agent, o)
+                continue
+            module = self.modules[pid]
+            with torch.inference_mode():
+                out = module.forward_exploration(tree.map_structure(torch.from_numpy, _stack([o for _, _, o in items])))
+            leaves = [a.numpy() for a in out["actions"]]
+            env_actions = actions_to_env(leaves, self.specs[pid].action_space)
+            logp, values = out["logp"].numpy(), out["values"].numpy()
+            for k, (i, agent, o) in enumerate(items):
+                key = (i, agent)
+                before = self.pending.pop(key, None)
+                if before is not None:  # the agent acts again: its last step is complete
+                    before.next_value, before.next_obs = float(values[k]), o
+                    self.complete[key].append(before)
+                self.pending[key] = _Step(o, [leaf[k] for leaf in leaves], float(logp[k]), float(values[k]),
+                                          self.weights_version, is_first=before is None)
+                actions[i][agent] = tree.map_structure(lambda x, k=k: x[k], env_actions)
+        for i, env in enumerate(self.envs):
+            obs, rewards, terminations, truncations, _ = env.step(actions[i])
+            self.lengths[i] += 1
+            for agent, reward in rewards.items():
+                self.returns[i][agent] += float(reward)
+                if (i, agent) in self.pending:  # a reward belongs to the agent's last action
+                    self.pending[(i, agent)].reward += float(reward)
+            acting = {}
+            for agent, o in obs.items():
+                if terminations.get(agent) or truncations.get(agent):
+                    self._end(i, agent, o, terminated=bool(terminations.get(agent)))
+                else:
+                    acting[agent] = o
+            if not acting:  # nobody left to act: the episode is over
+                for (j, agent) in [k for k in self.pending if k[0] == i]:  # agents the env never ended
+                    self._end(i, agent, self.pending[(i, agent)].obs, terminated=False)
+                self.finished.append((float(sum(self.returns[i].values())), self.lengths[i], dict(self.returns[i])))
+                self.returns[i], self.lengths[i] = collections.Counter(), 0
+                acting, _ = env.reset()
+            self.obs[i] = acting
+
+    def _end(self, i: int, agent: str, last_obs: Any, *, terminated: bool) -> None:
+        step = self.pending.pop((i, agent), None)
+        if step is None:
+            return  # ended before it ever acted: nothing to learn from
+        step.terminated, step.truncated, step.next_obs = terminated, not terminated, last_obs
+        if terminated:
+            step.next_value = 0.0
+        else:
+            step.final_obs = last_obs  # bootstrapped from V(last_obs) when its column is cut
+        self.complete[(i, agent)].append(step)
+
+    # -- the fragment -----------------------------------------------------------------------------
+    def _cut_columns(self) -> tuple[dict[str, dict[str, Any]], int]:
+        T = self.fragment_length
+        columns: dict[str, list[list[_Step]]] = collections.defaultdict(list)
+        for (i, agent), steps in self.complete.items():
+            while len(steps) >= T:
+                columns[self.mapping(agent)].append(steps[:T])
+                del steps[:T]
+        batches = {pid: self._batch(pid, cols) for pid, cols in columns.items()}
+        versions = [s.weights_version for cols in columns.values() for col in cols for s in col]
+        return batches, min(versions) if versions else self.weights_version
+
+    def _batch(self, pid: str, columns: list[list[_Step]]) -> dict[str, Any]:
+        bootstrap = [s for col in columns for s in col if s.next_value is None]  # truncations
+        if bootstrap:
+            with torch.inference_mode():
+                values = self.modules[pid].compute_values(
+                    tree.map_structure(torch.from_numpy, _stack([s.final_obs for s in bootstrap])))
+            for s, v in zip(bootstrap, values.tolist()):
+                s.next_value = v
+        rows = [[col[t] for col in columns] for t in range(self.fragment_length)]  # (T, B)
+        return {
+            "obs": _stack([_stack([s.obs for s in row]) for row in rows]),
+            "actions": [np.stack([np.stack([s.action[k] for s in row]) for row in rows])
+                        for k in range(len(columns[0][0].action))],
+            "rewards": np.array([[s.reward for s in row] for row in rows], np.float32),
+            "terminated": np.array([[s.terminated for s in row] for row in rows], bool),
+            "truncated": np.array([[s.truncated for s in row] for row in rows], bool),
+            "is_first": np.array([[s.is_first for s in row] for row in rows], bool),
+            "logp": np.array([[s.logp for s in row] for row in rows], np.float32),
+            "values": np.array([[s.value for s in row] for row in rows], np.float32),
+            "next_values": np.array([[s.next_value for s in row] for row in rows], np.float32),
+            "bootstrap_obs": tree.map_structure(lambda x: x[None], _stack([col[-1].next_obs for col in columns])),
+        }

@@ -1,0 +1,204 @@
+"""The multi-agent runner (rl/multi_agent_runner.py) on a scripted env whose agents join
+late, leave early and are cut by a time limit: every column, reward, episode end and
+bootstrap value by hand, and GAE per agent against hand-computed advantages."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+
+from rlfleet.envs.multi_agent import MultiAgentCreator, MultiAgentEnvError, TurnBased
+from rlfleet.rl.module import ModuleSpec
+from rlfleet.rl.multi_agent_runner import MultiAgentEnvRunner, PolicyMapping
+from rlfleet.rl.postprocessing import compute_gae
+
+OBS = spaces.Box(-10.0, 10.0, (1,), np.float32)
+ACT = spaces.Discrete(2)
+
+
+class Scripted:
+    """4 env steps per episode. k=0: 'a' acts alone, +1 to a. k=1: 'b' joins; both act;
+    +1 to a, +2 to b; 'a' terminates. k=2: b acts, +2. k=3: b acts, +2 to b and +5 to the
+    departed a (counted in its return, trained on by nobody); b is truncated.
+    Observations are [k]."""
+
+    possible_agents = ["a", "b"]
+
+    def observation_space(self, agent):
+        return OBS
+
+    def action_space(self, agent):
+        return ACT
+
+    def reset(self, seed=None, options=None):
+        self.k = 0
+        return {"a": self._o(0)}, {}
+
+    def _o(self, k):
+        return np.array([k], np.float32)
+
+    def step(self, actions):
+        k = self.k
+        expected = {0: {"a"}, 1: {"a", "b"}, 2: {"b"}, 3: {"b"}}[k]
+        assert set(actions) == expected, (k, actions)
+        self.k += 1
+        o = self._o(self.k)
+        if k == 0:
+            return {"a": o, "b": o}, {"a": 1.0}, {}, {}, {}
+        if k == 1:
+            return {"a": o, "b": o}, {"a": 1.0, "b": 2.0}, {"a": True, "b": False}, {}, {}
+        if k == 2:
+            return {"b": o}, {"b": 2.0}, {"b": False}, {"b": False}, {}
+        return {"b": o}, {"b": 2.0, "a": 5.0}, {"b": False}, {"b": True}, {}
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def runner():
+    r = MultiAgentEnvRunner(env_creator=Scripted, specs={"default": ModuleSpec(OBS, ACT)},
+                            mapping=PolicyMapping(None), num_envs=1, fragment_length=2, seed=0)
+    yield r
+    r.stop()
+
+
+def value(runner, k):
+    with torch.no_grad():
+        return float(runner.modules["default"].compute_values(torch.tensor([[float(k)]])))
+
+
+def test_agents_that_join_late_leave_early_and_are_truncated_make_exact_columns(runner):
+    first = runner.sample()  # k=0,1: a's two steps are complete; b's first waits for its next turn
+    b = first.batch["default"]
+    assert b["rewards"].T.tolist() == [[1.0, 1.0]]
+    assert b["terminated"].T.tolist() == [[False, True]] and b["is_first"].T.tolist() == [[True, False]]
+    np.testing.assert_allclose(b["next_values"][:, 0], [value(runner, 1), 0.0], rtol=1e-5, atol=1e-6)  # V(s1), then no future
+    np.testing.assert_allclose(b["values"][:, 0], [value(runner, 0), value(runner, 1)], rtol=1e-5, atol=1e-6)
+    assert first.episode_returns == [] and first.env_steps == 2
+
+    second = runner.sample()  # k=2,3: b's steps at k=1 and k=2 are complete; its k=3 step waits in the leftover
+    b = second.batch["default"]
+    assert b["rewards"].T.tolist() == [[2.0, 2.0]] and b["is_first"].T.tolist() == [[True, False]]
+    np.testing.assert_allclose(b["next_values"][:, 0], [value(runner, 2), value(runner, 3)], rtol=1e-5, atol=1e-6)
+    assert b["obs"][:, 0, 0].tolist() == [1.0, 2.0]
+    # the episode: a earned 1 + 1 + 5 (the last after it left), b 2 + 2 + 2
+    assert second.episode_returns == [13.0] and second.episode_lengths == [4]
+    assert second.agent_returns == {"a": [7.0], "b": [6.0]}
+
+    runner.sample()  # k=4,5 (episode 2): a's column again
+    # b's truncated k=3 step of episode 1 (left over), then all of b's episode 2: two columns
+    fourth = runner.sample()
+    b = fourth.batch["default"]
+    assert b["obs"][:, :, 0].T.tolist() == [[3.0, 1.0], [2.0, 3.0]]
+    assert b["truncated"].T.tolist() == [[True, False], [False, True]] and not b["terminated"].any()
+    assert b["is_first"].T.tolist() == [[False, True], [False, False]]
+    np.testing.assert_allclose(b["next_values"][:, 0], [value(runner, 4), value(runner, 2)], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(b["next_values"][1, 1], value(runner, 4), rtol=1e-5, atol=1e-6)  # V(final obs) at the cut
+
+    # GAE per agent, by hand: gamma 0.9, lambda 0.8; the truncation stops the recursion
+    v, nv, r = b["values"][:, 0], b["next_values"][:, 0], b["rewards"][:, 0]
+    adv, _ = compute_gae(b["rewards"], b["values"], b["next_values"], b["terminated"], b["truncated"],
+                         gamma=0.9, lam=0.8)
+    a1 = r[1] + 0.9 * nv[1] - v[1]
+    a0 = r[0] + 0.9 * nv[0] - v[0]  # no 0.9 * 0.8 * a1: the episode ended at t=0
+    np.testing.assert_allclose(adv[:, 0], [a0, a1], rtol=1e-5, atol=1e-6)
+
+
+def test_separate_policies_get_their_own_batches_and_weights():
+    specs = {"pa": ModuleSpec(OBS, ACT), "pb": ModuleSpec(OBS, ACT)}
+    r = MultiAgentEnvRunner(env_creator=Scripted, specs=specs, mapping=PolicyMapping({"a": "pa", "b": "pb"}),
+                            num_envs=2, fragment_length=2, seed=0)
+    try:
+        zeros = {k: np.zeros_like(v.numpy()) for k, v in r.modules["pb"].state_dict().items()}
+        r.set_weights({"pb": zeros}, 3)
+        first, second = r.sample(), r.sample()
+        assert set(first.batch) == {"pa"} and first.batch["pa"]["rewards"].shape == (2, 2)  # 2 envs: 2 columns of a
+        assert set(second.batch) == {"pb"} and not second.batch["pb"]["values"].any()  # pb's zeroed critic
+        assert first.weights_version == 3
+    finally:
+        r.stop()
+
+
+def test_policy_mapping_takes_the_first_matching_pattern():
+    mapping = PolicyMapping({"player_1": "first", "agent_*": "shared"}, default="rest")
+    assert [mapping(a) for a in ("player_1", "agent_0", "agent_12", "player_2")] == ["first", "shared", "shared", "rest"]
+
+
+def test_a_turn_based_game_runs_through_the_parallel_api():
+    pytest.importorskip("pettingzoo.classic")
+    env = MultiAgentCreator("pettingzoo:pettingzoo.classic.tictactoe_v3")()
+    assert isinstance(env, TurnBased)
+    obs, _ = env.reset(seed=0)
+    assert list(obs) == ["player_1"]
+    moves = {"player_1": [0, 1, 2], "player_2": [3, 4]}  # player_1 takes the top row
+    rewards_seen, turns = {}, []
+    while True:
+        (agent,) = [a for a in obs]
+        turns.append(agent)
+        obs, rewards, term, trunc, _ = env.step({agent: moves[agent].pop(0)})
+        for a, x in rewards.items():
+            rewards_seen[a] = rewards_seen.get(a, 0.0) + x
+        if any(term.values()):
+            break
+    assert turns == ["player_1", "player_2"] * 2 + ["player_1"]
+    assert term == {"player_1": True, "player_2": True} and set(obs) == {"player_1", "player_2"}  # both last obs
+    assert rewards_seen == {"player_1": 1.0, "player_2": -1.0}
+
+
+def test_an_unknown_module_is_one_error_naming_the_extra():
+    with pytest.raises(MultiAgentEnvError, match="cannot import 'no_such_module_xyz'.*rlfleet\\[pettingzoo\\]"):
+        MultiAgentCreator("pettingzoo:no_such_module_xyz")
+
+
+
+def parallel_env():
+    return Scripted()
+
+
+SCRIPTED = "pettingzoo:tests.rl.test_multi_agent_runner"
+
+
+def test_ppo_trains_separate_policies_and_leaves_a_frozen_one_as_it_was(tmp_path):
+    from rlfleet.algorithms.ppo import PPOConfig
+
+    config = PPOConfig.from_dict({
+        "env": SCRIPTED, "policy_mapping": {"a": "pa", "b": "pb"}, "policies_to_train": ["pa"],
+        "num_envs_per_runner": 2, "rollout_fragment_length": 4, "minibatch_size": 8, "hidden_sizes": [8],
+        "logdir": str(tmp_path / "run"), "log_to_console": False}, source="test")
+    algo = config.build()
+    try:
+        before = {pid: {k: v.copy() for k, v in w.items()} for pid, w in algo.learner_group.get_weights().items()}
+        results = [algo.train() for _ in range(4)]  # a fills a column of 4 steps every other iteration
+        result, after = results[-1], algo.learner_group.get_weights()
+        assert any(not np.array_equal(before["pa"][k], after["pa"][k]) for k in after["pa"])
+        assert all(np.array_equal(before["pb"][k], after["pb"][k]) for k in after["pb"])  # frozen
+        assert ["policies/pa/losses/policy_loss" in r for r in results] == [False, True, False, True]
+        assert not any(k.startswith("policies/pb/") for r in results for k in r)
+        assert result["agents/a/episode_return_mean"] == 7.0 and result["agents/b/episode_return_mean"] == 6.0
+        assert result["episode_return_mean"] == 13.0
+        algo.save(str(tmp_path / "ckpt"))
+    finally:
+        algo.stop()
+    restored = PPOConfig.from_dict({**config.to_dict(), "logdir": None}, source="test").build()
+    try:
+        restored.restore(str(tmp_path / "ckpt"))
+        weights = restored.learner_group.get_weights()
+        assert all(np.array_equal(weights[pid][k], after[pid][k]) for pid in after for k in after[pid])
+    finally:
+        restored.stop()
+
+
+def test_agents_with_different_spaces_cannot_share_a_policy():
+    from rlfleet.algorithms.ppo import PPOConfig
+    from rlfleet.rl.config import ConfigError
+
+    pytest.importorskip("mpe2")
+    with pytest.raises(ConfigError, match="share policy 'default' but not their spaces"):
+        PPOConfig.from_dict({"env": "pettingzoo:mpe2.simple_adversary_v3", "log_to_console": False},
+                            source="test").build()
+    with pytest.raises(ConfigError, match="policies_to_train names 'nobody'"):
+        PPOConfig.from_dict({"env": SCRIPTED, "policies_to_train": ["nobody"], "log_to_console": False},
+                            source="test").build()
