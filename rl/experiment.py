@@ -44,9 +44,10 @@ class Criteria:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None, *, source: str) -> "Criteria":
-        values = dict(values) if values is not None else {}
+        values = values if values is not None else {}
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: expected a mapping of {', '.join(CRITERIA_KEYS)}, got {values!r}")
+        values = dict(values)
         for key in values:
             if key not in CRITERIA_KEYS:
                 raise ConfigError(f"{source}: unknown key {key!r}{closest(key, CRITERIA_KEYS)}")

@@ -163,3 +163,14 @@ def test_tune_py_refuses_a_directory_that_holds_files_and_changes_nothing(tmp_pa
     assert proc.returncode == 2 and "already holds files; continue a search there with --resume" in proc.stderr
     assert os.listdir(tmp_path) == ["progress.jsonl"] and (tmp_path / "progress.jsonl").read_text() == "{}\n"
 
+
+
+def test_criteria_on_any_progress_key_need_metric_and_threshold_together():
+    c = Criteria.from_dict({"metric": "evaluation/agents/p1/win_rate", "threshold": 0.9, "env_steps": 1000}, source="x")
+    assert c.reached({"evaluation/agents/p1/win_rate": 0.92, "episode_window_full": False})  # no return window
+    assert not c.reached({"evaluation/agents/p1/win_rate": 0.85}) and not c.reached({"episode_return_mean": 1.0})
+    for values, message in (({"threshold": 0.9}, "threshold needs metric"),
+                            ({"metric": "m", "episode_return_mean": 1.0}, "give the target as threshold"),
+                            ({"metric": 3, "threshold": 1.0}, "metric must be a progress-row key")):
+        with pytest.raises(ConfigError, match=message):
+            Criteria.from_dict(values, source="x")
