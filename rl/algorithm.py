@@ -29,6 +29,14 @@ from rlfleet.runtime import Runtime, make_runtime
 
 
 
+def _spec_state(spec: Any) -> dict[str, Any] | None:
+    """The module spec(s) as plain data: one, ``{"policies": {id: spec}}`` (multi-agent),
+    or None (an LM, which serving rebuilds from its config)."""
+    if isinstance(spec, dict):
+        return {"policies": {pid: spec_to_dict(s) for pid, s in spec.items()}}
+    return spec_to_dict(spec) if isinstance(spec, ModuleSpec) else None
+
+
 def _shapes(learner_state: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     """Parameter name -> shape of a learner state (one module, or one per policy)."""
     if "policies" in learner_state:
@@ -247,7 +255,7 @@ class Algorithm(abc.ABC):
             "learner": self.learner_group.get_state(),
             "connector": _to_torch(self.connector.get_state()) if self.connector is not None else None,
             # What rebuilds the policy without its env (serving, export; rl/inference.py).
-            "module_spec": spec_to_dict(self.module_spec) if isinstance(self.module_spec, ModuleSpec) else None,
+            "module_spec": _spec_state(self.module_spec),
             "counters": {
                 "iteration": self.iteration,
                 "env_steps": self.env_steps,

@@ -259,6 +259,8 @@ class AlgorithmConfig:
 class ControlConfig(AlgorithmConfig):
     """Settings of control RL (gymnasium envs and MLP/CNN policies): PPO, DQN, IMPALA."""
 
+    multi_agent: ClassVar[bool] = True
+    """Whether the algorithm trains multi-agent envs (``pettingzoo:<module>``)."""
     external_max_lag: ClassVar[int | None] = None
     """``env: external`` with client-side inference: reports more weights versions behind
     than this are dropped and counted (None: the algorithm learns from any lag, V-trace
@@ -308,6 +310,8 @@ class ControlConfig(AlgorithmConfig):
 
     def validate(self) -> None:
         super().validate()
+        if not self.multi_agent and isinstance(self.env, str) and self.env.startswith("pettingzoo:"):
+            raise ConfigError(f"{self.algo_name} does not train multi-agent envs yet ({self.env}); use ppo or impala")
         self.require_positive("num_envs_per_runner", "rollout_fragment_length", "max_failed_episodes")
         self.require_non_negative("env_error_retries")
         if not 0.0 <= self.gamma <= 1.0:

@@ -18,6 +18,7 @@ import tree
 from gymnasium import spaces
 
 from rlfleet.rl.checkpoint import CheckpointError, checkpoint_file, checkpoint_from_bytes
+from rlfleet.rl.config import closest
 from rlfleet.rl.connectors import MeanStdFilter
 from rlfleet.rl.core import ACTION_MASK
 from rlfleet.rl.module import spec_from_dict
@@ -29,7 +30,7 @@ from rlfleet.runtime.base import BadRequest
 class Policy:
     """``act(obs)`` on batched observations, as the checkpoint's training acted."""
 
-    def __init__(self, state: dict[str, Any], *, source: str) -> None:
+    def __init__(self, state: dict[str, Any], *, source: str, policy_id: str | None = None) -> None:
         if state.get("module_spec") is None:
             raise CheckpointError(f"checkpoint {source!r} holds no module spec: an LM checkpoint (served with "
                                   "/complete), or one saved before rlfleet 0.3 (restore and save it again)")
@@ -37,10 +38,11 @@ class Policy:
         self.algo = state["algo"]
         self.env = str(state["config"].get("env"))
         self.env_config = dict(state["config"].get("env_config") or {})
-        self.spec = spec_from_dict(state["module_spec"])
+        spec, weights, self.policy_id = _one_policy(state, source, policy_id)
+        self.spec = spec_from_dict(spec)
         self.observation_space, self.action_space = self.spec.observation_space, self.spec.action_space
         self.module = self.spec.build()
-        self.module.load_state_dict(state["learner"]["module"])
+        self.module.load_state_dict(weights)
         self.module.eval()
         self.filter: MeanStdFilter | None = None
         if state["connector"] is not None:
@@ -51,16 +53,18 @@ class Policy:
         self.env_steps = int(state["counters"]["env_steps"])
 
     @classmethod
-    def load(cls, path: str) -> "Policy":
+    def load(cls, path: str, *, policy_id: str | None = None) -> "Policy":
+        """The checkpoint's policy; of a multi-agent checkpoint, ``policy_id``'s (needed
+        when it holds several)."""
         file = checkpoint_file(path)
         if not os.path.exists(file):
             raise CheckpointError(f"no checkpoint at {path!r} (expected {file})")
         with open(file, "rb") as f:
-            return cls.from_bytes(f.read(), source=file)
+            return cls.from_bytes(f.read(), source=file, policy_id=policy_id)
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, source: str) -> "Policy":
-        return cls(checkpoint_from_bytes(data, source=source), source=source)
+    def from_bytes(cls, data: bytes, *, source: str, policy_id: str | None = None) -> "Policy":
+        return cls(checkpoint_from_bytes(data, source=source), source=source, policy_id=policy_id)
 
     def act(self, obs: Any, *, explore: bool = False, details: bool = False) -> dict[str, Any]:
         """Actions for a batch of observations (B, ...), in the env's form (Box actions
@@ -86,7 +90,26 @@ class Policy:
             "observation_space": space_to_schema(self.observation_space),
             "action_space": space_to_schema(self.action_space),
             "normalizes_observations": self.filter is not None,
+            **({"policy_id": self.policy_id} if self.policy_id is not None else {}),
         }
+
+
+def _one_policy(state: dict[str, Any], source: str, policy_id: str | None) -> tuple[dict, dict, str | None]:
+    """(module spec, weights, policy id) of the policy to run: the only one, or of a
+    multi-agent checkpoint the one ``policy_id`` names."""
+    spec = state["module_spec"]
+    if "policies" not in spec:
+        if policy_id is not None:
+            raise CheckpointError(f"checkpoint {source!r} holds one policy: drop the policy id {policy_id!r}")
+        return spec, state["learner"]["module"], None
+    ids = sorted(spec["policies"])
+    if policy_id is None and len(ids) == 1:
+        policy_id = ids[0]
+    if policy_id not in spec["policies"]:
+        given = "no policy id" if policy_id is None else f"policy id {policy_id!r}"
+        raise CheckpointError(f"checkpoint {source!r} is multi-agent with policies {', '.join(ids)}: {given} given "
+                              f"(--policy-id){closest(str(policy_id), ids) if policy_id else ''}")
+    return spec["policies"][policy_id], state["learner"]["policies"][policy_id]["module"], policy_id
 
 
 # -- observations from JSON ------------------------------------------------------------

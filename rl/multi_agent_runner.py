@@ -250,8 +250,15 @@ class MultiAgentEnvRunner:
             for s, v in zip(bootstrap, values.tolist()):
                 s.next_value = v
         rows = [[col[t] for col in columns] for t in range(self.fragment_length)]  # (T, B)
+        truncations = [(t, b) for t, row in enumerate(rows) for b, s in enumerate(row) if s.final_obs is not None]
+        obs = _stack([_stack([s.obs for s in row]) for row in rows])
         return {
-            "obs": _stack([_stack([s.obs for s in row]) for row in rows]),
+            # the truncations' last observations, for learners that recompute values (IMPALA):
+            # (K, 2) positions and (K, ...) observations
+            "final_tb": np.asarray(truncations, np.int64).reshape(-1, 2),
+            "final_obs": (_stack([rows[t][b].final_obs for t, b in truncations]) if truncations
+                          else tree.map_structure(lambda x: x[0, :0], obs)),
+            "obs": obs,
             "actions": [np.stack([np.stack([s.action[k] for s in row]) for row in rows])
                         for k in range(len(columns[0][0].action))],
             "rewards": np.array([[s.reward for s in row] for row in rows], np.float32),

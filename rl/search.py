@@ -192,14 +192,15 @@ class TrialSummary:
 
 def summarize(trial_id: str, params: dict[str, Any], progress_path: str, target: Criteria, *, status: str,
               error: str | None = None) -> TrialSummary:
-    """Best return and the first row that met ``target`` (its return over a full window,
-    within its env-step and time bounds) in a progress.jsonl."""
+    """Best value of the target's metric (the return, unless the criterion names another)
+    and the first row that met ``target`` (a return over a full window, within its
+    env-step and time bounds) in a progress.jsonl."""
     rows = []
     if os.path.exists(progress_path):
         with open(progress_path, encoding="utf-8") as f:
             rows = [json.loads(line) for line in f if line.strip()]
-    returns = [r["episode_return_mean"] for r in rows
-               if r.get("episode_return_mean") is not None and not math.isnan(r["episode_return_mean"])]
+    returns = [r[target.metric] for r in rows  # the target's metric: the return unless it names another
+               if isinstance(r.get(target.metric), (int, float)) and not math.isnan(r[target.metric])]
     hit = next((r for r in rows if target.reached(r)
                 and (target.env_steps is None or r["env_steps"] <= target.env_steps)
                 and (target.time_s is None or r["time_s"] <= target.time_s)), None)

@@ -79,10 +79,14 @@ def run_trial(setup: TrialSetup, params: dict[str, Any], reporter: Any) -> None:
             "params": params, "restored": restored is not None, "iteration": algo.iteration,
             "weights": weights_digest(algo.learner_group.get_weights())})
         result: dict[str, Any] = {}
+        score = -math.inf  # the target's metric, as last seen (evaluation metrics come every N rows)
         last_mark = algo.env_steps // setup.checkpoint_steps
         while not result or not setup.stop.done(result):
             result = algo.train()
-            metrics = _metrics(result, setup.target)
+            value = result.get(setup.target.metric)
+            if isinstance(value, (int, float)) and not math.isnan(value):
+                score = float(value)
+            metrics = _metrics(result, setup.target, score)
             mark = algo.env_steps // setup.checkpoint_steps
             if mark > last_mark or setup.stop.done(result):
                 last_mark = mark
@@ -101,12 +105,16 @@ def run_trial(setup: TrialSetup, params: dict[str, Any], reporter: Any) -> None:
         algo.stop()
 
 
-def _metrics(result: dict[str, Any], target: Criteria) -> dict[str, Any]:
-    """What the engine sees of an iteration: a NaN return (no episode yet) as -inf, so
-    schedulers compare it."""
+SCORE = "score"
+"""What schedulers compare: the example's target metric (``episode_return_mean`` unless its
+criterion names another), -inf before it has a value."""
+
+
+def _metrics(result: dict[str, Any], target: Criteria, score: float) -> dict[str, Any]:
+    """What the engine sees of an iteration."""
     ret = result.get("episode_return_mean")
     keys = ("iteration", "env_steps", "time_s", "episode_window_full", "learner/lr")
-    return {**{k: result[k] for k in keys if k in result},
+    return {**{k: result[k] for k in keys if k in result}, SCORE: score,
             "episode_return_mean": ret if ret is not None and not math.isnan(ret) else -math.inf,
             "reached": bool(target.reached(result))}
 
@@ -211,7 +219,7 @@ def run_search(options: SearchOptions, exp: Experiment, config_class: type[Algor
     live = _LiveCount(setup, echo)
     records = tune.run_search(
         functools.partial(run_trial, setup), directory=setup.directory,
-        specs={k: (s.kind, s.args) for k, s in specs.items()}, metric="episode_return_mean", time_attr="env_steps",
+        specs={k: (s.kind, s.args) for k, s in specs.items()}, metric=SCORE, time_attr="env_steps",
         max_t=setup.stop.env_steps or 0, scheduler=options.scheduler, search_alg=options.search_alg,
         num_samples=options.num_samples, cpus_per_trial=options.cpus_per_trial,
         bundles=_runner_bundles(setup.config_class, setup.base),
@@ -298,7 +306,7 @@ def _confirm(options: SearchOptions, setup: TrialSetup, top: list[TrialSummary],
     echo(f"[search] confirming the top {len(top)} configs on seeds {', '.join(map(str, seeds))}")
     records = tune.run_search(
         functools.partial(_run_candidate, confirm, [t.params for t in top]), directory=confirm.directory,
-        specs={"_candidate": ("grid", candidates), "_seed": ("grid", seeds)}, metric="episode_return_mean",
+        specs={"_candidate": ("grid", candidates), "_seed": ("grid", seeds)}, metric=SCORE,
         time_attr="env_steps", max_t=setup.stop.env_steps or 0, scheduler="fifo", num_samples=1,
         cpus_per_trial=options.cpus_per_trial, bundles=_runner_bundles(setup.config_class, setup.base),
         resume=False,

@@ -16,6 +16,8 @@ Request bodies:
 
 from __future__ import annotations
 
+import functools
+
 import os
 import threading
 from typing import Any, Callable
@@ -94,8 +96,8 @@ class _FollowingService:
 class PolicyService(_FollowingService):
     USAGE = '{"obs": <observation or batch>, "explore": false, "details": false}'
 
-    def __init__(self, checkpoint: str, *, max_batch_rows: int = 256) -> None:
-        self.followed = _Followed(checkpoint, Policy.load)
+    def __init__(self, checkpoint: str, *, max_batch_rows: int = 256, policy_id: str | None = None) -> None:
+        self.followed = _Followed(checkpoint, functools.partial(Policy.load, policy_id=policy_id))
         self.max_batch_rows = max_batch_rows
 
     def parse(self, route: str, body: Any) -> tuple[Any, int]:

@@ -29,6 +29,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="exit codes: 0 written; 2 bad input (one line)")
     p.add_argument("--checkpoint", required=True, help="checkpoint directory (or its checkpoint.pt)")
+    p.add_argument("--policy-id", help="of a multi-agent checkpoint: the policy to export")
     p.add_argument("--format", default="onnx", choices=("onnx", "torchscript"))
     p.add_argument("--out", help="output file (default: policy.onnx / policy.pt beside the checkpoint)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
@@ -46,11 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     suffix = ".onnx" if args.format == "onnx" else ".pt"
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(checkpoint_file(args.checkpoint))), "policy" + suffix)
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(checkpoint_file(args.checkpoint))), "policy" + (f"-{args.policy_id}" if args.policy_id else "") + suffix)
     if not out.endswith(suffix):
         return fail(f"--out {out!r}: a {args.format} file must end in {suffix}")
     try:
-        policy = Policy.load(args.checkpoint)
+        policy = Policy.load(args.checkpoint, policy_id=args.policy_id)
         if os.path.exists(out) and not args.overwrite:
             return fail(f"{out} exists; give --overwrite to replace it, or another --out")
         if args.format == "onnx":

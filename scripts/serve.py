@@ -33,6 +33,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="exit codes: 0 stopped (Ctrl-C or --duration); 2 bad input; 3 the server failed")
     p.add_argument("--checkpoint", required=True, help="checkpoint directory (or its checkpoint.pt)")
+    p.add_argument("--policy-id", help="of a multi-agent checkpoint: the policy to serve")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need --token)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token", default=os.environ.get("RLFLEET_SERVE_TOKEN"),
@@ -65,7 +66,8 @@ def build_service(args: argparse.Namespace) -> functools.partial:
         algo_class = config_class.algorithm_class(None)  # type: ignore[arg-type]
         return functools.partial(CompletionService, args.checkpoint, algo_class.from_checkpoint,
                                  max_batch_rows=args.max_batch_rows)
-    service = functools.partial(PolicyService, args.checkpoint, max_batch_rows=args.max_batch_rows)
+    service = functools.partial(PolicyService, args.checkpoint, max_batch_rows=args.max_batch_rows,
+                                policy_id=args.policy_id)
     service()  # refuse a checkpoint without a module spec here, in one line, not in every replica
     return service
 

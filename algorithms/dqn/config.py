@@ -12,6 +12,7 @@ from rlfleet.rl.config import ConfigError, ControlConfig
 @dataclasses.dataclass
 class DQNConfig(ControlConfig):
     algo_name = "dqn"
+    multi_agent = False  # replay would need a buffer per policy
     action_space_types = (spaces.Discrete,)
 
     buffer_size: int = 50_000

@@ -23,18 +23,23 @@ LEARNER_KEYS = ("obs", "actions", "logp", "rewards", "terminated", "truncated", 
 def learner_batch(fragments: list[Fragment]) -> SampleBatch:
     """Fragments side by side (T, sum B), with the truncations' final observations gathered
     as (K, ...) at time/env positions ``final_tb`` (K, 2)."""
-    batch = concat_batches([{k: f.batch[k] for k in LEARNER_KEYS} for f in fragments])
-    positions, finals, offset = [], [], 0
+    parts = []
     for f in fragments:
-        for t, b, obs in f.final_obs:
-            positions.append((t, b + offset))
-            finals.append(obs)
-        offset += f.batch["rewards"].shape[1]
-    batch["final_tb"] = np.asarray(positions, np.int64).reshape(-1, 2)
-    if finals:
-        batch["final_obs"] = tree.map_structure(lambda *xs: np.stack(xs), *finals)
-    else:
-        batch["final_obs"] = tree.map_structure(lambda x: x[0, :0], batch["bootstrap_obs"])
+        finals = [obs for _, _, obs in f.final_obs]
+        parts.append({**{k: f.batch[k] for k in LEARNER_KEYS},
+                      "final_tb": np.asarray([(t, b) for t, b, _ in f.final_obs], np.int64).reshape(-1, 2),
+                      "final_obs": (tree.map_structure(lambda *xs: np.stack(xs), *finals) if finals
+                                    else tree.map_structure(lambda x: x[0, :0], f.batch["bootstrap_obs"]))})
+    return join_columns(parts)
+
+
+def join_columns(parts: list[SampleBatch]) -> SampleBatch:
+    """Batches with their truncations' ``final_tb``/``final_obs`` side by side: the env
+    positions of each part's truncations move by the columns before it."""
+    batch = concat_batches([{k: p[k] for k in LEARNER_KEYS} for p in parts])
+    offsets = np.cumsum([0] + [p["rewards"].shape[1] for p in parts[:-1]])
+    batch["final_tb"] = np.concatenate([p["final_tb"] + np.array([0, o], np.int64) for p, o in zip(parts, offsets)])
+    batch["final_obs"] = tree.map_structure(lambda *xs: np.concatenate(xs), *[p["final_obs"] for p in parts])
     return batch
 
 
@@ -47,6 +52,8 @@ class IMPALA(Algorithm):
     def __init__(self, config: IMPALAConfig) -> None:
         super().__init__(config)
         self.queue: collections.deque[Fragment] = collections.deque()
+        # multi-agent: each policy's batches wait in its own queue (a fragment may hold none)
+        self.policy_queues: dict[str, collections.deque[SampleBatch]] = collections.defaultdict(collections.deque)
         self.num_updates = 0
         self.num_dropped_queue_full = 0
         self.num_dropped_stale = 0
@@ -79,8 +86,7 @@ class IMPALA(Algorithm):
             self.queue.append(frag)
         sums: dict[str, float] = {}
         updates = 0
-        while len(self.queue) >= c.train_batch_fragments:
-            batch = learner_batch([self.queue.popleft() for _ in range(c.train_batch_fragments)])
+        for batch in self.learner_batches():
             for k, v in self.learner_group.update(batch, env_steps=self.env_steps).metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
             updates += 1
@@ -99,3 +105,21 @@ class IMPALA(Algorithm):
             "learner_queue_size": len(self.queue),
         })
         return metrics
+
+    def learner_batches(self):  # -> Iterator[SampleBatch | dict[str, SampleBatch]]
+        """Full batches from the queue: ``train_batch_fragments`` fragments side by side, or
+        with several policies a batch of every policy whose queue holds that many."""
+        c = self.config
+        if not isinstance(self.module_spec, dict):
+            while len(self.queue) >= c.train_batch_fragments:
+                yield learner_batch([self.queue.popleft() for _ in range(c.train_batch_fragments)])
+            return
+        while self.queue:
+            for pid, batch in self.queue.popleft().batch.items():
+                self.policy_queues[pid].append(batch)
+        while True:
+            ready = {pid: join_columns([q.popleft() for _ in range(c.train_batch_fragments)])
+                     for pid, q in self.policy_queues.items() if len(q) >= c.train_batch_fragments}
+            if not ready:
+                return
+            yield ready

@@ -22,11 +22,16 @@ def impala_loss(
     *,
     vf_coef: float,
     entropy_coef: float,
+    count: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """All (T, B); ``vs`` and ``pg_advantages`` come from V-trace, without gradient."""
-    policy_loss = -(pg_advantages * target_logp).mean()
-    value_loss = 0.5 * (values - vs).pow(2).mean()
-    entropy_mean = entropy.mean()
+    """All (T, B); ``vs`` and ``pg_advantages`` come from V-trace, without gradient.
+    Sums divided by ``count`` (default: the number of steps): with several learners, the
+    all-reduced count over the learners, so a learner whose share is empty (a policy with
+    fewer envs than learners) adds zero gradients instead of a mean over nothing."""
+    n = count if count is not None else float(values.numel())
+    policy_loss = -(pg_advantages * target_logp).sum() / n
+    value_loss = 0.5 * (values - vs).pow(2).sum() / n
+    entropy_mean = entropy.sum() / n
     loss = policy_loss + vf_coef * value_loss - entropy_coef * entropy_mean
     metrics = {
         "losses/policy_loss": policy_loss.detach(),
@@ -63,12 +68,13 @@ class IMPALALearner(Learner):
             batch["terminated"], batch["truncated"],
             gamma=c.gamma, rho_bar=c.vtrace_rho_bar, c_bar=c.vtrace_c_bar,
         )
+        count = self.mean_count(torch.tensor(T * B, device=values.device))
         loss, metrics = impala_loss(
             target_logp, values, dist.entropy().reshape(T, B), vs, pg_advantages,
-            vf_coef=c.vf_coef, entropy_coef=c.entropy_coef,
+            vf_coef=c.vf_coef, entropy_coef=c.entropy_coef, count=count,
         )
         with torch.no_grad():
-            metrics["losses/mean_rho"] = (target_logp - batch["logp"]).exp().clamp(max=c.vtrace_rho_bar).mean()
+            metrics["losses/mean_rho"] = (target_logp - batch["logp"]).exp().clamp(max=c.vtrace_rho_bar).sum() / count
         return loss, metrics
 
     def minibatches(self, data: TensorBatch) -> Iterator[TensorBatch]:

@@ -33,7 +33,8 @@ class PPO(Algorithm):
         if not fragments:
             return {}
         c = self.config
-        batch = concat_batches(fragments)  # (T, B_total)
+        keys = ("obs", "actions", "logp", "values", "next_values", "rewards", "terminated", "truncated")
+        batch = concat_batches([{k: f[k] for k in keys} for f in fragments])  # (T, B_total)
         batch["advantages"], batch["value_targets"] = compute_gae(
             batch["rewards"] * c.reward_scale,
             batch["values"],

@@ -146,6 +146,8 @@ def tune_py(*args, cwd=REPO):
      "'hidden_sizes' cannot be searched with PBT"),
     (["--config", os.path.join(REPO, "tuned_examples", "impala", "CartPole-v1.yaml"), "--search",
       "lr={uniform: [1e-4, 1e-3]}", "--num-cpus", "2"], "a trial needs 3 CPUs (1 for the trial + 2 env runner"),
+    (["--config", CARTPOLE, "--search", "lr={grid: [1e-3, 2e-3]}", "--search-alg", "optuna"],
+     "a 'grid' spec needs --search-alg none"),
     (["--resume"], "--resume needs --logdir"),
     (["--resume", "--logdir", "/nonexistent/search"], "holds no search (no search.json)"),
 ])

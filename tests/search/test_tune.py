@@ -71,15 +71,16 @@ def test_pbt_exploit_copies_the_donors_weights_and_the_learner_uses_the_perturbe
     for tid, directory in trials(logdir).items():
         starts = rows(os.path.join(directory, "starts.jsonl"))
         progress = rows(os.path.join(directory, "run", "progress.jsonl"))
+        for row in progress:
+            # the row's maker: the last start before it in time that resumed from an earlier
+            # iteration (each start drops the rows after the iteration it restored)
+            maker = [s for s in starts if s["iteration"] < row["iteration"]][-1]
+            # the learner trains with its start's lr, read from the learner's metrics
+            assert row["learner/lr"] == pytest.approx(maker["params"]["lr"], rel=1e-6), (tid, row["iteration"])
         for before, start in zip(starts, starts[1:]):
-            if start.get("restored") and saved.get(start["weights"], tid) != tid:
-                # the restored weights are a checkpoint of the other trial ...
-                after = [r for r in progress if r["iteration"] > start["iteration"]]
-                assert after, f"trial {tid} did not train after its exploit"
-                # ... and the learner trains with the lr of the new config, read from its metrics
-                assert after[0]["learner/lr"] == pytest.approx(start["params"]["lr"], rel=1e-6)
-                if start["params"]["lr"] != before["params"]["lr"]:
-                    exploits.append(tid)  # explore changed the lr (it may land on the old value)
+            copied = start.get("restored") and saved.get(start["weights"], tid) != tid  # another trial's weights
+            if copied and start["params"]["lr"] != before["params"]["lr"]:  # explore may land on the old lr
+                exploits.append(tid)
     assert exploits, "no trial exploited another with a new lr within the budget"
 
 
@@ -155,3 +156,15 @@ def test_confirm_seeds_reruns_the_top_configs_and_picks_the_winner_by_the_median
         table = f.read().splitlines()
     assert len(table) == 3 and ",lr=0.003," in table[1]  # medians of 2 seeds: the higher lr again
     assert validate(os.path.join(logdir, "best.yaml"), lambda algo, env: PPOConfig).config["lr"] == 3.0e-3
+
+
+def test_optuna_tpe_samples_the_space(tmp_path):
+    pytest.importorskip("optuna")
+    logdir = str(tmp_path / "optuna")
+    proc = subprocess.run([*TUNE, "--config", CARTPOLE, "--search", "lr={loguniform: [1.0e-4, 3.0e-3]}",
+                           "--search", "num_epochs={choice: [2, 5]}", "--search-alg", "optuna", "--num-samples", "2",
+                           "--stop-timesteps", "1024", "--num-cpus", "2", "--logdir", logdir],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    params = [rows(os.path.join(d, "starts.jsonl"))[0]["params"] for d in trials(logdir).values()]
+    assert len(params) == 2 and all(1.0e-4 <= p["lr"] <= 3.0e-3 and p["num_epochs"] in (2, 5) for p in params)
