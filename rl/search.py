@@ -251,7 +251,7 @@ def table_rows(ranked: list[TrialSummary]) -> list[dict[str, Any]]:
 
     return [{"rank": i + 1, "trial": t.trial_id, "status": t.status,
              "params": " ".join(f"{k}={_short(v)}" for k, v in sorted(t.params.items())),
-             "best_return": fmt(t.best_return), "steps_to_threshold": fmt(t.steps_to_threshold),
+             "best_return": "" if t.best_return is None else f"{t.best_return:.4g}", "steps_to_threshold": fmt(t.steps_to_threshold),
              "seconds_to_threshold": fmt(t.seconds_to_threshold), "env_steps": fmt(t.env_steps),
              "seconds": fmt(t.seconds)} for i, t in enumerate(ranked)]
 
