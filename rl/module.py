@@ -153,7 +153,7 @@ class LeafEncoder(nn.Module):
                 for i, n in enumerate(space.nvec.tolist())
             ]
             return torch.cat(parts, -1)
-        return x.reshape(x.shape[0], -1).float()
+        return x.reshape(x.shape[0], self.out_dim).float()  # (not -1: an empty shard has 0 rows)
 
 
 def legal_actions(obs: Any) -> torch.Tensor | None:

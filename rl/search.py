@@ -76,7 +76,7 @@ def parse_spec(key: str, value: Any, *, source: str) -> Spec:
     if not isinstance(args, list) or not args:
         raise ConfigError(f"{where}: {kind} takes a non-empty list, got {args!r}")
     if kind in ("choice", "grid"):
-        return Spec(key, kind, tuple(tuple(a) if isinstance(a, list) else a for a in args))
+        return Spec(key, kind, tuple(tuple(a) if isinstance(a, list) else _number(a) for a in args))
     args = [_number(a) for a in args]  # YAML 1.1 reads 1e-4 (no dot) as a string
     if len(args) != 2 or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
         raise ConfigError(f"{where}: {kind} takes [low, high], two numbers, got {args!r}")

@@ -46,7 +46,10 @@ class IMPALAConfig(ControlConfig):
         if self.normalize_obs:
             raise ConfigError("IMPALA does not support normalize_obs yet (its connector sync is synchronous)")
         envs = self.train_batch_fragments * self.num_envs_per_runner
-        if envs % max(1, self.num_learners):
+        # (multi-agent: a policy's batch has as many columns as its agents filled, whatever
+        # the env count; a learner with an empty share adds zero gradients)
+        multi_agent = isinstance(self.env, str) and self.env.startswith("pettingzoo:")
+        if envs % max(1, self.num_learners) and not multi_agent:
             raise ConfigError(
                 f"the learner batch's {envs} envs (train_batch_fragments {self.train_batch_fragments} x "
                 f"num_envs_per_runner {self.num_envs_per_runner}) must divide by num_learners {self.num_learners}: "
