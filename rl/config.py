@@ -296,8 +296,9 @@ class ControlConfig(AlgorithmConfig):
     """Multi-agent: the policies that learn (None: all); the others act with their weights
     as they are (a frozen opponent)."""
     evaluation_policy_mapping: dict[str, str] | None = None
-    """Multi-agent: the mapping of evaluation episodes (``{player_2: random}`` plays the
-    trained policy against a uniformly random legal opponent); None: ``policy_mapping``."""
+    """Multi-agent: patterns tried before ``policy_mapping`` in evaluation episodes
+    (``{player_2: random}`` plays the trained policy against a uniformly random legal
+    opponent)."""
     encode_action_mask: bool = False
     """Feed an observation's ``action_mask`` to the encoder too; it masks the policy (or
     the Q-values) either way (rl/core.py, "Action masks")."""

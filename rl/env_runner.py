@@ -230,6 +230,12 @@ class EnvRunner:
         self.env.close()
 
 
+def _evaluation_mapping(c: ControlConfig) -> dict[str, str]:
+    """The evaluation patterns first (they win over the training mapping), then the rest."""
+    evaluation, training = c.evaluation_policy_mapping or {}, c.policy_mapping or {}
+    return {**evaluation, **{k: v for k, v in training.items() if k not in evaluation}}
+
+
 class EnvRunnerFactory:
     """Picklable ``factory(index) -> EnvRunner`` of a control-RL run (the RunnerFactory of
     rl/core.py): resolves the env once, checks its spaces, and holds the module spec."""
@@ -306,7 +312,7 @@ class EnvRunnerFactory:
         if self.multi_agent:  # its own mapping: a trained policy against random opponents, say
             c = self.config
             return MultiAgentEnvRunner(env_creator=self.env_creator, specs=self.module_spec,
-                                       mapping=PolicyMapping(c.evaluation_policy_mapping or c.policy_mapping),
+                                       mapping=PolicyMapping(_evaluation_mapping(c)),
                                        num_envs=1, fragment_length=c.rollout_fragment_length, seed=c.seed + 999_983,
                                        index=-1)
         return self._runner(-1, min(num_episodes, 8), self.config.seed + 999_983)

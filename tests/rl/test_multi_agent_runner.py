@@ -298,3 +298,20 @@ def test_dqn_refuses_a_multi_agent_env_in_one_line():
 
     with pytest.raises(ConfigError, match="dqn does not train multi-agent envs yet .*; use ppo or impala"):
         DQNConfig.from_dict({"env": SCRIPTED}, source="test")
+
+
+def test_evaluation_plays_a_separate_policy_against_random_opponents():
+    from rlfleet.algorithms.ppo import PPOConfig
+
+    algo = PPOConfig.from_dict({"env": SCRIPTED, "policy_mapping": {"a": "pa", "b": "pb"},
+                                "evaluation_policy_mapping": {"b": "random"}, "evaluation_num_episodes": 3,
+                                "num_envs_per_runner": 1, "rollout_fragment_length": 4, "minibatch_size": 4,
+                                "hidden_sizes": [8], "log_to_console": False}, source="test").build()
+    try:
+        metrics = algo.evaluate()
+    finally:
+        algo.stop()
+    # the scripted env pays the same whoever acts: a 7 (1 + 1 + 5), b 6; a's return beats b's in every episode
+    assert metrics["evaluation/agents/a/episode_return_mean"] == 7.0 and metrics["evaluation/agents/a/win_rate"] == 1.0
+    assert metrics["evaluation/agents/b/win_rate"] == 0.0 and metrics["evaluation/num_episodes"] == 3
+    assert metrics["evaluation/illegal_actions"] == 0
