@@ -14,7 +14,8 @@ One step of a multi-agent env, as the runner (rl/multi_agent_runner.py) reads it
 
 ``pettingzoo:<module>`` names an env by its module (``pettingzoo:mpe2.simple_spread_v3``,
 ``pettingzoo:pettingzoo.classic.tictactoe_v3``): its ``parallel_env`` when it has one, else
-its (AEC) ``env`` through :class:`TurnBased`; ``env_config`` goes to that constructor.
+its (AEC) ``env`` through :class:`TurnBased`; ``env_config`` goes to that constructor. Your
+own env: ``register_multi_agent_env("my_game", creator)``, then ``env: my_game``.
 """
 
 from __future__ import annotations
@@ -29,8 +30,20 @@ class MultiAgentEnvError(ValueError):
     """A multi-agent env name that does not resolve, or an env that breaks the API."""
 
 
+_REGISTRY: dict[str, Callable[..., Any]] = {}
+
+
+def register_multi_agent_env(name: str, creator: Callable[..., Any]) -> None:
+    """Make ``env: name`` build ``creator(**env_config)``: a PettingZoo ParallelEnv, or an
+    AEC env (wrapped in :class:`TurnBased`). Register it in a module the run imports
+    (``--import``), so Ray workers see it too."""
+    if not callable(creator):
+        raise MultiAgentEnvError(f"register_multi_agent_env({name!r}): the creator must be callable")
+    _REGISTRY[name] = creator
+
+
 def is_multi_agent_name(env: Any) -> bool:
-    return isinstance(env, str) and env.startswith(PETTINGZOO)
+    return isinstance(env, str) and (env.startswith(PETTINGZOO) or env in _REGISTRY)
 
 
 class MultiAgentCreator:
@@ -39,12 +52,16 @@ class MultiAgentCreator:
 
     def __init__(self, name: str, env_config: dict[str, Any] | None = None) -> None:
         if not is_multi_agent_name(name):
-            raise MultiAgentEnvError(f"a multi-agent env is named {PETTINGZOO}<module>, got {name!r}")
+            raise MultiAgentEnvError(f"a multi-agent env is named {PETTINGZOO}<module> or registered with "
+                                     f"register_multi_agent_env, got {name!r}")
         self.name, self.module_name = name, name[len(PETTINGZOO):]
         self.env_config = dict(env_config or {})
+        self.registered = _REGISTRY.get(name)  # pickled by reference: a worker imports its module
         self._factory()  # fail here, with the name, not in a runner
 
     def _factory(self) -> Callable[..., Any]:
+        if self.registered is not None:
+            return lambda **kw: _as_parallel(self.registered(**kw))
         try:
             module = importlib.import_module(self.module_name)
         except ImportError as e:
@@ -61,6 +78,11 @@ class MultiAgentCreator:
             return self._factory()(**self.env_config)
         except TypeError as e:
             raise MultiAgentEnvError(f"env {self.name!r}: env_config {self.env_config} does not fit: {e}") from None
+
+
+def _as_parallel(env: Any) -> Any:
+    """A ParallelEnv as it is; an AEC env (it has ``agent_iter``) through :class:`TurnBased`."""
+    return TurnBased(env) if hasattr(env, "agent_iter") else env
 
 
 class TurnBased:

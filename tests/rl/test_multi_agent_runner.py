@@ -315,3 +315,18 @@ def test_evaluation_plays_a_separate_policy_against_random_opponents():
     assert metrics["evaluation/agents/a/episode_return_mean"] == 7.0 and metrics["evaluation/agents/a/win_rate"] == 1.0
     assert metrics["evaluation/agents/b/win_rate"] == 0.0 and metrics["evaluation/num_episodes"] == 3
     assert metrics["evaluation/illegal_actions"] == 0
+
+
+def test_a_registered_multi_agent_env_trains_by_name():
+    from rlfleet.algorithms.ppo import PPOConfig
+    from rlfleet.envs.multi_agent import register_multi_agent_env
+
+    register_multi_agent_env("test/scripted-duo", Scripted)
+    algo = PPOConfig.from_dict({"env": "test/scripted-duo", "num_envs_per_runner": 1, "rollout_fragment_length": 4,
+                                "minibatch_size": 4, "hidden_sizes": [8], "log_to_console": False},
+                               source="test").build()
+    try:
+        results = [algo.train() for _ in range(2)]
+        assert results[-1]["agents/b/episode_return_mean"] == 6.0 and set(algo.module_spec) == {"default"}
+    finally:
+        algo.stop()
