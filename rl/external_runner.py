@@ -205,6 +205,16 @@ class ExternalEnvRunner:
                                f"port {self.server.address[1]} gave fewer than {B} x {T} steps within "
                                f"{self.sample_timeout_s:g} s")
         columns, bootstrap = taken
+        for column, after in zip(columns, bootstrap):
+            # A column is a run of one connection's steps, and the next fragment's column b
+            # may come from another connection: each column stands alone. It starts a
+            # stream, and a cut that is no episode end ends like a truncation, with the
+            # observation after it (what GAE and V-trace bootstrap from anyway; what replay
+            # needs, which otherwise takes the next fragment's column b as the next state).
+            column[0].is_first = True
+            last = column[-1]
+            if not (last.terminated or last.truncated):
+                last.truncated, last.final_obs = True, after  # next_value is V(after) already
         steps = [[column[t] for column in columns] for t in range(T)]  # (T, B)
         batch: dict[str, Any] = {
             "obs": _stack([_stack([s.obs for s in row]) for row in steps]),

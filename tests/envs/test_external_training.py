@@ -148,8 +148,11 @@ def test_impala_and_dqn_train_from_external_simulators(config_class, extra):
     try:
         before = {k: v.copy() for k, v in algo.learner_group.get_weights().items()}
         results = [algo.train() for _ in range(4)]
+        while results[-1]["episodes_total"] == 0 and len(results) < 40:  # CartPole's first episodes: ~20 steps
+            results.append(algo.train())
         after = algo.learner_group.get_weights()
-        assert [r["env_steps"] for r in results] == sorted({r["env_steps"] for r in results})  # strictly growing
+        steps = [r["env_steps"] for r in results]
+        assert steps == sorted(steps) and steps[-1] > steps[0]  # IMPALA's iteration may find no new fragment
         assert results[-1]["episodes_total"] > 0 and np.isfinite(results[-1]["episode_return_mean"])
         assert any(not np.array_equal(before[k], after[k]) for k in before)  # the learner updated
     finally:
