@@ -258,6 +258,8 @@ def test_a_multi_agent_checkpoint_is_served_and_exported_by_policy_id(tmp_path):
     import subprocess
     import sys
 
+    pytest.importorskip("onnx")  # the export extra
+
     from rlfleet.algorithms.ppo import PPOConfig
     from rlfleet.rl.checkpoint import CheckpointError
     from rlfleet.rl.inference import Policy
