@@ -321,3 +321,19 @@ class ControlConfig(AlgorithmConfig):
             raise ConfigError(f"vectorize_mode must be 'sync' or 'async', got {self.vectorize_mode!r}")
         if self.activation not in ("tanh", "relu", "elu", "silu"):
             raise ConfigError(f"activation must be one of tanh, relu, elu, silu; got {self.activation!r}")
+
+
+def parse_key_values(pairs: list[str], *, flag: str, value_name: str = "VALUE") -> dict[str, Any]:
+    """``KEY=VALUE`` flags (``--set``, ``--search``), each VALUE read as YAML."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} expects KEY={value_name}, got {pair!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{flag} {pair!r}: not a YAML value: {str(e).splitlines()[0]}") from None
+    return out

@@ -139,9 +139,10 @@ def export_torchscript(policy: Policy, path: str) -> None:
 
 
 class SamplingPolicy(nn.Module):
-    """For client-side inference: observation leaves -> (the action distribution's inputs,
-    masked; V(s)). The client samples and computes log-probabilities itself
-    (envs/external/client.py), and reports them with its episodes."""
+    """For client-side inference: observation leaves -> (what the client samples from,
+    illegal actions at the float minimum; V(s)). An actor-critic gives its distribution's
+    inputs and its value; a Q-network (DQN) its Q-values and zeros for the value it has
+    not. The client samples (and computes log-probabilities) itself (envs/external/client.py)."""
 
     def __init__(self, module: nn.Module, observation_space: Any) -> None:
         super().__init__()
@@ -150,26 +151,14 @@ class SamplingPolicy(nn.Module):
 
     def forward(self, *leaves: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         obs = tree.unflatten_as(self.structure, list(leaves))
-        feats = self.module.features(obs)
-        inputs = self.module.dist_inputs(feats)
+        if hasattr(self.module, "dist_inputs"):
+            feats = self.module.features(obs)
+            inputs, values = self.module.dist_inputs(feats), self.module.values(feats)
+        else:
+            inputs = self.module.forward_train(obs)  # Q(s, .)
+            values = torch.zeros(inputs.shape[0])
         legal = legal_actions(obs)
-        return (inputs if legal is None else mask_logits(inputs, legal)), self.module.values(feats)
-
-
-class EpsilonGreedyPolicy(nn.Module):
-    """For client-side inference with a Q-network (DQN): observation leaves -> (Q(s, .) with
-    illegal actions at the float minimum; zeros for the value it has not)."""
-
-    def __init__(self, module: nn.Module, observation_space: Any) -> None:
-        super().__init__()
-        self.module = module
-        self.structure = space_structure(observation_space)
-
-    def forward(self, *leaves: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        obs = tree.unflatten_as(self.structure, list(leaves))
-        q = self.module.forward_train(obs)
-        legal = legal_actions(obs)
-        return (q if legal is None else mask_logits(q, legal)), torch.zeros(q.shape[0])
+        return (inputs if legal is None else mask_logits(inputs, legal)), values
 
 
 def sampling_policy_onnx(module: nn.Module, observation_space: Any, action_space: Any) -> tuple[bytes, dict[str, Any]]:
@@ -179,12 +168,11 @@ def sampling_policy_onnx(module: nn.Module, observation_space: Any, action_space
     if len(leaf_spaces(action_space)) != 1:
         raise ExportError("client-side inference needs one action leaf")
     if hasattr(module, "dist_inputs"):
-        graph, extra = SamplingPolicy(module, observation_space), {}
+        extra: dict[str, Any] = {}
         kind = {"Discrete": "categorical", "MultiDiscrete": "multi_categorical", "Box": "diag_gaussian"}[
             type(action_space).__name__]
     elif hasattr(module, "epsilon"):
-        graph, kind, extra = EpsilonGreedyPolicy(module, observation_space), "epsilon_greedy", {
-            "epsilon": float(module.epsilon)}
+        kind, extra = "epsilon_greedy", {"epsilon": float(module.epsilon)}
     else:
         raise ExportError(f"client-side inference needs an actor-critic or a Q-network, not {type(module).__name__}")
     names = _leaf_names("obs", space_structure(observation_space))
@@ -192,7 +180,7 @@ def sampling_policy_onnx(module: nn.Module, observation_space: Any, action_space
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(graph.eval(), example, buffer, input_names=names,
+        torch.onnx.export(SamplingPolicy(module, observation_space).eval(), example, buffer, input_names=names,
                           output_names=["dist_inputs", "value"], dynamo=False, opset_version=17,
                           dynamic_axes={n: {0: "batch"} for n in names + ["dist_inputs", "value"]})
     contract = {"format": CONTRACT_FORMAT, "distribution": kind, **extra,

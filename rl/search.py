@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import yaml
 
-from rlfleet.rl.config import AlgorithmConfig, ConfigError, closest
+from rlfleet.rl.config import AlgorithmConfig, ConfigError, closest, parse_key_values
 from rlfleet.rl.experiment import Criteria
 
 SPEC_KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
@@ -128,16 +128,7 @@ def parse_search(values: dict[str, Any] | None, config_class: type[AlgorithmConf
 
 def parse_search_flags(pairs: list[str]) -> dict[str, Any]:
     """``--search KEY=SPEC`` (SPEC in YAML: ``lr={loguniform: [1e-4, 3e-3]}``) -> a mapping."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--search expects KEY=SPEC, got {pair!r}")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--search {pair!r}: not YAML: {str(e).splitlines()[0]}") from None
-    return out
+    return parse_key_values(pairs, flag="--search", value_name="SPEC")
 
 
 def trial_config(base: dict[str, Any], params: dict[str, Any], specs: dict[str, Spec]) -> dict[str, Any]:

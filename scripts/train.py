@@ -64,20 +64,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def parse_sets(pairs: list[str]) -> dict[str, object]:
-    import yaml
+    from rlfleet.rl.config import parse_key_values
 
-    from rlfleet.rl.config import ConfigError
-
-    out: dict[str, object] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects KEY=VALUE, got {pair!r}")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--set {pair!r}: not a YAML value: {str(e).splitlines()[0]}") from None
-    return out
+    return parse_key_values(pairs, flag="--set")
 
 
 def main(argv: list[str] | None = None) -> int:
