@@ -123,6 +123,7 @@ class Algorithm(abc.ABC):
         self.episode_lengths: collections.deque[int] = collections.deque(maxlen=config.metrics_smoothing_episodes)
         self.time_before_restore = 0.0
         self.started = time.perf_counter()
+        self.take_snapshots()
         self.sync_weights()
 
     def make_learner_group(self, spec: Any) -> LearnerGroup | MultiLearnerGroup:
@@ -130,7 +131,8 @@ class Algorithm(abc.ABC):
         id (multi-agent)."""
         c = self.config
         if isinstance(spec, dict):
-            trainable = getattr(c, "policies_to_train", None) or sorted(spec)
+            snapshots = getattr(c, "policy_snapshots", None) or {}
+            trainable = getattr(c, "policies_to_train", None) or sorted(set(spec) - set(snapshots))
             return MultiLearnerGroup({pid: self.make_learner_group(s) for pid, s in spec.items()}, trainable)
         return LearnerGroup(self.runtime, LearnerFactory(self.learner_class, module_spec=spec, config=c),
                             c.num_learners, num_gpus_per_learner=c.num_gpus_per_learner)
@@ -191,11 +193,21 @@ class Algorithm(abc.ABC):
         self.weights_version += int(new_version)
         self.env_runner_group.sync_weights(self.acting_weights(self.learner_group.get_weights()), self.weights_version)
 
+    def take_snapshots(self) -> bool:
+        """Multi-agent self-play: copy each ``policy_snapshots`` source into its frozen
+        copy; False when the config has none."""
+        copies = getattr(self.config, "policy_snapshots", None)
+        if copies:
+            self.learner_group.copy_weights(copies)
+        return bool(copies)
+
     # -- the public loop ---------------------------------------------------------------
     def train(self) -> dict[str, Any]:
         """Run one iteration; return a flat dict (the same keys as a progress.jsonl line)."""
         t0, steps0, busy0 = time.perf_counter(), self.env_steps, self.runner_busy_s
         metrics = self.training_step()
+        if (self.iteration + 1) % getattr(self.config, "snapshot_interval", 1) == 0 and self.take_snapshots():
+            self.sync_weights(new_version=False)
         interval = getattr(self.config, "evaluation_interval", 0)
         if interval and (self.iteration + 1) % interval == 0:
             metrics = {**metrics, **self.evaluate()}

@@ -181,13 +181,14 @@ class AlgorithmConfig:
         self.validate()
 
     def require_positive(self, *names: str) -> None:
+        """Each named field is > 0 (None, a field left to be derived, passes)."""
         for name in names:
-            if getattr(self, name) <= 0:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
 
     def require_non_negative(self, *names: str) -> None:
         for name in names:
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     @property
@@ -295,6 +296,12 @@ class ControlConfig(AlgorithmConfig):
     policies_to_train: list[str] | None = None
     """Multi-agent: the policies that learn (None: all); the others act with their weights
     as they are (a frozen opponent)."""
+    policy_snapshots: dict[str, str] | None = None
+    """Multi-agent self-play against past selves: ``{opponent: main}`` copies policy
+    ``main``'s weights into ``opponent`` as training starts and every ``snapshot_interval``
+    iterations; ``opponent`` never learns (it is left out of ``policies_to_train``)."""
+    snapshot_interval: int = 10
+    """Iterations between two ``policy_snapshots`` copies."""
     evaluation_policy_mapping: dict[str, str] | None = None
     """Multi-agent: patterns tried before ``policy_mapping`` in evaluation episodes
     (``{player_2: random}`` plays the trained policy against a uniformly random legal
@@ -313,7 +320,8 @@ class ControlConfig(AlgorithmConfig):
         super().validate()
         if not self.multi_agent and isinstance(self.env, str) and self.env.startswith("pettingzoo:"):
             raise ConfigError(f"{self.algo_name} does not train multi-agent envs yet ({self.env}); use ppo or impala")
-        self.require_positive("num_envs_per_runner", "rollout_fragment_length", "max_failed_episodes")
+        self.require_positive("num_envs_per_runner", "rollout_fragment_length", "max_failed_episodes",
+                              "snapshot_interval")
         self.require_non_negative("env_error_retries")
         if not 0.0 <= self.gamma <= 1.0:
             raise ConfigError(f"gamma must be in [0, 1], got {self.gamma}")

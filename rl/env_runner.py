@@ -18,7 +18,7 @@ import tree
 
 from rlfleet.envs import ContractCheckWrapper, RecreateOnError, make_env_creator, probe_env
 from rlfleet.envs.vector import AsyncVectorEnv, CheckedVectorEnv
-from rlfleet.rl.config import ConfigError, ControlConfig
+from rlfleet.rl.config import ConfigError, ControlConfig, closest
 from rlfleet.rl.connectors import MeanStdFilter
 from rlfleet.envs import EnvContractError
 from rlfleet.rl.core import ACTION_MASK, Fragment
@@ -255,7 +255,10 @@ class EnvRunnerFactory:
             if unknown:
                 raise ConfigError(f"policies_to_train names {unknown[0]!r}, which no agent maps to "
                                   f"(policies: {', '.join(sorted(self.module_spec))})")
+            self._check_snapshots()
             return
+        if c.policy_snapshots:
+            raise ConfigError(f"policy_snapshots is for multi-agent envs; {c.env!r} has one agent")
         if self.external:
             observation_space, action_space = external_spaces(c.env_config)
             env_name = EXTERNAL_ENV
@@ -300,6 +303,21 @@ class EnvRunnerFactory:
                                     shared_encoder=c.shared_encoder, env_name=c.env,
                                     encode_mask=c.encode_action_mask)
         return specs
+
+    def _check_snapshots(self) -> None:
+        c, specs = self.config, self.module_spec
+        for target, source in (c.policy_snapshots or {}).items():
+            for role, pid in (("copy", target), ("source", source)):
+                if pid not in specs:
+                    hint = closest(str(pid), list(specs)) or f" (policies: {', '.join(sorted(specs))})"
+                    raise ConfigError(f"policy_snapshots: {role} {pid!r} is no policy an agent maps to{hint}")
+            if target == source:
+                raise ConfigError(f"policy_snapshots: {target!r} cannot be a snapshot of itself")
+            if target in (c.policies_to_train or []):
+                raise ConfigError(f"policy_snapshots: {target!r} is in policies_to_train; a snapshot does not learn")
+            if (specs[target].observation_space, specs[target].action_space) != \
+                    (specs[source].observation_space, specs[source].action_space):
+                raise ConfigError(f"policy_snapshots: {target!r} and {source!r} act in different spaces")
 
     def __call__(self, index: int) -> EnvRunner:
         # Runners get disjoint seed ranges: env i of runner k is seeded seed + 1000 k + i.

@@ -38,6 +38,7 @@ class Policy:
         self.algo = state["algo"]
         self.env = str(state["config"].get("env"))
         self.env_config = dict(state["config"].get("env_config") or {})
+        self.policy_mapping = state["config"].get("policy_mapping")
         spec, weights, self.policy_id = _one_policy(state, source, policy_id)
         self.spec = spec_from_dict(spec)
         self.observation_space, self.action_space = self.spec.observation_space, self.spec.action_space
@@ -65,6 +66,20 @@ class Policy:
     @classmethod
     def from_bytes(cls, data: bytes, *, source: str, policy_id: str | None = None) -> "Policy":
         return cls(checkpoint_from_bytes(data, source=source), source=source, policy_id=policy_id)
+
+    @classmethod
+    def load_all(cls, path: str) -> dict[str | None, "Policy"]:
+        """Every policy of a checkpoint, by id: ``{None: policy}`` when it holds one (a
+        single-agent checkpoint, or a multi-agent one whose agents share one policy)."""
+        file = checkpoint_file(path)
+        if not os.path.exists(file):
+            raise CheckpointError(f"no checkpoint at {path!r} (expected {file})")
+        with open(file, "rb") as f:
+            state = checkpoint_from_bytes(f.read(), source=file)
+        ids = sorted((state.get("module_spec") or {}).get("policies", {}))
+        if len(ids) < 2:
+            return {None: cls(state, source=file)}
+        return {pid: cls(state, source=file, policy_id=pid) for pid in ids}
 
     def act(self, obs: Any, *, explore: bool = False, details: bool = False) -> dict[str, Any]:
         """Actions for a batch of observations (B, ...), in the env's form (Box actions

@@ -362,6 +362,11 @@ class MultiLearnerGroup:
     def get_weights(self) -> dict[str, Weights]:
         return {pid: g.get_weights() for pid, g in self.groups.items()}
 
+    def copy_weights(self, copies: dict[str, str]) -> None:
+        """``{target: source}``: each target policy takes its source's current weights."""
+        for target, source in copies.items():
+            self.groups[target].set_weights(self.groups[source].get_weights())
+
     def set_weights(self, weights: dict[str, Weights]) -> None:
         for pid, w in weights.items():
             self.groups[pid].set_weights(w)

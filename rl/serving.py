@@ -10,6 +10,9 @@ Request bodies:
 
     POST /act       {"obs": <one observation or a batch>, "explore": false, "details": false}
                     -> {"actions": ..., "weights_version": v, [details]}
+                    a multi-agent checkpoint served whole (no --policy-id) needs
+                    "policy_id": the policy that acts (``/metadata`` lists them and the
+                    agent -> policy mapping the run trained with)
     POST /complete  {"prompts": ["12+7=", ...]} or {"prompt": "12+7="}, "temperature": 0.0
                     -> {"completions": [...]} or {"completion": ...}, "weights_version": v
 """
@@ -97,28 +100,49 @@ class PolicyService(_FollowingService):
     USAGE = '{"obs": <observation or batch>, "explore": false, "details": false}'
 
     def __init__(self, checkpoint: str, *, max_batch_rows: int = 256, policy_id: str | None = None) -> None:
-        self.followed = _Followed(checkpoint, functools.partial(Policy.load, policy_id=policy_id))
+        # {None: the one policy served} or, for a multi-agent checkpoint served whole, {policy id: policy}
+        load = (Policy.load_all if policy_id is None
+                else lambda path: {None: Policy.load(path, policy_id=policy_id)})
+        self.followed = _Followed(checkpoint, load)
         self.max_batch_rows = max_batch_rows
+
+    def _policy(self, body: dict) -> tuple[str | None, Policy]:
+        policies, pid = self.followed.current, body.get("policy_id")
+        if None in policies:
+            served = policies[None].policy_id
+            if pid is not None and pid != served:
+                raise BadRequest(f"policy_id {pid!r}: this server serves "
+                                 + (f"policy {served!r} only" if served else "a single-agent policy"))
+            return None, policies[None]
+        ids = sorted(policies)
+        if pid is None:
+            raise BadRequest(f"this checkpoint is multi-agent: name the policy that acts, \"policy_id\": one of "
+                             f"{', '.join(ids)}")
+        if not isinstance(pid, str) or pid not in policies:
+            raise BadRequest(f"unknown policy_id {pid!r}{closest(str(pid), ids)} (policies: {', '.join(ids)})")
+        return pid, policies[pid]
 
     def parse(self, route: str, body: Any) -> tuple[Any, int]:
         if route != "/act":
             raise BadRequest(f"this server serves a control policy: POST /act {self.USAGE}")
-        _check_keys(body, ("obs", "explore", "details"), ("obs",), self.USAGE)
-        policy = self.followed.current
+        _check_keys(body, ("obs", "explore", "details", "policy_id"), ("obs",), self.USAGE)
+        pid, policy = self._policy(body)
         obs, single = parse_observations(body["obs"], policy.observation_space, policy.action_space,
                                          max_batch=self.max_batch_rows)
         rows = len(tree.flatten(obs)[0])
-        return (obs, single, _flag(body, "explore"), _flag(body, "details")), rows
+        return (obs, single, _flag(body, "explore"), _flag(body, "details"), pid, policy), rows
 
     def run(self, route: str, items: list[tuple[Any, int]]) -> list[dict[str, Any]]:
-        """One forward pass per kind of request (greedy/explore, with/without details)
-        for all the requests Serve batched together."""
-        policy = self.followed.current  # one set of weights for the whole batch
+        """One forward pass per policy and kind of request (greedy/explore, with/without
+        details) for all the requests Serve batched together."""
+        policies = self.followed.current  # one set of weights for the whole batch
         results: list[dict[str, Any] | None] = [None] * len(items)
-        kinds: dict[tuple[bool, bool], list[int]] = {}
-        for i, ((_, _, explore, details), _) in enumerate(items):
-            kinds.setdefault((explore, details), []).append(i)
-        for (explore, details), indices in kinds.items():
+        kinds: dict[tuple[str | None, bool, bool], list[int]] = {}
+        for i, ((_, _, explore, details, pid, _), _) in enumerate(items):
+            kinds.setdefault((pid, explore, details), []).append(i)
+        for (pid, explore, details), indices in kinds.items():
+            # a reload between parse and run that took the policy away: the one it was parsed for
+            policy = policies.get(pid) or items[indices[0]][0][5]
             parts = [items[i][0][0] for i in indices]
             obs = tree.map_structure(lambda *xs: np.concatenate(xs), *parts) if len(parts) > 1 else parts[0]
             out = policy.act(obs, explore=explore, details=details)
@@ -133,8 +157,16 @@ class PolicyService(_FollowingService):
         return results  # type: ignore[return-value]
 
     def metadata(self) -> dict[str, Any]:
-        return {**self.followed.current.metadata(), "route": "POST /act", "max_batch_rows": self.max_batch_rows}
-
+        policies = self.followed.current
+        route = {"route": "POST /act", "max_batch_rows": self.max_batch_rows}
+        if None in policies:
+            return {**policies[None].metadata(), **route}
+        per_policy = {pid: p.metadata() for pid, p in policies.items()}
+        first = next(iter(per_policy.values()))
+        own = ("observation_space", "action_space", "normalizes_observations", "policy_id")
+        return {**{k: v for k, v in first.items() if k not in own},
+                "policies": {pid: {k: m[k] for k in own[:3]} for pid, m in per_policy.items()},
+                "policy_mapping": next(iter(policies.values())).policy_mapping, **route}
 
 
 class CompletionService(_FollowingService):

@@ -129,6 +129,8 @@ def main(args: Any) -> None:
             leaf = obs.tolist()
         body = json.dumps({"obs": leaf}).encode()
         report[name] = {"bare": bare_forward(checkpoint, obs, args.seconds), "body_bytes": len(body)}
+        if name == "atari-cnn":
+            cnn_body = body
         print(f"{name}: bare forward {report[name]['bare']}", flush=True)
         for batching in (True, False):
             port = _port()
@@ -161,14 +163,24 @@ def main(args: Any) -> None:
     load = Load(port, json.dumps({"obs": [0.0, 0.0, 0.0, 0.0]}).encode(), "/")
     load.run(1, 1.0)
     report["minimal_serve"] = {1: load.run(1, args.seconds)}
+    # Serve's own ceiling with the CNN's request body: no batching can beat it, so
+    # batched / unbatched is at most this over the unbatched CNN figure.
+    load = Load(port, cnn_body, "/")
+    report["minimal_serve_cnn_body"] = {clients: load.run(clients, args.seconds) for clients in (1, 16, 64)}
     serve.shutdown()
     ray.shutdown()
     r = report["minimal_serve"][1]
     print(f"minimal Serve deployment, 1 client: {r['per_s']:.1f} requests/s, p50 {r['p50_ms']:.2f} ms, "
           f"p99 {r['p99_ms']:.2f} ms", flush=True)
+    for clients, m in report["minimal_serve_cnn_body"].items():
+        print(f"minimal Serve deployment, CNN-sized body, {clients:2d} clients: {m['per_s']:.1f} requests/s, "
+              f"p50 {m['p50_ms']:.2f} ms", flush=True)
     cnn = report["atari-cnn"]
+    ceiling = report["minimal_serve_cnn_body"][64]["per_s"]
     print(f"\nCNN at 64 clients: batched {cnn['batched'][64]['per_s']:.1f} vs unbatched "
-          f"{cnn['unbatched'][64]['per_s']:.1f} actions/s ({cnn['batched'][64]['per_s'] / cnn['unbatched'][64]['per_s']:.2f}x)")
+          f"{cnn['unbatched'][64]['per_s']:.1f} actions/s ({cnn['batched'][64]['per_s'] / cnn['unbatched'][64]['per_s']:.2f}x); "
+          f"a do-nothing Serve deployment answers {ceiling:.1f} requests/s there, so batching can give at most "
+          f"{ceiling / cnn['unbatched'][64]['per_s']:.2f}x on this machine")
     mlp = report["cartpole-mlp"]
     print(f"CartPole p50 at batch 1: ours {mlp['batched'][1]['p50_ms']:.2f} ms batched, "
           f"{mlp['unbatched'][1]['p50_ms']:.2f} ms unbatched; minimal Serve {r['p50_ms']:.2f} ms")

@@ -1,12 +1,13 @@
-"""GRPO's learner: group-relative advantages and reference log-probs per batch, then the
-clipped token-level loss with the KL term on every minibatch."""
+"""GRPO's learner: rewards shaped (overlong penalty, KL as a reward penalty), advantages
+within each group and reference log-probs once per batch, then the clipped loss of the
+configured variant (algorithms/grpo/config.py) on every minibatch."""
 
 from __future__ import annotations
 
 import torch
 
 from rlfleet.algorithms.grpo.config import GRPOConfig
-from rlfleet.algorithms.grpo.loss import group_advantages, grpo_loss
+from rlfleet.algorithms.grpo.loss import Denominators, group_advantages, grpo_loss, kl_reward_penalty, overlong_penalty
 from rlfleet.rl.learner import TensorBatch
 from rlfleet.rl.lm.learner import LMLearner
 
@@ -15,17 +16,29 @@ class GRPOLearner(LMLearner):
     config: GRPOConfig
 
     def prepare(self, data: TensorBatch) -> TensorBatch:
-        """Advantages within each group (N,), and the reference's log-probs (N, C)."""
-        out = {**data, "advantages": group_advantages(data["rewards"], self.config.group_size)}
+        """Advantages within each group (N,), and the reference's log-probs (N, C) when
+        the KL is a loss term."""
+        c, mask = self.config, data["completion_mask"]
+        s = c.loss_settings(mask.shape[1])
+        rewards = data["rewards"]
+        if s.overlong_buffer:
+            rewards = rewards + overlong_penalty(mask.sum(1), max_tokens=mask.shape[1], buffer=s.overlong_buffer,
+                                                 factor=s.overlong_penalty)
         ref = self.reference_logprobs(data)
-        if ref is not None:
+        if ref is not None and s.kl_mode == "reward":
+            rewards = rewards - c.kl_coef * kl_reward_penalty(data["logprobs"], ref, mask)
+        out = {**data, "advantages": group_advantages(rewards, c.group_size, normalize_std=s.advantage_std)}
+        if ref is not None and s.kl_mode == "loss":
             out["ref_logprobs"] = ref
         return out
 
     def compute_loss(self, batch: TensorBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        c = self.config
-        n_new = batch["completion_mask"].shape[1]
-        logp = self.module.token_logprobs(batch["sequences"], batch["attention_mask"])[:, -n_new:]  # (b, C)
-        return grpo_loss(logp, batch["logprobs"], batch.get("ref_logprobs"), batch["advantages"],
-                         batch["completion_mask"], clip_param=c.clip_param, kl_coef=c.kl_coef,
-                         token_count=self.mean_count(batch["completion_mask"].sum()))
+        c, mask = self.config, batch["completion_mask"]
+        s = c.loss_settings(mask.shape[1])
+        logp = self.module.token_logprobs(batch["sequences"], batch["attention_mask"])[:, -mask.shape[1]:]  # (b, C)
+        den = Denominators(tokens=self.mean_count(mask.sum()),
+                           sequences=self.mean_count(torch.tensor(float(mask.shape[0]), device=mask.device)),
+                           max_tokens=mask.shape[1])
+        return grpo_loss(logp, batch["logprobs"], batch.get("ref_logprobs"), batch["advantages"], mask,
+                         clip_param=s.clip_low, clip_param_high=s.clip_high, kl_coef=c.kl_coef,
+                         aggregation=s.aggregation, ratio_level=s.ratio_level, denominators=den)

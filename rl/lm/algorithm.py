@@ -23,21 +23,31 @@ class LMAlgorithm(Algorithm):
         self.text_env = resolve_text_env(config)
         self.tokens_generated = 0
 
-    def training_step(self) -> dict[str, float]:
-        t0 = time.perf_counter()
+    def collect_batch(self) -> tuple[dict[str, Any] | None, dict[str, float]]:
+        """One round of sampling: every runner's completions, one row each (None when no
+        fragment arrived), and metrics of the collection. GRPO's dynamic sampling
+        overrides it."""
         fragments = self.sample()
         if not fragments:
-            return {}
-        batch = concat_batches([f.batch for f in fragments], axis=0)  # one row per completion
-        tokens = int(batch["completion_mask"].sum())
-        self.tokens_generated += tokens
+            return None, {}
+        batch = concat_batches([f.batch for f in fragments], axis=0)
+        self.tokens_generated += int(batch["completion_mask"].sum())
+        return batch, {}
+
+    def training_step(self) -> dict[str, float]:
+        t0, generated = time.perf_counter(), self.tokens_generated
+        batch, collected = self.collect_batch()
+        if batch is None:
+            return collected
+        tokens = self.tokens_generated - generated  # every generated token, kept or not
         t_learn = time.perf_counter()
-        metrics = self.learner_group.update(batch, env_steps=self.env_steps).metrics
+        metrics = {**collected, **self.learner_group.update(batch, env_steps=self.env_steps).metrics}
         self.sync_weights()
+        trained = float(batch["completion_mask"].sum())
         metrics.update({
-            "response_length_mean": tokens / len(batch["rewards"]),
+            "response_length_mean": trained / len(batch["rewards"]),
             "tokens_per_s": tokens / max(t_learn - t0, 1e-9),  # generated
-            "train_tokens_per_s": tokens / max(time.perf_counter() - t_learn, 1e-9),
+            "train_tokens_per_s": trained / max(time.perf_counter() - t_learn, 1e-9),
             "tokens_total": self.tokens_generated,
         })
         return metrics

@@ -142,3 +142,51 @@ def test_a_reward_returning_nan_names_the_prompt(jsonl_task):
             algo.train()
     finally:
         algo.stop()
+
+
+def test_dynamic_sampling_drops_equal_groups_and_refills_with_whole_groups(monkeypatch):
+    """Two scripted rounds of 3 groups of 2: round 1 keeps group 1 only, round 2 groups 0
+    and 2; the batch is those 3 groups, whole and in order, and the counts are logged."""
+    from types import SimpleNamespace
+
+    from rlfleet.algorithms.grpo.algorithm import GRPO
+    from rlfleet.rl.lm.algorithm import LMAlgorithm
+
+    rounds = iter([np.array([1, 1, 0, 1, 0, 0], np.float32), np.array([0, 1, 1, 1, 1, 0], np.float32)])
+    calls = []
+
+    def one_round(self):
+        rewards = next(rounds)
+        calls.append(len(calls))
+        return {"rewards": rewards, "round": np.full(6, len(calls)), "row": np.arange(6)}, {}
+
+    monkeypatch.setattr(LMAlgorithm, "collect_batch", one_round)
+    algo = object.__new__(GRPO)
+    algo.config, algo.text_env = small(loss_variant="dapo", group_size=2), SimpleNamespace(max_new_tokens=8)
+    batch, metrics = algo.collect_batch()
+    assert list(zip(batch["round"], batch["row"])) == [(1, 2), (1, 3), (2, 0), (2, 1), (2, 4), (2, 5)]
+    assert metrics == {"dynamic_sampling/rounds": 2, "dynamic_sampling/groups_dropped": 3,
+                       "dynamic_sampling/groups_kept": 3}
+    # nothing informative within max_sampling_rounds: no batch, no update, the rounds counted
+    rounds = iter([np.ones(6, np.float32)] * 2)
+    algo.config = small(loss_variant="dapo", group_size=2, max_sampling_rounds=2)
+    batch, metrics = algo.collect_batch()
+    assert batch is None and metrics["dynamic_sampling/rounds"] == 2 and metrics["dynamic_sampling/groups_dropped"] == 6
+
+
+@pytest.mark.parametrize("variant, extra", [("dapo", {"kl_mode": "reward"}), ("gspo", {}), ("dr_grpo", {})])
+def test_each_loss_variant_trains_end_to_end(variant, extra):
+    algo = small(loss_variant=variant, **extra).build()
+    try:
+        before = {k: v.copy() for k, v in algo.learner_group.get_weights().items()}
+        result = algo.train()
+        after = algo.learner_group.get_weights()
+        assert any(not np.array_equal(before[k], after[k]) for k in before) or result.get(
+            "dynamic_sampling/groups_kept") == 0
+        assert np.isfinite(result["episode_return_mean"])
+        # the KL as a reward penalty is no loss term
+        assert ("kl_to_ref" in result) == (extra.get("kl_mode", "loss") == "loss" and "losses/policy_loss" in result)
+        if variant == "dapo":
+            assert result["env_steps"] == 16 * result["dynamic_sampling/rounds"]  # every round's completions count
+    finally:
+        algo.stop()

@@ -4,6 +4,8 @@ bootstrap value by hand, and GAE per agent against hand-computed advantages."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -264,6 +266,7 @@ def test_a_multi_agent_checkpoint_is_served_and_exported_by_policy_id(tmp_path):
     from rlfleet.rl.checkpoint import CheckpointError
     from rlfleet.rl.inference import Policy
     from rlfleet.rl.serving import PolicyService
+    from rlfleet.runtime.base import BadRequest
 
     algo = PPOConfig.from_dict({"env": SCRIPTED, "policy_mapping": {"a": "pa", "b": "pb"}, "num_envs_per_runner": 2,
                                 "rollout_fragment_length": 4, "minibatch_size": 8, "hidden_sizes": [8],
@@ -288,6 +291,26 @@ def test_a_multi_agent_checkpoint_is_served_and_exported_by_policy_id(tmp_path):
     service = PolicyService(str(tmp_path / "ckpt"), policy_id="pb")
     request, rows = service.parse("/act", {"obs": [[1.0], [3.0]]})
     assert service.run("/act", [(request, rows)])[0]["actions"] == expected
+    with pytest.raises(BadRequest, match="policy_id 'pa': this server serves policy 'pb' only"):
+        service.parse("/act", {"obs": [1.0], "policy_id": "pa"})
+
+    # served whole: each request names its policy; one batch holds requests of both
+    service = PolicyService(str(tmp_path / "ckpt"))
+    meta = service.metadata()
+    assert sorted(meta["policies"]) == ["pa", "pb"] and meta["policy_mapping"] == {"a": "pa", "b": "pb"}
+    assert meta["policies"]["pa"]["action_space"] == {"type": "discrete", "n": 2, "start": 0}
+    with pytest.raises(BadRequest, match="this checkpoint is multi-agent: name the policy that acts, "
+                                         "\"policy_id\": one of pa, pb"):
+        service.parse("/act", {"obs": [1.0]})
+    with pytest.raises(BadRequest, match=r"unknown policy_id 'pc'; did you mean 'pb'\? \(policies: pa, pb\)"):
+        service.parse("/act", {"obs": [1.0], "policy_id": "pc"})
+    expected_a = []
+    for x in (1.0, 3.0):
+        module.load_state_dict({k: torch.from_numpy(v) for k, v in weights["pa"].items()})
+        with torch.no_grad():
+            expected_a.append(module.forward_inference(torch.tensor([[x]]))[0].item())
+    items = [service.parse("/act", {"obs": [x], "policy_id": pid}) for pid in ("pa", "pb") for x in (1.0, 3.0)]
+    assert [r["actions"] for r in service.run("/act", items)] == expected_a + expected
     out = subprocess.run([sys.executable, "-m", "rlfleet.scripts.export", "--checkpoint", str(tmp_path / "ckpt"),
                           "--policy-id", "pa"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -332,3 +355,57 @@ def test_a_registered_multi_agent_env_trains_by_name():
         assert results[-1]["agents/b/episode_return_mean"] == 6.0 and set(algo.module_spec) == {"default"}
     finally:
         algo.stop()
+
+
+def test_a_snapshot_opponent_copies_the_learning_policy_every_interval_and_never_learns():
+    from rlfleet.algorithms.ppo import PPOConfig
+
+    algo = PPOConfig.from_dict({
+        "env": SCRIPTED, "policy_mapping": {"a": "main", "b": "past"}, "policy_snapshots": {"past": "main"},
+        "snapshot_interval": 3, "num_envs_per_runner": 2, "rollout_fragment_length": 2, "minibatch_size": 4,
+        "hidden_sizes": [8], "log_to_console": False}, source="test").build()
+
+    def weights():
+        return {pid: {k: v.copy() for k, v in w.items()} for pid, w in algo.learner_group.get_weights().items()}
+
+    def same(x, y):
+        return all(np.array_equal(x[k], y[k]) for k in x)
+
+    try:
+        assert algo.learner_group.trainable == ["main"]
+        start = weights()
+        assert same(start["past"], start["main"])  # the opponent starts as the policy's own first self
+        history = []
+        for _ in range(6):
+            result = algo.train()
+            history.append(weights())
+            assert not any(k.startswith("policies/past/") for k in result)
+        assert not same(history[0]["main"], start["main"]) and same(history[1]["past"], start["past"])
+        assert same(history[2]["past"], history[2]["main"])  # copied after iteration 3
+        assert same(history[4]["past"], history[2]["main"]) and not same(history[4]["past"], history[4]["main"])
+        assert same(history[5]["past"], history[5]["main"])
+        runner = algo.env_runner_group.group.actors[0]  # the acting copy got the snapshot too
+        acting = {k: v.numpy() for k, v in runner.modules["past"].state_dict().items()}
+        assert same(acting, history[5]["main"])
+    finally:
+        algo.stop()
+
+
+@pytest.mark.parametrize("snapshots, message", [
+    ({"past": "mian"}, "policy_snapshots: source 'mian' is no policy an agent maps to; did you mean 'main'?"),
+    ({"main": "main"}, "policy_snapshots: 'main' cannot be a snapshot of itself"),
+])
+def test_bad_policy_snapshots_are_one_error(snapshots, message):
+    from rlfleet.algorithms.ppo import PPOConfig
+    from rlfleet.rl.config import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        PPOConfig.from_dict({"env": SCRIPTED, "policy_mapping": {"a": "main", "b": "past"},
+                             "policy_snapshots": snapshots, "log_to_console": False}, source="test").build()
+    with pytest.raises(ConfigError, match="policy_snapshots: 'past' is in policies_to_train"):
+        PPOConfig.from_dict({"env": SCRIPTED, "policy_mapping": {"a": "main", "b": "past"},
+                             "policy_snapshots": {"past": "main"}, "policies_to_train": ["main", "past"],
+                             "log_to_console": False}, source="test").build()
+    with pytest.raises(ConfigError, match="policy_snapshots is for multi-agent envs; 'CartPole-v1' has one agent"):
+        PPOConfig.from_dict({"env": "CartPole-v1", "policy_snapshots": {"past": "main"}, "log_to_console": False},
+                            source="test").build()
