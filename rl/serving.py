@@ -19,7 +19,6 @@ Request bodies:
 
 from __future__ import annotations
 
-import functools
 
 import os
 import threading

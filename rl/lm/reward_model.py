@@ -5,7 +5,7 @@ sequence's last real token (the reward model of RLHF, Ouyang et al. 2022). It is
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
