@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
+import inspect
 import string
 from typing import Any, Callable, Mapping, Sequence
 
@@ -119,15 +120,22 @@ def registered_text_envs() -> list[str]:
     return sorted(_TEXT_ENVS)
 
 
-def make_text_env(name: str, config: Mapping[str, Any] | None = None) -> TextEnvSpec:
+def make_text_env(name: str, config: Mapping[str, Any] | None = None, *,
+                  tokenizer: Tokenizer | None = None) -> TextEnvSpec:
     """The spec registered as ``name``, built from ``config``; unknown names and config
-    keys are errors that name the closest valid one."""
+    keys are errors that name the closest valid one. ``tokenizer`` replaces the env's own
+    (character) tokenizer; it is handed to the creator as ``tokenizer=``."""
     creator = _TEXT_ENVS.get(name)
     if creator is None:
         close = difflib.get_close_matches(name, registered_text_envs(), n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise EnvNotFoundError(f"unknown text env {name!r}{hint} (registered: {', '.join(registered_text_envs())})")
-    return creator(dict(config or {}))
+    if tokenizer is None:
+        return creator(dict(config or {}))
+    if "tokenizer" not in inspect.signature(creator).parameters:
+        raise ValueError(f"text env {name!r} takes no tokenizer of another model: its creator has no "
+                         "tokenizer= parameter")
+    return creator(dict(config or {}), tokenizer=tokenizer)
 
 
 def _check_config_keys(env_name: str, config: Mapping[str, Any], valid: Sequence[str]) -> None:
@@ -138,27 +146,29 @@ def _check_config_keys(env_name: str, config: Mapping[str, Any], valid: Sequence
             raise ValueError(f"unknown config key {key!r} for text env {env_name!r}{hint} (valid: {', '.join(valid)})")
 
 
-def _make_text_addition(config: dict[str, Any]) -> TextEnvSpec:
+def _make_text_addition(config: dict[str, Any], tokenizer: Tokenizer | None = None) -> TextEnvSpec:
     """``text-addition``: config keys ``max_operand`` (20), ``max_new_tokens`` (4),
-    ``seed`` (0, the evaluation set) and ``warmup_error_rate`` (0.0)."""
+    ``seed`` (0, the evaluation set), ``warmup_error_rate`` (0.0) and ``tokenizer`` (a
+    local Hugging Face tokenizer directory; default: characters)."""
     _check_config_keys("text-addition", config, ("max_operand", "max_new_tokens", "seed", "warmup_error_rate"))
     task = TextAdditionTask(config.get("max_operand", 20), seed=config.get("seed", 0))
     warmup_error_rate = config.get("warmup_error_rate", 0.0)
     _check_error_rate(warmup_error_rate)  # now, not when the warm-up first runs
-    max_new_tokens = config.get("max_new_tokens", 4)
-    needed = len(str(task.max_answer)) + 1  # the longest answer, then eos
+    tokenizer = tokenizer or CharTokenizer()
+    operands = range(task.max_operand + 1)
+    # the longest answer in tokens, then eos; and the longest prompt as this tokenizer counts
+    needed = max(len(tokenizer.encode(str(a + b), add_bos=False)) for a in operands for b in operands) + 1
+    max_new_tokens = config.get("max_new_tokens", max(4, needed))
     if isinstance(max_new_tokens, int) and max_new_tokens < needed:
         raise ValueError(
             f"text-addition: max_new_tokens {max_new_tokens} < {needed}, the tokens needed to write "
-            f"the largest answer {task.max_answer} and eos (max_operand {task.max_operand})"
+            f"the largest answer and eos (max_operand {task.max_operand})"
         )
-    tokenizer = CharTokenizer()
-    longest = f"{task.max_operand}+{task.max_operand}="
     return TextEnvSpec(
         tokenizer=tokenizer,
         prompts=task,
         reward_fn=task.reward,
-        max_prompt_tokens=len(tokenizer.encode(longest)),
+        max_prompt_tokens=max(len(tokenizer.encode(f"{a}+{b}=")) for a in operands for b in operands),
         max_new_tokens=max_new_tokens,
         warmup_examples=functools.partial(task.supervised_examples, error_rate=warmup_error_rate),
     )
@@ -181,7 +191,7 @@ def _import_reward(spec: str) -> RewardFn:
     return fn
 
 
-def _make_text_jsonl(config: dict[str, Any]) -> TextEnvSpec:
+def _make_text_jsonl(config: dict[str, Any], tokenizer: Tokenizer | None = None) -> TextEnvSpec:
     """``text-jsonl``: prompts from a JSONL file, scored by a reward function named by
     import path. Config keys: ``path``, ``reward`` ("module:function" taking (Prompt, str)),
     ``max_new_tokens`` (16), ``max_prompt_tokens`` (the context left for prompts; default
@@ -193,7 +203,7 @@ def _make_text_jsonl(config: dict[str, Any]) -> TextEnvSpec:
             raise ValueError(f"text-jsonl needs config key {key!r}")
     prompts = JsonlPrompts(config["path"], text_key=config.get("text_key", "prompt"),
                            answer_key=config.get("answer_key", "answer"))
-    tokenizer = CharTokenizer()
+    tokenizer = tokenizer or CharTokenizer()
     longest = max(len(tokenizer.encode(p.text)) for p in prompts.prompts)
     max_prompt_tokens = config.get("max_prompt_tokens", longest)
     check_prompt_lengths(prompts.prompts, tokenizer, max_prompt_tokens)

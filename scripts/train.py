@@ -205,10 +205,17 @@ def run(args: argparse.Namespace) -> int:
         load_checkpoint(args.restore)  # a missing or corrupt checkpoint is refused before anything is written
     default = os.path.join("runs", f"{algo_name.lower()}_{env.replace('/', '-')}_{time.strftime('%Y%m%d-%H%M%S')}")
     logdir = args.logdir or (checkpoint_run_dir(args.restore) if args.restore else default)
-    logdir = prepare_logdir(logdir, restoring=bool(args.restore), default=not args.logdir and not args.restore)
+    default_name = not args.logdir and not args.restore
+    created = default_name or not os.path.exists(logdir)  # a default name is always a new directory
+    logdir = prepare_logdir(logdir, restoring=bool(args.restore), default=default_name)
     config = config.updated({"logdir": logdir}, source="--logdir")
 
-    algo = config.build()
+    try:
+        algo = config.build()
+    except Exception:
+        if created and os.path.isdir(logdir) and not os.listdir(logdir):
+            os.rmdir(logdir)  # a run that never started leaves no empty run directory behind
+        raise
     where = f"{experiment.path}" if experiment else "defaults"
     print(f"training {config.algo_name} on {env} ({where}); logs in {logdir}", flush=True)
     if no_stop:

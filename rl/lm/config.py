@@ -44,8 +44,11 @@ class LMConfig(AlgorithmConfig):
     """Clip the global gradient norm to this; None disables."""
     hf_model: str | None = None
     """A local Hugging Face causal-LM directory to post-train instead of the built-in GPT
-    (``pip install '.[hf]'``; nothing is downloaded). Pair it with a text env whose
-    tokenizer is that model's (``rlfleet.rl.lm.hf.HFTokenizer``)."""
+    (``pip install '.[hf]'``; nothing is downloaded). A named text env then speaks the
+    model's tokenizer (from the same directory, or ``hf_tokenizer``)."""
+    hf_tokenizer: str | None = None
+    """A local Hugging Face tokenizer directory for a named text env (default: the
+    ``hf_model`` directory; neither: the env's own character tokenizer)."""
     n_layer: int = 2
     """Transformer blocks of the policy."""
     n_head: int = 4

@@ -17,6 +17,7 @@ Batch columns, one row per completion, rows of a group consecutive:
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from typing import Any, Callable
@@ -123,15 +124,50 @@ class GeneratorRunner:
 def resolve_text_env(config: LMConfig) -> TextEnvSpec:
     """The config's text env, built; a bad env_config, prompt file or reward is bad input."""
     if isinstance(config.env, TextEnvSpec):
+        if config.hf_tokenizer:
+            raise ConfigError("hf_tokenizer is for a named text env; a TextEnvSpec brings its own tokenizer")
         return config.env
+    tokenizer_dir = config.hf_tokenizer or config.hf_model
     try:
-        return make_text_env(config.env, config.env_config)
+        tokenizer = _hf_tokenizer(tokenizer_dir) if tokenizer_dir else None
+        return make_text_env(config.env, config.env_config, tokenizer=tokenizer)
     except EnvNotFoundError:
         raise
     except ValueError as e:  # one line naming the env
         raise ConfigError(f"env {config.env!r}: {e}") from None
     except OSError as e:  # a prompt file that is missing or unreadable
         raise ConfigError(f"env {config.env!r}: cannot read {e.filename!r}: {e.strerror}") from None
+
+
+def _hf_tokenizer(path: str) -> Any:
+    """A local Hugging Face tokenizer directory (nothing is downloaded); bad input is a
+    ValueError naming the path."""
+    if not os.path.isdir(path):
+        raise ValueError(f"tokenizer {path!r} is not a local directory (save_pretrained output; nothing is downloaded)")
+    try:
+        from rlfleet.rl.lm.hf import HFTokenizer  # optional extra: imported only when asked for
+
+        return HFTokenizer.from_pretrained(path)
+    except ImportError as e:
+        raise ValueError(f"tokenizer {path!r} needs the hf extra (pip install 'rlfleet[hf]'): {e}") from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"tokenizer {path!r}: {str(e).splitlines()[0]}") from None
+
+
+def _check_hf_vocab(path: str, tokenizer: Any) -> None:
+    """The model's embedding table must hold every id the tokenizer can produce."""
+    if not os.path.isdir(path):
+        raise ConfigError(f"hf_model {path!r} is not a local directory (save_pretrained output; nothing is downloaded)")
+    from rlfleet.rl.lm.hf import _import_transformers
+
+    try:
+        model_config = _import_transformers().AutoConfig.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"hf_model {path!r}: {str(e).splitlines()[0]}") from None
+    vocab = getattr(model_config, "vocab_size", None)
+    if vocab is not None and tokenizer.vocab_size > vocab:
+        raise ConfigError(f"hf_model {path!r} has {vocab} embeddings but its tokenizer {tokenizer.vocab_size} ids: "
+                          "give the model's own tokenizer (hf_tokenizer)")
 
 
 class GeneratorRunnerFactory:
@@ -144,6 +180,7 @@ class GeneratorRunnerFactory:
         if c.hf_model:
             from rlfleet.rl.lm.hf import HFSpec  # optional extra: imported only when asked for
 
+            _check_hf_vocab(c.hf_model, text_env.tokenizer)
             spec: Any = HFSpec(path=c.hf_model)
         else:
             spec = GPTConfig(

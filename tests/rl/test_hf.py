@@ -344,3 +344,54 @@ def test_grpo_post_trains_a_local_hf_model_directory(tmp_path):
         assert result["env_steps"] == 8 and abs(result["kl_to_ref"]) < 1e-4  # first update: still the reference
     finally:
         algo.stop()
+
+
+@pytest.fixture
+def hf_dir(tmp_path):
+    """A tiny random GPT-2 and its character tokenizer, saved as one local directory."""
+    tok = char_tokenizer()
+    tok.save_pretrained(tmp_path / "model")
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=len(tok), n_positions=32, n_embd=16, n_layer=1,
+                                                         n_head=2, bos_token_id=1, eos_token_id=2)
+                                 ).save_pretrained(tmp_path / "model")
+    return tmp_path / "model"
+
+
+def test_a_named_text_env_speaks_the_hf_models_tokenizer(hf_dir):
+    from rlfleet.rl.lm.generator import resolve_text_env
+
+    spec = resolve_text_env(GRPOConfig(env="text-addition", hf_model=str(hf_dir)))
+    assert isinstance(spec.tokenizer, HFTokenizer) and spec.tokenizer.encode("12+3=") == [1, 4, 5, 13, 6, 14]
+    assert spec.max_prompt_tokens == len("<20+20=")  # bos and 5 characters, counted by this tokenizer
+    assert spec.max_new_tokens == 4  # "40" and eos fit the default
+
+
+def test_train_cli_post_trains_an_hf_model_directory(hf_dir, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "rlfleet.scripts.train", "--algo", "grpo", "--env", "text-addition",
+           "--set", f"hf_model={hf_dir}", "--set", "warmup_steps=5", "--set", "prompts_per_runner=2",
+           "--set", "group_size=4", "--set", "minibatch_size=8", "--stop-timesteps", "16",
+           "--logdir", str(tmp_path / "run"), "--quiet"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "progress.jsonl")]
+    assert rows[-1]["env_steps"] == 16 and "losses/policy_loss" in rows[-1]
+
+    # a directory that is not there, and a model too small for the tokenizer: exit 2, one line, no run dir
+    small_model = tmp_path / "small"
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=8, n_positions=32, n_embd=16, n_layer=1,
+                                                         n_head=2, bos_token_id=1, eos_token_id=2)
+                                 ).save_pretrained(small_model)
+    for flags, message in (
+        ([f"hf_model={tmp_path / 'nope'}"], f"tokenizer '{tmp_path / 'nope'}' is not a local directory"),
+        ([f"hf_model={small_model}", f"hf_tokenizer={hf_dir}"],
+         f"hf_model '{small_model}' has 8 embeddings but its tokenizer 18 ids"),
+    ):
+        cmd = [sys.executable, "-m", "rlfleet.scripts.train", "--algo", "grpo", "--env", "text-addition",
+               "--logdir", str(tmp_path / "bad"), "--quiet"] + [a for f in flags for a in ("--set", f)]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 2 and message in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
