@@ -105,6 +105,7 @@ class Algorithm(abc.ABC):
             sample_timeout_s=config.sample_timeout_s,
             max_consecutive_failures=config.max_consecutive_runner_failures,
             restart_timeout_s=config.restart_timeout_s,
+            weight_sync_timeout_s=config.weight_sync_timeout_s,
         )
         self.eval_runner: Runner | None = None
         self.logger = MetricsLogger(config.logdir, console=config.log_to_console)
@@ -235,6 +236,7 @@ class Algorithm(abc.ABC):
                 "policy_lag_mean": float(np.mean(lag)),
                 "policy_lag_max": int(np.max(lag)),
                 "weights_version": self.weights_version,
+                "weight_sync_s": self.env_runner_group.last_sync_s,
                 "num_env_runner_restarts": self.env_runner_group.num_restarts,
                 "num_env_runners_lost": self.env_runner_group.num_lost,
                 "num_env_errors": self.num_env_errors,
@@ -275,6 +277,7 @@ class Algorithm(abc.ABC):
                 "num_env_errors": self.num_env_errors,
                 "num_stale_episodes": self.num_stale_episodes,
                 "weights_version": self.weights_version,
+                "weight_sync_s": self.env_runner_group.last_sync_s,
                 "time_s": self.time_before_restore + time.perf_counter() - self.started,
                 "runner_env_steps": dict(self.runner_env_steps),
             },

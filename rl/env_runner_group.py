@@ -19,6 +19,10 @@ class RunnerFailureError(RuntimeError):
     """Env runners kept failing; the run stops (after a final checkpoint)."""
 
 
+class WeightSyncTimeoutError(RunnerFailureError):
+    """A runner did not take a weight broadcast within ``weight_sync_timeout_s``."""
+
+
 class EnvRunnerGroup:
     def __init__(
         self,
@@ -30,11 +34,14 @@ class EnvRunnerGroup:
         sample_timeout_s: float | None = None,
         max_consecutive_failures: int = 3,
         restart_timeout_s: float | None = None,
+        weight_sync_timeout_s: float | None = None,
     ) -> None:
         self.runtime = runtime
         self.group = runtime.create_group(factory, count, num_cpus=num_cpus_per_runner, name="EnvRunner")
         self.sample_timeout_s = sample_timeout_s
         self.restart_timeout_s = restart_timeout_s
+        self.weight_sync_timeout_s = weight_sync_timeout_s
+        self.last_sync_s = 0.0  # how long the last broadcast took to reach every runner
         self.max_consecutive_failures = max_consecutive_failures
         self.lost: set[int] = set()  # runners whose restart could not be placed: given up
         self.consecutive_failures = 0
@@ -150,9 +157,22 @@ class EnvRunnerGroup:
     def sync_weights(self, weights: dict[str, Any], version: int) -> None:
         """Put the weights into the object store once; every runner receives the same
         reference and reads the stored copy (never a copy pickled per runner)."""
+        started = time.perf_counter()
         self.weights = (self.runtime.put(weights), version)
-        # A runner that does not take them in time fails its next sample and is restarted.
-        self.group.call("set_weights", *self.weights, indices=self.active, timeout_s=self.sample_timeout_s)
+        deadline = self.weight_sync_timeout_s
+        if deadline is not None and any(self.runner_versions[i] == 0 for i in self.active):
+            # a runner's first weights wait for it to start (a process, imports, a model)
+            deadline = max(deadline, self.restart_timeout_s or 0.0)
+        results = self.group.call("set_weights", *self.weights, indices=self.active,
+                                  timeout_s=deadline if deadline is not None else self.sample_timeout_s)
+        self.last_sync_s = time.perf_counter() - started
+        late = [r.index for r in results if isinstance(r.error, TimeoutError)]
+        if deadline is not None and late:
+            raise WeightSyncTimeoutError(
+                f"weight sync: env runner {late[0]} did not take weights version {version} within "
+                f"weight_sync_timeout_s={deadline:g} s" + (f" ({len(late)} runners late)" if len(late) > 1 else ""))
+        # Without a deadline, a runner that does not take them in time fails its next
+        # sample and is restarted.
         self.runner_versions = [version] * self.group.size
 
     def set_connector_state(self, state: Any) -> None:

@@ -261,3 +261,34 @@ def remote_calls_of(group: Any) -> Iterator[list[tuple[int, tuple]]]:
         yield log
     finally:
         group.actors = real
+
+
+class StallingGeneratorFactory:
+    """A generator runner factory whose runners hang for 20 s when weights version 3
+    arrives (a stuck broadcast)."""
+
+    def __init__(self, config, **kw):
+        from rlfleet.rl.lm.generator import GeneratorRunnerFactory
+
+        self.inner = GeneratorRunnerFactory(config, **kw)
+        self.module_spec = self.inner.module_spec
+
+    def __call__(self, index):
+        import time
+
+        runner = self.inner(index)
+        take = runner.set_weights
+
+        def set_weights(weights, version):
+            if version >= 3:
+                time.sleep(20)
+            take(weights, version)
+
+        runner.set_weights = set_weights
+        return runner
+
+    def evaluation_runner(self, num_episodes):
+        return self.inner.evaluation_runner(num_episodes)
+
+    def make_connector(self):
+        return self.inner.make_connector()

@@ -63,6 +63,9 @@ class LMConfig(AlgorithmConfig):
     """Examples per supervised step."""
     evaluation_num_episodes: int = 200
     """Prompts answered greedily by ``evaluate()``."""
+    weight_sync_timeout_s: float | None = 120.0
+    """Every generator runner takes each new policy within this, or the run ends with
+    one line naming the runner (never a silent hang)."""
 
     def validate(self) -> None:
         super().validate()

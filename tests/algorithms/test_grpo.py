@@ -190,3 +190,32 @@ def test_each_loss_variant_trains_end_to_end(variant, extra):
             assert result["env_steps"] == 16 * result["dynamic_sampling/rounds"]  # every round's completions count
     finally:
         algo.stop()
+
+
+@pytest.fixture
+def shared_ray():
+    from tests.fleet_envs import start_shared_ray, stop_shared_ray
+
+    start_shared_ray()
+    yield
+    stop_shared_ray()
+
+
+def test_a_stalled_weight_sync_ends_the_run_naming_the_runner(shared_ray):
+    from rlfleet.algorithms.grpo.algorithm import GRPO
+    from rlfleet.rl.env_runner_group import RunnerFailureError, WeightSyncTimeoutError
+    from tests.fleet_envs import StallingGeneratorFactory as StallingFactory
+
+    class StallingGRPO(GRPO):
+        runner_factory_class = StallingFactory
+
+    algo = StallingGRPO(small(num_env_runners=1, weight_sync_timeout_s=2.0))
+    try:
+        result = algo.train()  # broadcasts version 2 in time, and says how long it took
+        assert 0.0 < result["weight_sync_s"] < 2.0
+        with pytest.raises(WeightSyncTimeoutError, match=re.escape(
+                "weight sync: env runner 0 did not take weights version 3 within weight_sync_timeout_s=2 s")):
+            algo.train()
+        assert issubclass(WeightSyncTimeoutError, RunnerFailureError)  # train.py: exit 3, one line
+    finally:
+        algo.stop()
