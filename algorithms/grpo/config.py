@@ -77,6 +77,11 @@ class GRPOConfig(LMConfig):
     the variant's (DAPO: a quarter of the budget)."""
     overlong_penalty: float = 1.0
     """The overlong penalty at the full token budget."""
+    tis_cap: float | None = None
+    """Truncated importance sampling for stale or mismatched samplers: the clipped ratio
+    is taken to the policy as it is when training on the batch starts (recomputed), and
+    each token's term is weighted by min(that policy / the sampler's, tis_cap). None: the
+    ratio is to the sampler's log-probs, uncorrected."""
 
     def validate(self) -> None:
         if self.loss_variant not in VARIANTS:
@@ -85,7 +90,7 @@ class GRPOConfig(LMConfig):
         super().validate()
         if self.group_size < 2:
             raise ConfigError(f"group_size must be >= 2 (advantages are relative within a group), got {self.group_size}")
-        self.require_positive("clip_param_high", "max_sampling_rounds")
+        self.require_positive("clip_param_high", "max_sampling_rounds", "tis_cap")
         self.require_non_negative("overlong_buffer", "overlong_penalty")
         for name, allowed in (("loss_aggregation", AGGREGATIONS), ("ratio_level", RATIO_LEVELS), ("kl_mode", KL_MODES)):
             value = getattr(self, name)

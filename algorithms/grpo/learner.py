@@ -7,7 +7,8 @@ from __future__ import annotations
 import torch
 
 from rlfleet.algorithms.grpo.config import GRPOConfig
-from rlfleet.algorithms.grpo.loss import Denominators, group_advantages, grpo_loss, kl_reward_penalty, overlong_penalty
+from rlfleet.algorithms.grpo.loss import (Denominators, group_advantages, grpo_loss, importance_metrics,
+                                         kl_reward_penalty, overlong_penalty)
 from rlfleet.rl.learner import TensorBatch
 from rlfleet.rl.lm.learner import LMLearner
 
@@ -30,6 +31,8 @@ class GRPOLearner(LMLearner):
         out = {**data, "advantages": group_advantages(rewards, c.group_size, normalize_std=s.advantage_std)}
         if ref is not None and s.kl_mode == "loss":
             out["ref_logprobs"] = ref
+        with torch.no_grad():  # the policy as training on this batch starts: importance metrics (and TIS)
+            out["start_logprobs"] = self.module.token_logprobs(data["sequences"], data["attention_mask"])[:, -mask.shape[1]:]
         return out
 
     def compute_loss(self, batch: TensorBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -39,6 +42,12 @@ class GRPOLearner(LMLearner):
         den = Denominators(tokens=self.mean_count(mask.sum()),
                            sequences=self.mean_count(torch.tensor(float(mask.shape[0]), device=mask.device)),
                            max_tokens=mask.shape[1])
-        return grpo_loss(logp, batch["logprobs"], batch.get("ref_logprobs"), batch["advantages"], mask,
-                         clip_param=s.clip_low, clip_param_high=s.clip_high, kl_coef=c.kl_coef,
-                         aggregation=s.aggregation, ratio_level=s.ratio_level, denominators=den)
+        sampler, start = batch["logprobs"], batch["start_logprobs"]
+        old, weights = sampler, None
+        if c.tis_cap is not None:  # decoupled: clip against the start policy, weight by start / sampler
+            old, weights = start, (start - sampler).exp().clamp(max=c.tis_cap)
+        loss, metrics = grpo_loss(logp, old, batch.get("ref_logprobs"), batch["advantages"], mask,
+                                  clip_param=s.clip_low, clip_param_high=s.clip_high, kl_coef=c.kl_coef,
+                                  aggregation=s.aggregation, ratio_level=s.ratio_level, denominators=den,
+                                  token_weights=weights)
+        return loss, {**metrics, **importance_metrics(start, sampler, mask, den)}

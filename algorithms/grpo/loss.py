@@ -99,6 +99,7 @@ def grpo_loss(
     ratio_level: str = "token",
     token_count: torch.Tensor | None = None,
     denominators: Denominators | None = None,
+    token_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """logp, old_logp, ref_logp, mask: (B, T); advantages: (B,), one per completion.
 
@@ -106,7 +107,9 @@ def grpo_loss(
     completion (``ratio_level``), aggregated as ``aggregation`` says (a sequence-level
     ratio is one term per completion: averaged over completions), plus ``kl_coef`` times
     the k3 KL to the reference as a loss term; ``ref_logp`` None skips it.
-    ``token_count`` (the older form) sets the token denominator alone.
+    ``token_count`` (the older form) sets the token denominator alone. ``token_weights``
+    (B, T), without gradient, multiply each token's surrogate (truncated importance
+    weights); with a sequence-level ratio, each completion's mean weight.
     """
     den = denominators or Denominators.local(mask)
     if token_count is not None:
@@ -117,6 +120,8 @@ def grpo_loss(
         ratio = (logp - old_logp).exp()  # (B, T)
         adv = advantages[:, None]  # (B, 1) broadcast over the completion's tokens
         surrogate = torch.min(ratio * adv, ratio.clamp(1 - low, 1 + high) * adv)
+        if token_weights is not None:
+            surrogate = surrogate * token_weights
         policy_loss = -aggregate(surrogate, mask, aggregation, den)
         with torch.no_grad():
             clipped = ((ratio < 1 - low) | (ratio > 1 + high)).float()
@@ -125,6 +130,8 @@ def grpo_loss(
         log_ratio = ((logp - old_logp) * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B,)
         ratio = log_ratio.exp()
         surrogate = torch.min(ratio * advantages, ratio.clamp(1 - low, 1 + high) * advantages)
+        if token_weights is not None:
+            surrogate = surrogate * (token_weights * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         policy_loss = -surrogate.sum() / den.sequences.clamp(min=1.0)
         with torch.no_grad():
             clipped = ((ratio < 1 - low) | (ratio > 1 + high)).float()
@@ -161,3 +168,15 @@ def informative_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     keeps only these: a group of equal rewards has zero advantages everywhere)."""
     groups = rewards.reshape(-1, group_size)
     return (groups.max(-1).values - groups.min(-1).values) > 0
+
+
+def importance_metrics(train_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor,
+                       den: Denominators) -> dict[str, torch.Tensor]:
+    """How far the sampler's policy is from the one training starts from, per completion
+    token: the mean ratio pi_train / pi_sampler and the share of tokens whose ratio lies
+    outside [0.8, 1.25] (stale weights, or a sampler that computes differently)."""
+    with torch.no_grad():
+        ratio = (train_logp - sampler_logp).exp()
+        outside = ((ratio < 0.8) | (ratio > 1.25)).float()
+        return {"importance/ratio_mean": aggregate(ratio, mask, "token_mean", den),
+                "importance/outside_0.8_1.25": aggregate(outside, mask, "token_mean", den)}

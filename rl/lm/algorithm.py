@@ -22,33 +22,50 @@ class LMAlgorithm(Algorithm):
         super().__init__(config)
         self.text_env = resolve_text_env(config)
         self.tokens_generated = 0
+        self.num_stale_completions = 0
 
     def collect_batch(self) -> tuple[dict[str, Any] | None, dict[str, float]]:
         """One round of sampling: every runner's completions, one row each (None when no
         fragment arrived), and metrics of the collection. GRPO's dynamic sampling
         overrides it."""
-        fragments = self.sample()
+        c = self.config
+        if c.async_rollouts:
+            arrived = self.env_runner_group.sample_async()
+            self.record(arrived)
+            fragments = []
+            for f in arrived:
+                self.tokens_generated += int(f.batch["completion_mask"].sum())
+                if self.weights_version - f.weights_version > c.max_staleness:
+                    self.num_stale_completions += len(f.batch["rewards"])
+                else:
+                    fragments.append(f)
+        else:
+            fragments = self.sample()
+            self.tokens_generated += sum(int(f.batch["completion_mask"].sum()) for f in fragments)
         if not fragments:
             return None, {}
-        batch = concat_batches([f.batch for f in fragments], axis=0)
-        self.tokens_generated += int(batch["completion_mask"].sum())
-        return batch, {}
+        return concat_batches([f.batch for f in fragments], axis=0), {}
 
     def training_step(self) -> dict[str, float]:
         t0, generated = time.perf_counter(), self.tokens_generated
         batch, collected = self.collect_batch()
         if batch is None:
-            return collected
+            return {**collected, "num_stale_completions": self.num_stale_completions}
         tokens = self.tokens_generated - generated  # every generated token, kept or not
         t_learn = time.perf_counter()
         metrics = {**collected, **self.learner_group.update(batch, env_steps=self.env_steps).metrics}
-        self.sync_weights()
+        if self.config.async_rollouts:  # runners pick them up with their next request
+            self.weights_version += 1
+            self.env_runner_group.publish_weights(self.learner_group.get_weights(), self.weights_version)
+        else:
+            self.sync_weights()
         trained = float(batch["completion_mask"].sum())
         metrics.update({
             "response_length_mean": trained / len(batch["rewards"]),
             "tokens_per_s": tokens / max(t_learn - t0, 1e-9),  # generated
             "train_tokens_per_s": trained / max(time.perf_counter() - t_learn, 1e-9),
             "tokens_total": self.tokens_generated,
+            "num_stale_completions": self.num_stale_completions,
         })
         return metrics
 

@@ -63,6 +63,13 @@ class LMConfig(AlgorithmConfig):
     """Examples per supervised step."""
     evaluation_num_episodes: int = 200
     """Prompts answered greedily by ``evaluate()``."""
+    async_rollouts: bool = False
+    """Generator runners keep generating while the learner trains: each runner is asked
+    for its next batch as soon as it returns one, with the newest published weights
+    (IMPALA's in-flight requests); the learner trains on what has arrived."""
+    max_staleness: int = 1
+    """Asynchronous rollouts: completions sampled with weights more than this many
+    versions behind the learner's are dropped (and counted in ``num_stale_completions``)."""
     weight_sync_timeout_s: float | None = 120.0
     """Every generator runner takes each new policy within this, or the run ends with
     one line naming the runner (never a silent hang)."""
@@ -71,7 +78,7 @@ class LMConfig(AlgorithmConfig):
         super().validate()
         self.require_positive("prompts_per_runner", "group_size", "num_epochs", "minibatch_size", "n_layer", "n_head",
                               "n_embd", "warmup_batch_size", "clip_param")
-        self.require_non_negative("kl_coef", "warmup_steps")
+        self.require_non_negative("kl_coef", "warmup_steps", "max_staleness")
         if self.n_embd % self.n_head:
             raise ConfigError(f"n_embd {self.n_embd} must divide by n_head {self.n_head}")
         n = max(1, self.num_learners)

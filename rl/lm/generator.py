@@ -88,6 +88,7 @@ class GeneratorRunner:
             "completion_mask": completion_mask,
             "logprobs": out["logprobs"].numpy().astype(np.float32),
             "rewards": rewards,
+            "weights_version": np.full(len(prompts), self.weights_version, np.int64),  # what sampled each row
         }
         return Fragment(batch, rewards.tolist(), lengths.tolist(), len(prompts), self.weights_version, self.index,
                         sample_time_s=time.perf_counter() - started)

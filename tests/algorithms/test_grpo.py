@@ -219,3 +219,42 @@ def test_a_stalled_weight_sync_ends_the_run_naming_the_runner(shared_ray):
         assert issubclass(WeightSyncTimeoutError, RunnerFailureError)  # train.py: exit 3, one line
     finally:
         algo.stop()
+
+
+def test_sync_rollouts_log_importance_ratios_of_one():
+    algo = small(kl_coef=0.0).build()
+    try:
+        result = algo.train()
+    finally:
+        algo.stop()
+    # one epoch, sampled by these very weights: the sampler's and the learner's policy agree
+    assert result["importance/ratio_mean"] == pytest.approx(1.0, abs=1e-3)
+    assert result["importance/outside_0.8_1.25"] == 0.0 and result["num_stale_completions"] == 0
+
+
+@pytest.mark.parametrize("max_staleness", [0, 1])
+def test_async_rollouts_never_train_on_completions_staler_than_k(shared_ray, max_staleness):
+    algo = small(num_env_runners=2, async_rollouts=True, max_staleness=max_staleness, tis_cap=2.0,
+                 kl_coef=0.0).build()
+    lags, trained = [], []
+    update = algo.learner_group.update
+
+    def spy(batch, **kw):
+        lags.extend((algo.weights_version - batch["weights_version"]).tolist())
+        trained.append(len(batch["rewards"]))
+        return update(batch, **kw)
+
+    algo.learner_group.update = spy
+    try:
+        results = [algo.train() for _ in range(8)]
+    finally:
+        algo.stop()
+    last = results[-1]
+    assert lags and max(lags) <= max_staleness
+    print(f"k={max_staleness}: lags {sorted(set(lags))}, stale {last['num_stale_completions']}, trained {sum(trained)}")
+    if max_staleness == 0:  # a runner asked again before the update samples with the old weights: dropped
+        assert last["num_stale_completions"] > 0
+    # every completion that arrived was trained on or dropped as stale, and counted
+    assert last["env_steps"] == sum(trained) + last["num_stale_completions"]
+    assert last["weights_version"] == 1 + len(trained)  # one new version per update, runners not waited for
+    assert all(np.isfinite(r["importance/ratio_mean"]) for r in results if "importance/ratio_mean" in r)

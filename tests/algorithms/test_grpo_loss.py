@@ -160,3 +160,27 @@ def test_a_named_variant_sets_its_knobs_and_an_explicit_knob_wins(variant, expec
 def test_bad_variant_settings_are_one_error(key, value, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         GRPOConfig.from_dict({key: value}, source="test")
+
+
+def test_truncated_importance_weights_scale_each_token_by_hand():
+    mask, old = torch.ones(1, 2), torch.zeros(1, 2)
+    logp = torch.zeros(1, 2)  # ratio 1 to the start policy
+    adv = torch.tensor([2.0])
+    # weights min(start / sampler, cap): 0.5 and a capped 3 -> 2; surrogate 2 each: -(0.5*2 + 2*2) / 2
+    weights = torch.tensor([[0.5, 3.0]]).clamp(max=2.0)
+    loss, _ = grpo_loss(logp, old, None, adv, mask, clip_param=0.2, kl_coef=0.0, token_weights=weights)
+    assert loss.item() == pytest.approx(-2.5)
+    seq, _ = grpo_loss(logp, old, None, adv, mask, clip_param=0.2, kl_coef=0.0, token_weights=weights,
+                       ratio_level="sequence")  # one completion: its mean weight 1.25 times 2
+    assert seq.item() == pytest.approx(-2.5)
+
+
+def test_importance_metrics_by_hand():
+    from rlfleet.algorithms.grpo.loss import Denominators, importance_metrics
+
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    sampler = torch.zeros(1, 4)
+    start = torch.tensor([[math.log(1.0), math.log(1.5), math.log(0.5), 9.0]])  # the padded token is out
+    m = importance_metrics(start, sampler, mask, Denominators.local(mask))
+    assert m["importance/ratio_mean"].item() == pytest.approx(1.0)  # (1 + 1.5 + 0.5) / 3
+    assert m["importance/outside_0.8_1.25"].item() == pytest.approx(2 / 3)
