@@ -315,3 +315,77 @@ def check_sample_count(n: int) -> None:
 def _shorten(text: str, limit: int = 80) -> str:
     """``repr`` of ``text``, cut to about ``limit`` characters for error messages."""
     return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} chars)"
+
+
+# --- multi-turn environments ----------------------------------------------------------------
+
+
+@runtime_checkable
+class MultiTurnEnv(Protocol):
+    """A conversation: the policy speaks, the env replies (a tool's result, a game's state,
+    a verifier's feedback), until the env ends it or the turn or token budget runs out.
+
+    ``reset(seed)`` starts an episode and returns its first prompt; the same seed gives the
+    same episode (a GRPO group is one episode played several times). ``step(completion)``
+    takes the policy's turn as decoded text (eos removed) and returns ``(reply, reward,
+    done)``: the reply is appended to the conversation (not trained on), rewards of all
+    turns add up to the episode's."""
+
+    def reset(self, seed: int) -> str: ...
+
+    def step(self, completion: str) -> tuple[str, float, bool]: ...
+
+
+Segments = list[tuple[str, bool]]
+"""A conversation after its prompt as ``(text, trained)`` pieces: the policy's turns
+(trained, each closed by eos) and the env's replies (not trained)."""
+
+
+@dataclass(frozen=True)
+class MultiTurnSpec:
+    """A multi-turn text env for the LM trainers; picklable, for remote runners."""
+
+    tokenizer: Tokenizer
+    make_env: Callable[[], MultiTurnEnv]
+    """A fresh env per episode (one per completion of a group)."""
+    max_prompt_tokens: int
+    """Longest first prompt in tokens, bos included."""
+    max_new_tokens: int
+    """Token budget of the conversation after the prompt: the policy's turns and the
+    replies together (the "completion" the trainers see, with only the policy's tokens
+    in its mask)."""
+    max_turns: int
+    """Policy turns per episode at most."""
+    max_turn_tokens: int
+    """Tokens per policy turn at most, eos included."""
+    warmup_examples: Callable[[int, np.random.Generator], list[tuple[str, Segments]]] | None = None
+    """``(n, rng) -> [(prompt, segments)]`` for a supervised warm-up on whole conversations."""
+
+    def __post_init__(self) -> None:
+        for key in ("max_prompt_tokens", "max_new_tokens", "max_turns", "max_turn_tokens"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
+
+
+def check_turn(env: MultiTurnEnv, result: Any, turn: int, completion: str) -> tuple[str, float, bool]:
+    """A step's ``(reply, reward, done)``, or a RewardError naming the env, the turn and
+    what was wrong (user code in a remote runner fails here, with its context)."""
+    name = type(env).__name__
+    where = f"turn {turn} (completion {_shorten(completion, 200)})"
+    if not (isinstance(result, tuple) and len(result) == 3):
+        raise RewardError(f"multi-turn env {name}.step returned {result!r}, not (reply, reward, done), on {where}")
+    reply, reward, done = result
+    if not isinstance(reply, str):
+        raise RewardError(f"multi-turn env {name}.step returned reply {reply!r}, not a string, on {where}")
+    if isinstance(reward, (str, bytes, bool)) or reward is None:
+        raise RewardError(f"multi-turn env {name}.step returned reward {reward!r}, not a number, on {where}")
+    try:
+        value = float(reward)
+    except (TypeError, ValueError):
+        raise RewardError(f"multi-turn env {name}.step returned reward {reward!r}, not a number, on {where}") from None
+    if not math.isfinite(value):
+        raise RewardError(f"multi-turn env {name}.step returned reward {value}, not a finite number, on {where}")
+    if not isinstance(done, (bool, np.bool_)):
+        raise RewardError(f"multi-turn env {name}.step returned done {done!r}, not a bool, on {where}")
+    return reply, value, bool(done)

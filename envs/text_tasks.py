@@ -3,6 +3,7 @@ a reward function by import path), and the registry ``make_text_env`` resolves n
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import importlib
@@ -16,9 +17,12 @@ from rlfleet.envs.registry import EnvNotFoundError
 from rlfleet.envs.text import (
     CharTokenizer,
     JsonlPrompts,
+    MultiTurnSpec,
     Prompt,
     RewardFn,
+    Segments,
     TextEnvSpec,
+    Tokenizer,
     check_prompt_lengths,
     check_sample_count,
 )
@@ -220,3 +224,113 @@ register_text_env("text-jsonl", _make_text_jsonl)
 def _check_error_rate(error_rate: float) -> None:
     if isinstance(error_rate, bool) or not isinstance(error_rate, (int, float)) or not 0.0 <= error_rate <= 1.0:
         raise ValueError(f"error_rate must be a number in [0, 1], got {error_rate!r}")
+
+
+# --- a multi-turn task with a tool -------------------------------------------------------------
+
+
+class Calculator:
+    """``text-calculator``, one episode: "a x b + c =" with a, b in [2, max_operand] and c in
+    [0, max_operand]. With the tool, a turn written as ``(expression)`` of numbers, ``x``
+    and ``+`` is a call: the reply is its value and ``;`` (``error;`` when it does not
+    parse). Any other turn is the final answer: reward 1 when it is the prompt's value,
+    else 0, and the episode ends. Without the tool the first turn is the answer."""
+
+    def __init__(self, max_operand: int = 99, tool: bool = True) -> None:
+        self.max_operand, self.tool = max_operand, tool
+
+    def reset(self, seed: int) -> str:
+        rng = np.random.default_rng(seed)
+        self.a, self.b = (int(x) for x in rng.integers(2, self.max_operand + 1, 2))
+        self.c = int(rng.integers(0, self.max_operand + 1))
+        return f"{self.a}x{self.b}+{self.c}="
+
+    @property
+    def answer(self) -> int:
+        return self.a * self.b + self.c
+
+    def step(self, completion: str) -> tuple[str, float, bool]:
+        text = completion.strip()
+        if self.tool and text.startswith("(") and text.endswith(")"):
+            value = _calculate(text[1:-1])
+            return ("error;" if value is None else f"{value};"), 0.0, False
+        return "", float(text == str(self.answer)), True
+
+    def demonstration(self) -> list[tuple[str, bool]]:
+        """The conversation that solves this episode (the supervised warm-up's)."""
+        if not self.tool:
+            return [(str(self.answer), True)]
+        product = self.a * self.b
+        return [(f"({self.a}x{self.b})", True), (f"{product};", False), (f"({product}+{self.c})", True),
+                (f"{self.answer};", False), (str(self.answer), True)]
+
+
+def _calculate(expression: str) -> int | None:
+    """The value of numbers joined by ``x`` (times, first) and ``+``; None when it does not parse."""
+    total = 0
+    for term in expression.split("+"):
+        factors = term.split("x")
+        if not all(f.isdigit() and len(f) <= 6 for f in factors):
+            return None
+        product = 1
+        for f in factors:
+            product *= int(f)
+        total += product
+    return total
+
+
+@dataclasses.dataclass(frozen=True)
+class _CalculatorFactory:
+    """Picklable ``() -> Calculator`` (the spec travels to remote runners)."""
+
+    max_operand: int
+    tool: bool
+
+    def __call__(self) -> Calculator:
+        return Calculator(self.max_operand, self.tool)
+
+
+def _calculator_warmup(n: int, rng: np.random.Generator, *, max_operand: int, tool: bool,
+                       error_rate: float) -> list[tuple[str, Segments]]:
+    """``n`` solved episodes; a share ``error_rate`` of them end in an answer off by 1-3."""
+    _check_error_rate(error_rate)
+    wrong = set(rng.choice(n, size=int(round(error_rate * n)), replace=False).tolist())
+    examples = []
+    for i in range(n):
+        env = Calculator(max_operand, tool)
+        prompt = env.reset(int(rng.integers(0, 2**31 - 1)))
+        segments = env.demonstration()
+        if i in wrong:
+            off = env.answer + int(rng.choice([-3, -2, -1, 1, 2, 3]))
+            segments = segments[:-1] + [(str(max(off, 0)), True)]
+        examples.append((prompt, segments))
+    return examples
+
+
+def _make_text_calculator(config: dict[str, Any], tokenizer: Tokenizer | None = None) -> MultiTurnSpec:
+    """``text-calculator``: config keys ``tool`` (true), ``max_operand`` (99),
+    ``max_turns`` (4), ``warmup_error_rate`` (0.0), ``tokenizer``."""
+    _check_config_keys("text-calculator", config, ("tool", "max_operand", "max_turns", "warmup_error_rate"))
+    tool, max_operand = config.get("tool", True), config.get("max_operand", 99)
+    if not isinstance(tool, bool):
+        raise ValueError(f"text-calculator: tool must be true or false, got {tool!r}")
+    if isinstance(max_operand, bool) or not isinstance(max_operand, int) or not 2 <= max_operand <= 9999:
+        raise ValueError(f"text-calculator: max_operand must be an integer in [2, 9999], got {max_operand!r}")
+    error_rate = config.get("warmup_error_rate", 0.0)
+    _check_error_rate(error_rate)
+    tokenizer = tokenizer or CharTokenizer()
+    largest = Calculator(max_operand, tool)
+    largest.a = largest.b = largest.c = max_operand
+    conversation = sum(len(tokenizer.encode(text, add_bos=False)) + int(trained)
+                       for text, trained in largest.demonstration())
+    return MultiTurnSpec(
+        tokenizer=tokenizer, make_env=_CalculatorFactory(max_operand, tool),
+        max_prompt_tokens=len(tokenizer.encode(f"{max_operand}x{max_operand}+{max_operand}=")),
+        max_new_tokens=conversation + 8, max_turns=config.get("max_turns", 4),
+        max_turn_tokens=len(tokenizer.encode(f"({max_operand * max_operand}+{max_operand})", add_bos=False)) + 2,
+        warmup_examples=functools.partial(_calculator_warmup, max_operand=max_operand, tool=tool,
+                                          error_rate=error_rate),
+    )
+
+
+register_text_env("text-calculator", _make_text_calculator)

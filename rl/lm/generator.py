@@ -26,11 +26,12 @@ import numpy as np
 import torch
 
 from rlfleet.envs import EnvNotFoundError
-from rlfleet.envs.text import TextEnvSpec, score
+from rlfleet.envs.text import MultiTurnSpec, TextEnvSpec, score
 from rlfleet.envs.text_tasks import make_text_env
 from rlfleet.rl.config import ConfigError
 from rlfleet.rl.core import Fragment
 from rlfleet.rl.lm.config import LMConfig
+from rlfleet.rl.lm.conversation import play
 from rlfleet.rl.lm.gpt import GPTConfig
 
 
@@ -49,7 +50,7 @@ class GeneratorRunner:
         index: int = 0,
     ) -> None:
         self.index = index
-        self.spec = text_env if isinstance(text_env, TextEnvSpec) else make_text_env(text_env, env_config)
+        self.spec = text_env if isinstance(text_env, (TextEnvSpec, MultiTurnSpec)) else make_text_env(text_env, env_config)
         self.model = lm_spec.build().eval()
         self.prompts_per_sample, self.group_size = prompts_per_sample, group_size
         self.temperature, self.top_k = temperature, top_k
@@ -75,6 +76,8 @@ class GeneratorRunner:
         return out, completions
 
     def sample(self) -> Fragment:
+        if isinstance(self.spec, MultiTurnSpec):
+            return self._sample_conversations()
         started = time.perf_counter()
         prompts = [p for p in self.spec.prompts.sample(self.prompts_per_sample, self.rng) for _ in range(self.group_size)]
         out, completions = self._generate(prompts, temperature=self.temperature)
@@ -93,6 +96,18 @@ class GeneratorRunner:
         return Fragment(batch, rewards.tolist(), lengths.tolist(), len(prompts), self.weights_version, self.index,
                         sample_time_s=time.perf_counter() - started)
 
+    def _sample_conversations(self) -> Fragment:
+        """Multi-turn episodes (rl/lm/conversation.py), a group per drawn episode seed."""
+        started = time.perf_counter()
+        seeds = [int(s) for s in self.rng.integers(0, 2**31 - 1, self.prompts_per_sample) for _ in range(self.group_size)]
+        out = play(self.model, self.spec, seeds, temperature=self.temperature, top_k=self.top_k,
+                   generator=self.generator)
+        batch = {key: out[key] for key in ("sequences", "attention_mask", "completion_mask", "logprobs", "rewards")}
+        batch["weights_version"] = np.full(len(seeds), self.weights_version, np.int64)
+        lengths = out["completion_mask"].sum(1).astype(int)  # the policy's tokens
+        return Fragment(batch, out["rewards"].tolist(), lengths.tolist(), len(seeds), self.weights_version, self.index,
+                        sample_time_s=time.perf_counter() - started)
+
     def _pad_prompts(self, out: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """Left-pad every row's prompt region to max_prompt_tokens, so fragments from
         different runners (different longest prompts) line up; positions count real tokens
@@ -105,7 +120,13 @@ class GeneratorRunner:
         return seq.astype(np.int64), mask.astype(np.int64)
 
     def evaluate(self, num_prompts: int) -> dict[str, float]:
-        """Greedy completions of ``num_prompts`` prompts: mean reward."""
+        """Greedy completions of ``num_prompts`` prompts (multi-turn: episodes of a fixed
+        set of seeds): mean reward."""
+        if isinstance(self.spec, MultiTurnSpec):
+            out = play(self.model, self.spec, [10_000_000 + i for i in range(num_prompts)], temperature=0.0,
+                       top_k=None, generator=None)
+            return {"evaluation/episode_return_mean": float(out["rewards"].mean()),
+                    "evaluation/turns_mean": float(out["turns"].mean()), "evaluation/num_episodes": num_prompts}
         prompts = self.spec.prompts.sample(num_prompts, np.random.default_rng(12345))
         _, completions = self._generate(prompts, temperature=0.0)
         return {"evaluation/episode_return_mean": float(score(self.spec.reward_fn, prompts, completions).mean()),
@@ -124,7 +145,7 @@ class GeneratorRunner:
 
 def resolve_text_env(config: LMConfig) -> TextEnvSpec:
     """The config's text env, built; a bad env_config, prompt file or reward is bad input."""
-    if isinstance(config.env, TextEnvSpec):
+    if isinstance(config.env, (TextEnvSpec, MultiTurnSpec)):
         if config.hf_tokenizer:
             raise ConfigError("hf_tokenizer is for a named text env; a TextEnvSpec brings its own tokenizer")
         return config.env

@@ -18,20 +18,27 @@ from rlfleet.rl.lm.generator import resolve_text_env
 from rlfleet.rl.optim import Adam
 
 
-def supervised_sequences(pairs: list[tuple[str, str]], tokenizer: Any, length: int) -> tuple[np.ndarray, ...]:
+def supervised_sequences(pairs: list[tuple[str, Any]], tokenizer: Any, length: int) -> tuple[np.ndarray, ...]:
     """(prompt, answer) pairs -> right-padded token rows, their attention mask, and the
-    next-token loss mask (N, length-1) that covers the answer and its eos only."""
+    next-token loss mask (N, length-1) that covers the answer and its eos only. An answer
+    may be a conversation, ``[(text, trained), ...]`` (envs/text.py ``Segments``): the
+    trained pieces (the policy's turns, each closed by eos) are learned, the replies read."""
     n = len(pairs)
     seq = np.full((n, length), tokenizer.pad_id, np.int64)
     attn = np.zeros((n, length), np.int64)
     loss_mask = np.zeros((n, length - 1), np.float32)
     for i, (prompt, answer) in enumerate(pairs):
-        p = tokenizer.encode(prompt)
-        a = tokenizer.encode(answer, add_bos=False) + [tokenizer.eos_id]
-        row = (p + a)[:length]
+        row, learned = list(tokenizer.encode(prompt)), []
+        for text, trained in ([(answer, True)] if isinstance(answer, str) else answer):
+            ids = tokenizer.encode(text, add_bos=False) + ([tokenizer.eos_id] if trained else [])
+            learned += [trained] * len(ids)
+            row += ids
+        start = len(row) - len(learned)
+        row = row[:length]
         seq[i, : len(row)] = row
         attn[i, : len(row)] = 1
-        loss_mask[i, len(p) - 1 : len(row) - 1] = 1.0  # positions predicting the answer tokens
+        for t, trained in enumerate(learned[: len(row) - start]):  # position start+t-1 predicts token start+t
+            loss_mask[i, start + t - 1] = float(trained)
     return seq, attn, loss_mask
 
 

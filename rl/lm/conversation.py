@@ -1,0 +1,86 @@
+"""Multi-turn rollouts: episodes that are conversations (envs/text.py ``MultiTurnSpec``).
+
+A batch of episodes is played turn by turn: every live conversation so far (its prompt,
+the policy's earlier turns and the env's replies) is the context of one batched
+``generate`` call; each policy turn goes to its env, whose reply joins the conversation.
+The result has the single-turn layout of rl/lm/generator.py, with the whole conversation
+after the prompt as the "completion" region: the policy's tokens are in
+``completion_mask`` (trained, with their sampling log-probs), the replies are not (the
+model reads them, nothing is learned from them). So GRPO and LM-PPO train on it unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlfleet.envs.text import MultiTurnSpec, check_turn
+
+
+def play(model: Any, spec: MultiTurnSpec, seeds: list[int], *, temperature: float | None, top_k: int | None,
+         generator: torch.Generator | None) -> dict[str, Any]:
+    """One episode per seed (equal seeds: the same episode, a group). Returns the batch
+    columns ``sequences``, ``attention_mask``, ``completion_mask``, ``logprobs`` (the
+    rl/lm/generator.py layout, prompts left-padded to ``max_prompt_tokens``, conversations
+    right-padded to ``max_new_tokens``), ``rewards`` (sum over turns), ``turns`` and
+    ``transcripts`` (the conversation after the prompt, as text)."""
+    tok, C = spec.tokenizer, spec.max_new_tokens
+    envs = [spec.make_env() for _ in seeds]
+    prompts = [tok.encode(env.reset(int(seed))) for env, seed in zip(envs, seeds)]
+    n = len(seeds)
+    convo: list[list[int]] = [[] for _ in range(n)]
+    trained: list[list[bool]] = [[] for _ in range(n)]
+    logp: list[list[float]] = [[] for _ in range(n)]
+    rewards, turns = np.zeros(n, np.float32), np.zeros(n, np.int64)
+    transcripts = [""] * n
+    live = list(range(n))
+    for turn in range(spec.max_turns):
+        live = [i for i in live if len(convo[i]) < C]
+        if not live:
+            break
+        limit = getattr(model, "max_length", None) or spec.max_prompt_tokens + C
+        budget = min(spec.max_turn_tokens, limit - max(len(prompts[i]) + len(convo[i]) for i in live))
+        if budget < 1:
+            break
+        with torch.inference_mode():
+            out = model.generate([prompts[i] + convo[i] for i in live], max_new_tokens=budget, temperature=temperature,
+                                 top_k=top_k, eos_id=tok.eos_id, pad_id=tok.pad_id, generator=generator)
+        ended = []
+        for k, i in enumerate(live):
+            mask = out["completion_mask"][k].bool()
+            ids = out["sequences"][k, -budget:][mask].tolist()[: C - len(convo[i])]  # within the conversation budget
+            convo[i] += ids
+            trained[i] += [True] * len(ids)
+            logp[i] += out["logprobs"][k][mask].tolist()[: len(ids)]
+            turns[i] += 1
+            text = tok.decode(ids)
+            transcripts[i] += text + "\u2402"  # a visible turn end in transcripts
+            if len(convo[i]) >= C:  # the budget ran out inside the policy's turn: the env never hears it
+                ended.append(i)
+                continue
+            reply, reward, done = check_turn(envs[i], envs[i].step(text), turn + 1, text)
+            rewards[i] += reward
+            transcripts[i] += reply
+            if done:
+                ended.append(i)
+                continue
+            reply_ids = tok.encode(reply, add_bos=False)[: C - len(convo[i])]
+            convo[i] += reply_ids
+            trained[i] += [False] * len(reply_ids)
+            logp[i] += [0.0] * len(reply_ids)
+        live = [i for i in live if i not in ended]
+    P = spec.max_prompt_tokens
+    sequences = np.full((n, P + C), tok.pad_id, np.int64)
+    attention = np.zeros((n, P + C), np.int64)
+    completion_mask = np.zeros((n, C), np.float32)
+    logprobs = np.zeros((n, C), np.float32)
+    for i in range(n):
+        p, c = prompts[i], convo[i]
+        sequences[i, P - len(p):P], attention[i, P - len(p):P] = p, 1
+        sequences[i, P:P + len(c)], attention[i, P:P + len(c)] = c, 1
+        completion_mask[i, :len(c)] = trained[i]
+        logprobs[i, :len(c)] = logp[i]
+    return {"sequences": sequences, "attention_mask": attention, "completion_mask": completion_mask,
+            "logprobs": logprobs, "rewards": rewards, "turns": turns, "transcripts": transcripts}
