@@ -7,6 +7,8 @@ The result has the single-turn layout of rl/lm/generator.py, with the whole conv
 after the prompt as the "completion" region: the policy's tokens are in
 ``completion_mask`` (trained, with their sampling log-probs), the replies are not (the
 model reads them, nothing is learned from them). So GRPO and LM-PPO train on it unchanged.
+With an HF tokenizer that has a chat template, the prompt and every reply are rendered
+with it (the reply as a user message) and the trained tokens are the assistant's turns.
 """
 
 from __future__ import annotations
@@ -27,8 +29,12 @@ def play(model: Any, spec: MultiTurnSpec, seeds: list[int], *, temperature: floa
     right-padded to ``max_new_tokens``), ``rewards`` (sum over turns), ``turns`` and
     ``transcripts`` (the conversation after the prompt, as text)."""
     tok, C = spec.tokenizer, spec.max_new_tokens
+    chat = getattr(tok, "chat", None)  # an HF tokenizer's chat template (rl/lm/hf.py ChatTurns)
     envs = [spec.make_env() for _ in seeds]
-    prompts = [tok.encode(env.reset(int(seed))) for env, seed in zip(envs, seeds)]
+    if chat is None:
+        prompts = [tok.encode(env.reset(int(seed))) for env, seed in zip(envs, seeds)]
+    else:  # the template writes any bos itself
+        prompts = [tok.encode(chat.first(env.reset(int(seed))), add_bos=False) for env, seed in zip(envs, seeds)]
     n = len(seeds)
     convo: list[list[int]] = [[] for _ in range(n)]
     trained: list[list[bool]] = [[] for _ in range(n)]
@@ -66,7 +72,7 @@ def play(model: Any, spec: MultiTurnSpec, seeds: list[int], *, temperature: floa
             if done:
                 ended.append(i)
                 continue
-            reply_ids = tok.encode(reply, add_bos=False)[: C - len(convo[i])]
+            reply_ids = tok.encode(reply if chat is None else chat.after_turn(reply), add_bos=False)[: C - len(convo[i])]
             convo[i] += reply_ids
             trained[i] += [False] * len(reply_ids)
             logp[i] += [0.0] * len(reply_ids)

@@ -17,6 +17,7 @@ Batch columns, one row per completion, rows of a group consecutive:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import warnings
@@ -148,17 +149,30 @@ def resolve_text_env(config: LMConfig) -> TextEnvSpec:
     if isinstance(config.env, (TextEnvSpec, MultiTurnSpec)):
         if config.hf_tokenizer:
             raise ConfigError("hf_tokenizer is for a named text env; a TextEnvSpec brings its own tokenizer")
-        return config.env
+        return with_chat_budget(config.env)
     tokenizer_dir = config.hf_tokenizer or config.hf_model
     try:
         tokenizer = _hf_tokenizer(tokenizer_dir) if tokenizer_dir else None
-        return make_text_env(config.env, config.env_config, tokenizer=tokenizer)
+        return with_chat_budget(make_text_env(config.env, config.env_config, tokenizer=tokenizer))
     except EnvNotFoundError:
         raise
     except ValueError as e:  # one line naming the env
         raise ConfigError(f"env {config.env!r}: {e}") from None
     except OSError as e:  # a prompt file that is missing or unreadable
         raise ConfigError(f"env {config.env!r}: cannot read {e.filename!r}: {e.strerror}") from None
+
+
+def with_chat_budget(spec: Any) -> Any:
+    """A multi-turn env whose tokenizer has a chat template: its token budgets grown by
+    what the template adds (the wrapper around the prompt, and around each reply)."""
+    chat = getattr(spec.tokenizer, "chat", None)
+    if not isinstance(spec, MultiTurnSpec) or chat is None:
+        return spec
+    tok = spec.tokenizer
+    prompt = len(tok.encode(chat.first(""), add_bos=False)) - len(tok.encode("", add_bos=True))
+    reply = len(tok.encode(chat.after_turn(""), add_bos=False))
+    return dataclasses.replace(spec, max_prompt_tokens=spec.max_prompt_tokens + max(prompt, 0),
+                               max_new_tokens=spec.max_new_tokens + spec.max_turns * reply)
 
 
 def _hf_tokenizer(path: str) -> Any:
@@ -198,7 +212,8 @@ class GeneratorRunnerFactory:
 
     def __init__(self, config: LMConfig, *, adapt_spec: Callable[[Any], Any] = lambda spec: spec) -> None:
         c = self.config = config
-        text_env = resolve_text_env(config)
+        # resolved once here and sent whole to every runner: they speak the same tokenizer
+        text_env = self.text_env = resolve_text_env(config)
         if c.hf_model:
             from rlfleet.rl.lm.hf import HFSpec  # optional extra: imported only when asked for
 
@@ -215,7 +230,7 @@ class GeneratorRunnerFactory:
         c = self.config
         torch.set_num_threads(c.torch_threads)
         return GeneratorRunner(
-            text_env=c.env, env_config=c.env_config, lm_spec=self.module_spec, prompts_per_sample=c.prompts_per_runner,
+            text_env=self.text_env, env_config=c.env_config, lm_spec=self.module_spec, prompts_per_sample=c.prompts_per_runner,
             group_size=c.group_size, temperature=c.temperature, top_k=c.top_k, seed=c.seed + 1000 * index, index=index,
         )
 

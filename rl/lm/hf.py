@@ -251,6 +251,11 @@ class HFTokenizer:
             ids = [self.bos_id, *ids]
         return ids
 
+    @property
+    def chat(self) -> "ChatTurns | None":
+        """The tokenizer's chat template as turns of a conversation, or None without one."""
+        return ChatTurns(self.tokenizer) if getattr(self.tokenizer, "chat_template", None) else None
+
     def decode(self, ids: Iterable[int], *, stop_at_eos: bool = True) -> str:
         """The text of ``ids`` with special tokens (pad, bos, eos) left out; with
         ``stop_at_eos`` nothing after the first eos is read."""
@@ -258,3 +263,42 @@ class HFTokenizer:
         if stop_at_eos and self.eos_id in ids:
             ids = ids[: ids.index(self.eos_id)]
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+class ChatTurns:
+    """A chat template (``tokenizer.chat_template``) cut into the pieces a multi-turn
+    rollout appends (rl/lm/conversation.py): the text before the policy's first turn, and
+    the text between two policy turns that carries the env's reply (the template's end of
+    the assistant turn, the reply as a ``user`` message, the next generation prompt). The
+    policy's own tokens go between them as it sampled them, so the trained spans are
+    exactly the assistant's, and never re-tokenized.
+
+    The pieces come from rendering conversations with marker contents and cutting at the
+    markers: right for templates that render each message on its own (ChatML, Llama 3,
+    most others); a template that rewrites earlier messages when later ones come is not."""
+
+    ASSISTANT, REPLY = "\u2460", "\u2461"  # markers no template writes
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        render = lambda messages, gen: tokenizer.apply_chat_template(messages, tokenize=False,  # noqa: E731
+                                                                     add_generation_prompt=gen)
+        self.render = render
+        one = render([{"role": "user", "content": self.REPLY}, {"role": "assistant", "content": self.ASSISTANT},
+                      {"role": "user", "content": self.REPLY}], True)
+        if one.count(self.ASSISTANT) != 1 or one.count(self.REPLY) != 2:
+            raise ValueError("the chat template does not render each message's content once")
+        between = one[one.index(self.ASSISTANT) + 1:]
+        eos = tokenizer.eos_token or ""
+        if eos and between.startswith(eos):  # the policy's turn ends with eos itself
+            between = between[len(eos):]
+        self.between = between  # holds REPLY once
+
+    def first(self, prompt: str) -> str:
+        """The conversation up to the policy's first turn."""
+        return self.render([{"role": "user", "content": prompt}], True)
+
+    def after_turn(self, reply: str) -> str:
+        """What follows a policy turn (its eos included in the turn): the reply's message
+        and the next generation prompt."""
+        return self.between.replace(self.REPLY, reply)

@@ -18,18 +18,27 @@ from rlfleet.rl.lm.generator import resolve_text_env
 from rlfleet.rl.optim import Adam
 
 
-def supervised_sequences(pairs: list[tuple[str, Any]], tokenizer: Any, length: int) -> tuple[np.ndarray, ...]:
+def supervised_sequences(pairs: list[tuple[str, Any]], tokenizer: Any, length: int,
+                         chat: Any = None) -> tuple[np.ndarray, ...]:
     """(prompt, answer) pairs -> right-padded token rows, their attention mask, and the
     next-token loss mask (N, length-1) that covers the answer and its eos only. An answer
     may be a conversation, ``[(text, trained), ...]`` (envs/text.py ``Segments``): the
-    trained pieces (the policy's turns, each closed by eos) are learned, the replies read."""
+    trained pieces (the policy's turns, each closed by eos) are learned, the replies read.
+    ``chat`` (rl/lm/hf.py ChatTurns) renders a conversation's prompt and replies with the
+    tokenizer's chat template, as the rollouts do."""
     n = len(pairs)
     seq = np.full((n, length), tokenizer.pad_id, np.int64)
     attn = np.zeros((n, length), np.int64)
     loss_mask = np.zeros((n, length - 1), np.float32)
     for i, (prompt, answer) in enumerate(pairs):
-        row, learned = list(tokenizer.encode(prompt)), []
-        for text, trained in ([(answer, True)] if isinstance(answer, str) else answer):
+        conversation = not isinstance(answer, str)
+        if chat is not None and conversation:
+            row, learned = list(tokenizer.encode(chat.first(prompt), add_bos=False)), []
+        else:
+            row, learned = list(tokenizer.encode(prompt)), []
+        for text, trained in (answer if conversation else [(answer, True)]):
+            if chat is not None and conversation and not trained:
+                text = chat.after_turn(text)
             ids = tokenizer.encode(text, add_bos=False) + ([tokenizer.eos_id] if trained else [])
             learned += [trained] * len(ids)
             row += ids
@@ -68,7 +77,8 @@ class LMLearner(Learner):
         pairs = text_env.warmup_examples(4096, np.random.default_rng(c.seed))
         length = text_env.max_prompt_tokens + text_env.max_new_tokens
         t0 = time.perf_counter()
-        loss = self.warmup(*supervised_sequences(pairs, text_env.tokenizer, length), c.warmup_steps)
+        chat = getattr(text_env.tokenizer, "chat", None)
+        loss = self.warmup(*supervised_sequences(pairs, text_env.tokenizer, length, chat), c.warmup_steps)
         if c.log_to_console and self.rank == 0:
             print(f"warm-up: {c.warmup_steps} supervised steps, loss {loss:.3f}, {time.perf_counter() - t0:.1f} s", flush=True)
         if cache and self.rank == 0:  # atomically: a reader never sees half a file

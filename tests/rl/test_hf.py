@@ -395,3 +395,66 @@ def test_train_cli_post_trains_an_hf_model_directory(hf_dir, tmp_path):
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         assert out.returncode == 2 and message in out.stderr, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+
+
+CHAT = ("{% for m in messages %}{% if m['role'] == 'assistant' %}a={{ m['content'] }}{{ eos_token }}"
+        "{% else %}b={{ m['content'] }}{% endif %} {% endfor %}{% if add_generation_prompt %}a={% endif %}")
+
+
+class Replier:
+    """Replies "ab" to the policy's first turn, ends after its second (reward 1)."""
+
+    def reset(self, seed):
+        self.turn = 0
+        return f"{seed}+1="
+
+    def step(self, completion):
+        self.turn += 1
+        return ("ab", 0.0, False) if self.turn == 1 else ("", 1.0, True)
+
+
+def test_a_chat_template_renders_the_turns_and_only_assistant_tokens_train():
+    from rlfleet.envs.text import MultiTurnSpec
+    from rlfleet.rl.lm.conversation import play
+    from rlfleet.rl.lm.generator import with_chat_budget
+    from rlfleet.rl.lm.learner import supervised_sequences
+
+    raw = char_tokenizer()
+    raw.chat_template = CHAT
+    tok = HFTokenizer(raw)
+    chat = tok.chat
+    assert chat.first("12+1=") == "b=12+1= a=" and chat.after_turn("ab") == " b=ab a="
+    # the pieces put together are the template's own rendering of the conversation
+    whole = raw.apply_chat_template([{"role": "user", "content": "12+1="}, {"role": "assistant", "content": "3"},
+                                     {"role": "user", "content": "ab"}, {"role": "assistant", "content": "13"}],
+                                    tokenize=False)
+    assert chat.first("12+1=") + "3<eos>" + chat.after_turn("ab") + "13<eos> " == whole
+
+    spec = with_chat_budget(MultiTurnSpec(tokenizer=tok, make_env=Replier, max_prompt_tokens=6, max_new_tokens=12,
+                                          max_turns=2, max_turn_tokens=4))
+    assert (spec.max_prompt_tokens, spec.max_new_tokens) == (6 + 4, 12 + 2 * 6)  # "b=" " a=" ; " b=" " a="
+    torch.manual_seed(0)
+    lm = HFCausalLM(transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=18, n_positions=64, n_embd=16,
+                                                                         n_layer=1, n_head=2, bos_token_id=1,
+                                                                         eos_token_id=2))).eval()
+    out = play(lm, spec, [12, 12], temperature=1.0, top_k=None, generator=torch.Generator().manual_seed(0))
+    for i in range(2):
+        P = spec.max_prompt_tokens
+        real = out["attention_mask"][i].astype(bool)
+        prompt, convo = out["sequences"][i, :P][real[:P]].tolist(), out["sequences"][i, P:][real[P:]].tolist()
+        mask = out["completion_mask"][i][: len(convo)].astype(bool)
+        assert prompt == tok.encode("b=12+1= a=", add_bos=False)
+        first = convo[: int(np.argmin(mask))]  # the policy's first turn: up to the reply
+        reply = tok.encode(" b=ab a=", add_bos=False)
+        assert convo[len(first): len(first) + len(reply)] == reply and not mask[len(first): len(first) + len(reply)].any()
+        assert mask[len(first) + len(reply):].all() and mask[: len(first)].all()  # the second turn trains again
+    with torch.no_grad():  # the learner's recomputation agrees with the sampler on the assistant's tokens
+        lp = lm.token_logprobs(torch.from_numpy(out["sequences"]), torch.from_numpy(out["attention_mask"]))
+    np.testing.assert_allclose(lp[:, -spec.max_new_tokens:].numpy() * out["completion_mask"],
+                               out["logprobs"] * out["completion_mask"], atol=1e-5)
+    # the warm-up renders conversations the same way
+    seq, attn, loss = supervised_sequences([("12+1=", [("3", True), ("ab", False), ("13", True)])], tok, 40, chat)
+    text = raw.decode(seq[0][attn[0].astype(bool)].tolist())
+    assert text == "b=12+1= a=3<eos> b=ab a=13<eos>"
+    trained = raw.decode(seq[0][1:][loss[0].astype(bool)].tolist())
+    assert trained == "3<eos>13<eos>"
