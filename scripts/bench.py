@@ -4,6 +4,7 @@
     python scripts/bench.py fleet-scaling --repeats 3
     python scripts/bench.py startup --repeats 3
     python scripts/bench.py impala-vs-ppo --repeats 3
+    python scripts/bench.py lm-async --seeds 3
 
 ``fleet-scaling``: env steps/s of PPO sampling a simulator that burns 2 ms of CPU per
 step (``envs.testing.BusyEnv``), with 1 and with 2 Ray env runners; the update is kept
@@ -234,7 +235,15 @@ def main() -> None:
     external = sub.add_parser("external", help="get_action latency of external simulators with 1, 8, 64 clients")
     external.add_argument("--seconds", type=float, default=5.0)
     external.add_argument("--out", help="write the figures as JSON here")
+    lm = sub.add_parser("lm-async", help="GRPO text-addition: async vs sync rollouts with 2 generator runners")
+    lm.add_argument("--seeds", type=int, default=3)
+    lm.add_argument("--completions", type=int, default=20480, help="completions per run")
     args = p.parse_args()
+    if args.bench == "lm-async":
+        from rlfleet.scripts.bench_lm import main as lm_bench
+
+        lm_bench(args)
+        return
     if args.bench == "external":
         from rlfleet.scripts.bench_external import main as external_bench
 
