@@ -152,15 +152,19 @@ def _check_config_keys(env_name: str, config: Mapping[str, Any], valid: Sequence
 
 def _make_text_addition(config: dict[str, Any], tokenizer: Tokenizer | None = None) -> TextEnvSpec:
     """``text-addition``: config keys ``max_operand`` (20), ``max_new_tokens`` (4),
-    ``seed`` (0, the evaluation set), ``warmup_error_rate`` (0.0) and ``tokenizer`` (a
-    local Hugging Face tokenizer directory; default: characters)."""
+    ``seed`` (0, the evaluation set) and ``warmup_error_rate`` (0.0); ``tokenizer`` (an
+    LM config's ``hf_model``/``hf_tokenizer``) replaces the character tokenizer."""
     _check_config_keys("text-addition", config, ("max_operand", "max_new_tokens", "seed", "warmup_error_rate"))
     task = TextAdditionTask(config.get("max_operand", 20), seed=config.get("seed", 0))
     warmup_error_rate = config.get("warmup_error_rate", 0.0)
     _check_error_rate(warmup_error_rate)  # now, not when the warm-up first runs
     tokenizer = tokenizer or CharTokenizer()
-    operands = range(task.max_operand + 1)
     # the longest answer in tokens, then eos; and the longest prompt as this tokenizer counts
+    # (every operand when few, else the 100 largest and the one-digit ones: tokenizers that
+    # merge digits differ most there)
+    operands = list(range(task.max_operand + 1))
+    if len(operands) > 100:
+        operands = operands[:10] + operands[-100:]
     needed = max(len(tokenizer.encode(str(a + b), add_bos=False)) for a in operands for b in operands) + 1
     max_new_tokens = config.get("max_new_tokens", max(4, needed))
     if isinstance(max_new_tokens, int) and max_new_tokens < needed:
@@ -309,7 +313,7 @@ def _calculator_warmup(n: int, rng: np.random.Generator, *, max_operand: int, to
 
 def _make_text_calculator(config: dict[str, Any], tokenizer: Tokenizer | None = None) -> MultiTurnSpec:
     """``text-calculator``: config keys ``tool`` (true), ``max_operand`` (99),
-    ``max_turns`` (4), ``warmup_error_rate`` (0.0), ``tokenizer``."""
+    ``max_turns`` (4) and ``warmup_error_rate`` (0.0); ``tokenizer`` as for text-addition."""
     _check_config_keys("text-calculator", config, ("tool", "max_operand", "max_turns", "warmup_error_rate"))
     tool, max_operand = config.get("tool", True), config.get("max_operand", 99)
     if not isinstance(tool, bool):

@@ -206,9 +206,10 @@ class Algorithm(abc.ABC):
     def train(self) -> dict[str, Any]:
         """Run one iteration; return a flat dict (the same keys as a progress.jsonl line)."""
         t0, steps0, busy0 = time.perf_counter(), self.env_steps, self.runner_busy_s
+        if self.iteration and self.iteration % getattr(self.config, "snapshot_interval", 1) == 0:
+            # before the step: its own broadcast (or IMPALA's next publish) carries the copy
+            self.take_snapshots()
         metrics = self.training_step()
-        if (self.iteration + 1) % getattr(self.config, "snapshot_interval", 1) == 0 and self.take_snapshots():
-            self.sync_weights(new_version=False)
         interval = getattr(self.config, "evaluation_interval", 0)
         if interval and (self.iteration + 1) % interval == 0:
             metrics = {**metrics, **self.evaluate()}

@@ -128,9 +128,11 @@ class AlgorithmConfig:
     """A restarted runner not placed and answering within this (its node lost, the rest
     of the cluster full) is given up: the run goes on with fewer, and stops with none."""
     weight_sync_timeout_s: float | None = None
-    """A deadline for each weight broadcast: a runner that has not taken the new weights
-    by then ends the run with one line naming it. None: such a runner is restarted at
-    its next sample (``sample_timeout_s``)."""
+    """A deadline for each synchronous weight broadcast: a runner that has not taken the
+    new weights by then ends the run with one line naming it. None: such a runner is
+    restarted at its next sample (``sample_timeout_s``). Asynchronous runners (IMPALA,
+    ``async_rollouts``) take new weights with their next request, which
+    ``sample_timeout_s`` bounds."""
 
     # --- learning ---
     lr: float = 3e-4
@@ -303,8 +305,9 @@ class ControlConfig(AlgorithmConfig):
     as they are (a frozen opponent)."""
     policy_snapshots: dict[str, str] | None = None
     """Multi-agent self-play against past selves: ``{opponent: main}`` copies policy
-    ``main``'s weights into ``opponent`` as training starts and every ``snapshot_interval``
-    iterations; ``opponent`` never learns (it is left out of ``policies_to_train``)."""
+    ``main``'s weights into ``opponent`` as training starts and after every
+    ``snapshot_interval`` iterations (the runners get the copy with the next iteration's
+    broadcast); ``opponent`` never learns (it is left out of ``policies_to_train``)."""
     snapshot_interval: int = 10
     """Iterations between two ``policy_snapshots`` copies."""
     evaluation_policy_mapping: dict[str, str] | None = None

@@ -101,7 +101,9 @@ class EnvRunnerGroup:
     def publish_weights(self, weights: dict[str, Any], version: int) -> None:
         """Put new weights into the object store once; runners pick them up as they return,
         so no runner ever waits for a broadcast."""
+        started = time.perf_counter()
         self.weights = (self.runtime.put(weights), version)
+        self.last_sync_s = time.perf_counter() - started  # the put; runners read it as they return
 
     def _submit(self, index: int) -> None:
         if self.weights is not None and self.runner_versions[index] < self.weights[1]:
@@ -160,8 +162,8 @@ class EnvRunnerGroup:
         started = time.perf_counter()
         self.weights = (self.runtime.put(weights), version)
         deadline = self.weight_sync_timeout_s
-        if deadline is not None and any(self.runner_versions[i] == 0 for i in self.active):
-            # a runner's first weights wait for it to start (a process, imports, a model)
+        starting = deadline is not None and any(self.runner_versions[i] == 0 for i in self.active)
+        if starting:  # a runner's first weights wait for it to start (a process, imports, a model)
             deadline = max(deadline, self.restart_timeout_s or 0.0)
         results = self.group.call("set_weights", *self.weights, indices=self.active,
                                   timeout_s=deadline if deadline is not None else self.sample_timeout_s)
@@ -170,7 +172,9 @@ class EnvRunnerGroup:
         if deadline is not None and late:
             raise WeightSyncTimeoutError(
                 f"weight sync: env runner {late[0]} did not take weights version {version} within "
-                f"weight_sync_timeout_s={deadline:g} s" + (f" ({len(late)} runners late)" if len(late) > 1 else ""))
+                + (f"{deadline:g} s of starting (restart_timeout_s)" if starting
+                   else f"weight_sync_timeout_s={deadline:g} s")
+                + (f" ({len(late)} runners late)" if len(late) > 1 else ""))
         # Without a deadline, a runner that does not take them in time fails its next
         # sample and is restarted.
         self.runner_versions = [version] * self.group.size

@@ -89,7 +89,9 @@ class _FollowingService:
 
     def reload(self) -> dict[str, Any]:
         changed = self.followed.reload()
-        return {"reloaded": changed, "weights_version": self.followed.current.weights_version}
+        current = self.followed.current  # a policy service holds {policy id: policy}
+        loaded = next(iter(current.values())) if isinstance(current, dict) else current
+        return {"reloaded": changed, "weights_version": loaded.weights_version}
 
     def watch(self) -> None:
         self.followed.reload(only_if_changed=True)

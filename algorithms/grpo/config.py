@@ -97,6 +97,10 @@ class GRPOConfig(LMConfig):
             if value is not None and value not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}"
                                   f"{closest(str(value), allowed)}")
+        s = self.loss_settings(max_new_tokens=4)
+        if s.ratio_level == "sequence" and s.aggregation != "sequence_mean":
+            raise ConfigError(f"ratio_level sequence is one term per completion, averaged over completions: "
+                              f"loss_aggregation {s.aggregation!r} does not apply (use sequence_mean)")
 
     def loss_settings(self, max_new_tokens: int) -> LossSettings:
         """The knobs in force: each set one, else the variant's."""

@@ -22,13 +22,21 @@ class GRPOLearner(LMLearner):
         c, mask = self.config, data["completion_mask"]
         s = c.loss_settings(mask.shape[1])
         rewards = data["rewards"]
-        if s.overlong_buffer:
-            rewards = rewards + overlong_penalty(mask.sum(1), max_tokens=mask.shape[1], buffer=s.overlong_buffer,
+        if s.overlong_buffer:  # the length against the budget: the whole completion region (replies too)
+            length = data["attention_mask"][:, -mask.shape[1]:].sum(1)
+            rewards = rewards + overlong_penalty(length, max_tokens=mask.shape[1], buffer=s.overlong_buffer,
                                                  factor=s.overlong_penalty)
         ref = self.reference_logprobs(data)
         if ref is not None and s.kl_mode == "reward":
             rewards = rewards - c.kl_coef * kl_reward_penalty(data["logprobs"], ref, mask)
-        out = {**data, "advantages": group_advantages(rewards, c.group_size, normalize_std=s.advantage_std)}
+        advantages = group_advantages(rewards, c.group_size, normalize_std=False)
+        if s.advantage_std:
+            # divided by the spread of the task's rewards, not of the KL-shaped ones: a group whose
+            # completions all scored the same keeps its small KL differences small
+            spread = data["rewards"].reshape(-1, c.group_size).std(-1, unbiased=False)
+            scale = torch.where(spread > 0, spread + 1e-6, torch.ones_like(spread))
+            advantages = (advantages.reshape(-1, c.group_size) / scale[:, None]).reshape(-1)
+        out = {**data, "advantages": advantages}
         if ref is not None and s.kl_mode == "loss":
             out["ref_logprobs"] = ref
         with torch.no_grad():  # the policy as training on this batch starts: importance metrics (and TIS)

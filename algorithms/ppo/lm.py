@@ -19,6 +19,8 @@ from rlfleet.rl.learner import TensorBatch
 from rlfleet.rl.lm.algorithm import LMAlgorithm
 from rlfleet.rl.lm.causal_lm import next_token_entropy, next_token_logprobs
 from rlfleet.rl.lm.config import LMConfig
+from rlfleet.envs.text import MultiTurnSpec
+from rlfleet.rl.lm.generator import resolve_text_env
 from rlfleet.rl.lm.learner import LMLearner
 from rlfleet.rl.postprocessing import compute_gae
 
@@ -113,6 +115,12 @@ class LMPPO(LMAlgorithm):
     config: LMPPOConfig
     config_class = LMPPOConfig
     learner_class = LMPPOLearner
+
+    def __init__(self, config: LMPPOConfig) -> None:
+        if isinstance(resolve_text_env(config), MultiTurnSpec):
+            # its token rewards and GAE read the completion as one unbroken run of tokens
+            raise ConfigError(f"lm-ppo does not train multi-turn envs yet ({config.env}); use grpo")
+        super().__init__(config)
 
     def adapt_module_spec(self, spec: object) -> object:
         return dataclasses.replace(spec, value_head=True)

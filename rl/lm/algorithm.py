@@ -10,6 +10,7 @@ import torch
 
 from rlfleet.rl.algorithm import Algorithm
 from rlfleet.rl.batch import concat_batches
+from rlfleet.rl.checkpoint import load_checkpoint
 from rlfleet.rl.lm.config import LMConfig
 from rlfleet.rl.lm.generator import GeneratorRunnerFactory, resolve_text_env
 
@@ -68,6 +69,17 @@ class LMAlgorithm(Algorithm):
             "num_stale_completions": self.num_stale_completions,
         })
         return metrics
+
+    def get_state(self) -> dict[str, Any]:
+        state = super().get_state()
+        state["lm"] = {"tokens_generated": self.tokens_generated, "num_stale_completions": self.num_stale_completions}
+        return state
+
+    def restore(self, path: str) -> None:
+        super().restore(path)
+        counters = load_checkpoint(path).get("lm", {})
+        self.tokens_generated = counters.get("tokens_generated", 0)
+        self.num_stale_completions = counters.get("num_stale_completions", 0)
 
     @classmethod
     def from_checkpoint(cls, path: str, **overrides: Any) -> "LMAlgorithm":

@@ -72,7 +72,8 @@ class LMConfig(AlgorithmConfig):
     versions behind the learner's are dropped (and counted in ``num_stale_completions``)."""
     weight_sync_timeout_s: float | None = 120.0
     """Every generator runner takes each new policy within this, or the run ends with
-    one line naming the runner (never a silent hang)."""
+    one line naming the runner (never a silent hang); with ``async_rollouts`` runners
+    take it with their next request, bounded by ``sample_timeout_s``."""
 
     def validate(self) -> None:
         super().validate()

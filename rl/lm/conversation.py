@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rlfleet.envs.text import MultiTurnSpec, check_turn
+from rlfleet.envs.text import MultiTurnSpec, RewardError, check_turn
 
 
 def play(model: Any, spec: MultiTurnSpec, seeds: list[int], *, temperature: float | None, top_k: int | None,
@@ -31,10 +31,18 @@ def play(model: Any, spec: MultiTurnSpec, seeds: list[int], *, temperature: floa
     tok, C = spec.tokenizer, spec.max_new_tokens
     chat = getattr(tok, "chat", None)  # an HF tokenizer's chat template (rl/lm/hf.py ChatTurns)
     envs = [spec.make_env() for _ in seeds]
+    firsts = [_call(env, "reset", int(seed), turn=0) for env, seed in zip(envs, seeds)]
+    for env, first in zip(envs, firsts):
+        if not isinstance(first, str):
+            raise RewardError(f"multi-turn env {type(env).__name__}.reset returned {first!r}, not a prompt string")
     if chat is None:
-        prompts = [tok.encode(env.reset(int(seed))) for env, seed in zip(envs, seeds)]
+        prompts = [tok.encode(first) for first in firsts]
     else:  # the template writes any bos itself
-        prompts = [tok.encode(chat.first(env.reset(int(seed))), add_bos=False) for env, seed in zip(envs, seeds)]
+        prompts = [tok.encode(chat.first(first), add_bos=False) for first in firsts]
+    for first, ids in zip(firsts, prompts):
+        if len(ids) > spec.max_prompt_tokens:
+            raise RewardError(f"multi-turn env {type(envs[0]).__name__}: first prompt {first[:80]!r} is {len(ids)} "
+                              f"tokens, over max_prompt_tokens {spec.max_prompt_tokens}")
     n = len(seeds)
     convo: list[list[int]] = [[] for _ in range(n)]
     trained: list[list[bool]] = [[] for _ in range(n)]
@@ -66,7 +74,7 @@ def play(model: Any, spec: MultiTurnSpec, seeds: list[int], *, temperature: floa
             if len(convo[i]) >= C:  # the budget ran out inside the policy's turn: the env never hears it
                 ended.append(i)
                 continue
-            reply, reward, done = check_turn(envs[i], envs[i].step(text), turn + 1, text)
+            reply, reward, done = check_turn(envs[i], _call(envs[i], "step", text, turn=turn + 1), turn + 1, text)
             rewards[i] += reward
             transcripts[i] += reply
             if done:
@@ -90,3 +98,14 @@ def play(model: Any, spec: MultiTurnSpec, seeds: list[int], *, temperature: floa
         logprobs[i, :len(c)] = logp[i]
     return {"sequences": sequences, "attention_mask": attention, "completion_mask": completion_mask,
             "logprobs": logprobs, "rewards": rewards, "turns": turns, "transcripts": transcripts}
+
+
+def _call(env: Any, method: str, arg: Any, *, turn: int) -> Any:
+    """User code: an exception in it is one RewardError naming the env, the method, the
+    turn and the argument (a remote runner's failure says where it came from)."""
+    try:
+        return getattr(env, method)(arg)
+    except Exception as e:
+        shown = repr(arg) if len(repr(arg)) <= 200 else repr(arg)[:200] + "..."
+        raise RewardError(f"multi-turn env {type(env).__name__}.{method}({shown}) raised {type(e).__name__}: {e} "
+                          f"(turn {turn})") from e

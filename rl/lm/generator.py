@@ -165,8 +165,10 @@ def resolve_text_env(config: LMConfig) -> TextEnvSpec:
 def with_chat_budget(spec: Any) -> Any:
     """A multi-turn env whose tokenizer has a chat template: its token budgets grown by
     what the template adds (the wrapper around the prompt, and around each reply)."""
+    if not isinstance(spec, MultiTurnSpec):
+        return spec
     chat = getattr(spec.tokenizer, "chat", None)
-    if not isinstance(spec, MultiTurnSpec) or chat is None:
+    if chat is None:
         return spec
     tok = spec.tokenizer
     prompt = len(tok.encode(chat.first(""), add_bos=False)) - len(tok.encode("", add_bos=True))

@@ -284,8 +284,12 @@ class ChatTurns:
         render = lambda messages, gen: tokenizer.apply_chat_template(messages, tokenize=False,  # noqa: E731
                                                                      add_generation_prompt=gen)
         self.render = render
-        one = render([{"role": "user", "content": self.REPLY}, {"role": "assistant", "content": self.ASSISTANT},
-                      {"role": "user", "content": self.REPLY}], True)
+        try:
+            one = render([{"role": "user", "content": self.REPLY}, {"role": "assistant", "content": self.ASSISTANT},
+                          {"role": "user", "content": self.REPLY}], True)
+        except Exception as e:  # jinja's TemplateError and what the template itself raises
+            raise ValueError(f"the chat template cannot render a user/assistant/user conversation: "
+                             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
         if one.count(self.ASSISTANT) != 1 or one.count(self.REPLY) != 2:
             raise ValueError("the chat template does not render each message's content once")
         between = one[one.index(self.ASSISTANT) + 1:]

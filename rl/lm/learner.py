@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlfleet.envs.text import MultiTurnSpec
 from rlfleet.rl.learner import Learner, TensorBatch
 from rlfleet.rl.lm.config import LMConfig
 from rlfleet.rl.lm.generator import resolve_text_env
@@ -77,7 +78,7 @@ class LMLearner(Learner):
         pairs = text_env.warmup_examples(4096, np.random.default_rng(c.seed))
         length = text_env.max_prompt_tokens + text_env.max_new_tokens
         t0 = time.perf_counter()
-        chat = getattr(text_env.tokenizer, "chat", None)
+        chat = getattr(text_env.tokenizer, "chat", None) if isinstance(text_env, MultiTurnSpec) else None
         loss = self.warmup(*supervised_sequences(pairs, text_env.tokenizer, length, chat), c.warmup_steps)
         if c.log_to_console and self.rank == 0:
             print(f"warm-up: {c.warmup_steps} supervised steps, loss {loss:.3f}, {time.perf_counter() - t0:.1f} s", flush=True)

@@ -156,6 +156,8 @@ def test_a_named_variant_sets_its_knobs_and_an_explicit_knob_wins(variant, expec
     ("ratio_level", "seq", "ratio_level must be one of token, sequence, got 'seq'"),
     ("kl_mode", "penalty", "kl_mode must be one of loss, reward, got 'penalty'"),
     ("clip_param_high", -0.1, "clip_param_high must be > 0, got -0.1"),
+    ("ratio_level", "sequence", "ratio_level sequence is one term per completion, averaged over completions: "
+                                "loss_aggregation 'token_mean' does not apply (use sequence_mean)"),
 ])
 def test_bad_variant_settings_are_one_error(key, value, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

@@ -137,3 +137,23 @@ def test_text_calculator_config_errors_are_one_line():
         make_text_env("text-calculator", {"tools": False})
     with pytest.raises(ValueError, match="tool must be true or false, got 'no'"):
         make_text_env("text-calculator", {"tool": "no"})
+
+
+def test_lm_ppo_refuses_a_multi_turn_env_in_one_line():
+    from rlfleet.algorithms.ppo.lm import LMPPOConfig
+    from rlfleet.rl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="lm-ppo does not train multi-turn envs yet .*; use grpo"):
+        LMPPOConfig(env="text-calculator", warmup_steps=0, n_layer=1, n_head=2, n_embd=16).build()
+
+
+def test_an_exception_in_the_users_env_names_the_env_the_method_and_the_turn():
+    from rlfleet.envs.text import RewardError
+
+    class Raises(Echo):
+        def step(self, completion):
+            raise KeyError("no such tool")
+
+    s = spec(env=Raises)
+    with pytest.raises(RewardError, match=r"multi-turn env Raises.step\(.*\) raised KeyError: 'no such tool' \(turn 1\)"):
+        play(model(s), s, [0], temperature=1.0, top_k=None, generator=torch.Generator().manual_seed(0))

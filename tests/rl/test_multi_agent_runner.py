@@ -380,13 +380,15 @@ def test_a_snapshot_opponent_copies_the_learning_policy_every_interval_and_never
             result = algo.train()
             history.append(weights())
             assert not any(k.startswith("policies/past/") for k in result)
-        assert not same(history[0]["main"], start["main"]) and same(history[1]["past"], start["past"])
-        assert same(history[2]["past"], history[2]["main"])  # copied after iteration 3
-        assert same(history[4]["past"], history[2]["main"]) and not same(history[4]["past"], history[4]["main"])
-        assert same(history[5]["past"], history[5]["main"])
-        runner = algo.env_runner_group.group.actors[0]  # the acting copy got the snapshot too
+        assert not same(history[0]["main"], start["main"]) and same(history[2]["past"], start["past"])
+        # copied after iteration 3 (as iteration 4 starts), kept through iteration 6
+        assert all(same(history[k]["past"], history[2]["main"]) for k in (3, 4, 5))
+        assert not same(history[5]["main"], history[2]["main"])  # main learned on; its copy did not
+        runner = algo.env_runner_group.group.actors[0]  # the acting copy got the snapshot with the broadcast
         acting = {k: v.numpy() for k, v in runner.modules["past"].state_dict().items()}
-        assert same(acting, history[5]["main"])
+        assert same(acting, history[2]["main"])
+        algo.train()  # iteration 7 starts with the copy of iteration 6
+        assert same(weights()["past"], history[5]["main"])
     finally:
         algo.stop()
 
