@@ -166,11 +166,11 @@ def _make_text_addition(config: dict[str, Any], tokenizer: Tokenizer | None = No
     if len(operands) > 100:
         operands = operands[:10] + operands[-100:]
     needed = max(len(tokenizer.encode(str(a + b), add_bos=False)) for a in operands for b in operands) + 1
-    max_new_tokens = config.get("max_new_tokens", max(4, needed))
+    max_new_tokens = config.get("max_new_tokens", 4)
     if isinstance(max_new_tokens, int) and max_new_tokens < needed:
         raise ValueError(
             f"text-addition: max_new_tokens {max_new_tokens} < {needed}, the tokens needed to write "
-            f"the largest answer and eos (max_operand {task.max_operand})"
+            f"the largest answer {task.max_answer} and eos (max_operand {task.max_operand})"
         )
     return TextEnvSpec(
         tokenizer=tokenizer,

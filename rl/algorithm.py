@@ -106,6 +106,7 @@ class Algorithm(abc.ABC):
             max_consecutive_failures=config.max_consecutive_runner_failures,
             restart_timeout_s=config.restart_timeout_s,
             weight_sync_timeout_s=config.weight_sync_timeout_s,
+            requests_per_runner=config.requests_per_runner,
         )
         self.eval_runner: Runner | None = None
         self.logger = MetricsLogger(config.logdir, console=config.log_to_console)

@@ -127,6 +127,10 @@ class AlgorithmConfig:
     restart_timeout_s: float = 60.0
     """A restarted runner not placed and answering within this (its node lost, the rest
     of the cluster full) is given up: the run goes on with fewer, and stops with none."""
+    requests_per_runner: int = 1
+    """Asynchronous sampling (IMPALA, ``async_rollouts``): sample requests queued on each
+    runner. 2 keeps a runner sampling while the driver learns, at up to one more weights
+    version of lag."""
     weight_sync_timeout_s: float | None = None
     """A deadline for each synchronous weight broadcast: a runner that has not taken the
     new weights by then ends the run with one line naming it. None: such a runner is
@@ -205,7 +209,7 @@ class AlgorithmConfig:
 
     def validate(self) -> None:
         self.require_non_negative("evaluation_interval")
-        self.require_positive("weight_sync_timeout_s")
+        self.require_positive("weight_sync_timeout_s", "requests_per_runner")
         self.require_positive("evaluation_num_episodes", "metrics_smoothing_episodes", "torch_threads",
                               "sample_timeout_s", "max_consecutive_runner_failures", "num_cpus_per_runner",
                               "restart_timeout_s")

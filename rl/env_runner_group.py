@@ -35,12 +35,14 @@ class EnvRunnerGroup:
         max_consecutive_failures: int = 3,
         restart_timeout_s: float | None = None,
         weight_sync_timeout_s: float | None = None,
+        requests_per_runner: int = 1,
     ) -> None:
         self.runtime = runtime
         self.group = runtime.create_group(factory, count, num_cpus=num_cpus_per_runner, name="EnvRunner")
         self.sample_timeout_s = sample_timeout_s
         self.restart_timeout_s = restart_timeout_s
         self.weight_sync_timeout_s = weight_sync_timeout_s
+        self.requests_per_runner = requests_per_runner
         self.last_sync_s = 0.0  # how long the last broadcast took to reach every runner
         self.max_consecutive_failures = max_consecutive_failures
         self.lost: set[int] = set()  # runners whose restart could not be placed: given up
@@ -71,13 +73,16 @@ class EnvRunnerGroup:
         self._handle_failures([r for r in results if not r.ok])
         return [r.value for r in results if r.ok]
 
-    # -- asynchronous sampling: one request in flight per runner at all times ------------
+    # -- asynchronous sampling: requests in flight on every runner at all times ------------
     def sample_async(self) -> list[Fragment]:
         """The fragments that have arrived (waiting for at least one); every runner that
-        answered gets the newest published weights if it is behind, and a new request."""
+        answered gets the newest published weights if it is behind, and a new request.
+        Each runner holds ``requests_per_runner`` requests: with 2, it starts its next
+        fragment at once instead of waiting for the driver to finish learning."""
         if not self.in_flight:
             for i in self.active:
-                self._submit(i)
+                for _ in range(self.requests_per_runner):
+                    self._submit(i)
         done, pending = self.group.wait(list(self.in_flight), timeout_s=self.sample_timeout_s)
         fragments, failed = [], []
         for future, result in done:
@@ -92,10 +97,15 @@ class EnvRunnerGroup:
             if self.sample_timeout_s is not None and now - future.submitted_at > self.sample_timeout_s:
                 index = self.in_flight.pop(future)
                 failed.append(CallResult(index, error=TimeoutError(f"actor {index} did not answer within {self.sample_timeout_s} s")))
+        failed = list({r.index: r for r in failed}.values())  # one restart per runner
+        for r in failed:  # its other requests went to the actor being replaced
+            for future in [f for f, i in self.in_flight.items() if i == r.index]:
+                del self.in_flight[future]
         self._handle_failures(failed)
         for r in failed:
             if r.index not in self.lost:
-                self._submit(r.index)
+                for _ in range(self.requests_per_runner):
+                    self._submit(r.index)
         return fragments
 
     def publish_weights(self, weights: dict[str, Any], version: int) -> None:

@@ -238,6 +238,10 @@ def main() -> None:
     lm = sub.add_parser("lm-async", help="GRPO text-addition: async vs sync rollouts with 2 generator runners")
     lm.add_argument("--seeds", type=int, default=3)
     lm.add_argument("--completions", type=int, default=20480, help="completions per run")
+    lm.add_argument("--async-requests", type=int, default=2, help="async: requests_per_runner")
+    lm.add_argument("--async-staleness", type=int, default=2, help="async: max_staleness")
+    lm.add_argument("--async-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="more config for the async runs (e.g. tis_cap=2)")
     args = p.parse_args()
     if args.bench == "lm-async":
         from rlfleet.scripts.bench_lm import main as lm_bench

@@ -2,7 +2,8 @@
 
 GRPO on text-addition (its tuned example) with 2 generator runners on Ray, each run a
 fresh ``scripts/train.py`` process trained to the same number of completions, sync and
-async alternating per seed. Reported per mode: generated tokens/s between the first and
+async alternating per seed (async with ``--async-requests`` requests queued per runner
+and ``--async-staleness`` as max_staleness). Reported per mode: generated tokens/s between the first and
 the last iteration (so Ray's start and the warm-up are out), the final reward (the mean
 over the last 512 completions) with its standard error over seeds, and the machine's CPU
 use during the run (from /proc/stat: the share of all cores busy).
@@ -30,12 +31,13 @@ def _cpu_times() -> tuple[int, int]:
     return sum(fields) - idle, sum(fields)
 
 
-def run(mode: str, seed: int, completions: int) -> dict[str, Any]:
+def run(mode: str, seed: int, completions: int, requests: int = 1, staleness: int = 1,
+        extra: tuple[str, ...] = ()) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as logdir:
         cmd = [sys.executable, os.path.join(ROOT, "scripts", "train.py"), "--config", EXAMPLE, "--seed", str(seed),
                "--num-env-runners", "2", "--set", f"async_rollouts={'true' if mode == 'async' else 'false'}",
-               "--set", "max_staleness=1", "--stop-timesteps", str(completions), "--logdir", os.path.join(logdir, "run"),
-               "--quiet"]
+               "--set", f"max_staleness={staleness}", "--set", f"requests_per_runner={requests}", "--stop-timesteps", str(completions), "--logdir", os.path.join(logdir, "run"),
+               "--quiet"] + [a for pair in extra for a in ("--set", pair)]
         busy0, total0 = _cpu_times()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         busy1, total1 = _cpu_times()
@@ -56,7 +58,9 @@ def main(args: Any) -> None:
     results: dict[str, list[dict[str, Any]]] = {"sync": [], "async": []}
     for seed in range(args.seeds):
         for mode in (("sync", "async") if seed % 2 == 0 else ("async", "sync")):
-            r = run(mode, seed, args.completions)
+            r = (run(mode, seed, args.completions, args.async_requests, args.async_staleness, tuple(args.async_set))
+                 if mode == "async"
+                 else run(mode, seed, args.completions))
             results[mode].append(r)
             print(f"seed {seed} {mode:5s}: {r['tokens_per_s']:8.1f} tokens/s, reward {r['reward']:.3f}, "
                   f"{r['completions']} completions ({r['stale']} stale dropped) in {r['seconds']:.1f} s, "

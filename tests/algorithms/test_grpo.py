@@ -232,10 +232,12 @@ def test_sync_rollouts_log_importance_ratios_of_one():
     assert result["importance/outside_0.8_1.25"] == 0.0 and result["num_stale_completions"] == 0
 
 
-@pytest.mark.parametrize("max_staleness", [0, 1])
-def test_async_rollouts_never_train_on_completions_staler_than_k(shared_ray, max_staleness):
+@pytest.mark.parametrize("max_staleness, requests", [(0, 1), (1, 1), (2, 2)])
+def test_async_rollouts_never_train_on_completions_staler_than_k(shared_ray, max_staleness, requests):
+    import collections
+
     algo = small(num_env_runners=2, async_rollouts=True, max_staleness=max_staleness, tis_cap=2.0,
-                 kl_coef=0.0).build()
+                 kl_coef=0.0, requests_per_runner=requests).build()
     lags, trained = [], []
     update = algo.learner_group.update
 
@@ -247,6 +249,8 @@ def test_async_rollouts_never_train_on_completions_staler_than_k(shared_ray, max
     algo.learner_group.update = spy
     try:
         results = [algo.train() for _ in range(8)]
+        # every runner holds its requests: the next fragments are on their way while the driver learns
+        assert collections.Counter(algo.env_runner_group.in_flight.values()) == {0: requests, 1: requests}
     finally:
         algo.stop()
     last = results[-1]

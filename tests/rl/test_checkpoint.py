@@ -147,7 +147,7 @@ def test_two_restores_of_one_checkpoint_train_identically(saved):
         rb = b.train()
         c.restore(path)
         rc = c.train()
-        timing = {"time_s", "env_steps_per_s", "runner_busy_fraction"}
+        timing = {"time_s", "env_steps_per_s", "runner_busy_fraction", "weight_sync_s"}
         assert {k: v for k, v in rb.items() if k not in timing} == {k: v for k, v in rc.items() if k not in timing}
         assert rb["iteration"] == 4 and rb["env_steps"] == 128
         assert_same(module_state(b), module_state(c), "module after one more iteration")
