@@ -264,17 +264,22 @@ def score(reward_fn: RewardFn, prompts: Sequence[Prompt], completions: Sequence[
             value = reward_fn(prompt, completion)
         except Exception as e:
             raise RewardError(f"reward function {name} raised {type(e).__name__}: {e}; on {pair}") from e
-        # float("1") would pass a string off as a number: only real numbers are rewards.
-        if isinstance(value, (str, bytes, bool)) or value is None:
-            raise RewardError(f"reward function {name} returned {value!r}, not a number, for {pair}")
-        try:
-            reward = float(value)
-        except (TypeError, ValueError):
-            raise RewardError(f"reward function {name} returned {value!r}, not a number, for {pair}") from None
-        if not math.isfinite(reward):
-            raise RewardError(f"reward function {name} returned {reward}, not a finite number, for {pair}")
-        rewards[i] = reward
+        rewards[i] = as_reward(value, f"reward function {name} returned", f"for {pair}")
     return rewards
+
+
+def as_reward(value: Any, said: str, where: str) -> float:
+    """``value`` as a finite float, or a RewardError ``"<said> <value>, not ..., <where>"``.
+    float("1") would pass a string off as a number: only real numbers are rewards."""
+    if isinstance(value, (str, bytes, bool)) or value is None:
+        raise RewardError(f"{said} {value!r}, not a number, {where}")
+    try:
+        reward = float(value)
+    except (TypeError, ValueError):
+        raise RewardError(f"{said} {value!r}, not a number, {where}") from None
+    if not math.isfinite(reward):
+        raise RewardError(f"{said} {reward}, not a finite number, {where}")
+    return reward
 
 
 # --- the spec -------------------------------------------------------------
@@ -378,14 +383,7 @@ def check_turn(env: MultiTurnEnv, result: Any, turn: int, completion: str) -> tu
     reply, reward, done = result
     if not isinstance(reply, str):
         raise RewardError(f"multi-turn env {name}.step returned reply {reply!r}, not a string, on {where}")
-    if isinstance(reward, (str, bytes, bool)) or reward is None:
-        raise RewardError(f"multi-turn env {name}.step returned reward {reward!r}, not a number, on {where}")
-    try:
-        value = float(reward)
-    except (TypeError, ValueError):
-        raise RewardError(f"multi-turn env {name}.step returned reward {reward!r}, not a number, on {where}") from None
-    if not math.isfinite(value):
-        raise RewardError(f"multi-turn env {name}.step returned reward {value}, not a finite number, on {where}")
+    value = as_reward(reward, f"multi-turn env {name}.step returned reward", f"on {where}")
     if not isinstance(done, (bool, np.bool_)):
         raise RewardError(f"multi-turn env {name}.step returned done {done!r}, not a bool, on {where}")
     return reply, value, bool(done)

@@ -90,12 +90,16 @@ class Algorithm(abc.ABC):
         np.random.seed(config.seed)
         torch.manual_seed(config.seed)
 
+        marks = [time.perf_counter()]  # start-up, phase by phase (``startup/*`` in the first progress row)
         self.user_modules = [import_user_module(m) for m in config.user_modules]  # registers their envs
         self.runner_factory = self.runner_factory_class(config, adapt_spec=self.adapt_module_spec)
         self.module_spec = self.runner_factory.module_spec
         self.connector = self.runner_factory.make_connector()
+        marks.append(time.perf_counter())
         self.runtime = self.make_runtime()
+        marks.append(time.perf_counter())
         self.learner_group = self.make_learner_group(self.module_spec)
+        marks.append(time.perf_counter())
         # num_env_runners=0 samples in this process, even when the learners are remote.
         self.env_runner_group = EnvRunnerGroup(
             self.runtime if config.num_env_runners > 0 else make_runtime("local"),
@@ -127,6 +131,12 @@ class Algorithm(abc.ABC):
         self.started = time.perf_counter()
         self.take_snapshots()
         self.sync_weights()
+        marks.append(time.perf_counter())
+        # env probe and spaces; the runtime (ray.init); learners built; runner actors up
+        # with their first weights (what train.py adds: its imports and config)
+        self.startup: dict[str, float] = {
+            f"startup/{name}_s": b - a for name, a, b in zip(("env_probe", "runtime", "learners", "runners"),
+                                                             marks, marks[1:])}
 
     def make_learner_group(self, spec: Any) -> LearnerGroup | MultiLearnerGroup:
         """One learner group, or one per policy when the factory gives a spec per policy
@@ -248,6 +258,8 @@ class Algorithm(abc.ABC):
                 **{f"agents/{a}/episode_return_mean": float(np.mean(r)) for a, r in sorted(self.agent_returns.items())},
                 **metrics,
             }
+            if self.iteration == 1:  # the first iteration closes the start-up
+                result.update({**self.startup, "startup/first_iteration_s": dt})
             self.policy_lag = []
             self.logger.log(result)
         return result

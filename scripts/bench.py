@@ -9,7 +9,10 @@
 ``fleet-scaling``: env steps/s of PPO sampling a simulator that burns 2 ms of CPU per
 step (``envs.testing.BusyEnv``), with 1 and with 2 Ray env runners; the update is kept
 tiny so sampling dominates. ``startup``: seconds from process start to the first
-finished iteration of ``scripts/train.py`` on CartPole-v1, local and with 2 Ray runners.
+finished iteration of ``scripts/train.py`` on CartPole-v1, local and with 2 Ray runners,
+broken down by the ``startup/*`` keys of the first progress row (train.py's imports and
+config, env probe, the runtime's start, learners, runner actors with their first weights,
+the first iteration).
 
 ``impala-vs-ppo``: env steps/s of IMPALA (a request always in flight on every runner)
 against synchronous PPO (runners idle while the learner updates), both on
@@ -130,6 +133,7 @@ def fleet_scaling(args: argparse.Namespace) -> None:
 
 def startup(args: argparse.Namespace) -> None:
     results: dict[str, list[float]] = {"local": [], "ray (2 runners)": []}
+    phases: dict[str, list[dict[str, float]]] = {label: [] for label in results}
     for _ in range(args.repeats):
         for label, extra in (("local", []), ("ray (2 runners)", ["--num-env-runners", "2"])):
             with tempfile.TemporaryDirectory() as logdir:
@@ -143,9 +147,15 @@ def startup(args: argparse.Namespace) -> None:
                         break
                 proc.terminate()
                 proc.wait()
+                with open(os.path.join(logdir, "progress.jsonl"), encoding="utf-8") as f:
+                    first = json.loads(f.readline())
+                phases[label].append({k[len("startup/"):-2]: v for k, v in first.items() if k.startswith("startup/")})
     for label, times in results.items():
         print(f"{label:16s} process start -> first iteration: median {statistics.median(times):.2f} s "
               f"({', '.join(f'{t:.2f}' for t in times)})")
+        names = list(phases[label][0])
+        print("    " + ", ".join(f"{n} {statistics.median(p[n] for p in phases[label]):.2f} s" for n in names)
+              + " (medians; the rest is the interpreter's own start)")
 
 
 IMPALA_VS_PPO_FLEET = dict(num_env_runners=2, num_envs_per_runner=4, rollout_fragment_length=50)

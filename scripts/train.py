@@ -20,6 +20,8 @@ import signal
 import sys
 import time
 
+STARTED = time.perf_counter()  # the start-up breakdown counts from here (rl/algorithm.py startup/*)
+
 # Only argparse before the arguments are parsed: --help must not pay for importing torch.
 ALGORITHMS = "ppo, dqn, impala, grpo, lm-ppo"
 EPILOG = """\
@@ -210,12 +212,14 @@ def run(args: argparse.Namespace) -> int:
     logdir = prepare_logdir(logdir, restoring=bool(args.restore), default=default_name)
     config = config.updated({"logdir": logdir}, source="--logdir")
 
+    built_at = time.perf_counter()
     try:
         algo = config.build()
     except Exception:
         if created and os.path.isdir(logdir) and not os.listdir(logdir):
             os.rmdir(logdir)  # a run that never started leaves no empty run directory behind
         raise
+    algo.startup = {"startup/imports_and_config_s": built_at - STARTED, **algo.startup}
     where = f"{experiment.path}" if experiment else "defaults"
     print(f"training {config.algo_name} on {env} ({where}); logs in {logdir}", flush=True)
     if no_stop:

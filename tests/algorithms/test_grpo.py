@@ -192,15 +192,6 @@ def test_each_loss_variant_trains_end_to_end(variant, extra):
         algo.stop()
 
 
-@pytest.fixture
-def shared_ray():
-    from tests.fleet_envs import start_shared_ray, stop_shared_ray
-
-    start_shared_ray()
-    yield
-    stop_shared_ray()
-
-
 def test_a_stalled_weight_sync_ends_the_run_naming_the_runner(shared_ray):
     from rlfleet.algorithms.grpo.algorithm import GRPO
     from rlfleet.rl.env_runner_group import RunnerFailureError, WeightSyncTimeoutError

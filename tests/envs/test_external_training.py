@@ -20,7 +20,6 @@ from rlfleet.algorithms.ppo import PPOConfig
 from rlfleet.envs.external import ExternalError, PolicyClient
 from rlfleet.envs.external.server import await_declared_spaces
 from rlfleet.envs.schema import space_to_schema
-from tests.fleet_envs import start_shared_ray, stop_shared_ray
 
 OBS = spaces.Box(-10.0, 10.0, (2,), np.float32)
 ACT = spaces.Discrete(3)
@@ -158,13 +157,6 @@ def test_impala_and_dqn_train_from_external_simulators(config_class, extra):
     finally:
         algo.stop()
         finish([sims])
-
-
-@pytest.fixture
-def shared_ray():
-    start_shared_ray()
-    yield
-    stop_shared_ray()
 
 
 def test_ray_runners_each_listen_on_port_plus_index(shared_ray):

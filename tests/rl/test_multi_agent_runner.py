@@ -226,15 +226,6 @@ def test_impala_trains_each_policy_from_its_own_queue(tmp_path):
         algo.stop()
 
 
-@pytest.fixture
-def shared_ray():
-    from tests.fleet_envs import start_shared_ray, stop_shared_ray
-
-    start_shared_ray()
-    yield
-    stop_shared_ray()
-
-
 @pytest.mark.parametrize("algo_name", ["ppo", "impala"])
 def test_two_learners_per_policy_train_when_a_shard_holds_none_of_a_policy(shared_ray, algo_name):
     """One env and one column per policy batch: with two learners, IMPALA's rank 0 gets no

@@ -161,6 +161,12 @@ def test_progress_file_has_one_json_line_per_iteration(first_run):
     assert rows[-1]["episode_return_mean"] is not None
     # --set num_epochs=2 took effect: 2 epochs x (128 rows / minibatch 64) gradient steps.
     assert {r["learner/num_sgd_steps"] for r in rows} == {4}
+    # the first row breaks the start-up down, phase by phase (scripts/bench.py startup reads it)
+    startup = {k: v for k, v in rows[0].items() if k.startswith("startup/")}
+    assert list(startup) == ["startup/imports_and_config_s", "startup/env_probe_s", "startup/runtime_s",
+                             "startup/learners_s", "startup/runners_s", "startup/first_iteration_s"]
+    assert all(v >= 0 for v in startup.values()) and startup["startup/imports_and_config_s"] > 0.1  # torch at least
+    assert not any(k.startswith("startup/") for r in rows[1:] for k in r)
 
 
 def test_tensorboard_events_hold_the_progress_scalars(first_run):
