@@ -202,10 +202,17 @@ class RayRuntime(Runtime):
             # rlfleet itself is installed; a user's own env modules (imported by module path
             # when a worker unpickles a creator) live beside the driver, so workers get its
             # working directory on their path, as a script run from it has.
-            path = os.environ.get("PYTHONPATH", "")
-            runtime_env: dict[str, Any] = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), path) if p)}}
-            if py_modules:
-                runtime_env["py_modules"] = list(py_modules)
+            path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+            pythonpath = os.pathsep.join(path if os.getcwd() in path else [os.getcwd(), *path])
+            runtime_env: dict[str, Any] | None = None
+            if address is None and not py_modules:
+                # An embedded instance's workers inherit this process's environment: no runtime
+                # env to set up, which costs each worker about 0.6 s of its start here.
+                os.environ["PYTHONPATH"] = pythonpath
+            else:
+                runtime_env = {"env_vars": {"PYTHONPATH": pythonpath}}
+                if py_modules:
+                    runtime_env["py_modules"] = list(py_modules)
             kwargs: dict[str, Any] = dict(
                 address=address,
                 include_dashboard=include_dashboard,

@@ -145,9 +145,14 @@ def startup(args: argparse.Namespace) -> None:
                     if line.startswith("iter "):
                         results[label].append(time.perf_counter() - t0)
                         break
+                progress, deadline = os.path.join(logdir, "progress.jsonl"), time.monotonic() + 10
+                while time.monotonic() < deadline:  # its progress row may still be on its way to the file
+                    if os.path.exists(progress) and open(progress, encoding="utf-8").read().endswith("\n"):
+                        break
+                    time.sleep(0.05)
                 proc.terminate()
                 proc.wait()
-                with open(os.path.join(logdir, "progress.jsonl"), encoding="utf-8") as f:
+                with open(progress, encoding="utf-8") as f:
                     first = json.loads(f.readline())
                 phases[label].append({k[len("startup/"):-2]: v for k, v in first.items() if k.startswith("startup/")})
     for label, times in results.items():
