@@ -199,6 +199,13 @@ class Algorithm(abc.ABC):
                 self.agent_returns.setdefault(
                     agent, collections.deque(maxlen=self.config.metrics_smoothing_episodes)).extend(returns)
 
+    def publish_weights(self) -> None:
+        """A new weights version into the object store for asynchronous runners, which
+        take it with their next request (nobody waits for it)."""
+        self.weights_version += 1
+        self.env_runner_group.publish_weights(self.acting_weights(self.learner_group.get_weights()),
+                                              self.weights_version)
+
     def sync_weights(self, new_version: bool = True) -> None:
         """Broadcast the learner's weights (put into the object store once, every runner
         gets the reference); ``new_version`` stamps them as a new version."""

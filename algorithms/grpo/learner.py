@@ -39,8 +39,10 @@ class GRPOLearner(LMLearner):
         out = {**data, "advantages": advantages}
         if ref is not None and s.kl_mode == "loss":
             out["ref_logprobs"] = ref
-        with torch.no_grad():  # the policy as training on this batch starts: importance metrics (and TIS)
-            out["start_logprobs"] = self.module.token_logprobs(data["sequences"], data["attention_mask"])[:, -mask.shape[1]:]
+        if c.tis_cap is not None:  # the policy as training on this batch starts (TIS clips against it)
+            with torch.no_grad():
+                out["start_logprobs"] = self.module.token_logprobs(data["sequences"],
+                                                                   data["attention_mask"])[:, -mask.shape[1]:]
         return out
 
     def compute_loss(self, batch: TensorBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -50,12 +52,13 @@ class GRPOLearner(LMLearner):
         den = Denominators(tokens=self.mean_count(mask.sum()),
                            sequences=self.mean_count(torch.tensor(float(mask.shape[0]), device=mask.device)),
                            max_tokens=mask.shape[1])
-        sampler, start = batch["logprobs"], batch["start_logprobs"]
-        old, weights = sampler, None
+        sampler, old, weights = batch["logprobs"], batch["logprobs"], None
         if c.tis_cap is not None:  # decoupled: clip against the start policy, weight by start / sampler
-            old, weights = start, (start - sampler).exp().clamp(max=c.tis_cap)
+            old = batch["start_logprobs"]
+            weights = (old - sampler).exp().clamp(max=c.tis_cap)
         loss, metrics = grpo_loss(logp, old, batch.get("ref_logprobs"), batch["advantages"], mask,
                                   clip_param=s.clip_low, clip_param_high=s.clip_high, kl_coef=c.kl_coef,
                                   aggregation=s.aggregation, ratio_level=s.ratio_level, denominators=den,
                                   token_weights=weights)
-        return loss, {**metrics, **importance_metrics(start, sampler, mask, den)}
+        # the training policy's log-probs from this very forward pass against the sampler's
+        return loss, {**metrics, **importance_metrics(logp.detach(), sampler, mask, den)}

@@ -172,9 +172,9 @@ def informative_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
 
 def importance_metrics(train_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor,
                        den: Denominators) -> dict[str, torch.Tensor]:
-    """How far the sampler's policy is from the one training starts from, per completion
-    token: the mean ratio pi_train / pi_sampler and the share of tokens whose ratio lies
-    outside [0.8, 1.25] (stale weights, or a sampler that computes differently)."""
+    """How far the sampler's policy is from the one being trained, per completion token:
+    the mean ratio pi_train / pi_sampler and the share of tokens whose ratio lies outside
+    [0.8, 1.25] (stale weights, or a sampler that computes differently)."""
     with torch.no_grad():
         ratio = (train_logp - sampler_logp).exp()
         outside = ((ratio < 0.8) | (ratio > 1.25)).float()

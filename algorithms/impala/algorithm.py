@@ -92,9 +92,7 @@ class IMPALA(Algorithm):
             updates += 1
             self.num_updates += 1
             if self.num_updates % c.broadcast_interval == 0:
-                self.weights_version += 1
-                self.env_runner_group.publish_weights(self.acting_weights(self.learner_group.get_weights()),
-                                                     self.weights_version)
+                self.publish_weights()
         metrics = {k: v / updates for k, v in sums.items()} if updates else {}
         metrics.update({
             "learner/updates": updates,

@@ -55,9 +55,8 @@ class LMAlgorithm(Algorithm):
         tokens = self.tokens_generated - generated  # every generated token, kept or not
         t_learn = time.perf_counter()
         metrics = {**collected, **self.learner_group.update(batch, env_steps=self.env_steps).metrics}
-        if self.config.async_rollouts:  # runners pick them up with their next request
-            self.weights_version += 1
-            self.env_runner_group.publish_weights(self.learner_group.get_weights(), self.weights_version)
+        if self.config.async_rollouts:
+            self.publish_weights()
         else:
             self.sync_weights()
         trained = float(batch["completion_mask"].sum())
