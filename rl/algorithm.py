@@ -20,11 +20,13 @@ from rlfleet.envs import import_user_module
 from rlfleet.rl.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from rlfleet.rl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from rlfleet.rl.config import AlgorithmConfig
+from rlfleet.rl.connectors import RewardNormalizer
 from rlfleet.rl.core import Fragment, Runner, RunnerFactory, Weights
 from rlfleet.rl.env_runner_group import EnvRunnerGroup
 from rlfleet.rl.learner import Learner, LearnerFactory, LearnerGroup, MultiLearnerGroup
 from rlfleet.rl.metrics import MetricsLogger
 from rlfleet.rl.module import ModuleSpec, spec_to_dict
+from rlfleet.rl.spaces import FAMILIES
 from rlfleet.runtime import Runtime, make_runtime
 
 
@@ -93,8 +95,12 @@ class Algorithm(abc.ABC):
         marks = [time.perf_counter()]  # start-up, phase by phase (``startup/*`` in the first progress row)
         self.user_modules = [import_user_module(m) for m in config.user_modules]  # registers their envs
         self.runner_factory = self.runner_factory_class(config, adapt_spec=self.adapt_module_spec)
+        # the fields the config left None are chosen from the env's spaces from here on
+        self.config = config = self.runner_factory.config
         self.module_spec = self.runner_factory.module_spec
         self.connector = self.runner_factory.make_connector()
+        self.reward_normalizer = (RewardNormalizer(config.gamma) if getattr(config, "normalize_rewards", False)
+                                  else None)
         marks.append(time.perf_counter())
         self.runtime = self.make_runtime()
         marks.append(time.perf_counter())
@@ -114,6 +120,9 @@ class Algorithm(abc.ABC):
         )
         self.eval_runner: Runner | None = None
         self.logger = MetricsLogger(config.logdir, console=config.log_to_console)
+        self.defaults = self.runner_factory.defaults
+        if self.defaults and config.log_to_console:
+            print(self.defaults_line(), flush=True)
 
         self.iteration = 0
         self.env_steps = 0
@@ -137,6 +146,12 @@ class Algorithm(abc.ABC):
         self.startup: dict[str, float] = {
             f"startup/{name}_s": b - a for name, a, b in zip(("env_probe", "runtime", "learners", "runners"),
                                                              marks, marks[1:])}
+
+    def defaults_line(self) -> str:
+        """What the spaces chose for the fields the config left open, in one line."""
+        chosen = ", ".join(f"{k}={v}" for k, v in self.defaults.items())
+        return (f"{self.config.algo_name} defaults for {FAMILIES[self.runner_factory.family]} "
+                f"(set any of them to override): {chosen}")
 
     def make_learner_group(self, spec: Any) -> LearnerGroup | MultiLearnerGroup:
         """One learner group, or one per policy when the factory gives a spec per policy
@@ -179,13 +194,19 @@ class Algorithm(abc.ABC):
         """Collect one fragment per runner and account for its steps and episodes."""
         fragments = self.env_runner_group.sample()
         self.record(fragments)
-        if self.connector is not None:
-            self.env_runner_group.sync_connectors(self.connector)
+        if self.connector is not None:  # every runner normalises alike in the next iteration
+            self.env_runner_group.set_connector_state(self.connector.get_state())
         return fragments
 
     def record(self, fragments: list[Fragment]) -> None:
-        """Account for the steps, episodes, errors and policy lag of arrived fragments."""
+        """Account for the steps, episodes, errors and policy lag of arrived fragments (and
+        scale their rewards when ``normalize_rewards`` is on)."""
         for frag in fragments:
+            if self.connector is not None and frag.connector_delta is not None:
+                self.connector.merge_deltas([frag.connector_delta])
+            if self.reward_normalizer is not None:
+                b = frag.batch
+                b["rewards"] = self.reward_normalizer(b["rewards"], b["terminated"] | b["truncated"], frag.runner_index)
             self.env_steps += frag.env_steps
             self.episodes += len(frag.episode_returns)
             self.episode_returns.extend(frag.episode_returns)
@@ -203,8 +224,9 @@ class Algorithm(abc.ABC):
         """A new weights version into the object store for asynchronous runners, which
         take it with their next request (nobody waits for it)."""
         self.weights_version += 1
-        self.env_runner_group.publish_weights(self.acting_weights(self.learner_group.get_weights()),
-                                              self.weights_version)
+        self.env_runner_group.publish_weights(
+            self.acting_weights(self.learner_group.get_weights()), self.weights_version,
+            connector_state=self.connector.get_state() if self.connector is not None else None)
 
     def sync_weights(self, new_version: bool = True) -> None:
         """Broadcast the learner's weights (put into the object store once, every runner
@@ -212,13 +234,12 @@ class Algorithm(abc.ABC):
         self.weights_version += int(new_version)
         self.env_runner_group.sync_weights(self.acting_weights(self.learner_group.get_weights()), self.weights_version)
 
-    def take_snapshots(self) -> bool:
+    def take_snapshots(self) -> None:
         """Multi-agent self-play: copy each ``policy_snapshots`` source into its frozen
-        copy; False when the config has none."""
+        copy (nothing when the config has none)."""
         copies = getattr(self.config, "policy_snapshots", None)
         if copies:
             self.learner_group.copy_weights(copies)
-        return bool(copies)
 
     # -- the public loop ---------------------------------------------------------------
     def train(self) -> dict[str, Any]:
@@ -267,6 +288,9 @@ class Algorithm(abc.ABC):
             }
             if self.iteration == 1:  # the first iteration closes the start-up
                 result.update({**self.startup, "startup/first_iteration_s": dt})
+                if self.defaults:  # which defaults the spaces chose, and why
+                    result.update({"defaults/family": self.runner_factory.family,
+                                   **{f"defaults/{k}": v for k, v in self.defaults.items()}})
             self.policy_lag = []
             self.logger.log(result)
         return result
@@ -289,6 +313,7 @@ class Algorithm(abc.ABC):
             "config": self.config.to_dict(),
             "learner": self.learner_group.get_state(),
             "connector": _to_torch(self.connector.get_state()) if self.connector is not None else None,
+            "reward_normalizer": self.reward_normalizer.get_state() if self.reward_normalizer is not None else None,
             # What rebuilds the policy without its env (serving, export; rl/inference.py).
             "module_spec": _spec_state(self.module_spec),
             "counters": {
@@ -323,6 +348,8 @@ class Algorithm(abc.ABC):
             raise CheckpointError(f"checkpoint {path!r} is for {state['algo']!r}, not {self.config.algo_name!r}")
         if (state["connector"] is None) != (self.connector is None):
             raise CheckpointError(f"checkpoint {path!r}: normalize_obs differs from this config")
+        if (state.get("reward_normalizer") is None) != (self.reward_normalizer is None):
+            raise CheckpointError(f"checkpoint {path!r}: normalize_rewards differs from this config")
         saved = _shapes(state["learner"])
         ours = _shapes(self.learner_group.get_state())
         if saved != ours:
@@ -335,6 +362,8 @@ class Algorithm(abc.ABC):
         if self.connector is not None:
             self.connector.set_state(_to_numpy(state["connector"]))
             self.env_runner_group.set_connector_state(self.connector.get_state())
+        if self.reward_normalizer is not None:
+            self.reward_normalizer.set_state(state["reward_normalizer"])
         c = state["counters"]
         self.iteration, self.env_steps, self.episodes = c["iteration"], c["env_steps"], c["episodes"]
         self.num_env_errors = c.get("num_env_errors", 0)

@@ -285,14 +285,20 @@ class ControlConfig(AlgorithmConfig):
     max_failed_episodes: int = 20
     """A sub-env whose episodes end in a simulator error this many times in a row, none
     finishing in between, stops the run (an env that crashes in every episode)."""
-    num_envs_per_runner: int = 8
-    """Envs in each runner's vector env, stepped as one batch through the policy."""
-    rollout_fragment_length: int = 32
-    """Steps per env per sample call."""
+    num_envs_per_runner: int | None = None
+    """Envs in each runner's vector env, stepped as one batch through the policy (None:
+    chosen from the spaces, see ``family_defaults``)."""
+    rollout_fragment_length: int | None = None
+    """Steps per env per sample call (None: chosen from the spaces)."""
     vectorize_mode: str = "sync"
     """``sync`` steps envs in the runner's process, ``async`` in a subprocess each."""
-    normalize_obs: bool = False
-    """Running mean/std normalisation of float observations (a checkpointed connector)."""
+    normalize_obs: bool | None = None
+    """Running mean/std normalisation of float observations (a checkpointed connector;
+    None: on for continuous control)."""
+    normalize_rewards: bool | None = None
+    """Divide rewards by the running std of the discounted return, clipped to +-10 (as
+    SB3's VecNormalize does; checkpointed; metrics report raw returns; None: on for
+    continuous control)."""
 
     # --- model ---
     hidden_sizes: tuple[int, ...] = (64, 64)
@@ -327,6 +333,32 @@ class ControlConfig(AlgorithmConfig):
     """Discount factor."""
     reward_scale: float = 1.0
     """Rewards are multiplied by this before learning (metrics report raw returns)."""
+
+    # --- defaults chosen from the spaces ---
+    family_defaults: ClassVar[dict[str, dict[str, Any]]] = {
+        # Classic control: short fragments, many small updates (CartPole, Acrobot, grids).
+        "discrete": {"num_envs_per_runner": 8, "rollout_fragment_length": 32,
+                     "normalize_obs": False, "normalize_rewards": False},
+        # Locomotion: long fragments, observations and returns normalised (SB3's PPO
+        # batch of 2048 steps, CleanRL's and rl-zoo's normalisation for MuJoCo).
+        "continuous": {"num_envs_per_runner": 8, "rollout_fragment_length": 256,
+                       "normalize_obs": True, "normalize_rewards": True},
+        # Pixels: uint8 frames are scaled by the encoder, never normalised by statistics.
+        "image": {"num_envs_per_runner": 8, "rollout_fragment_length": 128,
+                  "normalize_obs": False, "normalize_rewards": False},
+    }
+    """Per task family (``rl/spaces.py`` ``space_family``), the value of each field left
+    None; a subclass extends it with its own fields."""
+
+    def with_family_defaults(self, family: str, *, connectors: bool = True) -> tuple["ControlConfig", dict[str, Any]]:
+        """This config with every field left None filled from ``family``'s defaults, and
+        what was filled. ``connectors=False`` (multi-agent and external envs, whose
+        runners have no normalisers) keeps normalisation off unless asked for."""
+        table = dict(self.family_defaults[family])
+        if not connectors:
+            table.update(normalize_obs=False, normalize_rewards=False)
+        picked = {key: value for key, value in table.items() if getattr(self, key) is None}
+        return (self.updated(picked, source=f"defaults for {family}") if picked else self), picked
 
     def validate(self) -> None:
         super().validate()

@@ -115,3 +115,43 @@ class MeanStdFilter:
         for base, s in zip(self.base, state):
             if base is not None and s is not None:
                 base.load(s)
+
+
+class RewardNormalizer:
+    """Divides rewards by the running standard deviation of the discounted return and
+    clips them to +-``clip`` (what SB3's VecNormalize and CleanRL's NormalizeReward do).
+
+    It runs on the driver over the fragments as they arrive, so asynchronous algorithms
+    and any number of runners share one scale without a sync. Each column (runner, env)
+    carries its discounted return from one fragment into the next, and an episode's end
+    resets it. Episode returns in the metrics are the env's own: the runners count them
+    before this scaling.
+    """
+
+    def __init__(self, gamma: float, clip: float = 10.0) -> None:
+        self.gamma, self.clip = gamma, clip
+        self.stats = RunningStats(())
+        self.returns: dict[int, np.ndarray] = {}  # runner index -> (B,) discounted returns so far
+
+    def __call__(self, rewards: np.ndarray, dones: np.ndarray, runner_index: int) -> np.ndarray:
+        """Rewards (T, B) of one runner's fragment, with its episode ends (T, B), scaled."""
+        T, B = rewards.shape
+        ret = self.returns.get(runner_index)
+        if ret is None or len(ret) != B:
+            ret = np.zeros(B, np.float64)
+        seen = np.empty((T, B), np.float64)
+        for t in range(T):
+            ret = ret * self.gamma + rewards[t]
+            seen[t] = ret
+            ret = np.where(dones[t], 0.0, ret)
+        self.returns[runner_index] = ret
+        self.stats.update(seen.reshape(-1))
+        return np.clip(rewards / self.stats.std, -self.clip, self.clip).astype(np.float32)
+
+    def get_state(self) -> dict[str, Any]:
+        return {"count": self.stats.count, "mean": float(self.stats.mean), "m2": float(self.stats.m2),
+                "returns": {i: r.tolist() for i, r in self.returns.items()}}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.stats.load(state)
+        self.returns = {int(i): np.asarray(r, np.float64) for i, r in state["returns"].items()}

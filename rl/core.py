@@ -98,6 +98,9 @@ class Fragment:
     agent_returns: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     """Multi-agent: each agent's return in every episode finished inside this fragment
     (``episode_returns`` holds their sum per episode)."""
+    connector_delta: Any = None
+    """What the runner's connectors (observation statistics) learned while sampling this
+    fragment; the driver merges it into its copy (None: the runner has no connectors)."""
 
 
 @dataclasses.dataclass
@@ -139,6 +142,12 @@ class RunnerFactory(Protocol):
 
     module_spec: Any
     """What the learners build (``module_spec.build()``)."""
+    config: Any
+    """The run's config with the fields it left None filled in from the env's spaces."""
+    family: str | None
+    """The task family those defaults came from (rl/spaces.py ``FAMILIES``), or None."""
+    defaults: dict[str, Any]
+    """The fields so filled, and their values."""
 
     def __call__(self, index: int) -> Runner: ...
 

@@ -26,7 +26,8 @@ from rlfleet.envs.multi_agent import MultiAgentCreator, is_multi_agent_name
 from rlfleet.rl.multi_agent_runner import RANDOM_POLICY, MultiAgentEnvRunner, PolicyMapping
 from rlfleet.rl.external_runner import EXTERNAL_ENV, ExternalEnvRunner, ExternalConfigError, external_spaces
 from rlfleet.rl.module import ModuleSpec
-from rlfleet.rl.spaces import actions_to_env, check_spaces, mask_segments, mask_space, rows_without_legal_action
+from rlfleet.rl.spaces import (actions_to_env, check_spaces, mask_segments, mask_space, rows_without_legal_action,
+                              space_family)
 
 
 class _SubEnvCreator:
@@ -179,7 +180,8 @@ class EnvRunner:
         if "values" in extras:
             batch["next_values"] = self._next_values(extras["values"], terminated, final_obs)
         return Fragment(batch, returns, lengths, T * B, self.weights_version, self.index, num_env_errors, final_obs,
-                        sample_time_s=time.perf_counter() - started)
+                        sample_time_s=time.perf_counter() - started,
+                        connector_delta=self.filter.pop_delta() if self.filter is not None else None)
 
     def _next_values(self, values: np.ndarray, terminated: np.ndarray, final_obs: list) -> np.ndarray:
         """V(s_{t+1}) of the true next state, (T, B)."""
@@ -245,12 +247,18 @@ class EnvRunnerFactory:
         # ``env: external``: simulators connect over the network (rl/external_runner.py).
         self.external = c.env == EXTERNAL_ENV
         self.multi_agent = is_multi_agent_name(c.env)
+        if self.multi_agent or self.external:
+            for key in ("normalize_obs", "normalize_rewards"):
+                if getattr(c, key):
+                    kind = "multi-agent" if self.multi_agent else "external"
+                    raise ConfigError(f"{key} is not built for {kind} envs yet; leave it out or set it false")
         if self.multi_agent:
-            if c.normalize_obs:
-                raise ConfigError("normalize_obs is not built for multi-agent envs yet")
             self.env_creator = MultiAgentCreator(c.env, c.env_config)
             self.mapping = PolicyMapping(c.policy_mapping)
-            self.module_spec = {pid: adapt_spec(spec) for pid, spec in self._policy_specs().items()}
+            specs = self._policy_specs()
+            first = next(iter(specs.values()))
+            self._pick_defaults(first.observation_space, first.action_space)
+            self.module_spec = {pid: adapt_spec(spec) for pid, spec in specs.items()}
             unknown = sorted(set(c.policies_to_train or []) - set(self.module_spec))
             if unknown:
                 raise ConfigError(f"policies_to_train names {unknown[0]!r}, which no agent maps to "
@@ -269,10 +277,19 @@ class EnvRunnerFactory:
             probe.close()
             env_name = self.env_creator.name
         check_spaces(observation_space, action_space, env_name)
+        c = self._pick_defaults(observation_space, action_space)
         self.module_spec = adapt_spec(ModuleSpec(
             observation_space, action_space, hidden_sizes=tuple(c.hidden_sizes), activation=c.activation,
             shared_encoder=c.shared_encoder, env_name=env_name, encode_mask=c.encode_action_mask,
         ))
+
+    def _pick_defaults(self, observation_space: gym.Space, action_space: gym.Space) -> ControlConfig:
+        """Fill the config's fields left None from the spaces' task family (kept in
+        ``family`` and ``defaults``: the header and the first progress row show them)."""
+        self.family = space_family(observation_space, action_space)
+        connectors = not (self.multi_agent or self.external)
+        self.config, self.defaults = self.config.with_family_defaults(self.family, connectors=connectors)
+        return self.config
 
     def _policy_specs(self) -> dict[str, ModuleSpec]:
         """One module spec per policy, from the spaces of the agents mapped to it (which

@@ -108,16 +108,21 @@ class EnvRunnerGroup:
                     self._submit(r.index)
         return fragments
 
-    def publish_weights(self, weights: dict[str, Any], version: int) -> None:
-        """Put new weights into the object store once; runners pick them up as they return,
-        so no runner ever waits for a broadcast."""
+    def publish_weights(self, weights: dict[str, Any], version: int, connector_state: Any = None) -> None:
+        """Put new weights (and the driver's connector state, when there is one) into the
+        object store once; runners pick them up as they return, so no runner ever waits
+        for a broadcast."""
         started = time.perf_counter()
         self.weights = (self.runtime.put(weights), version)
+        if connector_state is not None:
+            self.connector_state = self.runtime.put(connector_state)
         self.last_sync_s = time.perf_counter() - started  # the put; runners read it as they return
 
     def _submit(self, index: int) -> None:
         if self.weights is not None and self.runner_versions[index] < self.weights[1]:
             self.group.submit(index, "set_weights", *self.weights)  # runs before the sample below
+            if self.connector_state is not None:  # published with those weights
+                self.group.submit(index, "set_connector_state", self.connector_state)
             self.runner_versions[index] = self.weights[1]
         self.in_flight[self.group.submit(index, "sample")] = index
 
@@ -192,14 +197,6 @@ class EnvRunnerGroup:
     def set_connector_state(self, state: Any) -> None:
         self.connector_state = self.runtime.put(state)
         self.group.call("set_connector_state", self.connector_state, indices=self.active, timeout_s=self.sample_timeout_s)
-
-    def sync_connectors(self, connector: Any) -> None:
-        """Merge what each runner's connectors saw into the driver's copy, then send the
-        merged state to all."""
-        deltas = [r.value for r in self.group.call("pop_connector_delta", indices=self.active,
-                                                   timeout_s=self.sample_timeout_s) if r.ok]
-        connector.merge_deltas(deltas)
-        self.set_connector_state(connector.get_state())
 
     def stop(self) -> None:
         self.group.shutdown()

@@ -33,8 +33,8 @@ from rlfleet.rl.config import AlgorithmConfig, ConfigError, closest, parse_key_v
 from rlfleet.rl.experiment import Criteria
 
 SPEC_KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
-PBT_FIXED = ("hidden_sizes", "activation", "shared_encoder", "dueling", "normalize_obs", "encode_action_mask",
-             "env", "env_config", "num_learners", "seed")
+PBT_FIXED = ("hidden_sizes", "activation", "shared_encoder", "dueling", "normalize_obs", "normalize_rewards",
+             "encode_action_mask", "env", "env_config", "num_learners", "seed")
 """Keys PBT cannot change mid-trial: they shape the model or the run, and PBT copies one
 trial's checkpoint into another."""
 

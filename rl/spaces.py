@@ -33,6 +33,23 @@ def is_image(space: gym.Space) -> bool:
     return isinstance(space, spaces.Box) and len(space.shape) == 3
 
 
+FAMILIES = {
+    "discrete": "discrete actions, vector observations",
+    "continuous": "continuous actions, vector observations",
+    "image": "image observations",
+}
+
+
+def space_family(observation_space: gym.Space, action_space: gym.Space) -> str:
+    """The task family whose defaults a config takes (a key of ``FAMILIES``): any image
+    leaf makes it ``image``, else any Box action leaf ``continuous``, else ``discrete``."""
+    if any(is_image(s) for s in leaf_spaces(observation_space)):
+        return "image"
+    if any(isinstance(s, spaces.Box) for s in leaf_spaces(action_space)):
+        return "continuous"
+    return "discrete"
+
+
 def mask_space(observation_space: gym.Space) -> gym.Space | None:
     """The observation's action-mask space (rl/core.py, "Action masks"), or None."""
     if isinstance(observation_space, spaces.Dict):

@@ -5,6 +5,7 @@
     python scripts/bench.py startup --repeats 3
     python scripts/bench.py impala-vs-ppo --repeats 3
     python scripts/bench.py lm-async --seeds 3
+    python scripts/bench.py defaults --seeds 3 --pin --sb3-python /tmp/sb3venv/bin/python
 
 ``fleet-scaling``: env steps/s of PPO sampling a simulator that burns 2 ms of CPU per
 step (``envs.testing.BusyEnv``), with 1 and with 2 Ray env runners; the update is kept
@@ -257,7 +258,20 @@ def main() -> None:
     lm.add_argument("--async-staleness", type=int, default=2, help="async: max_staleness")
     lm.add_argument("--async-set", action="append", default=[], metavar="KEY=VALUE",
                     help="more config for the async runs (e.g. tis_cap=2)")
+    defaults = sub.add_parser("defaults", help="PPO's defaults vs SB3's on tasks without a tuned example")
+    defaults.add_argument("--seeds", type=int, default=3)
+    defaults.add_argument("--tasks", nargs="+", help="env ids (default: scripts/bench_defaults.py TASKS)")
+    defaults.add_argument("--steps", type=int, help="one env-step budget for every task (default: each task's own)")
+    defaults.add_argument("--window", type=int, default=10, help="return = mean of the last N training episodes")
+    defaults.add_argument("--pin", action="store_true", help="run both libraries at once, a core each")
+    defaults.add_argument("--sb3-python", help="python of a venv with stable-baselines3 (see scripts/peers)")
+    defaults.add_argument("--out", help="write the table as JSON here")
     args = p.parse_args()
+    if args.bench == "defaults":
+        from rlfleet.scripts.bench_defaults import main as defaults_bench
+
+        defaults_bench(args)
+        return
     if args.bench == "lm-async":
         from rlfleet.scripts.bench_lm import main as lm_bench
 

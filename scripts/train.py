@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="your module (import name or .py path) that registers envs; shipped to Ray workers")
     p.add_argument("--config", help="tuned-example YAML (algo, env, config, stop, pass)")
+    p.add_argument("--defaults", action="store_true",
+                   help="train on the library's defaults even where --algo/--env has a tuned example")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--stop-reward", type=float, help="stop when episode_return_mean (or --stop-metric) reaches this")
     p.add_argument("--stop-metric", help="the progress-row key --stop-reward applies to (default episode_return_mean)")
@@ -155,9 +157,11 @@ def run(args: argparse.Namespace) -> int:
     for module in args.imports:  # before anything resolves the env name
         import_user_module(module)
     experiment = None
+    if args.config and args.defaults:
+        raise ConfigError("--defaults trains without a tuned example; it cannot go with --config")
     if args.config:
         experiment = load_experiment(args.config)
-    elif args.algo and args.env:
+    elif args.algo and args.env and not args.defaults:
         tuned = os.path.join(TUNED, args.algo.lower(), f"{args.env.replace('/', '-')}.yaml")
         if os.path.exists(tuned):
             experiment = load_experiment(tuned)

@@ -271,7 +271,8 @@ class StallingGeneratorFactory:
         from rlfleet.rl.lm.generator import GeneratorRunnerFactory
 
         self.inner = GeneratorRunnerFactory(config, **kw)
-        self.module_spec = self.inner.module_spec
+        self.module_spec, self.config = self.inner.module_spec, self.inner.config
+        self.family, self.defaults, self.text_env = self.inner.family, self.inner.defaults, self.inner.text_env
 
     def __call__(self, index):
         import time

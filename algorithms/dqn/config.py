@@ -15,6 +15,9 @@ class DQNConfig(ControlConfig):
     multi_agent = False  # replay would need a buffer per policy
     action_space_types = (spaces.Discrete,)
 
+    # One set for every family: replay steps short fragments, and its rewards are not rescaled.
+    family_defaults = {family: ControlConfig.family_defaults["discrete"] for family in ControlConfig.family_defaults}
+
     buffer_size: int = 50_000
     """Transitions the replay buffer holds."""
     learning_starts: int = 1_000

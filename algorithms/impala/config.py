@@ -43,8 +43,8 @@ class IMPALAConfig(ControlConfig):
                 f"max_queue_fragments {self.max_queue_fragments} < train_batch_fragments {self.train_batch_fragments}: "
                 "a batch could never be filled"
             )
-        if self.normalize_obs:
-            raise ConfigError("IMPALA does not support normalize_obs yet (its connector sync is synchronous)")
+        if self.num_envs_per_runner is None:
+            return  # checked again once the spaces have chosen it
         envs = self.train_batch_fragments * self.num_envs_per_runner
         # (multi-agent: a policy's batch has as many columns as its agents filled, whatever
         # the env count; a learner with an empty share adds zero gradients)

@@ -20,26 +20,43 @@ class PPOConfig(ControlConfig):
     """Clip the value update around the old prediction by this much; None disables."""
     vf_coef: float = 0.5
     """Weight of the value loss."""
-    entropy_coef: float = 0.0
-    """Weight of the entropy bonus."""
-    num_epochs: int = 10
-    """Passes over each train batch."""
-    minibatch_size: int = 64
-    """Rows per gradient step; at most the train batch."""
+    entropy_coef: float | None = None
+    """Weight of the entropy bonus (None: 0.01 on images, else 0)."""
+    num_epochs: int | None = None
+    """Passes over each train batch (None: 4 on images, else 10)."""
+    minibatch_size: int | None = None
+    """Rows per gradient step; at most the train batch (None: 256 on images, else 64)."""
+
+    family_defaults = {
+        "discrete": {**ControlConfig.family_defaults["discrete"], "num_epochs": 10, "minibatch_size": 64,
+                     "entropy_coef": 0.0},
+        # SB3's PPO defaults for the batch and updates, with the normalisation above.
+        "continuous": {**ControlConfig.family_defaults["continuous"], "num_epochs": 10, "minibatch_size": 64,
+                       "entropy_coef": 0.0},
+        # CleanRL's and rl-zoo's Atari PPO.
+        "image": {**ControlConfig.family_defaults["image"], "num_epochs": 4, "minibatch_size": 256,
+                  "entropy_coef": 0.01},
+    }
     normalize_advantages: bool = True
     """Normalise advantages per minibatch (zero mean, unit std)."""
 
     @property
-    def train_batch_size(self) -> int:
-        """Rows per iteration: every runner's fragment of every env."""
+    def train_batch_size(self) -> int | None:
+        """Rows per iteration: every runner's fragment of every env (None until the
+        spaces have chosen the fields left to them)."""
+        if self.num_envs_per_runner is None or self.rollout_fragment_length is None:
+            return None
         return self.num_runners * self.num_envs_per_runner * self.rollout_fragment_length
 
     def validate(self) -> None:
         super().validate()
         if not 0.0 <= self.gae_lambda <= 1.0:
             raise ConfigError(f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
-        self.require_positive("clip_param", "num_epochs")
-        if not 0 < self.minibatch_size <= self.train_batch_size:
+        self.require_positive("clip_param", "num_epochs", "minibatch_size")
+        self.require_non_negative("entropy_coef")
+        if self.minibatch_size is None:
+            return
+        if self.train_batch_size is not None and self.minibatch_size > self.train_batch_size:
             raise ConfigError(
                 f"minibatch_size {self.minibatch_size} must be in [1, train batch {self.train_batch_size}] "
                 f"(= runners {self.num_runners} x envs {self.num_envs_per_runner} "

@@ -12,7 +12,7 @@ from rlfleet.rl.algorithm import Algorithm
 from rlfleet.rl.batch import concat_batches
 from rlfleet.rl.checkpoint import load_checkpoint
 from rlfleet.rl.lm.config import LMConfig
-from rlfleet.rl.lm.generator import GeneratorRunnerFactory, resolve_text_env
+from rlfleet.rl.lm.generator import GeneratorRunnerFactory
 
 
 class LMAlgorithm(Algorithm):
@@ -21,7 +21,7 @@ class LMAlgorithm(Algorithm):
 
     def __init__(self, config: LMConfig) -> None:
         super().__init__(config)
-        self.text_env = resolve_text_env(config)
+        self.text_env = self.runner_factory.text_env  # resolved once, by the factory
         self.tokens_generated = 0
         self.num_stale_completions = 0
 

@@ -214,6 +214,7 @@ class GeneratorRunnerFactory:
 
     def __init__(self, config: LMConfig, *, adapt_spec: Callable[[Any], Any] = lambda spec: spec) -> None:
         c = self.config = config
+        self.family, self.defaults = None, {}  # an LM config leaves nothing to the spaces
         # resolved once here and sent whole to every runner: they speak the same tokenizer
         text_env = self.text_env = resolve_text_env(config)
         if c.hf_model:

@@ -350,7 +350,7 @@ def test_reward_scale_scales_the_rewards_the_learner_sees(monkeypatch):
     ({"broadcast_interval": 0}, "broadcast_interval must be > 0, got 0"),
     ({"max_policy_lag": -1}, "max_policy_lag must be >= 0, got -1"),
     ({"vtrace_c_bar": 0.0}, "vtrace_rho_bar and vtrace_c_bar must be > 0, got 1.0, 0.0"),
-    ({"num_learners": 3}, "the learner batch's 16 envs (train_batch_fragments 2 x num_envs_per_runner 8) must divide "
+    ({"num_learners": 3, "num_envs_per_runner": 8}, "the learner batch's 16 envs (train_batch_fragments 2 x num_envs_per_runner 8) must divide "
                           "by num_learners 3: each learner takes an equal share of the envs"),
 ])
 def test_config_errors_quote_the_numbers(overrides, message):
@@ -359,10 +359,24 @@ def test_config_errors_quote_the_numbers(overrides, message):
     assert str(info.value) == message
 
 
-def test_normalize_obs_is_refused_at_construction():
-    with pytest.raises(ConfigError) as info:
-        IMPALAConfig(env=CorridorEnv, normalize_obs=True).build()
-    assert str(info.value) == "IMPALA does not support normalize_obs yet (its connector sync is synchronous)"
+def test_normalize_obs_rides_on_the_asynchronous_requests():
+    cfg = IMPALAConfig(env="Pendulum-v1", normalize_obs=True, num_envs_per_runner=2, rollout_fragment_length=10,
+                       train_batch_fragments=1)
+    with cfg.build() as algo:
+        runner = algo.env_runner_group.group.actors[0]
+        published = {}  # weights version -> count of the statistics published with it
+        publish = algo.env_runner_group.publish_weights
+        algo.env_runner_group.publish_weights = lambda w, v, connector_state=None: (
+            published.update({v: connector_state[0]["count"]}), publish(w, v, connector_state=connector_state))
+        for _ in range(3):
+            algo.train()
+        # Every observation the runner normalised reached the driver's statistics once: the
+        # 2 from reset, then one per env step of each sub-env (local requests run when
+        # waited on, so none is half-counted in flight).
+        assert algo.connector.base[0].count == 2 + algo.env_steps
+        # the runner normalises with the state published with the weights it holds
+        assert runner.weights_version in published and runner.filter.base[0].count == published[runner.weights_version]
+        assert published[runner.weights_version] > 2
 
 
 # ---------------------------------------------------------------------------------------

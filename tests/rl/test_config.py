@@ -133,11 +133,15 @@ def test_invalid_choices_are_rejected():
 
 
 def test_minibatch_larger_than_train_batch_quotes_both_numbers():
-    # train batch = max(1, 0 runners) * 8 envs * 32 steps = 256
-    assert PPOConfig().train_batch_size == 256
+    # the batch is left to the spaces until they choose it: discrete tasks get
+    # max(1, 0 runners) * 8 envs * 32 steps = 256
+    assert PPOConfig().train_batch_size is None
+    assert PPOConfig().with_family_defaults("discrete")[0].train_batch_size == 256
     with pytest.raises(ConfigError) as err:
-        PPOConfig(minibatch_size=512)
+        PPOConfig(minibatch_size=512).with_family_defaults("discrete")
     assert "512" in str(err.value) and "256" in str(err.value)
+    with pytest.raises(ConfigError, match="512.*256"):
+        PPOConfig(minibatch_size=512, num_envs_per_runner=8, rollout_fragment_length=32)
 
 
 def test_train_batch_counts_every_runner():

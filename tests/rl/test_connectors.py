@@ -1,7 +1,7 @@
 import numpy as np
 from gymnasium import spaces
 
-from rlfleet.rl.connectors import MeanStdFilter, RunningStats
+from rlfleet.rl.connectors import MeanStdFilter, RewardNormalizer, RunningStats
 
 EPS = 1e-8  # RunningStats.std adds it
 
@@ -186,3 +186,39 @@ def test_get_state_set_state_round_trip():
     state = src.get_state()
     src.merge_deltas([[None, {"count": 10.0, "mean": np.ones(3), "m2": np.ones(3)}]])
     assert state[1]["count"] == 40
+
+
+def test_reward_normalizer_hand_computed():
+    # gamma 0.5, rewards 1, 1, 1: discounted returns 1, 1.5, 1.75; their mean is 4.25 / 3
+    # and their variance (1/3) * ((1 - m)^2 + (1.5 - m)^2 + (1.75 - m)^2) = 0.0972222...
+    norm = RewardNormalizer(gamma=0.5)
+    out = norm(np.ones((3, 1), np.float32), np.zeros((3, 1), bool), runner_index=0)
+    assert np.allclose(out, 1.0 / np.sqrt(0.3500 / 3.6), atol=1e-5)
+    assert out.dtype == np.float32
+
+
+def test_reward_normalizer_carries_returns_across_fragments_and_resets_at_episode_ends():
+    norm = RewardNormalizer(gamma=0.5)
+    norm(np.array([[2.0, 4.0]], np.float32), np.array([[False, True]]), runner_index=3)
+    # column 0 carries its return 2 on; column 1 ended its episode, so it starts again at 0
+    assert norm.returns[3].tolist() == [2.0, 0.0]
+    norm(np.array([[1.0, 1.0]], np.float32), np.array([[False, False]]), runner_index=3)
+    assert norm.returns[3].tolist() == [2.0, 1.0]  # 0.5 * 2 + 1, and 0.5 * 0 + 1
+    # another runner's columns are its own
+    norm(np.array([[8.0, 8.0]], np.float32), np.array([[False, False]]), runner_index=4)
+    assert norm.returns[3].tolist() == [2.0, 1.0] and norm.returns[4].tolist() == [8.0, 8.0]
+    # every discounted return seen so far enters the statistics: 2, 4, 2, 1, 8, 8
+    seen = np.array([2.0, 4.0, 2.0, 1.0, 8.0, 8.0])
+    assert norm.stats.count == 6 and np.isclose(norm.stats.mean, seen.mean())
+    assert np.isclose(norm.stats.std, seen.std(), atol=1e-7)
+
+
+def test_reward_normalizer_clips_and_round_trips_its_state():
+    norm = RewardNormalizer(gamma=0.0, clip=2.0)
+    out = norm(np.array([[0.0], [0.0], [0.0], [100.0]], np.float32), np.zeros((4, 1), bool), runner_index=0)
+    # returns 0, 0, 0, 100: std 43.30..., so 100 / 43.3 = 2.31 is clipped to 2
+    assert out[-1, 0] == 2.0 and out[0, 0] == 0.0
+    copy = RewardNormalizer(gamma=0.0, clip=2.0)
+    copy.set_state(norm.get_state())
+    batch = np.array([[1.0], [3.0]], np.float32)
+    assert np.array_equal(copy(batch, np.zeros((2, 1), bool), 0), norm(batch, np.zeros((2, 1), bool), 0))

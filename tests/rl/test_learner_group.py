@@ -55,7 +55,7 @@ def first_update(config):
     finally:
         algo.stop()
     batch, env_steps, state = captured[0]
-    return batch, env_steps, state, algo.module_spec, type(algo).learner_class
+    return batch, env_steps, state, algo.module_spec, type(algo).learner_class, algo.config
 
 
 CASES = {
@@ -74,7 +74,8 @@ CASES = {
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_two_learners_equal_one_learner_and_each_other(shared_ray, name):
     config = CASES[name]()
-    batch, env_steps, state, spec, learner_cls = first_update(config)
+    # the config as the run resolved it (the fields left to the env's spaces filled in)
+    batch, env_steps, state, spec, learner_cls, config = first_update(config)
     # The learners start from the captured state; LM learners skip their warm-up for it.
     config = dataclasses.replace(config, logdir=None, **({"warmup_steps": 0} if hasattr(config, "warmup_steps") else {}))
     factory = LearnerFactory(learner_cls, module_spec=spec, config=config)
