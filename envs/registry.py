@@ -80,6 +80,21 @@ def registered_envs() -> list[str]:
     return sorted(_REGISTRY) + sorted(gym.registry.keys())
 
 
+def _route_mujoco_warnings() -> None:
+    """MuJoCo's own handler prints every model-compiler warning (gymnasium's MuJoCo models
+    use attributes MuJoCo 4 deprecates: once per env built, so 8 times per runner) and
+    appends it to MUJOCO_LOG.TXT in the working directory. Routed through Python's
+    ``warnings`` instead, it is shown once per process and writes no file."""
+    import warnings
+
+    import mujoco
+
+    def warn(message: str) -> None:
+        warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=2)
+
+    mujoco.set_mju_user_warning(warn)
+
+
 class EnvCreator:
     """A picklable ``() -> Env`` for one env spec and config; ``name`` is for messages."""
 
@@ -97,6 +112,8 @@ class EnvCreator:
             registered = self.registered or _registered(env)
             if registered is not None:
                 return registered(cfg)
+            if str(getattr(gym.registry.get(env), "entry_point", "")).startswith("gymnasium.envs.mujoco"):
+                _route_mujoco_warnings()
             # Our runner checks every step against the spaces, so gymnasium's one-off
             # passive checker would only add a wrapper layer to each step.
             return gym.make(env, disable_env_checker=True, **cfg)

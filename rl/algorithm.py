@@ -364,6 +364,7 @@ class Algorithm(abc.ABC):
             self.env_runner_group.set_connector_state(self.connector.get_state())
         if self.reward_normalizer is not None:
             self.reward_normalizer.set_state(state["reward_normalizer"])
+            self.reward_normalizer.returns.clear()  # the restored run starts fresh episodes
         c = state["counters"]
         self.iteration, self.env_steps, self.episodes = c["iteration"], c["env_steps"], c["episodes"]
         self.num_env_errors = c.get("num_env_errors", 0)

@@ -20,6 +20,7 @@ import tree
 from rlfleet.rl.batch import num_rows, take_rows
 from rlfleet.rl.core import SampleBatch, UpdateResult, Weights
 from rlfleet.rl.optim import Adam
+from rlfleet.rl.spaces import space_family
 from rlfleet.runtime import Runtime
 
 TensorBatch = dict[str, Any]
@@ -72,7 +73,12 @@ class Learner(abc.ABC):
 
     def __init__(self, *, module_spec: Any, config: Any, rank: int = 0) -> None:
         """``module_spec.build()`` makes the module; the optimiser settings (lr,
-        lr_schedule, grad_clip, weight_decay, device, seed) come from ``config``."""
+        lr_schedule, grad_clip, weight_decay, device, seed) come from ``config``. A config
+        built by hand whose fields are still left to the spaces takes them from the spec's,
+        as a run's does."""
+        if hasattr(config, "with_family_defaults") and hasattr(module_spec, "action_space"):
+            config, _ = config.with_family_defaults(space_family(module_spec.observation_space,
+                                                                 module_spec.action_space))
         self.config = config
         self.rank, self.world_size = rank, 1
         self.device = resolve_device(config.device)

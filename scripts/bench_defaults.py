@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -86,6 +87,7 @@ def run_seed(args: Any, env: str, steps: int, seed: int) -> dict[str, dict[str, 
         cmds = {"rlfleet": ours_cmd, "sb3": sb3_cmd}
         outs = {who: _finish(*_start(cmds[who], threads), f"{who} {env} seed {seed}") for who in order}
     results["rlfleet"] = _our_result(logdir, outs["rlfleet"][1])
+    shutil.rmtree(logdir, ignore_errors=True)
     sb3 = json.loads(outs["sb3"][0].strip().splitlines()[-1])
     results["sb3"] = {"return": sb3["final_return"], "env_steps": sb3["env_steps"], "wall_s": outs["sb3"][1]}
     return results

@@ -15,8 +15,11 @@ class IMPALAConfig(ControlConfig):
     """Steps per env per sample request."""
     train_batch_fragments: int = 2
     """Fragments concatenated (side by side, more envs) into one learner batch."""
-    num_epochs: int = 1
-    """Gradient steps per learner batch (>1 reuses the batch; V-trace corrects the lag)."""
+    lr: float | None = None
+    """Adam learning rate (None: 1e-3 for continuous actions, else 3e-4)."""
+    num_epochs: int | None = None
+    """Gradient steps per learner batch (>1 reuses the batch; V-trace corrects the lag;
+    None: 4 for continuous actions, else 1)."""
     broadcast_interval: int = 1
     """Learner updates between weight broadcasts (runners pick them up as they return)."""
     max_queue_fragments: int = 16
@@ -29,8 +32,18 @@ class IMPALAConfig(ControlConfig):
     """Clip of the importance weights in the trace (c-bar)."""
     vf_coef: float = 0.5
     """Weight of the value loss."""
-    entropy_coef: float = 0.01
-    """Weight of the entropy bonus."""
+    entropy_coef: float | None = None
+    """Weight of the entropy bonus (None: 0 for continuous actions, whose Gaussian it
+    would only widen, else 0.01)."""
+
+    family_defaults = {
+        "discrete": {**ControlConfig.family_defaults["discrete"], "lr": 3e-4, "num_epochs": 1, "entropy_coef": 0.01},
+        # measured on HalfCheetah-v5 at 300k env steps, one seed: 1 epoch at 3e-4 with the
+        # entropy bonus ended at -305, 4 epochs at 1e-3 without it at 895
+        "continuous": {**ControlConfig.family_defaults["continuous"], "lr": 1e-3, "num_epochs": 4,
+                       "entropy_coef": 0.0},
+        "image": {**ControlConfig.family_defaults["image"], "lr": 3e-4, "num_epochs": 1, "entropy_coef": 0.01},
+    }
 
     def validate(self) -> None:
         super().validate()

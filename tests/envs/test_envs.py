@@ -284,3 +284,19 @@ def test_old_four_tuple_step_api_raises():
     env.reset(seed=0)
     with pytest.raises(EnvContractError, match=r"'old-api'.*4 values"):
         env.step(0)
+
+
+def test_mujoco_warnings_go_through_python_warnings_and_write_no_log(tmp_path, monkeypatch):
+    pytest.importorskip("mujoco")
+    import warnings
+
+    from rlfleet.envs.registry import make_env_creator
+
+    monkeypatch.chdir(tmp_path)
+    creator = make_env_creator("HalfCheetah-v5")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # once per location, as a user sees them
+        for _ in range(3):
+            creator().close()
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
+    assert len([w for w in caught if str(w.message).startswith("MuJoCo: ")]) <= 1

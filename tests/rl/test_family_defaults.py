@@ -54,6 +54,9 @@ def test_dqn_and_impala_tables():
     cfg, _ = IMPALAConfig().with_family_defaults("continuous")
     # its own fragment length stays; the normalisers ride on its asynchronous requests
     assert (cfg.rollout_fragment_length, cfg.normalize_obs, cfg.normalize_rewards) == (50, True, True)
+    assert (cfg.lr, cfg.num_epochs, cfg.entropy_coef) == (1e-3, 4, 0.0)
+    cfg, _ = IMPALAConfig().with_family_defaults("discrete")
+    assert (cfg.lr, cfg.num_epochs, cfg.entropy_coef, cfg.normalize_obs) == (3e-4, 1, 0.01, False)
 
 
 def test_a_run_reports_its_defaults_in_the_header_and_first_progress_row(tmp_path, capsys):
@@ -119,7 +122,9 @@ def test_checkpoint_keeps_the_reward_scale_and_refuses_another_setting(tmp_path)
         state = algo.reward_normalizer.get_state()
     with cfg.build() as again:
         again.restore(str(tmp_path / "ckpt"))
-        assert again.reward_normalizer.get_state() == state
+        # the statistics go on; the running returns start again with the fresh episodes
+        assert again.reward_normalizer.get_state() == {**state, "returns": {}}
+        assert state["count"] == 100 and state["returns"]
     from rlfleet.rl.checkpoint import CheckpointError
     with cfg.updated({"normalize_rewards": False}).build() as other:
         with pytest.raises(CheckpointError, match="normalize_rewards differs"):

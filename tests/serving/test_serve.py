@@ -74,9 +74,17 @@ def wait_healthy(client: Client, proc: subprocess.Popen, timeout_s: float = 120.
 
 
 def start(checkpoint: str, **options) -> tuple[Server, Client]:
-    port = free_port()
-    opts = ServeOptions(port=port, **options)
-    server = Server(lambda: PolicyService(checkpoint, max_batch_rows=opts.max_batch_rows), opts, address=None)
+    for attempt in range(3):
+        # a port free when probed may be taken before Serve binds it (another process on
+        # this shared machine): then another port, not a failed test
+        port = free_port()
+        opts = ServeOptions(port=port, **options)
+        try:
+            server = Server(lambda: PolicyService(checkpoint, max_batch_rows=opts.max_batch_rows), opts, address=None)
+            break
+        except Exception as e:
+            if attempt == 2 or not ("already in use" in str(e) or "Failed to bind" in str(e)):
+                raise
     client = Client(port, options.get("token"))
     deadline = time.monotonic() + 60
     while True:
