@@ -21,6 +21,11 @@ against synchronous PPO (runners idle while the learner updates), both on
 steps and the same learner work per env step (one gradient step on 400 rows per 400 env
 steps), with the share of the time the runners spent sampling.
 
+``defaults``: PPO on the library's defaults (``train.py --defaults``) against SB3's PPO on
+SB3's own defaults, on tasks without a tuned example (MuJoCo at 300k env steps, classic
+control at 100k): the return at the budget (mean of the last 10 training episodes) and the
+whole-process wall, medians over seeds (``scripts/bench_defaults.py``).
+
 ``cartpole-race``: wall-clock seconds from process start to a mean return of 450 over the
 last 20 episodes on CartPole-v1, rlfleet PPO (or DQN with ``--algo dqn``; its tuned
 example) against Stable-Baselines3's with rl-zoo's tuned hyperparameters
