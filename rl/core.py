@@ -128,7 +128,9 @@ class Runner(Protocol):
 
     def pop_connector_delta(self) -> Any:
         """What the runner's connectors (observation normalisation) learned since the last
-        call; None when it has none. The driver merges the deltas of all runners."""
+        call; None when it has none. Sampling runners hand their deltas over in each
+        ``Fragment.connector_delta``; the group calls this only to check that a restarted
+        runner answers."""
         ...
 
     def set_connector_state(self, state: Any) -> None: ...
