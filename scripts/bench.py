@@ -6,6 +6,7 @@
     python scripts/bench.py impala-vs-ppo --repeats 3
     python scripts/bench.py lm-async --seeds 3
     python scripts/bench.py defaults --seeds 3 --pin --sb3-python /tmp/sb3venv/bin/python
+    python scripts/bench.py sampling --repeats 5
 
 ``fleet-scaling``: env steps/s of PPO sampling a simulator that burns 2 ms of CPU per
 step (``envs.testing.BusyEnv``), with 1 and with 2 Ray env runners; the update is kept
@@ -25,6 +26,11 @@ steps), with the share of the time the runners spent sampling.
 SB3's own defaults, on tasks without a tuned example (MuJoCo at 300k env steps, classic
 control at 100k): the return at the budget (mean of the last 10 training episodes) and the
 whole-process wall, medians over seeds (``scripts/bench_defaults.py``).
+
+``sampling``: env steps/s of one local ``EnvRunner`` (CartPole-v1, 8 envs, initial policy,
+one torch thread) against the bare loop (gymnasium's ``SyncVectorEnv`` plus the actor and
+critic forwards and the fragment's arrays), alternated in one process
+(``scripts/bench_sampling.py``).
 
 ``cartpole-race``: wall-clock seconds from process start to a mean return of 450 over the
 last 20 episodes on CartPole-v1, rlfleet PPO (or DQN with ``--algo dqn``; its tuned
@@ -271,7 +277,18 @@ def main() -> None:
     defaults.add_argument("--pin", action="store_true", help="run both libraries at once, a core each")
     defaults.add_argument("--sb3-python", help="python of a venv with stable-baselines3 (see scripts/peers)")
     defaults.add_argument("--out", help="write the table as JSON here")
+    sampling = sub.add_parser("sampling", help="env steps/s of one local runner vs the bare loop")
+    sampling.add_argument("--repeats", type=int, default=5)
+    sampling.add_argument("--seconds", type=float, default=2.0, help="seconds per measured point")
+    sampling.add_argument("--env", default="CartPole-v1")
+    sampling.add_argument("--num-envs", type=int, default=8)
+    sampling.add_argument("--fragment-length", type=int, default=64)
     args = p.parse_args()
+    if args.bench == "sampling":
+        from rlfleet.scripts.bench_sampling import main as sampling_bench
+
+        sampling_bench(args)
+        return
     if args.bench == "defaults":
         from rlfleet.scripts.bench_defaults import main as defaults_bench
 
