@@ -7,6 +7,7 @@
     python scripts/bench.py lm-async --seeds 3
     python scripts/bench.py defaults --seeds 3 --pin --sb3-python /tmp/sb3venv/bin/python
     python scripts/bench.py sampling --repeats 5
+    python scripts/bench.py memory --repeats 3 --rllib
 
 ``fleet-scaling``: env steps/s of PPO sampling a simulator that burns 2 ms of CPU per
 step (``envs.testing.BusyEnv``), with 1 and with 2 Ray env runners; the update is kept
@@ -31,6 +32,12 @@ whole-process wall, medians over seeds (``scripts/bench_defaults.py``).
 one torch thread) against the bare loop (gymnasium's ``SyncVectorEnv`` plus the actor and
 critic forwards and the fragment's arrays), alternated in one process
 (``scripts/bench_sampling.py``).
+
+``memory``: PSS of the whole process tree (driver, Ray's processes, the runner actors) of
+PPO on CartPole-v1 with 2 Ray env runners, after iteration ``--iterations`` (5) of a fresh
+run: totals, process counts and the largest processes, medians over repeats, against
+another checkout's ``scripts/train.py`` (``--reference-checkout``) and RLlib's PPO with 2
+env runners (``--rllib``, ``scripts/peers/rllib_ppo_memory.py``) (``scripts/bench_memory.py``).
 
 ``cartpole-race``: wall-clock seconds from process start to a mean return of 450 over the
 last 20 episodes on CartPole-v1, rlfleet PPO (or DQN with ``--algo dqn``; its tuned
@@ -283,7 +290,21 @@ def main() -> None:
     sampling.add_argument("--env", default="CartPole-v1")
     sampling.add_argument("--num-envs", type=int, default=8)
     sampling.add_argument("--fragment-length", type=int, default=64)
+    memory = sub.add_parser("memory", help="PSS of the process tree of PPO with 2 Ray runners vs RLlib's")
+    memory.add_argument("--repeats", type=int, default=3)
+    memory.add_argument("--iterations", type=int, default=5, help="measure after this iteration's console line")
+    memory.add_argument("--reference-checkout", help="another checkout of rlfleet (e.g. the previous commit's "
+                        "`git worktree`) measured the same way, its own scripts/train.py")
+    memory.add_argument("--reference-pythonpath", help="PYTHONPATH for the reference's run (where its rlfleet "
+                        "package is importable from)")
+    memory.add_argument("--rllib", action="store_true", help="also RLlib's PPO (scripts/peers/rllib_ppo_memory.py)")
+    memory.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args()
+    if args.bench == "memory":
+        from rlfleet.scripts.bench_memory import main as memory_bench
+
+        memory_bench(args)
+        return
     if args.bench == "sampling":
         from rlfleet.scripts.bench_sampling import main as sampling_bench
 
