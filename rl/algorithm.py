@@ -194,8 +194,6 @@ class Algorithm(abc.ABC):
         """Collect one fragment per runner and account for its steps and episodes."""
         fragments = self.env_runner_group.sample()
         self.record(fragments)
-        if self.connector is not None:  # every runner normalises alike in the next iteration
-            self.env_runner_group.set_connector_state(self.connector.get_state())
         return fragments
 
     def record(self, fragments: list[Fragment]) -> None:
@@ -224,15 +222,19 @@ class Algorithm(abc.ABC):
         """A new weights version into the object store for asynchronous runners, which
         take it with their next request (nobody waits for it)."""
         self.weights_version += 1
-        self.env_runner_group.publish_weights(
-            self.acting_weights(self.learner_group.get_weights()), self.weights_version,
-            connector_state=self.connector.get_state() if self.connector is not None else None)
+        self.env_runner_group.publish_weights(self.acting_weights(self.learner_group.get_weights()),
+                                              self.weights_version, self.connector_state())
 
     def sync_weights(self, new_version: bool = True) -> None:
         """Broadcast the learner's weights (put into the object store once, every runner
-        gets the reference); ``new_version`` stamps them as a new version."""
+        gets the reference) with the connector statistics merged so far, so every runner
+        normalises alike in the next iteration; ``new_version`` stamps them as a new version."""
         self.weights_version += int(new_version)
-        self.env_runner_group.sync_weights(self.acting_weights(self.learner_group.get_weights()), self.weights_version)
+        self.env_runner_group.sync_weights(self.acting_weights(self.learner_group.get_weights()),
+                                           self.weights_version, self.connector_state())
+
+    def connector_state(self) -> Any:
+        return self.connector.get_state() if self.connector is not None else None
 
     def take_snapshots(self) -> None:
         """Multi-agent self-play: copy each ``policy_snapshots`` source into its frozen
@@ -300,9 +302,8 @@ class Algorithm(abc.ABC):
         fleet: ``evaluation/*`` metrics."""
         if self.eval_runner is None:
             self.eval_runner = self.runner_factory.evaluation_runner(self.config.evaluation_num_episodes)
-        self.eval_runner.set_weights(self.acting_weights(self.learner_group.get_weights()), self.weights_version)
-        if self.connector is not None:
-            self.eval_runner.set_connector_state(self.connector.get_state())
+        self.eval_runner.set_weights(self.acting_weights(self.learner_group.get_weights()), self.weights_version,
+                                     self.connector_state())
         return self.eval_runner.evaluate(self.config.evaluation_num_episodes)
 
     # -- checkpoints -------------------------------------------------------------------
@@ -360,8 +361,7 @@ class Algorithm(abc.ABC):
             )
         self.learner_group.set_state(state["learner"])
         if self.connector is not None:
-            self.connector.set_state(_to_numpy(state["connector"]))
-            self.env_runner_group.set_connector_state(self.connector.get_state())
+            self.connector.set_state(_to_numpy(state["connector"]))  # reaches the runners below
         if self.reward_normalizer is not None:
             self.reward_normalizer.set_state(state["reward_normalizer"])
             self.reward_normalizer.returns.clear()  # the restored run starts fresh episodes

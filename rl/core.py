@@ -120,20 +120,19 @@ class Runner(Protocol):
 
     def sample(self) -> Fragment: ...
 
-    def set_weights(self, weights: Weights, version: int) -> None: ...
+    def set_weights(self, weights: Weights, version: int, connector_state: Any = None) -> None:
+        """Load weights ``version``; ``connector_state`` is the driver's connector
+        statistics published with them (None: the runner keeps its own, or has none)."""
+        ...
 
     def evaluate(self, num_episodes: int) -> dict[str, float]:
         """Greedy (deterministic) performance: ``evaluation/*`` metrics."""
         ...
 
-    def pop_connector_delta(self) -> Any:
-        """What the runner's connectors (observation normalisation) learned since the last
-        call; None when it has none. Sampling runners hand their deltas over in each
-        ``Fragment.connector_delta``; the group calls this only to check that a restarted
-        runner answers."""
+    def ping(self) -> bool:
+        """True: a restarted runner answers (connector statistics travel in each
+        ``Fragment.connector_delta``, not through a call)."""
         ...
-
-    def set_connector_state(self, state: Any) -> None: ...
 
     def stop(self) -> None: ...
 

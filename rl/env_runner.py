@@ -52,7 +52,7 @@ class _SubEnvCreator:
 
 
 def _to_tensor(obs: Any) -> Any:
-    return tree.map_structure(torch.from_numpy, obs)
+    return torch.from_numpy(obs) if isinstance(obs, np.ndarray) else tree.map_structure(torch.from_numpy, obs)
 
 
 def _stack(items: list[Any]) -> Any:
@@ -109,13 +109,15 @@ class EnvRunner:
     def _connect(self, obs: Any, update: bool = True) -> Any:
         return self.filter(obs, update) if self.filter is not None else obs
 
-    def set_weights(self, weights: dict[str, np.ndarray], version: int) -> None:
+    def set_weights(self, weights: dict[str, np.ndarray], version: int, connector_state: Any = None) -> None:
         # From Ray's object store the arrays are read-only views (zero-copy); load_state_dict
         # copies them into the module, so no tensor ever writes to them.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             self.module.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
         self.weights_version = version
+        if connector_state is not None and self.filter is not None:
+            self.filter.set_state(connector_state)
 
     def sample(self) -> Fragment:
         """Step every env ``fragment_length`` times; return the time-major fragment.
@@ -220,13 +222,8 @@ class EnvRunner:
             "evaluation/num_episodes": len(returns),
         }
 
-    # -- connector state -------------------------------------------------------------
-    def pop_connector_delta(self) -> Any:
-        return self.filter.pop_delta() if self.filter is not None else None
-
-    def set_connector_state(self, state: Any) -> None:
-        if self.filter is not None:
-            self.filter.set_state(state)
+    def ping(self) -> bool:
+        return True
 
     def stop(self) -> None:
         self.env.close()

@@ -120,9 +120,8 @@ class EnvRunnerGroup:
 
     def _submit(self, index: int) -> None:
         if self.weights is not None and self.runner_versions[index] < self.weights[1]:
-            self.group.submit(index, "set_weights", *self.weights)  # runs before the sample below
-            if self.connector_state is not None:  # published with those weights
-                self.group.submit(index, "set_connector_state", self.connector_state)
+            # Runs before the sample below; the connector state published with those weights rides along.
+            self.group.submit(index, "set_weights", *self.weights, self.connector_state)
             self.runner_versions[index] = self.weights[1]
         self.in_flight[self.group.submit(index, "sample")] = index
 
@@ -148,16 +147,11 @@ class EnvRunnerGroup:
         with none left the run stops, instead of waiting forever."""
         self.group.restart(index)
         self.num_restarts += 1
-        calls = []
-        if self.weights is not None:
-            calls.append(("set_weights", self.weights))
-        if self.connector_state is not None:
-            calls.append(("set_connector_state", (self.connector_state,)))
-        for method, args in calls or [("pop_connector_delta", ())]:
-            result = self.group.call(method, *args, indices=[index], timeout_s=self.restart_timeout_s)[0]
-            if not result.ok:
-                self.lose(index, result.error)
-                return
+        method, args = ("set_weights", (*self.weights, self.connector_state)) if self.weights else ("ping", ())
+        result = self.group.call(method, *args, indices=[index], timeout_s=self.restart_timeout_s)[0]
+        if not result.ok:
+            self.lose(index, result.error)
+            return
         if self.weights is not None:
             self.runner_versions[index] = self.weights[1]
 
@@ -171,16 +165,19 @@ class EnvRunnerGroup:
         print(f"env runner {index} could not be restarted within {self.restart_timeout_s} s "
               f"({type(error).__name__}: {reason}); going on with {self.size} runners", file=sys.stderr, flush=True)
 
-    def sync_weights(self, weights: dict[str, Any], version: int) -> None:
-        """Put the weights into the object store once; every runner receives the same
-        reference and reads the stored copy (never a copy pickled per runner)."""
+    def sync_weights(self, weights: dict[str, Any], version: int, connector_state: Any = None) -> None:
+        """Put the weights (and the driver's connector state, when there is one) into the
+        object store once; every runner receives the same references in one call and reads
+        the stored copy (never a copy pickled per runner)."""
         started = time.perf_counter()
         self.weights = (self.runtime.put(weights), version)
+        if connector_state is not None:
+            self.connector_state = self.runtime.put(connector_state)
         deadline = self.weight_sync_timeout_s
         starting = deadline is not None and any(self.runner_versions[i] == 0 for i in self.active)
         if starting:  # a runner's first weights wait for it to start (a process, imports, a model)
             deadline = max(deadline, self.restart_timeout_s or 0.0)
-        results = self.group.call("set_weights", *self.weights, indices=self.active,
+        results = self.group.call("set_weights", *self.weights, self.connector_state, indices=self.active,
                                   timeout_s=deadline if deadline is not None else self.sample_timeout_s)
         self.last_sync_s = time.perf_counter() - started
         late = [r.index for r in results if isinstance(r.error, TimeoutError)]
@@ -193,10 +190,6 @@ class EnvRunnerGroup:
         # Without a deadline, a runner that does not take them in time fails its next
         # sample and is restarted.
         self.runner_versions = [version] * self.group.size
-
-    def set_connector_state(self, state: Any) -> None:
-        self.connector_state = self.runtime.put(state)
-        self.group.call("set_connector_state", self.connector_state, indices=self.active, timeout_s=self.sample_timeout_s)
 
     def stop(self) -> None:
         self.group.shutdown()

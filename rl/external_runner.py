@@ -186,7 +186,7 @@ class ExternalEnvRunner:
             return self.module.compute_values(tree.map_structure(torch.from_numpy, _stack(observations))).tolist()
 
     # -- the Runner interface -----------------------------------------------------------------
-    def set_weights(self, weights: dict[str, np.ndarray], version: int) -> None:
+    def set_weights(self, weights: dict[str, np.ndarray], version: int, connector_state: Any = None) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             state = {k: torch.from_numpy(v) for k, v in weights.items()}
@@ -242,11 +242,8 @@ class ExternalEnvRunner:
         raise ExternalConfigError("env 'external' has no local env to evaluate in: serve a checkpoint "
                                  "(scripts/serve.py) and evaluate it with scripts/evaluate.py")
 
-    def pop_connector_delta(self) -> Any:
-        return None
-
-    def set_connector_state(self, state: Any) -> None:
-        pass
+    def ping(self) -> bool:
+        return True
 
     def stop(self) -> None:
         self.server.stop()

@@ -90,7 +90,7 @@ class MultiAgentEnvRunner:
         self.finished: list[tuple[float, int, dict[str, float]]] = []  # (team return, length, per agent)
 
     # -- the Runner interface -----------------------------------------------------------------
-    def set_weights(self, weights: dict[str, dict[str, np.ndarray]], version: int) -> None:
+    def set_weights(self, weights: dict[str, dict[str, np.ndarray]], version: int, connector_state: Any = None) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # read-only arrays from the object store
             for pid, module in self.modules.items():
@@ -160,11 +160,8 @@ class MultiAgentEnvRunner:
             return int(self.rng.choice(np.flatnonzero(obs[ACTION_MASK]))) + int(getattr(space, "start", 0))
         return space.sample()
 
-    def pop_connector_delta(self) -> Any:
-        return None
-
-    def set_connector_state(self, state: Any) -> None:
-        pass
+    def ping(self) -> bool:
+        return True
 
     def stop(self) -> None:
         for env in self.envs:

@@ -117,6 +117,8 @@ def actions_to_env(leaves: list[np.ndarray], action_space: gym.Space) -> Any:
     Box actions are clipped to their bounds here, at the env boundary only: the batch keeps
     the unclipped sample so its log-probability stays exact.
     """
+    if type(action_space) is spaces.Discrete and action_space.start == 0:
+        return leaves[0]  # the common case, once per env step
     out = []
     for leaf, space in zip(leaves, leaf_spaces(action_space)):
         if isinstance(space, spaces.Box):

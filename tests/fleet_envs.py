@@ -127,7 +127,7 @@ class WeightsProbe:
         self.index = index
         self.received: list[tuple[dict[str, tuple[str, bool, float]], int]] = []
 
-    def set_weights(self, weights: dict[str, np.ndarray], version: int) -> None:
+    def set_weights(self, weights: dict[str, np.ndarray], version: int, connector_state: Any = None) -> None:
         arrays = {k: (type(v).__name__, bool(v.flags.writeable), float(np.sum(v))) for k, v in weights.items()}
         self.received.append((arrays, version))
 
@@ -280,10 +280,10 @@ class StallingGeneratorFactory:
         runner = self.inner(index)
         take = runner.set_weights
 
-        def set_weights(weights, version):
+        def set_weights(weights, version, connector_state=None):
             if version >= 3:
                 time.sleep(20)
-            take(weights, version)
+            take(weights, version, connector_state)
 
         runner.set_weights = set_weights
         return runner

@@ -16,7 +16,7 @@ from gymnasium import spaces
 from torch import nn
 
 from rlfleet.rl.distributions import mask_logits
-from rlfleet.rl.module import ModuleSpec, ObsEncoder, _init, legal_actions, mlp
+from rlfleet.rl.module import ModuleSpec, ObsEncoder, _init, legal_actions, mlp, run_layers
 from rlfleet.rl.spaces import UnsupportedSpaceError, check_spaces
 
 
@@ -52,12 +52,12 @@ class QModule(nn.Module):
 
     def forward_train(self, obs: Any) -> torch.Tensor:
         """Q(s, a) for every action, (B, A)."""
-        h = self.mlp(self.encoder(obs))
+        h = run_layers(self.mlp, self.encoder.forward(obs))
         if self.spec.dueling:
             # Q = V + A - mean(A): the mean keeps V and A identifiable (Wang et al. 2016, eq. 9).
-            adv = self.advantage_head(h)
-            return self.value_head(h) + adv - adv.mean(-1, keepdim=True)
-        return self.q_head(h)
+            adv = run_layers(self.advantage_head, h)
+            return run_layers(self.value_head, h) + adv - adv.mean(-1, keepdim=True)
+        return run_layers(self.q_head, h)
 
     def greedy(self, obs: Any) -> torch.Tensor:
         """argmax_a Q(s, a) over the legal actions where ``obs`` has a mask, (B,)."""

@@ -30,9 +30,11 @@ class PPOConfig(ControlConfig):
     family_defaults = {
         "discrete": {**ControlConfig.family_defaults["discrete"], "num_epochs": 10, "minibatch_size": 64,
                      "entropy_coef": 0.0},
-        # SB3's PPO defaults for the batch and updates, with the normalisation above.
+        # SB3's PPO defaults for the batch and updates, observations normalised. Returns are
+        # not: on Hopper-v5 at 300k env steps, 6 seeds reached a median of 1502 without
+        # reward scaling and 968 with it (HalfCheetah and Walker2d lost less than that).
         "continuous": {**ControlConfig.family_defaults["continuous"], "num_epochs": 10, "minibatch_size": 64,
-                       "entropy_coef": 0.0},
+                       "entropy_coef": 0.0, "normalize_rewards": False},
         # CleanRL's and rl-zoo's Atari PPO.
         "image": {**ControlConfig.family_defaults["image"], "num_epochs": 4, "minibatch_size": 256,
                   "entropy_coef": 0.01},

@@ -59,7 +59,7 @@ class GeneratorRunner:
         self.generator = torch.Generator().manual_seed(seed)
         self.weights_version = 0
 
-    def set_weights(self, weights: dict[str, np.ndarray], version: int) -> None:
+    def set_weights(self, weights: dict[str, np.ndarray], version: int, connector_state: Any = None) -> None:
         with warnings.catch_warnings():  # read-only arrays from the object store; copied in
             warnings.simplefilter("ignore", UserWarning)
             self.model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
@@ -133,12 +133,8 @@ class GeneratorRunner:
         return {"evaluation/episode_return_mean": float(score(self.spec.reward_fn, prompts, completions).mean()),
                 "evaluation/num_episodes": num_prompts}
 
-    # Completions need no connectors (the runner protocol of rl/core.py).
-    def pop_connector_delta(self) -> None:
-        return None
-
-    def set_connector_state(self, state: Any) -> None:
-        pass
+    def ping(self) -> bool:
+        return True
 
     def stop(self) -> None:
         pass

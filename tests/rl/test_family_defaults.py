@@ -34,10 +34,10 @@ def test_space_family(obs, act, family):
 def test_ppo_families_pick_their_values_and_keep_what_the_user_set():
     cfg, picked = PPOConfig().with_family_defaults("continuous")
     assert picked == {"num_envs_per_runner": 8, "rollout_fragment_length": 256, "normalize_obs": True,
-                      "normalize_rewards": True, "num_epochs": 10, "minibatch_size": 64, "entropy_coef": 0.0}
+                      "normalize_rewards": False, "num_epochs": 10, "minibatch_size": 64, "entropy_coef": 0.0}
     assert cfg.train_batch_size == 2048  # SB3's PPO batch
-    cfg, picked = PPOConfig(normalize_rewards=False, rollout_fragment_length=128).with_family_defaults("continuous")
-    assert cfg.normalize_rewards is False and cfg.rollout_fragment_length == 128
+    cfg, picked = PPOConfig(normalize_rewards=True, rollout_fragment_length=128).with_family_defaults("continuous")
+    assert cfg.normalize_rewards is True and cfg.rollout_fragment_length == 128
     assert "normalize_rewards" not in picked and "rollout_fragment_length" not in picked
     cfg, _ = PPOConfig().with_family_defaults("discrete")
     assert (cfg.rollout_fragment_length, cfg.num_epochs, cfg.minibatch_size, cfg.normalize_obs) == (32, 10, 64, False)
@@ -63,15 +63,15 @@ def test_a_run_reports_its_defaults_in_the_header_and_first_progress_row(tmp_pat
     cfg = PPOConfig(env="Pendulum-v1", logdir=str(tmp_path), log_to_console=True, rollout_fragment_length=16,
                     num_envs_per_runner=2, minibatch_size=32)
     with cfg.build() as algo:
-        assert algo.config.normalize_obs is True and algo.config.normalize_rewards is True
-        assert algo.connector is not None and algo.reward_normalizer is not None
+        assert algo.config.normalize_obs is True and algo.config.normalize_rewards is False
+        assert algo.connector is not None and algo.reward_normalizer is None
         algo.train()
         algo.train()
     header = capsys.readouterr().out.splitlines()[0]
     assert header == ("ppo defaults for continuous actions, vector observations (set any of them to override): "
-                      "normalize_obs=True, normalize_rewards=True, num_epochs=10, entropy_coef=0.0")
+                      "normalize_obs=True, normalize_rewards=False, num_epochs=10, entropy_coef=0.0")
     rows = [json.loads(line) for line in open(tmp_path / "progress.jsonl")]
-    assert rows[0]["defaults/family"] == "continuous" and rows[0]["defaults/normalize_rewards"] is True
+    assert rows[0]["defaults/family"] == "continuous" and rows[0]["defaults/normalize_rewards"] is False
     assert "defaults/minibatch_size" not in rows[0]  # set by the user
     assert not any(k.startswith("defaults/") for k in rows[1])
 
@@ -94,7 +94,7 @@ def test_image_env_gets_image_defaults():
 
 def test_rewards_are_scaled_but_returns_stay_raw():
     cfg = PPOConfig(env="Pendulum-v1", num_envs_per_runner=2, rollout_fragment_length=200, minibatch_size=100,
-                    num_epochs=1)
+                    num_epochs=1, normalize_rewards=True)
     with cfg.build() as algo:
         fragments = algo.env_runner_group.sample()
         raw = [f.batch["rewards"].copy() for f in fragments]
@@ -115,7 +115,7 @@ def test_multi_agent_refuses_normalisation_it_cannot_do():
 
 def test_checkpoint_keeps_the_reward_scale_and_refuses_another_setting(tmp_path):
     cfg = PPOConfig(env="Pendulum-v1", num_envs_per_runner=2, rollout_fragment_length=50, minibatch_size=50,
-                    num_epochs=1)
+                    num_epochs=1, normalize_rewards=True)
     with cfg.build() as algo:
         algo.train()
         algo.save(str(tmp_path / "ckpt"))
@@ -144,12 +144,13 @@ def test_mujoco_tuned_examples_load_and_train_an_iteration(name):
     path = os.path.join(ROOT, "ppo", f"{name}.yaml")
     exp = validate(path, get_config_class)
     assert "long" in exp.tags and exp.pass_criteria.env_steps == 1_000_000
-    # the example writes out exactly what the defaults would pick for it
+    # the example writes out what the defaults would pick for it, and scales rewards on top
     example = PPOConfig(**{**load_experiment(path).config, "env": name})
     chosen, _ = PPOConfig(env=name, metrics_smoothing_episodes=20).with_family_defaults("continuous")
     for key in ("num_envs_per_runner", "rollout_fragment_length", "num_epochs", "minibatch_size", "normalize_obs",
-                "normalize_rewards", "entropy_coef", "lr", "gamma", "gae_lambda"):
+                "entropy_coef", "lr", "gamma", "gae_lambda"):
         assert getattr(example, key) in (getattr(chosen, key), None), key
+    assert example.normalize_rewards is True and chosen.normalize_rewards is False
     cfg = example.updated({"rollout_fragment_length": 16, "num_envs_per_runner": 2, "minibatch_size": 32})
     with cfg.build() as algo:
         assert algo.runner_factory.family == "continuous"
