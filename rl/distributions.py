@@ -23,7 +23,11 @@ class Categorical:
         self.logits = torch.log_softmax(logits, -1)  # (B, n), normalised
 
     def sample(self) -> torch.Tensor:
-        return torch.multinomial(self.logits.exp(), 1).squeeze(-1)
+        # Gumbel-max: argmax(log p - log E), E ~ Exp(1), draws exactly from p, in a third
+        # of torch.multinomial's time on a small batch. E is kept above 0 so that -log E
+        # stays finite and a masked action (log p the dtype's lowest) never wins.
+        noise = torch.empty_like(self.logits).exponential_().clamp_(min=torch.finfo(self.logits.dtype).tiny)
+        return (self.logits - noise.log_()).argmax(-1)
 
     def deterministic(self) -> torch.Tensor:
         return self.logits.argmax(-1)
@@ -120,8 +124,9 @@ class ActionDistribution:
         if mask is not None:
             inputs = mask_logits(inputs, mask)
         self.leaves: list[LeafDistribution] = []
-        sizes = [dist_input_size(s) for s in leaf_spaces(action_space)]
-        for chunk, space in zip(torch.split(inputs, sizes, dim=-1), leaf_spaces(action_space)):
+        leaves = leaf_spaces(action_space)
+        chunks = [inputs] if len(leaves) == 1 else torch.split(inputs, [dist_input_size(s) for s in leaves], dim=-1)
+        for chunk, space in zip(chunks, leaves):
             if isinstance(space, spaces.Discrete):
                 self.leaves.append(Categorical(chunk))
             elif isinstance(space, spaces.MultiDiscrete):
@@ -136,10 +141,16 @@ class ActionDistribution:
         return [d.deterministic() for d in self.leaves]
 
     def logp(self, actions: list[torch.Tensor]) -> torch.Tensor:
-        return sum(d.logp(a) for d, a in zip(self.leaves, actions))
+        return _total([d.logp(a) for d, a in zip(self.leaves, actions)])
 
     def entropy(self) -> torch.Tensor:
-        return sum(d.entropy() for d in self.leaves)
+        return _total([d.entropy() for d in self.leaves])
 
     def kl(self, other: "ActionDistribution") -> torch.Tensor:
-        return sum(a.kl(b) for a, b in zip(self.leaves, other.leaves))
+        return _total([a.kl(b) for a, b in zip(self.leaves, other.leaves)])
+
+
+def _total(terms: list[torch.Tensor]) -> torch.Tensor:
+    """The sum of the leaves' terms; one leaf's term as it is (no ``0 +``: the acting path
+    runs once per env step)."""
+    return sum(terms[1:], terms[0])

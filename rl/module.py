@@ -3,8 +3,8 @@
 Each observation leaf gets an encoder (MLP input for vectors and one-hots, a CNN for
 images); the features are concatenated and fed to a policy MLP and a value MLP (separate by
 default: PPO on classic control learns faster with them apart). Acting and training use
-separate entry points, so the acting path can skip autograd and the value head when it
-is not needed.
+separate entry points: the acting path runs once per env step without autograd, with the
+policy and value MLPs side by side in one matrix product per layer (:func:`side_by_side`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from rlfleet.envs.schema import space_from_schema, space_to_schema
 from rlfleet.rl.spaces import check_spaces, encoder_space, is_image, leaf_spaces
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
+ACTIVATION_FNS = {"tanh": torch.tanh, "relu": torch.relu, "elu": nn.functional.elu, "silu": nn.functional.silu}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +109,24 @@ def run_layers(layers: nn.Module, x: torch.Tensor) -> torch.Tensor:
             x = layer.forward(x)
         return x
     return layers.forward(x)
+
+
+def side_by_side(pi: list[nn.Linear], vf: list[nn.Linear]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Two MLPs that read the same input (the policy's and the value's, each ending in its
+    head) as one MLP computing both at once: a layer both share is kept, the first layer
+    after the shared ones has the two weight matrices stacked (both read the same input),
+    every later layer is block-diagonal (each half reads only its own half). One matrix
+    product per depth instead of two; the output is the policy head's then the value's.
+    (weight, bias) pairs; those of two layers are copies, to rebuild when the parameters change."""
+    layers, apart = [], False
+    for p, v in zip(pi, vf):
+        if p is v:
+            layers.append((p.weight.detach(), p.bias.detach()))
+            continue
+        weight = torch.block_diag(p.weight, v.weight) if apart else torch.cat([p.weight, v.weight])
+        layers.append((weight.detach(), torch.cat([p.bias, v.bias]).detach()))
+        apart = True
+    return layers
 
 
 class LeafEncoder(nn.Module):
@@ -216,13 +235,18 @@ class RLModule(nn.Module):
         self.box_slots = [isinstance(s, spaces.Box) for s in leaves]
         self.head_sizes = [dist_input_size(s) // (2 if b else 1) for s, b in zip(leaves, self.box_slots)]
         self.log_std = nn.Parameter(torch.zeros(sum(n for n, b in zip(self.head_sizes, self.box_slots) if b)))
+        self._params = list(self.parameters())  # walking the modules each step costs more than the maths
+        self._acting: tuple[tuple, list[tuple[torch.Tensor, torch.Tensor]]] | None = None
 
     # -- shared pieces ---------------------------------------------------------------
     def features(self, obs: Any) -> torch.Tensor:
         return self.encoder.forward(obs)  # (B, F)
 
     def dist_inputs(self, feats: torch.Tensor) -> torch.Tensor:
-        out = run_layers(self.pi_head, run_layers(self.pi_mlp, feats))
+        return self.head_to_dist_inputs(run_layers(self.pi_head, run_layers(self.pi_mlp, feats)))
+
+    def head_to_dist_inputs(self, out: torch.Tensor) -> torch.Tensor:
+        """The policy head's output with each Box leaf's log-std next to its mean."""
         if not any(self.box_slots):
             return out
         chunks, std_at = [], 0
@@ -251,10 +275,27 @@ class RLModule(nn.Module):
     @torch.inference_mode()
     def forward_exploration(self, obs: Any) -> dict[str, Any]:
         """Sample actions: {"actions": leaves, "logp": (B,), "values": (B,)}."""
-        feats = self.features(obs)
-        dist = self.dist(self.dist_inputs(feats), obs)
+        out = self.features(obs)
+        layers = self.acting_layers()
+        act = ACTIVATION_FNS[self.spec.activation]
+        for weight, bias in layers[:-1]:
+            out = act(nn.functional.linear(out, weight, bias))
+        out = nn.functional.linear(out, *layers[-1])  # (B, policy head + 1)
+        dist = self.dist(self.head_to_dist_inputs(out[:, :-1]), obs)
         actions = dist.sample()
-        return {"actions": actions, "logp": dist.logp(actions), "values": self.values(feats)}
+        return {"actions": actions, "logp": dist.logp(actions), "values": out[:, -1]}
+
+    def acting_layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The policy and value MLPs side by side (:func:`side_by_side`), rebuilt when a
+        parameter was changed in place (its version counter moved: loaded weights, an
+        optimiser step) or replaced."""
+        key = tuple((p._version, p.data_ptr()) for p in self._params)
+        if self._acting is None or self._acting[0] != key:
+            pi = [layer for layer in self.pi_mlp if isinstance(layer, nn.Linear)] + [self.pi_head]
+            vf = [layer for layer in self.vf_mlp if isinstance(layer, nn.Linear)] + [self.vf_head]
+            with torch.no_grad():
+                self._acting = key, side_by_side(pi, vf)
+        return self._acting[1]
 
     @torch.inference_mode()
     def forward_inference(self, obs: Any) -> list[torch.Tensor]:

@@ -92,6 +92,56 @@ def test_sampled_logp_equals_forward_train_logp(case):
     assert train_values.shape == (B,)
 
 
+def test_side_by_side_stacks_the_first_layer_and_block_diagonalises_the_rest():
+    from torch import nn
+
+    from rlfleet.rl.module import side_by_side
+
+    def linear(weight, bias):
+        layer = nn.Linear(len(weight[0]), len(weight))
+        with torch.no_grad():
+            layer.weight.copy_(torch.tensor(weight, dtype=torch.float32))
+            layer.bias.copy_(torch.tensor(bias, dtype=torch.float32))
+        return layer
+
+    shared = linear([[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0])
+    pi = [shared, linear([[1.0, 2.0]], [0.5]), linear([[3.0]], [0.0])]
+    vf = [shared, linear([[4.0, 5.0]], [-1.0]), linear([[6.0]], [1.0])]
+    (w0, b0), (w1, b1), (w2, b2) = side_by_side(pi, vf)
+    assert torch.equal(w0, shared.weight) and torch.equal(b0, shared.bias)
+    assert w1.tolist() == [[1.0, 2.0], [4.0, 5.0]] and b1.tolist() == [0.5, -1.0]  # stacked: same input
+    assert w2.tolist() == [[3.0, 0.0], [0.0, 6.0]] and b2.tolist() == [0.0, 1.0]  # each half its own
+    # x = (1, 1): the policy's output 3 * (1 + 2 + 0.5) = 10.5, the value's 6 * (4 + 5 - 1) + 1 = 49
+    x = torch.ones(1, 2)
+    for weight, bias in ((w0, b0), (w1, b1), (w2, b2)):
+        x = torch.nn.functional.linear(x, weight, bias)
+    assert x.tolist() == [[10.5, 49.0]]
+
+
+@pytest.mark.parametrize("shared, hidden", [(False, (16, 16)), (True, (16, 16)), (False, ()), (True, (8,))])
+def test_acting_follows_weights_changed_in_place(shared, hidden):
+    obs_space, act_space = spaces.Box(-1.0, 1.0, (5,)), spaces.Tuple((spaces.Discrete(3), spaces.Box(-1.0, 1.0, (2,))))
+    torch.manual_seed(0)
+    module = ModuleSpec(obs_space, act_space, hidden_sizes=hidden, shared_encoder=shared).build()
+    obs = obs_batch(obs_space)
+
+    def check():
+        out = module.forward_exploration(obs)
+        dist, values = module.forward_train(obs)
+        torch.testing.assert_close(values.detach(), out["values"].clone())
+        torch.testing.assert_close(dist.logp([a.clone() for a in out["actions"]]).detach(), out["logp"].clone())
+
+    check()
+    # loaded weights (what a runner gets) and an optimiser step both reach the acting path
+    module.load_state_dict({k: v * 1.5 + 0.1 for k, v in module.state_dict().items()})
+    check()
+    optimiser = torch.optim.SGD(module.parameters(), lr=0.5)
+    dist, values = module.forward_train(obs)
+    (values.sum() - dist.entropy().sum()).backward()
+    optimiser.step()
+    check()
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_forward_inference_is_the_deterministic_action(case):
     obs_space, act_space = CASES[case]()
