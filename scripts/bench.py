@@ -9,9 +9,10 @@
     python scripts/bench.py sampling --repeats 5
     python scripts/bench.py memory --repeats 3 --rllib
 
-``fleet-scaling``: env steps/s of PPO sampling a simulator that burns 2 ms of CPU per
-step (``envs.testing.BusyEnv``), with 1 and with 2 Ray env runners; the update is kept
-tiny so sampling dominates. ``startup``: seconds from process start to the first
+``fleet-scaling``: env steps/s of PPO with a local runner, 1 and 2 Ray env runners, on a
+simulator that burns 2 ms of CPU per step (``envs.testing.BusyEnv``) and on CartPole-v1,
+with the median time of one weight broadcast; the update is kept tiny so sampling
+dominates. ``startup``: seconds from process start to the first
 finished iteration of ``scripts/train.py`` on CartPole-v1, local and with 2 Ray runners,
 broken down by the ``startup/*`` keys of the first progress row (train.py's imports and
 config, env probe, the runtime's start, learners, runner actors with their first weights,
@@ -122,32 +123,43 @@ def cartpole_race(args: argparse.Namespace) -> None:
             print(f"ratio rlfleet/{other} (median wall): {med['rlfleet'] / med[other]:.2f}")
 
 
+FLEETS = {"local": 0, "1 Ray runner": 1, "2 Ray runners": 2}  # label -> num_env_runners
+
+
 def fleet_scaling(args: argparse.Namespace) -> None:
     from rlfleet.algorithms.ppo import PPOConfig
     from rlfleet.envs.testing import BusyEnv
 
-    rates: dict[int, list[float]] = {1: [], 2: []}
-    for rep in range(args.repeats):
-        for runners in (1, 2):
-            config = PPOConfig(
-                env=BusyEnv, env_config={"step_cost_ms": 2.0}, seed=rep, num_env_runners=runners,
-                num_envs_per_runner=4, rollout_fragment_length=50, num_epochs=1, minibatch_size=200 * runners,
-            )
-            algo = config.build()
-            try:
-                for _ in range(2):  # warm-up: actor start, first weights
-                    algo.train()
-                steps0, t0 = algo.env_steps, time.perf_counter()
-                for _ in range(args.iterations):
-                    algo.train()
-                rate = (algo.env_steps - steps0) / (time.perf_counter() - t0)
-            finally:
-                algo.stop()
-            rates[runners].append(rate)
-            print(f"repeat {rep} runners {runners}: {rate:7.1f} env steps/s", flush=True)
-    one, two = statistics.median(rates[1]), statistics.median(rates[2])
-    print(f"median env steps/s: 1 runner {one:.1f}, 2 runners {two:.1f}, speed-up {two / one:.2f}x "
-          f"(ideal 2.0x; one env step costs 2 ms, so 1 runner tops out near 500/s)")
+    envs = {"BusyEnv 2 ms/step": (BusyEnv, {"step_cost_ms": 2.0}, 50), "CartPole-v1": ("CartPole-v1", {}, 256)}
+    for env_label, (env, env_config, fragment) in envs.items():
+        rates: dict[str, list[float]] = {label: [] for label in FLEETS}
+        syncs: dict[str, list[float]] = {label: [] for label in FLEETS}
+        for rep in range(args.repeats):
+            for label, runners in FLEETS.items():
+                config = PPOConfig(
+                    env=env, env_config=env_config, seed=rep, num_env_runners=runners, num_envs_per_runner=4,
+                    rollout_fragment_length=fragment, num_epochs=1, minibatch_size=4 * fragment * max(1, runners),
+                )
+                algo = config.build()
+                try:
+                    for _ in range(2):  # warm-up: actor start, first weights
+                        algo.train()
+                    steps0, t0 = algo.env_steps, time.perf_counter()
+                    results = [algo.train() for _ in range(args.iterations)]
+                    rate = (algo.env_steps - steps0) / (time.perf_counter() - t0)
+                finally:
+                    algo.stop()
+                rates[label].append(rate)
+                syncs[label].append(statistics.median(r["weight_sync_s"] for r in results))
+                print(f"{env_label} repeat {rep} {label}: {rate:8.1f} env steps/s, weight broadcast "
+                      f"{1000 * syncs[label][-1]:.2f} ms", flush=True)
+        local = statistics.median(rates["local"])
+        print(f"{env_label}, medians of {args.repeats} (4 envs per runner, {fragment}-step fragments, one "
+              "1-epoch update per iteration):")
+        for label in FLEETS:
+            rate = statistics.median(rates[label])
+            print(f"    {label:14s} {rate:8.1f} env steps/s ({rate / local:.2f}x local), weight broadcast "
+                  f"{1000 * statistics.median(syncs[label]):.2f} ms")
 
 
 def startup(args: argparse.Namespace) -> None:
@@ -255,7 +267,7 @@ def main() -> None:
     race.add_argument("--sb3-python", help="python of a venv with stable-baselines3 (see scripts/peers)")
     race.add_argument("--reference-checkout", help="another checkout of rlfleet (e.g. the previous commit's "
                       "`git worktree`) raced in the same run, its own scripts/train.py")
-    scaling = sub.add_parser("fleet-scaling", help="env steps/s with 1 vs 2 Ray runners on a 2 ms/step env")
+    scaling = sub.add_parser("fleet-scaling", help="env steps/s: local vs 1 and 2 Ray runners, 2 ms/step env and CartPole")
     scaling.add_argument("--repeats", type=int, default=3)
     scaling.add_argument("--iterations", type=int, default=8)
     start = sub.add_parser("startup", help="seconds from process start to the first iteration")
