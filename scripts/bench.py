@@ -50,6 +50,7 @@ report gives medians and the ratio of medians.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import statistics
@@ -256,6 +257,10 @@ def impala_vs_ppo(args: argparse.Namespace) -> None:
           "(the ceiling is 1000/s: 2 runners, 2 ms per step)")
 
 
+SEPARATE = {"memory": "bench_memory", "sampling": "bench_sampling", "defaults": "bench_defaults",
+            "lm-async": "bench_lm", "external": "bench_external", "serve": "bench_serve"}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="bench", required=True)
@@ -312,35 +317,8 @@ def main() -> None:
     memory.add_argument("--rllib", action="store_true", help="also RLlib's PPO (scripts/peers/rllib_ppo_memory.py)")
     memory.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args()
-    if args.bench == "memory":
-        from rlfleet.scripts.bench_memory import main as memory_bench
-
-        memory_bench(args)
-        return
-    if args.bench == "sampling":
-        from rlfleet.scripts.bench_sampling import main as sampling_bench
-
-        sampling_bench(args)
-        return
-    if args.bench == "defaults":
-        from rlfleet.scripts.bench_defaults import main as defaults_bench
-
-        defaults_bench(args)
-        return
-    if args.bench == "lm-async":
-        from rlfleet.scripts.bench_lm import main as lm_bench
-
-        lm_bench(args)
-        return
-    if args.bench == "external":
-        from rlfleet.scripts.bench_external import main as external_bench
-
-        external_bench(args)
-        return
-    if args.bench == "serve":
-        from rlfleet.scripts.bench_serve import main as serve_bench
-
-        serve_bench(args)
+    if args.bench in SEPARATE:  # benchmarks in modules of their own, imported only when run
+        importlib.import_module(f"rlfleet.scripts.{SEPARATE[args.bench]}").main(args)
         return
     {"cartpole-race": cartpole_race, "fleet-scaling": fleet_scaling, "startup": startup,
      "impala-vs-ppo": impala_vs_ppo}[args.bench](args)
