@@ -5,7 +5,6 @@ from __future__ import annotations
 import abc
 import collections
 import contextlib
-import math
 import random
 import signal
 import threading
@@ -141,8 +140,11 @@ class Algorithm(abc.ABC):
         self.take_snapshots()
         self.sync_weights()
         marks.append(time.perf_counter())
-        # env probe and spaces; the runtime (ray.init); learners built; runner actors up
-        # with their first weights (what train.py adds: its imports and config)
+        # env probe and spaces; the runtime (waiting for the rest of ray.init, which
+        # config.build() began before importing this module); learners built; runner actors
+        # up with their first weights (what train.py adds: its imports and config, and the
+        # algorithm's imports, torch's among them)
+        self.init_started = marks[0]
         self.startup: dict[str, float] = {
             f"startup/{name}_s": b - a for name, a, b in zip(("env_probe", "runtime", "learners", "runners"),
                                                              marks, marks[1:])}
@@ -175,15 +177,10 @@ class Algorithm(abc.ABC):
         return weights
 
     def make_runtime(self) -> Runtime:
-        """Ray when anything is remote (asking it for exactly the CPUs and GPUs the config
-        needs), else the in-process backend."""
-        c = self.config
-        if c.num_env_runners == 0 and c.num_learners == 0:
-            return make_runtime("local")
-        cpus = c.num_env_runners * c.num_cpus_per_runner + c.num_learners
-        gpus = c.num_learners * c.num_gpus_per_learner
-        return make_runtime("ray", address=c.address, num_cpus=max(1, math.ceil(cpus)), num_gpus=math.ceil(gpus),
-                            py_modules=self.user_modules)
+        """The runtime of ``config.runtime_request()`` (one ``config.build()`` may have
+        started already)."""
+        kind, options = self.config.runtime_request()
+        return make_runtime(kind, **options)
 
     @abc.abstractmethod
     def training_step(self) -> dict[str, float]:

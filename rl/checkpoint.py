@@ -12,7 +12,6 @@ import os
 import tempfile
 from typing import Any
 
-import torch
 
 FILENAME = "checkpoint.pt"
 FORMAT = 2
@@ -36,6 +35,8 @@ def save_checkpoint(path: str, state: dict[str, Any]) -> str:
 
 
 def _save(path: str, state: dict[str, Any]) -> str:
+    import torch  # here, not at the top: train.py reads this module before torch is needed
+
     os.makedirs(path, exist_ok=True)
     final = os.path.join(path, FILENAME)
     for name in os.listdir(path):  # leftovers of a save that was killed midway
@@ -76,6 +77,8 @@ def load_checkpoint(path: str) -> dict[str, Any]:
 
 
 def checkpoint_from_bytes(data: bytes, *, source: str) -> dict[str, Any]:
+    import torch
+
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several kinds for truncated or foreign files

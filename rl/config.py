@@ -262,9 +262,27 @@ class AlgorithmConfig:
     def algorithm_class(self) -> type:
         raise NotImplementedError(f"{type(self).__name__} does not name its algorithm class")
 
+    def runtime_request(self) -> tuple[str, dict[str, Any]]:
+        """The runtime this config runs on, as ``make_runtime`` arguments: Ray when anything
+        is remote (asked for exactly the CPUs and GPUs the config needs, the user's modules
+        shipped to its workers), else the in-process backend."""
+        if self.num_env_runners == 0 and self.num_learners == 0:
+            return "local", {}
+        from rlfleet.envs import import_user_module
+
+        cpus = self.num_env_runners * self.num_cpus_per_runner + self.num_learners
+        gpus = self.num_learners * self.num_gpus_per_learner
+        return "ray", {"address": self.address, "num_cpus": max(1, math.ceil(cpus)), "num_gpus": math.ceil(gpus),
+                       "py_modules": [import_user_module(m) for m in self.user_modules]}
+
     def build(self) -> Any:
-        """Build the algorithm this config describes."""
-        return self.algorithm_class()(self)
+        """Build the algorithm this config describes. Ray, when the config needs it,
+        starts while the algorithm's modules are imported and built (``prestarted``)."""
+        from rlfleet.runtime import prestarted
+
+        kind, options = self.runtime_request()
+        with prestarted(kind, **options):
+            return self.algorithm_class()(self)
 
 
 @dataclasses.dataclass

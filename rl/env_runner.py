@@ -1,19 +1,21 @@
-"""EnvRunner: steps a gymnasium vector env with a CPU copy of the module.
+"""EnvRunner: steps a gymnasium vector env with a CPU copy of the policy.
 
 Built from factories (an env creator and a module spec), so the same class runs in this
 process and as a remote actor. Weights arrive by value here, after the runtime resolved
 the object-store reference once per actor.
+
+The default actor-critic acts in numpy (rl/numpy_policy.py), and this module imports
+torch only for the modules that need it: a remote runner of the default policy never
+loads torch (about 150 MiB and most of a second of start-up saved per runner).
 """
 
 from __future__ import annotations
 
 import time
-import warnings
 from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
-import torch
 import tree
 
 from rlfleet.envs import ContractCheckWrapper, RecreateOnError, make_env_creator, probe_env
@@ -23,9 +25,6 @@ from rlfleet.rl.connectors import MeanStdFilter
 from rlfleet.envs import EnvContractError
 from rlfleet.rl.core import ACTION_MASK, Fragment
 from rlfleet.envs.multi_agent import MultiAgentCreator, is_multi_agent_name
-from rlfleet.rl.multi_agent_runner import RANDOM_POLICY, MultiAgentEnvRunner, PolicyMapping
-from rlfleet.rl.external_runner import EXTERNAL_ENV, ExternalEnvRunner, ExternalConfigError, external_spaces
-from rlfleet.rl.module import ModuleSpec
 from rlfleet.rl.spaces import (actions_to_env, check_spaces, mask_segments, mask_space, rows_without_legal_action,
                               space_family)
 
@@ -51,10 +50,6 @@ class _SubEnvCreator:
                                max_failed_episodes=self.max_failed_episodes)
 
 
-def _to_tensor(obs: Any) -> Any:
-    return torch.from_numpy(obs) if isinstance(obs, np.ndarray) else tree.map_structure(torch.from_numpy, obs)
-
-
 def _stack(items: list[Any]) -> Any:
     return tree.map_structure(lambda *xs: np.stack(xs), *items)
 
@@ -65,7 +60,7 @@ class EnvRunner:
         *,
         env_creator: Callable[[], gym.Env],
         env_name: str,
-        module_spec: ModuleSpec,
+        module_spec: Any,
         num_envs: int,
         fragment_length: int,
         seed: int,
@@ -83,13 +78,12 @@ class EnvRunner:
         # back in final_obs, which truncation bootstrapping needs.
         self.env = (AsyncVectorEnv if in_subprocess else CheckedVectorEnv)([sub_env] * num_envs, env_name)
         self.action_space = self.env.single_action_space
-        self.module = module_spec.build()
-        self.module.eval()
+        # A ModuleSpec or what its acting_spec() gave (the factory sends the latter).
+        self.policy = module_spec.acting_spec().build_acting(seed)
         has_mask = mask_space(self.env.single_observation_space) is not None
         self.mask_segments = mask_segments(self.action_space) if has_mask else None
         self.filter = MeanStdFilter(self.env.single_observation_space) if normalize_obs else None
         self.weights_version = 0
-        torch.manual_seed(seed)
         self.ep_return = np.zeros(num_envs, np.float64)
         self.ep_length = np.zeros(num_envs, np.int64)
         self.obs = self._connect(self._check_mask(self.env.reset(seed=seed), self.ep_length))
@@ -110,11 +104,7 @@ class EnvRunner:
         return self.filter(obs, update) if self.filter is not None else obs
 
     def set_weights(self, weights: dict[str, np.ndarray], version: int, connector_state: Any = None) -> None:
-        # From Ray's object store the arrays are read-only views (zero-copy); load_state_dict
-        # copies them into the module, so no tensor ever writes to them.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            self.module.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+        self.policy.load(weights)
         self.weights_version = version
         if connector_state is not None and self.filter is not None:
             self.filter.set_state(connector_state)
@@ -141,13 +131,13 @@ class EnvRunner:
         for t in range(T):
             obs_list.append(self.obs)
             is_first[t] = self.is_first
-            out = self.module.forward_exploration(_to_tensor(self.obs))
-            actions_np = [a.numpy() for a in out.pop("actions")]
+            out = self.policy.explore(self.obs)
+            actions_np = out.pop("actions")
             action_list.append(actions_np)
             for key, value in out.items():
                 if key not in extras:
                     extras[key] = np.zeros((T, B), np.float32)
-                extras[key][t] = value.numpy()
+                extras[key][t] = value
             step = self.env.step(actions_to_env(actions_np, self.action_space))
             term, trunc = step.terminated, step.truncated
             rewards[t], terminated[t], truncated[t] = step.rewards, term, trunc
@@ -189,10 +179,10 @@ class EnvRunner:
         """V(s_{t+1}) of the true next state, (T, B)."""
         next_values = np.empty_like(values)
         next_values[:-1] = values[1:]
-        next_values[-1] = self.module.compute_values(_to_tensor(self.obs)).numpy()
+        next_values[-1] = self.policy.values(self.obs)
         if final_obs:
             ts, bs = [f[0] for f in final_obs], [f[1] for f in final_obs]
-            next_values[ts, bs] = self.module.compute_values(_to_tensor(_stack([f[2] for f in final_obs]))).numpy()
+            next_values[ts, bs] = self.policy.values(_stack([f[2] for f in final_obs]))
         next_values[terminated] = 0.0
         return next_values
 
@@ -207,7 +197,7 @@ class EnvRunner:
         ep_return = np.zeros(self.num_envs)
         done_returns: list[list[float]] = [[] for _ in range(self.num_envs)]
         while any(len(r) < per_env for r in done_returns):
-            actions = [a.numpy() for a in self.module.forward_inference(_to_tensor(obs))]
+            actions = self.policy.greedy(obs)
             step = self.env.step(actions_to_env(actions, self.action_space))
             obs = self._connect(self._check_mask(step.obs, np.ones(self.num_envs, np.int64)), update=False)
             ep_return += step.rewards
@@ -237,9 +227,17 @@ def _evaluation_mapping(c: ControlConfig) -> dict[str, str]:
 
 class EnvRunnerFactory:
     """Picklable ``factory(index) -> EnvRunner`` of a control-RL run (the RunnerFactory of
-    rl/core.py): resolves the env once, checks its spaces, and holds the module spec."""
+    rl/core.py): resolves the env once, checks its spaces, and holds the module spec.
 
-    def __init__(self, config: ControlConfig, *, adapt_spec: Callable[[ModuleSpec], Any] = lambda spec: spec) -> None:
+    The multi-agent, external and torch module classes are imported where they are used,
+    so that unpickling this factory in a runner process loads no torch (see the module
+    docstring): ``module_spec`` stays with the driver when runners act in numpy."""
+
+    def __init__(self, config: ControlConfig, *, adapt_spec: Callable[[Any], Any] = lambda spec: spec) -> None:
+        from rlfleet.rl.external_runner import EXTERNAL_ENV, external_spaces
+        from rlfleet.rl.module import ModuleSpec
+        from rlfleet.rl.multi_agent_runner import PolicyMapping
+
         c = self.config = config
         # ``env: external``: simulators connect over the network (rl/external_runner.py).
         self.external = c.env == EXTERNAL_ENV
@@ -261,6 +259,7 @@ class EnvRunnerFactory:
                 raise ConfigError(f"policies_to_train names {unknown[0]!r}, which no agent maps to "
                                   f"(policies: {', '.join(sorted(self.module_spec))})")
             self._check_snapshots()
+            self.runner_spec = None
             return
         if c.policy_snapshots:
             raise ConfigError(f"policy_snapshots is for multi-agent envs; {c.env!r} has one agent")
@@ -279,6 +278,14 @@ class EnvRunnerFactory:
             observation_space, action_space, hidden_sizes=tuple(c.hidden_sizes), activation=c.activation,
             shared_encoder=c.shared_encoder, env_name=env_name, encode_mask=c.encode_action_mask,
         ))
+        # What single-agent runners build: the numpy policy where it covers the module.
+        self.runner_spec = None if self.external else self.module_spec.acting_spec()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        if self.runner_spec is not None and self.runner_spec is not self.module_spec:
+            del state["module_spec"]  # a torch class: unpickling it would load torch
+        return state
 
     def _pick_defaults(self, observation_space: gym.Space, action_space: gym.Space) -> ControlConfig:
         """Fill the config's fields left None from the spaces' task family (kept in
@@ -288,9 +295,12 @@ class EnvRunnerFactory:
         self.config, self.defaults = self.config.with_family_defaults(self.family, connectors=connectors)
         return self.config
 
-    def _policy_specs(self) -> dict[str, ModuleSpec]:
+    def _policy_specs(self) -> dict[str, Any]:
         """One module spec per policy, from the spaces of the agents mapped to it (which
         must agree: they share one network)."""
+        from rlfleet.rl.module import ModuleSpec
+        from rlfleet.rl.multi_agent_runner import RANDOM_POLICY
+
         c = self.config
         env = self.env_creator()
         try:
@@ -298,7 +308,7 @@ class EnvRunnerFactory:
             spaces_of = {a: (env.observation_space(a), env.action_space(a)) for a in agents}
         finally:
             env.close()
-        specs: dict[str, ModuleSpec] = {}
+        specs: dict[str, Any] = {}
         first: dict[str, str] = {}
         for agent in agents:
             pid = self.mapping(agent)
@@ -337,11 +347,15 @@ class EnvRunnerFactory:
         # Runners get disjoint seed ranges: env i of runner k is seeded seed + 1000 k + i.
         return self._runner(index, self.config.num_envs_per_runner, self.config.seed + 1000 * index)
 
-    def evaluation_runner(self, num_episodes: int) -> EnvRunner:
+    def evaluation_runner(self, num_episodes: int) -> Any:
         if self.external:
+            from rlfleet.rl.external_runner import ExternalConfigError
+
             raise ExternalConfigError("env 'external' has no local env to evaluate in: serve a checkpoint "
                                      "(scripts/serve.py) and evaluate it with scripts/evaluate.py")
         if self.multi_agent:  # its own mapping: a trained policy against random opponents, say
+            from rlfleet.rl.multi_agent_runner import MultiAgentEnvRunner, PolicyMapping
+
             c = self.config
             return MultiAgentEnvRunner(env_creator=self.env_creator, specs=self.module_spec,
                                        mapping=PolicyMapping(_evaluation_mapping(c)),
@@ -352,18 +366,23 @@ class EnvRunnerFactory:
     def make_connector(self) -> MeanStdFilter | None:
         return MeanStdFilter(self.module_spec.observation_space) if self.config.normalize_obs else None
 
-    def _runner(self, index: int, num_envs: int, seed: int) -> EnvRunner | ExternalEnvRunner | MultiAgentEnvRunner:
+    def _runner(self, index: int, num_envs: int, seed: int) -> Any:
+        """An EnvRunner, or the multi-agent or external runner."""
         c = self.config
         if self.multi_agent:
+            from rlfleet.rl.multi_agent_runner import MultiAgentEnvRunner
+
             return MultiAgentEnvRunner(env_creator=self.env_creator, specs=self.module_spec, mapping=self.mapping,
                                        num_envs=num_envs, fragment_length=c.rollout_fragment_length, seed=seed,
                                        index=index)
         if self.external:
+            from rlfleet.rl.external_runner import ExternalEnvRunner
+
             return ExternalEnvRunner(module_spec=self.module_spec, env_config=c.env_config, num_columns=num_envs,
                                      fragment_length=c.rollout_fragment_length, seed=seed, index=index,
                                      sample_timeout_s=c.sample_timeout_s, max_lag=c.external_max_lag)
         return EnvRunner(
-            env_creator=self.env_creator, env_name=self.env_creator.name, module_spec=self.module_spec,
+            env_creator=self.env_creator, env_name=self.env_creator.name, module_spec=self.runner_spec,
             num_envs=num_envs, fragment_length=c.rollout_fragment_length, seed=seed, index=index,
             vectorize_mode=c.vectorize_mode, normalize_obs=c.normalize_obs, env_error_retries=c.env_error_retries,
             max_failed_episodes=c.max_failed_episodes,

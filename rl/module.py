@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+import warnings
 from typing import Any
 
 import gymnasium as gym
@@ -22,6 +23,7 @@ from gymnasium import spaces
 from torch import nn
 
 from rlfleet.rl.core import ACTION_MASK
+from rlfleet.rl.numpy_policy import NumpyPolicySpec
 from rlfleet.rl.distributions import ActionDistribution, Categorical, DiagGaussian, MultiCategorical, dist_input_size
 from rlfleet.envs.schema import space_from_schema, space_to_schema
 from rlfleet.rl.spaces import check_spaces, encoder_space, is_image, leaf_spaces
@@ -50,6 +52,19 @@ class ModuleSpec:
     def build(self) -> nn.Module:
         """The actor-critic (PPO, IMPALA); other module kinds subclass the spec."""
         return RLModule(self)
+
+    def acting_spec(self) -> "ModuleSpec | NumpyPolicySpec":
+        """What env runners build to act: the torch-free numpy policy where it computes
+        this very module (rl/numpy_policy.py; a subclass builds another module), else
+        this spec."""
+        if type(self) is ModuleSpec and NumpyPolicySpec.covers(self):
+            return NumpyPolicySpec(self.observation_space, self.action_space, tuple(self.hidden_sizes),
+                                   self.activation, self.shared_encoder, self.encode_mask, self.env_name)
+        return self
+
+    def build_acting(self, seed: int) -> "TorchActing":
+        torch.manual_seed(seed)
+        return TorchActing(self.build())
 
 
 def spec_to_dict(spec: ModuleSpec) -> dict[str, Any]:
@@ -328,3 +343,32 @@ class RLModule(nn.Module):
             out["action_mean"] = torch.cat([d.mean for d in gaussians], -1)
             out["action_log_std"] = torch.cat([d.log_std for d in gaussians], -1)
         return out
+
+
+def to_tensor(obs: Any) -> Any:
+    return torch.from_numpy(obs) if isinstance(obs, np.ndarray) else tree.map_structure(torch.from_numpy, obs)
+
+
+class TorchActing:
+    """The acting interface of env runners (numpy in, numpy out; see rl/numpy_policy.py)
+    over a torch module: ``forward_exploration``, ``compute_values``, ``forward_inference``."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module.eval()
+
+    def explore(self, obs: Any) -> dict[str, Any]:
+        out = self.module.forward_exploration(to_tensor(obs))
+        return {"actions": [a.numpy() for a in out.pop("actions")], **{k: v.numpy() for k, v in out.items()}}
+
+    def values(self, obs: Any) -> np.ndarray:
+        return self.module.compute_values(to_tensor(obs)).numpy()
+
+    def greedy(self, obs: Any) -> list[np.ndarray]:
+        return [a.numpy() for a in self.module.forward_inference(to_tensor(obs))]
+
+    def load(self, weights: dict[str, np.ndarray]) -> None:
+        # From Ray's object store the arrays are read-only views (zero-copy); load_state_dict
+        # copies them into the module, so no tensor ever writes to them.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            self.module.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})

@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Callable, Iterator, Sequence
 
@@ -284,3 +286,59 @@ class RayRuntime(Runtime):
         if self.started_ray and ray.is_initialized():
             ray.shutdown()
             self.started_ray = False
+
+
+class _NotMainThread(logging.Filter):
+    """Drops Ray's warning that ``ray.init`` off the main thread sets no SIGTERM handler:
+    :meth:`StartingRayRuntime.result` sets it, on the main thread."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
+
+
+class StartingRayRuntime:
+    """A :class:`RayRuntime` built on a thread of its own (``prestarted`` in
+    runtime/__init__.py); :meth:`result` waits for it.
+
+    The thread stays parked once Ray is up: Ray ties the processes it spawns to their
+    parent's death signal, which Linux sends when the spawning *thread* ends, so a thread
+    that returned would take the instance with it."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+        self.runtime: RayRuntime | None = None
+        self.error: BaseException | None = None
+        self.ready = threading.Event()
+        threading.Thread(target=self._start, name="rlfleet-ray-start", daemon=True).start()
+
+    def _start(self) -> None:
+        quiet = _NotMainThread()
+        worker_log = logging.getLogger("ray._private.worker")
+        worker_log.addFilter(quiet)
+        try:
+            self.runtime = RayRuntime(**self.options)
+        except BaseException as e:  # raised again by result(), on the caller's thread
+            self.error = e
+        finally:
+            worker_log.removeFilter(quiet)
+            self.ready.set()
+        if self.runtime is not None and self.runtime.started_ray:
+            threading.Event().wait()  # parked for the process's life (see the class docstring)
+
+    def result(self) -> RayRuntime:
+        self.ready.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.runtime is not None
+        if (self.runtime.started_ray and threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL):
+            # What ray.init sets on the main thread: SIGTERM exits through atexit and
+            # finally blocks, which shut the instance down.
+            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+        return self.runtime
+
+    def discard(self) -> None:
+        """Wait for the start and shut down what it started."""
+        self.ready.wait()
+        if self.runtime is not None:
+            self.runtime.shutdown()

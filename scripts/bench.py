@@ -15,8 +15,9 @@ with the median time of one weight broadcast; the update is kept tiny so samplin
 dominates. ``startup``: seconds from process start to the first
 finished iteration of ``scripts/train.py`` on CartPole-v1, local and with 2 Ray runners,
 broken down by the ``startup/*`` keys of the first progress row (train.py's imports and
-config, env probe, the runtime's start, learners, runner actors with their first weights,
-the first iteration).
+config, the algorithm's imports (torch), env probe, the wait for the rest of the runtime's
+start, which began before those imports, learners, runner actors with their first weights,
+the first iteration); ``--reference-checkout`` starts another checkout's the same way.
 
 ``impala-vs-ppo``: env steps/s of IMPALA (a request always in flight on every runner)
 against synchronous PPO (runners idle while the learner updates), both on
@@ -94,7 +95,9 @@ def run_sb3(algo: str, python: str, seed: int, target: float, window: int) -> di
         python, script, "--seed", str(seed), "--target", str(target), "--window", str(window), "--max-steps", max_steps,
     ])
     line = json.loads(stdout.strip().splitlines()[-1])
-    return {"wall_s": wall, "env_steps": line["env_steps"], "reached": line["reached"]}
+    # at_hit_s: from the script's first statement to the hit, without the interpreter's start
+    return {"wall_s": wall, "env_steps": line["env_steps"], "reached": line["reached"],
+            "at_hit_s": line["wall_s_in_process"]}
 
 
 def cartpole_race(args: argparse.Namespace) -> None:
@@ -122,6 +125,10 @@ def cartpole_race(args: argparse.Namespace) -> None:
     for other in ("sb3", "reference"):
         if other in med and "rlfleet" in med:
             print(f"ratio rlfleet/{other} (median wall): {med['rlfleet'] / med[other]:.2f}")
+    if rows["sb3"] and rows["rlfleet"]:  # the stricter basis: SB3 timed only up to its hit
+        at_hit = statistics.median(r["at_hit_s"] for r in rows["sb3"])
+        print(f"ratio rlfleet/sb3 (our median wall / SB3's median time at the hit, {at_hit:.2f} s): "
+              f"{med['rlfleet'] / at_hit:.2f}")
 
 
 FLEETS = {"local": 0, "1 Ray runner": 1, "2 Ray runners": 2}  # label -> num_env_runners
@@ -164,15 +171,21 @@ def fleet_scaling(args: argparse.Namespace) -> None:
 
 
 def startup(args: argparse.Namespace) -> None:
-    results: dict[str, list[float]] = {"local": [], "ray (2 runners)": []}
+    ray2 = ["--num-env-runners", "2"]
+    cases = [("local", [], ROOT, None), ("ray (2 runners)", ray2, ROOT, None)]
+    if args.reference_checkout:  # the same command on another checkout, alternated with ours
+        cases.append(("reference, ray", ray2, os.path.abspath(args.reference_checkout), args.reference_pythonpath))
+    results: dict[str, list[float]] = {label: [] for label, *_ in cases}
     phases: dict[str, list[dict[str, float]]] = {label: [] for label in results}
     for _ in range(args.repeats):
-        for label, extra in (("local", []), ("ray (2 runners)", ["--num-env-runners", "2"])):
+        for label, extra, cwd, pythonpath in cases:
+            env = {**os.environ, **({"PYTHONPATH": pythonpath} if pythonpath else {})}
             with tempfile.TemporaryDirectory() as logdir:
                 cmd = [sys.executable, "-u", "scripts/train.py", "--algo", "ppo", "--env", "CartPole-v1",
                        "--logdir", logdir, "--stop-timesteps", "100000", *extra]
                 t0 = time.perf_counter()
-                proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                        text=True)
                 for line in proc.stdout:  # the first per-iteration line marks the first finished iteration
                     if line.startswith("iter "):
                         results[label].append(time.perf_counter() - t0)
@@ -187,9 +200,12 @@ def startup(args: argparse.Namespace) -> None:
                 with open(progress, encoding="utf-8") as f:
                     first = json.loads(f.readline())
                 phases[label].append({k[len("startup/"):-2]: v for k, v in first.items() if k.startswith("startup/")})
+            time.sleep(2)  # the last run's Ray processes gone before the next starts
     for label, times in results.items():
+        ratio = (f"; {statistics.median(times) / statistics.median(results['reference, ray']):.2f}x the reference"
+                 if label == "ray (2 runners)" and "reference, ray" in results else "")
         print(f"{label:16s} process start -> first iteration: median {statistics.median(times):.2f} s "
-              f"({', '.join(f'{t:.2f}' for t in times)})")
+              f"({', '.join(f'{t:.2f}' for t in times)}){ratio}")
         names = list(phases[label][0])
         print("    " + ", ".join(f"{n} {statistics.median(p[n] for p in phases[label]):.2f} s" for n in names)
               + " (medians; the rest is the interpreter's own start)")
@@ -277,6 +293,9 @@ def main() -> None:
     scaling.add_argument("--iterations", type=int, default=8)
     start = sub.add_parser("startup", help="seconds from process start to the first iteration")
     start.add_argument("--repeats", type=int, default=3)
+    start.add_argument("--reference-checkout", help="another checkout of rlfleet (e.g. the previous commit's "
+                       "`git worktree`) started the same way with 2 Ray runners, its own scripts/train.py")
+    start.add_argument("--reference-pythonpath", help="PYTHONPATH for the reference's run")
     ivp = sub.add_parser("impala-vs-ppo", help="env steps/s of IMPALA vs synchronous PPO on a 2 ms/step env")
     ivp.add_argument("--repeats", type=int, default=3)
     ivp.add_argument("--steps", type=int, default=4000, help="env steps measured per run (after warm-up)")

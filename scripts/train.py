@@ -75,6 +75,28 @@ def parse_sets(pairs: list[str]) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    interrupt_once()
+    try:
+        return run(args)
+    except Exception as e:
+        code = exit_code_of(e)
+        if code == 2:
+            print(f"train.py: error: {e}", file=sys.stderr)
+        elif code == 3:
+            print(f"train.py: run failed (last checkpoint kept): {e}", file=sys.stderr)
+        else:
+            raise
+        return code
+    finally:
+        # Done: a late Ctrl-C must not turn the exit code into a death by signal while
+        # the interpreter shuts down.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def exit_code_of(error: Exception) -> int | None:
+    """2 for bad input, 3 for a run that failed, None for a bug. The error classes are
+    imported here, once one is raised: importing them up front would load torch before
+    ``config.build()`` starts Ray, and start-up would lose the overlap of the two."""
     from rlfleet.algorithms import UnknownAlgorithmError
     from rlfleet.envs import EnvConfigError, EnvContractError, EnvFailedError, EnvNotFoundError, UserModuleError
     from rlfleet.envs.text import RewardError
@@ -88,19 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     bad_input = (UnknownAlgorithmError, EnvNotFoundError, EnvConfigError, ConfigError, UnsupportedSpaceError,
                  CheckpointError, EnvContractError, ClusterUnreachableError, InsufficientResourcesError,
                  UserModuleError, ExternalConfigError)
-    interrupt_once()
-    try:
-        return run(args)
-    except bad_input as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
+    if isinstance(error, bad_input):
         return 2
-    except (RunnerFailureError, EnvFailedError, RewardError, CheckpointWriteError, ExternalTimeoutError) as e:
-        print(f"train.py: run failed (last checkpoint kept): {e}", file=sys.stderr)
+    if isinstance(error, (RunnerFailureError, EnvFailedError, RewardError, CheckpointWriteError, ExternalTimeoutError)):
         return 3
-    finally:
-        # Done: a late Ctrl-C must not turn the exit code into a death by signal while
-        # the interpreter shuts down.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return None
 
 
 def interrupt_once() -> None:
@@ -223,7 +237,8 @@ def run(args: argparse.Namespace) -> int:
         if created and os.path.isdir(logdir) and not os.listdir(logdir):
             os.rmdir(logdir)  # a run that never started leaves no empty run directory behind
         raise
-    algo.startup = {"startup/imports_and_config_s": built_at - STARTED, **algo.startup}
+    algo.startup = {"startup/imports_and_config_s": built_at - STARTED,
+                    "startup/algorithm_imports_s": algo.init_started - built_at, **algo.startup}
     where = f"{experiment.path}" if experiment else "defaults"
     print(f"training {config.algo_name} on {env} ({where}); logs in {logdir}", flush=True)
     if no_stop:

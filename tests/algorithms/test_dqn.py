@@ -90,7 +90,7 @@ def test_epsilon_reaches_runners_with_the_weights():
             result = algo.train()
         runner = algo.env_runner_group.group.actors[0]
         assert result["learner/epsilon"] == pytest.approx(0.1)
-        assert runner.module.epsilon.item() == pytest.approx(0.1)
+        assert runner.policy.module.epsilon.item() == pytest.approx(0.1)  # a Q-network acts through torch
     finally:
         algo.stop()
 

@@ -68,9 +68,10 @@ def optimizer_state(algo):
     return algo.learner_group.learner.optimizer.state_dict()
 
 
-def runner_modules(algo):
-    # Local backend: the runners are plain objects in this process.
-    return [r.module.state_dict() for r in algo.env_runner_group.group.actors]
+def runner_policies(algo):
+    """What each runner acts with: the numpy policy's fused layers and log-std (local
+    backend: the runners are plain objects in this process)."""
+    return [(r.policy.layers, r.policy.log_std) for r in algo.env_runner_group.group.actors]
 
 
 def runner_filters(algo):
@@ -114,8 +115,10 @@ def test_restore_reproduces_weights_optimiser_filter_and_counters(saved):
         assert list(fresh.episode_returns) == list(algo.episode_returns)
         assert list(fresh.episode_lengths) == list(algo.episode_lengths)
         # The runners act with the restored weights and normalise with the restored stats.
-        for weights in runner_modules(fresh):
-            assert_same(module_state(algo), weights, "runner module")
+        expected = fresh.env_runner_group.group.actors[0].policy.spec.build_acting(seed=0)
+        expected.load({k: v.numpy() for k, v in module_state(algo).items()})
+        for acting in runner_policies(fresh):
+            assert_same((expected.layers, expected.log_std), acting, "runner policy")
         for state in runner_filters(fresh):
             assert_same(algo.connector.get_state(), state, "runner filter")
         assert (fresh.iteration, fresh.env_steps, fresh.episodes) == (3, 96, algo.episodes)
@@ -266,7 +269,7 @@ KILLED_SAVE = textwrap.dedent(
     """
     import io, os, shutil, sys, time
     sys.path.insert(0, {repo!r})
-    import rlfleet.rl.checkpoint
+    import torch
     from rlfleet.algorithms.ppo import PPOConfig
 
     ckpt, reference, marker = sys.argv[1:4]
@@ -276,7 +279,7 @@ KILLED_SAVE = textwrap.dedent(
     shutil.copyfile(os.path.join(ckpt, "checkpoint.pt"), reference)
     algo.train()  # the second checkpoint would hold other weights and counters
 
-    real_save = rlfleet.rl.checkpoint.torch.save
+    real_save = torch.save  # what rl/checkpoint.py calls (it imports torch when it saves)
 
     def slow_save(obj, f, *args, **kwargs):
         buf = io.BytesIO()
@@ -289,7 +292,7 @@ KILLED_SAVE = textwrap.dedent(
         time.sleep(120)  # killed here
         f.write(data[len(data) // 2 :])
 
-    rlfleet.rl.checkpoint.torch.save = slow_save
+    torch.save = slow_save
     algo.save(ckpt)
     """
 )

@@ -136,6 +136,16 @@ def test_runner_processes_are_named_env_runner(cartpole_fleet):
         assert args_of(pid).startswith("ray::EnvRunner"), args_of(pid)
 
 
+def test_runners_of_the_default_policy_never_load_torch(cartpole_fleet):
+    # They act in numpy (rl/numpy_policy.py): torch would cost each about 150 MiB.
+    cartpole_fleet.train()
+    for pid in cartpole_fleet.env_runner_group.group.pids():
+        with open(f"/proc/{pid}/maps") as f:
+            libraries = f.read()
+        assert "libtorch" not in libraries and "/torch/" not in libraries, f"runner {pid} loaded torch"
+        assert "numpy" in libraries  # the check reads a live runner's mappings
+
+
 # ---------------------------------------------------------------------------------------
 # Runners that die or hang: restarted, their fragment dropped, training goes on.
 

@@ -149,7 +149,7 @@ def test_a_copied_checkpoint_continues_beside_itself_and_each_iteration_is_logge
 
 LAUNCHER = textwrap.dedent("""\
     import errno, sys
-    import rlfleet.rl.checkpoint as checkpoint
+    import torch
     from rlfleet.algorithms.ppo.learner import PPOLearner
     from rlfleet.scripts.train import main
 
@@ -159,13 +159,13 @@ LAUNCHER = textwrap.dedent("""\
             raise RuntimeError("injected bug in the loss")
         PPOLearner.compute_loss = broken
     if mode == "full-disk":
-        real, calls = checkpoint.torch.save, []
+        real, calls = torch.save, []  # what rl/checkpoint.py calls
         def save(*args, **kwargs):
             calls.append(1)
             if len(calls) > 1:
                 raise OSError(errno.ENOSPC, "No space left on device")
             return real(*args, **kwargs)
-        checkpoint.torch.save = save
+        torch.save = save
     sys.exit(main())
 """)
 
