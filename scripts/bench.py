@@ -63,9 +63,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def timed(cmd: list[str], cwd: str = ROOT) -> tuple[float, str]:
+def timed(cmd: list[str], cwd: str = ROOT, pythonpath: str | None = None) -> tuple[float, str]:
+    env = {**os.environ, **({"PYTHONPATH": pythonpath} if pythonpath else {})}
     t0 = time.perf_counter()
-    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if out.returncode not in (0, 1):
         raise RuntimeError(f"{' '.join(cmd)} failed ({out.returncode}): {out.stderr.strip()[-500:]}")
@@ -75,14 +76,16 @@ def timed(cmd: list[str], cwd: str = ROOT) -> tuple[float, str]:
 PEERS = {"ppo": ("scripts/peers/sb3_ppo_cartpole.py", "100000"), "dqn": ("scripts/peers/sb3_dqn_cartpole.py", "100000")}
 
 
-def run_ours(algo: str, seed: int, target: float, window: int, checkout: str = ROOT) -> dict:
-    """``scripts/train.py`` of ``checkout`` (this one, or another commit's worktree)."""
+def run_ours(algo: str, seed: int, target: float, window: int, checkout: str = ROOT,
+             pythonpath: str | None = None) -> dict:
+    """``scripts/train.py`` of ``checkout`` (this one, or another commit's worktree, whose
+    rlfleet package ``pythonpath`` makes importable: the installed one is this checkout's)."""
     with tempfile.TemporaryDirectory() as logdir:
         wall, _ = timed([
             sys.executable, "scripts/train.py", "--algo", algo, "--env", "CartPole-v1", "--seed", str(seed),
             "--stop-reward", str(target), "--stop-timesteps", "200000", "--quiet", "--logdir", logdir,
             "--set", f"metrics_smoothing_episodes={window}",
-        ], cwd=checkout)
+        ], cwd=checkout, pythonpath=pythonpath)
         with open(os.path.join(logdir, "progress.jsonl")) as f:
             last = json.loads(f.readlines()[-1])
     ret = last["episode_return_mean"] or 0.0
@@ -110,8 +113,9 @@ def cartpole_race(args: argparse.Namespace) -> None:
             if who == "sb3":
                 r = run_sb3(args.algo, args.sb3_python, seed, args.target, args.window)
             else:
-                r = run_ours(args.algo, seed, args.target, args.window,
-                             args.reference_checkout if who == "reference" else ROOT)
+                r = (run_ours(args.algo, seed, args.target, args.window, args.reference_checkout,
+                              args.reference_pythonpath) if who == "reference"
+                     else run_ours(args.algo, seed, args.target, args.window))
             rows[who].append(r)
             print(f"seed {seed} {who:8s} wall {r['wall_s']:6.2f} s  env_steps {r['env_steps']:7d}  "
                   f"reached {r['reached']}", flush=True)
@@ -288,6 +292,8 @@ def main() -> None:
     race.add_argument("--sb3-python", help="python of a venv with stable-baselines3 (see scripts/peers)")
     race.add_argument("--reference-checkout", help="another checkout of rlfleet (e.g. the previous commit's "
                       "`git worktree`) raced in the same run, its own scripts/train.py")
+    race.add_argument("--reference-pythonpath", help="PYTHONPATH for the reference's run (where its rlfleet "
+                      "package is importable from; without it the installed rlfleet runs)")
     scaling = sub.add_parser("fleet-scaling", help="env steps/s: local vs 1 and 2 Ray runners, 2 ms/step env and CartPole")
     scaling.add_argument("--repeats", type=int, default=3)
     scaling.add_argument("--iterations", type=int, default=8)
