@@ -109,8 +109,9 @@ def test_a_config_over_seeds_is_judged_by_its_medians_a_miss_counting_as_worst()
 
 
 def test_best_yaml_changes_only_the_searched_keys_and_runs_as_a_tuned_example(tmp_path):
-    specs = parse({"lr": {"loguniform": [1e-4, 1e-2]}, "num_epochs": {"choice": [4, 10]}})
-    winner = TrialSummary("t3", {"lr": 1.23456789e-3, "num_epochs": 10}, "done", 500.0, 60000, 20.0, 50000, 15.0)
+    specs = parse({"lr": {"loguniform": [1e-4, 1e-2]}, "num_epochs": {"choice": [4, 12]}})
+    winner = TrialSummary("t3", {"lr": 1.23456789e-3, "num_epochs": 4}, "done", 500.0, 60000, 20.0, 50000, 15.0)
+    assert load_experiment(CARTPOLE).config["num_epochs"] != 4  # the winner's value is a change
     best = tmp_path / "best.yaml"
     write_best(str(best), CARTPOLE, winner, specs, note="best of a test search")
     source, out = load_experiment(CARTPOLE), validate(str(best), lambda algo, env: PPOConfig)
