@@ -25,6 +25,7 @@ from rlfleet.rl.connectors import MeanStdFilter
 from rlfleet.envs import EnvContractError
 from rlfleet.rl.core import ACTION_MASK, Fragment
 from rlfleet.envs.multi_agent import MultiAgentCreator, is_multi_agent_name
+from rlfleet.rl.module_spec import ModuleSpec
 from rlfleet.rl.spaces import (actions_to_env, check_spaces, mask_segments, mask_space, rows_without_legal_action,
                               space_family)
 
@@ -60,7 +61,7 @@ class EnvRunner:
         *,
         env_creator: Callable[[], gym.Env],
         env_name: str,
-        module_spec: Any,
+        module_spec: ModuleSpec,
         num_envs: int,
         fragment_length: int,
         seed: int,
@@ -78,8 +79,7 @@ class EnvRunner:
         # back in final_obs, which truncation bootstrapping needs.
         self.env = (AsyncVectorEnv if in_subprocess else CheckedVectorEnv)([sub_env] * num_envs, env_name)
         self.action_space = self.env.single_action_space
-        # A ModuleSpec or what its acting_spec() gave (the factory sends the latter).
-        self.policy = module_spec.acting_spec().build_acting(seed)
+        self.policy = module_spec.build_acting(seed)
         has_mask = mask_space(self.env.single_observation_space) is not None
         self.mask_segments = mask_segments(self.action_space) if has_mask else None
         self.filter = MeanStdFilter(self.env.single_observation_space) if normalize_obs else None
@@ -229,13 +229,12 @@ class EnvRunnerFactory:
     """Picklable ``factory(index) -> EnvRunner`` of a control-RL run (the RunnerFactory of
     rl/core.py): resolves the env once, checks its spaces, and holds the module spec.
 
-    The multi-agent, external and torch module classes are imported where they are used,
+    The multi-agent and external runners (torch modules) are imported where they are used,
     so that unpickling this factory in a runner process loads no torch (see the module
-    docstring): ``module_spec`` stays with the driver when runners act in numpy."""
+    docstring)."""
 
-    def __init__(self, config: ControlConfig, *, adapt_spec: Callable[[Any], Any] = lambda spec: spec) -> None:
+    def __init__(self, config: ControlConfig, *, adapt_spec: Callable[[ModuleSpec], Any] = lambda spec: spec) -> None:
         from rlfleet.rl.external_runner import EXTERNAL_ENV, external_spaces
-        from rlfleet.rl.module import ModuleSpec
         from rlfleet.rl.multi_agent_runner import PolicyMapping
 
         c = self.config = config
@@ -259,7 +258,6 @@ class EnvRunnerFactory:
                 raise ConfigError(f"policies_to_train names {unknown[0]!r}, which no agent maps to "
                                   f"(policies: {', '.join(sorted(self.module_spec))})")
             self._check_snapshots()
-            self.runner_spec = None
             return
         if c.policy_snapshots:
             raise ConfigError(f"policy_snapshots is for multi-agent envs; {c.env!r} has one agent")
@@ -278,14 +276,6 @@ class EnvRunnerFactory:
             observation_space, action_space, hidden_sizes=tuple(c.hidden_sizes), activation=c.activation,
             shared_encoder=c.shared_encoder, env_name=env_name, encode_mask=c.encode_action_mask,
         ))
-        # What single-agent runners build: the numpy policy where it covers the module.
-        self.runner_spec = None if self.external else self.module_spec.acting_spec()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        if self.runner_spec is not None and self.runner_spec is not self.module_spec:
-            del state["module_spec"]  # a torch class: unpickling it would load torch
-        return state
 
     def _pick_defaults(self, observation_space: gym.Space, action_space: gym.Space) -> ControlConfig:
         """Fill the config's fields left None from the spaces' task family (kept in
@@ -295,10 +285,9 @@ class EnvRunnerFactory:
         self.config, self.defaults = self.config.with_family_defaults(self.family, connectors=connectors)
         return self.config
 
-    def _policy_specs(self) -> dict[str, Any]:
+    def _policy_specs(self) -> dict[str, ModuleSpec]:
         """One module spec per policy, from the spaces of the agents mapped to it (which
         must agree: they share one network)."""
-        from rlfleet.rl.module import ModuleSpec
         from rlfleet.rl.multi_agent_runner import RANDOM_POLICY
 
         c = self.config
@@ -308,7 +297,7 @@ class EnvRunnerFactory:
             spaces_of = {a: (env.observation_space(a), env.action_space(a)) for a in agents}
         finally:
             env.close()
-        specs: dict[str, Any] = {}
+        specs: dict[str, ModuleSpec] = {}
         first: dict[str, str] = {}
         for agent in agents:
             pid = self.mapping(agent)
@@ -382,7 +371,7 @@ class EnvRunnerFactory:
                                      fragment_length=c.rollout_fragment_length, seed=seed, index=index,
                                      sample_timeout_s=c.sample_timeout_s, max_lag=c.external_max_lag)
         return EnvRunner(
-            env_creator=self.env_creator, env_name=self.env_creator.name, module_spec=self.runner_spec,
+            env_creator=self.env_creator, env_name=self.env_creator.name, module_spec=self.module_spec,
             num_envs=num_envs, fragment_length=c.rollout_fragment_length, seed=seed, index=index,
             vectorize_mode=c.vectorize_mode, normalize_obs=c.normalize_obs, env_error_retries=c.env_error_retries,
             max_failed_episodes=c.max_failed_episodes,

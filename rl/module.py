@@ -23,48 +23,13 @@ from gymnasium import spaces
 from torch import nn
 
 from rlfleet.rl.core import ACTION_MASK
-from rlfleet.rl.numpy_policy import NumpyPolicySpec
+from rlfleet.rl.module_spec import ModuleSpec  # noqa: F401 (its home before it moved; checkpoints name it here)
 from rlfleet.rl.distributions import ActionDistribution, Categorical, DiagGaussian, MultiCategorical, dist_input_size
 from rlfleet.envs.schema import space_from_schema, space_to_schema
-from rlfleet.rl.spaces import check_spaces, encoder_space, is_image, leaf_spaces
+from rlfleet.rl.spaces import check_spaces, is_image, leaf_spaces
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
 ACTIVATION_FNS = {"tanh": torch.tanh, "relu": torch.relu, "elu": nn.functional.elu, "silu": nn.functional.silu}
-
-
-@dataclasses.dataclass(frozen=True)
-class ModuleSpec:
-    """Everything needed to build an RLModule anywhere (it is sent to remote actors)."""
-
-    observation_space: gym.Space
-    action_space: gym.Space
-    hidden_sizes: tuple[int, ...] = (64, 64)
-    activation: str = "tanh"
-    shared_encoder: bool = False
-    env_name: str = "env"
-    encode_mask: bool = False
-    """Feed the observation's action mask to the encoder too (it always masks the logits)."""
-
-    @property
-    def encoder_space(self) -> gym.Space:
-        return encoder_space(self.observation_space, encode_mask=self.encode_mask)
-
-    def build(self) -> nn.Module:
-        """The actor-critic (PPO, IMPALA); other module kinds subclass the spec."""
-        return RLModule(self)
-
-    def acting_spec(self) -> "ModuleSpec | NumpyPolicySpec":
-        """What env runners build to act: the torch-free numpy policy where it computes
-        this very module (rl/numpy_policy.py; a subclass builds another module), else
-        this spec."""
-        if type(self) is ModuleSpec and NumpyPolicySpec.covers(self):
-            return NumpyPolicySpec(self.observation_space, self.action_space, tuple(self.hidden_sizes),
-                                   self.activation, self.shared_encoder, self.encode_mask, self.env_name)
-        return self
-
-    def build_acting(self, seed: int) -> "TorchActing":
-        torch.manual_seed(seed)
-        return TorchActing(self.build())
 
 
 def spec_to_dict(spec: ModuleSpec) -> dict[str, Any]:

@@ -12,7 +12,6 @@ This module must not import torch, directly or through what it imports.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -22,7 +21,7 @@ import tree
 from gymnasium import spaces
 
 from rlfleet.rl.core import ACTION_MASK
-from rlfleet.rl.spaces import encoder_space, is_image, leaf_spaces
+from rlfleet.rl.spaces import is_image, leaf_spaces
 
 _LOG_2PI = math.log(2.0 * math.pi)
 _TINY = np.finfo(np.float32).tiny
@@ -42,42 +41,24 @@ def _flat_leaf(space: gym.Space) -> bool:
     return not (is_image(space) and min(sorted(space.shape)[1:]) >= 7)
 
 
-@dataclasses.dataclass(frozen=True)
-class NumpyPolicySpec:
-    """The default actor-critic's architecture as plain data (no torch class to unpickle)."""
-
-    observation_space: gym.Space
-    action_space: gym.Space
-    hidden_sizes: tuple[int, ...]
-    activation: str
-    shared_encoder: bool
-    encode_mask: bool
-    env_name: str
-
-    @staticmethod
-    def covers(spec: Any) -> bool:
-        """Whether the default module of ``spec``'s fields acts here (flat observation
-        leaves, Discrete / MultiDiscrete / 1-D Box actions, a known activation)."""
-        obs_leaves = leaf_spaces(encoder_space(spec.observation_space, encode_mask=spec.encode_mask))
-        act_leaves = leaf_spaces(spec.action_space)
-        return (spec.activation in ACTIVATIONS and all(_flat_leaf(s) for s in obs_leaves)
-                and all(isinstance(s, (spaces.Discrete, spaces.MultiDiscrete))
-                        or (isinstance(s, spaces.Box) and len(s.shape) == 1) for s in act_leaves))
-
-    def acting_spec(self) -> "NumpyPolicySpec":
-        return self
-
-    def build_acting(self, seed: int) -> "NumpyPolicy":
-        return NumpyPolicy(self, seed)
+def numpy_covers(spec: Any) -> bool:
+    """Whether a ModuleSpec's default module acts here (flat observation leaves, Discrete /
+    MultiDiscrete / 1-D Box actions, a known activation)."""
+    obs_leaves = leaf_spaces(spec.encoder_space)
+    act_leaves = leaf_spaces(spec.action_space)
+    return (spec.activation in ACTIVATIONS and all(_flat_leaf(s) for s in obs_leaves)
+            and all(isinstance(s, (spaces.Discrete, spaces.MultiDiscrete))
+                    or (isinstance(s, spaces.Box) and len(s.shape) == 1) for s in act_leaves))
 
 
 class NumpyPolicy:
     """The acting interface of env runners (numpy in, numpy out): ``explore``, ``values``,
     ``greedy`` and ``load``; the same maths as ``RLModule``'s acting path."""
 
-    def __init__(self, spec: NumpyPolicySpec, seed: int = 0) -> None:
+    def __init__(self, spec: Any, seed: int = 0) -> None:
+        """``spec``: a ModuleSpec that :func:`numpy_covers`."""
         self.spec = spec
-        enc_space = encoder_space(spec.observation_space, encode_mask=spec.encode_mask)
+        enc_space = spec.encoder_space
         self.skip_mask = enc_space is not spec.observation_space
         self.obs_leaves = leaf_spaces(enc_space)
         self.act_leaves = leaf_spaces(spec.action_space)

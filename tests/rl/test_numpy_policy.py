@@ -12,7 +12,7 @@ from gymnasium import spaces
 from rlfleet.algorithms.dqn.module import QModuleSpec
 from rlfleet.envs.testing import ImageEnv, NestedObsEnv
 from rlfleet.rl.module import ModuleSpec, TorchActing
-from rlfleet.rl.numpy_policy import NumpyPolicy, NumpyPolicySpec
+from rlfleet.rl.numpy_policy import NumpyPolicy, numpy_covers
 
 B = 64
 
@@ -62,9 +62,9 @@ def pair(case: str, **kw):
     with torch.no_grad():
         for p in module.parameters():
             p.add_(0.3 * torch.randn_like(p))  # biases and log-std away from their zero init
-    acting = spec.acting_spec()
-    assert isinstance(acting, NumpyPolicySpec)
-    policy = acting.build_acting(seed=0)
+    assert numpy_covers(spec)
+    policy = spec.build_acting(seed=0)
+    assert isinstance(policy, NumpyPolicy)
     policy.load({k: v.numpy() for k, v in module.state_dict().items()})
     return module, policy, obs_space
 
@@ -95,8 +95,7 @@ def head_bias_policy(act_space: gym.Space, bias: list[float], log_std: list[floa
     obs_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
     if mask:
         obs_space = spaces.Dict({"obs": obs_space, "action_mask": spaces.MultiBinary(len(bias))})
-    spec = ModuleSpec(obs_space, act_space, hidden_sizes=()).acting_spec()
-    policy = spec.build_acting(seed=3)
+    policy = ModuleSpec(obs_space, act_space, hidden_sizes=()).build_acting(seed=3)
     weights = {"pi_head.weight": np.zeros((len(bias), 2), np.float32), "pi_head.bias": np.array(bias, np.float32),
                "vf_head.weight": np.zeros((1, 2), np.float32), "vf_head.bias": np.array([0.25], np.float32),
                "log_std": np.array(log_std or [], np.float32)}
@@ -136,7 +135,7 @@ def test_gaussian_draws_have_the_heads_mean_and_the_log_std():
 
 
 def test_the_same_seed_draws_the_same_initial_weights_and_actions():
-    spec = ModuleSpec(*CASES["cartpole"]()).acting_spec()
+    spec = ModuleSpec(*CASES["cartpole"]())
     obs = obs_batch(spec.observation_space)
     a, b, c = spec.build_acting(seed=5), spec.build_acting(seed=5), spec.build_acting(seed=6)
     np.testing.assert_array_equal(a.explore(obs)["values"], b.explore(obs)["values"])
@@ -146,7 +145,7 @@ def test_the_same_seed_draws_the_same_initial_weights_and_actions():
 
 def test_initial_weights_start_near_uniform_like_the_torch_module():
     # Policy head gain 0.01: the initial policy is close to uniform; the value head is not.
-    spec = ModuleSpec(*CASES["cartpole"]()).acting_spec()
+    spec = ModuleSpec(*CASES["cartpole"]())
     policy = spec.build_acting(seed=0)
     logp = policy.explore(obs_batch(spec.observation_space))["logp"]
     np.testing.assert_allclose(logp, math.log(0.5), atol=0.02)
@@ -154,7 +153,7 @@ def test_initial_weights_start_near_uniform_like_the_torch_module():
 
 
 def test_weights_of_another_module_are_refused_naming_the_missing_key():
-    policy = ModuleSpec(*CASES["cartpole"]()).acting_spec().build_acting(seed=0)
+    policy = ModuleSpec(*CASES["cartpole"]()).build_acting(seed=0)
     with pytest.raises(ValueError, match=r"'CartPole-v1'|lack 'pi_mlp.0.weight'"):
         policy.load({"q_head.weight": np.zeros((2, 4), np.float32)})
 
@@ -165,17 +164,17 @@ def test_weights_of_another_module_are_refused_naming_the_missing_key():
 ])
 def test_modules_numpy_does_not_cover_act_through_torch(obs_space, act_space):
     spec = ModuleSpec(obs_space, act_space)
-    assert spec.acting_spec() is spec
+    assert not numpy_covers(spec)
     assert isinstance(spec.build_acting(seed=0), TorchActing)
 
 
 def test_other_module_kinds_act_through_torch():
     obs_space, act_space = CASES["cartpole"]()
     q_spec = QModuleSpec(obs_space, act_space)
-    assert q_spec.acting_spec() is q_spec
+    assert isinstance(q_spec.build_acting(seed=0), TorchActing)
 
     class MySpec(ModuleSpec):  # a user's module: numpy knows nothing of its build()
         pass
 
     mine = MySpec(obs_space, act_space)
-    assert mine.acting_spec() is mine
+    assert isinstance(mine.build_acting(seed=0), TorchActing)

@@ -1,0 +1,52 @@
+"""ModuleSpec: everything needed to build a policy anywhere, as plain data.
+
+It lives apart from the torch module (rl/module.py) so that unpickling one, in an env
+runner that acts in numpy (rl/numpy_policy.py), loads no torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import gymnasium as gym
+
+from rlfleet.rl.numpy_policy import NumpyPolicy, numpy_covers
+from rlfleet.rl.spaces import encoder_space
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleSpec:
+    """Everything needed to build an RLModule anywhere (it is sent to remote actors)."""
+
+    observation_space: gym.Space
+    action_space: gym.Space
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    activation: str = "tanh"
+    shared_encoder: bool = False
+    env_name: str = "env"
+    encode_mask: bool = False
+    """Feed the observation's action mask to the encoder too (it always masks the logits)."""
+
+    @property
+    def encoder_space(self) -> gym.Space:
+        return encoder_space(self.observation_space, encode_mask=self.encode_mask)
+
+    def build(self) -> Any:
+        """The actor-critic (PPO, IMPALA); other module kinds subclass the spec."""
+        from rlfleet.rl.module import RLModule
+
+        return RLModule(self)
+
+    def build_acting(self, seed: int) -> Any:
+        """What an env runner acts with (numpy in, numpy out): the numpy policy where it
+        computes this very module (a subclass builds another module), else the torch
+        module behind the same interface (``rl/module.py`` ``TorchActing``)."""
+        if type(self) is ModuleSpec and numpy_covers(self):
+            return NumpyPolicy(self, seed)
+        import torch
+
+        from rlfleet.rl.module import TorchActing
+
+        torch.manual_seed(seed)
+        return TorchActing(self.build())
