@@ -155,6 +155,10 @@ class AlgorithmConfig:
     """GPUs Ray reserves for each learner actor (nccl when > 0, else gloo)."""
     address: str | None = None
     """Ray cluster to join (``auto`` or ``host:port``); None starts an embedded instance."""
+    ray_dashboard: bool = False
+    """The embedded instance also runs Ray's dashboard, its API server (``ray list``, job
+    submission) and the autoscaler monitor; off, it starts only what training uses, about
+    130 MiB and 1 s less. No effect with ``address``."""
     torch_threads: int = 1
     """Torch CPU threads in this process; small policies run fastest on one."""
 
@@ -273,7 +277,8 @@ class AlgorithmConfig:
         cpus = self.num_env_runners * self.num_cpus_per_runner + self.num_learners
         gpus = self.num_learners * self.num_gpus_per_learner
         return "ray", {"address": self.address, "num_cpus": max(1, math.ceil(cpus)), "num_gpus": math.ceil(gpus),
-                       "py_modules": [import_user_module(m) for m in self.user_modules]}
+                       "py_modules": [import_user_module(m) for m in self.user_modules],
+                       "include_dashboard": self.ray_dashboard, "lean": not self.ray_dashboard}
 
     def build(self) -> Any:
         """Build the algorithm this config describes. Ray, when the config needs it,

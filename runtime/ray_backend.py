@@ -7,6 +7,7 @@ an instance this runtime started is shut down by it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -180,6 +181,34 @@ def check_reachable(address: str, timeout_s: float = 10.0) -> None:
                                       "is the cluster started (`ray start --head`)?") from None
 
 
+# Ray's head starts, besides gcs_server and raylet, an API server (the dashboard process,
+# minimal without the dashboard: the state API and job submission) and the autoscaler
+# monitor. A training run on an embedded single-node instance uses neither: together about
+# 130 MiB PSS, and ray.init waits about 1 s for the API server to publish its address.
+# ray.init has no switch for them; Node starts each through one method, skipped here.
+_HEAD_SERVICES = ("start_api_server", "start_monitor")
+
+
+@contextlib.contextmanager
+def _lean_start(lean: bool) -> Iterator[None]:
+    """Within the block, a Ray head node starts without its API server and autoscaler
+    monitor. A Ray whose Node lacks those methods starts in full (nothing to skip)."""
+    from ray._private import node as ray_node
+
+    skipped = [name for name in _HEAD_SERVICES if lean and callable(getattr(ray_node.Node, name, None))]
+    saved = {name: ray_node.Node.__dict__.get(name) for name in skipped}
+    for name in skipped:
+        setattr(ray_node.Node, name, lambda self, *args, **kwargs: None)
+    try:
+        yield
+    finally:
+        for name, method in saved.items():
+            if method is None:
+                delattr(ray_node.Node, name)
+            else:
+                setattr(ray_node.Node, name, method)
+
+
 class RayRuntime(Runtime):
     name = "ray"
 
@@ -191,9 +220,12 @@ class RayRuntime(Runtime):
         num_gpus: float | None = None,
         include_dashboard: bool = False,
         py_modules: Sequence[Any] = (),
+        lean: bool = False,
     ) -> None:
         """``py_modules`` (the user's own modules) are shipped to every worker, so what
-        they define unpickles there, whatever the worker's directory or node."""
+        they define unpickles there, whatever the worker's directory or node. ``lean``: an
+        embedded instance starts without its API server and autoscaler monitor
+        (:func:`_lean_start`)."""
         self.num_puts = 0
         self.started_ray = False
         self.address = address
@@ -225,7 +257,8 @@ class RayRuntime(Runtime):
             if address is None:  # an embedded instance gets exactly what the config asks for
                 kwargs.update(num_cpus=int(num_cpus) if num_cpus is not None else None,
                               num_gpus=int(num_gpus) if num_gpus is not None else None)
-            ray.init(**kwargs)
+            with _lean_start(lean and address is None and not include_dashboard):
+                ray.init(**kwargs)
             self.started_ray = True
             if address is None:  # an instance of our own: it must not outlive a killed driver
                 self.watchdog = subprocess.Popen(

@@ -63,3 +63,38 @@ def test_a_config_error_found_while_ray_starts_leaves_no_instance():
     with pytest.raises(EnvNotFoundError, match="CartPole-v0|CartPol"):
         PPOConfig(env="CartPol-v1", num_env_runners=1).build()
     assert not ray.is_initialized()
+
+
+HEAD_SERVICES = {"API server": "ray/dashboard/dashboard.py", "autoscaler monitor": "ray/autoscaler/_private/monitor.py"}
+
+
+def head_services() -> set[str]:
+    args = [p.args for p in descendants(os.getpid()) if p.alive]
+    return {name for name, marker in HEAD_SERVICES.items() if any(marker in a for a in args)}
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_a_lean_instance_starts_without_the_api_server_and_monitor_and_runs_actors(lean):
+    from ray._private.node import Node
+
+    methods = (Node.start_api_server, Node.start_monitor)
+    runtime = make_runtime("ray", num_cpus=1, num_gpus=0, lean=lean)
+    try:
+        assert head_services() == (set() if lean else set(HEAD_SERVICES))
+        assert any("ray/_private/log_monitor.py" in p.args for p in descendants(os.getpid()))  # kept: actor output
+        group = runtime.create_group(Probe, 1, num_cpus=0.5, name="Probe")
+        assert [r.value for r in group.call("whoami")] == [0]
+        group.shutdown()
+    finally:
+        runtime.shutdown()
+    assert (Node.start_api_server, Node.start_monitor) == methods  # restored after the start
+
+
+def test_a_training_config_asks_for_a_lean_instance_unless_the_dashboard_is_wanted():
+    from rlfleet.algorithms.ppo import PPOConfig
+
+    assert PPOConfig(num_env_runners=2).runtime_request() == (
+        "ray", {"address": None, "num_cpus": 2, "num_gpus": 0, "py_modules": [], "include_dashboard": False, "lean": True})
+    kind, options = PPOConfig(num_env_runners=2, ray_dashboard=True).runtime_request()
+    assert (options["include_dashboard"], options["lean"]) == (True, False)
+    assert PPOConfig().runtime_request() == ("local", {})
