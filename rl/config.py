@@ -157,8 +157,9 @@ class AlgorithmConfig:
     """Ray cluster to join (``auto`` or ``host:port``); None starts an embedded instance."""
     ray_dashboard: bool = False
     """The embedded instance also runs Ray's dashboard, its API server (``ray list``, job
-    submission) and the autoscaler monitor; off, it starts only what training uses, about
-    130 MiB and 1 s less. No effect with ``address``."""
+    submission), the autoscaler monitor and the log monitor; off, it starts only what
+    training uses, about 180 MiB and 1 s less (runner output comes with their replies).
+    No effect with ``address``."""
     torch_threads: int = 1
     """Torch CPU threads in this process; small policies run fastest on one."""
 

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator, Sequence
 import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
 
+from rlfleet.runtime.actor_output import OutputCapture, WithOutput, print_output
 from rlfleet.runtime.base import (
     ActorGroup,
     CallResult,
@@ -43,18 +44,35 @@ class _ActorHost:
 
     Subclassed per group under the hosted class's name (``EnvRunner``, ``Learner``), because
     Ray titles an actor's process ``ray::<ClassName>``, which is what operators see in ``ps``.
+    With ``forward_output`` (a lean instance has no log monitor), replies carry what the
+    process wrote (runtime/actor_output.py).
     """
 
+    forward_output = False
+
     def __init__(self, factory: Callable[[int], Any], index: int) -> None:
+        self.output = OutputCapture() if self.forward_output else None
         self.obj = factory(index)
 
-    def call(self, method: str, *args: Any) -> Any:
-        return getattr(self.obj, method)(*args)
+    def _reply(self, value: Any) -> Any:
+        output = self.output.take() if self.output is not None else None
+        return value if output is None else WithOutput(value, output)
 
-    def stop(self) -> None:
+    def call(self, method: str, *args: Any) -> Any:
+        try:
+            value = getattr(self.obj, method)(*args)
+        except BaseException as e:
+            output = self.output.take() if self.output is not None else None
+            if output is not None:  # what it printed on the way to the error, in the error
+                e.add_note(f"output of the {type(self).__name__} before the error:\n{output.stdout}{output.stderr}")
+            raise
+        return self._reply(value)
+
+    def stop(self) -> Any:
         stop = getattr(self.obj, "stop", None)
         if stop is not None:
             stop()
+        return self._reply(None)
 
     def pid(self) -> int:
         return os.getpid()
@@ -77,9 +95,11 @@ def _error_of(exc: BaseException) -> BaseException:
 
 class RayActorGroup(ActorGroup):
     def __init__(
-        self, factory: Callable[[int], Any], count: int, *, num_cpus: float, num_gpus: float, name: str
+        self, factory: Callable[[int], Any], count: int, *, num_cpus: float, num_gpus: float, name: str,
+        forward_output: bool = False,
     ) -> None:
-        host_cls = type(name, (_ActorHost,), {"__module__": __name__})
+        self.name = name
+        host_cls = type(name, (_ActorHost,), {"__module__": __name__, "forward_output": forward_output})
         self.remote_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)(host_cls)
         self.factory = factory
         self.actors = [self.remote_cls.remote(factory, i) for i in range(count)]
@@ -88,6 +108,13 @@ class RayActorGroup(ActorGroup):
     @property
     def size(self) -> int:
         return len(self.actors)
+
+    def _received(self, index: int, value: Any) -> Any:
+        """A reply's value; the output it carries is printed under the actor's name."""
+        if isinstance(value, WithOutput):
+            print_output(value.output, f"({self.name} {index} pid={value.output.pid})")
+            return value.value
+        return value
 
     def call(
         self,
@@ -117,7 +144,7 @@ class RayActorGroup(ActorGroup):
         for handle in ready:
             future = by_handle[handle]
             try:
-                done.append((future, CallResult(future.index, ray.get(handle))))
+                done.append((future, CallResult(future.index, self._received(future.index, ray.get(handle)))))
             except (RayActorError, RayTaskError, RayError) as e:
                 done.append((future, CallResult(future.index, error=_error_of(e))))
         ready_set = set(ready)
@@ -139,7 +166,7 @@ class RayActorGroup(ActorGroup):
                 results.append(CallResult(i, error=TimeoutError(f"actor {i} did not answer within {timeout_s} s")))
                 continue
             try:
-                results.append(CallResult(i, ray.get(fut)))
+                results.append(CallResult(i, self._received(i, ray.get(fut))))
             except (RayActorError, RayTaskError, RayError) as e:
                 results.append(CallResult(i, error=_error_of(e)))
         return results
@@ -160,7 +187,13 @@ class RayActorGroup(ActorGroup):
         # Wait for every live actor's stop (closing its envs) before killing any; a dead
         # actor's call simply comes back as failed and does not cut the others short.
         stops = [a.stop.remote() for a in self.actors]
-        ray.wait(stops, num_returns=len(stops), timeout=10)
+        ready, _ = ray.wait(stops, num_returns=len(stops), timeout=10)
+        for i, stop in enumerate(stops):
+            if stop in ready:
+                try:
+                    self._received(i, ray.get(stop))
+                except RayError:
+                    pass
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
         self.actors = []
@@ -182,17 +215,19 @@ def check_reachable(address: str, timeout_s: float = 10.0) -> None:
 
 
 # Ray's head starts, besides gcs_server and raylet, an API server (the dashboard process,
-# minimal without the dashboard: the state API and job submission) and the autoscaler
-# monitor. A training run on an embedded single-node instance uses neither: together about
-# 130 MiB PSS, and ray.init waits about 1 s for the API server to publish its address.
-# ray.init has no switch for them; Node starts each through one method, skipped here.
-_HEAD_SERVICES = ("start_api_server", "start_monitor")
+# minimal without the dashboard: the state API and job submission), the autoscaler
+# monitor and the log monitor. A training run on an embedded single-node instance uses
+# the first two not at all, and the third only to print its actors' output, which their
+# replies carry instead (runtime/actor_output.py): together about 180 MiB PSS, and
+# ray.init waits about 1 s for the API server to publish its address. ray.init has no
+# switch for them; Node starts each through one method, skipped here.
+_HEAD_SERVICES = ("start_api_server", "start_monitor", "start_log_monitor")
 
 
 @contextlib.contextmanager
 def _lean_start(lean: bool) -> Iterator[None]:
-    """Within the block, a Ray head node starts without its API server and autoscaler
-    monitor. A Ray whose Node lacks those methods starts in full (nothing to skip)."""
+    """Within the block, a Ray head node starts without its API server, autoscaler monitor
+    and log monitor. A Ray whose Node lacks those methods starts in full (nothing to skip)."""
     from ray._private import node as ray_node
 
     skipped = [name for name in _HEAD_SERVICES if lean and callable(getattr(ray_node.Node, name, None))]
@@ -224,12 +259,13 @@ class RayRuntime(Runtime):
     ) -> None:
         """``py_modules`` (the user's own modules) are shipped to every worker, so what
         they define unpickles there, whatever the worker's directory or node. ``lean``: an
-        embedded instance starts without its API server and autoscaler monitor
-        (:func:`_lean_start`)."""
+        embedded instance starts without its API server, autoscaler monitor and log monitor
+        (:func:`_lean_start`); its actors' output comes with their replies."""
         self.num_puts = 0
         self.started_ray = False
         self.address = address
         self.watchdog: subprocess.Popen | None = None
+        self.forward_output = False
         if not ray.is_initialized():
             if address is not None:
                 check_reachable(address)
@@ -247,19 +283,21 @@ class RayRuntime(Runtime):
                 runtime_env = {"env_vars": {"PYTHONPATH": pythonpath}}
                 if py_modules:
                     runtime_env["py_modules"] = list(py_modules)
+            lean = lean and address is None and not include_dashboard
             kwargs: dict[str, Any] = dict(
                 address=address,
                 include_dashboard=include_dashboard,
                 logging_level=logging.WARNING,
-                log_to_driver=True,
+                log_to_driver=not lean,  # a lean instance's actors send their output with their replies
                 runtime_env=runtime_env,
             )
             if address is None:  # an embedded instance gets exactly what the config asks for
                 kwargs.update(num_cpus=int(num_cpus) if num_cpus is not None else None,
                               num_gpus=int(num_gpus) if num_gpus is not None else None)
-            with _lean_start(lean and address is None and not include_dashboard):
+            with _lean_start(lean):
                 ray.init(**kwargs)
             self.started_ray = True
+            self.forward_output = lean
             if address is None:  # an instance of our own: it must not outlive a killed driver
                 self.watchdog = subprocess.Popen(
                     [sys.executable, "-m", "rlfleet.runtime.watchdog", str(os.getpid())], start_new_session=True,
@@ -279,7 +317,8 @@ class RayRuntime(Runtime):
         # Tune trial's) the actors take the group's reserved bundles instead.
         if self.address is None and ray.util.get_current_placement_group() is None:
             self._require_free(count, num_cpus=num_cpus, num_gpus=num_gpus, name=name)
-        return RayActorGroup(factory, count, num_cpus=num_cpus, num_gpus=num_gpus, name=name)
+        return RayActorGroup(factory, count, num_cpus=num_cpus, num_gpus=num_gpus, name=name,
+                             forward_output=self.forward_output)
 
     def _require_free(self, count: int, *, num_cpus: float, num_gpus: float, name: str, wait_s: float = 5.0) -> None:
         """Refuse at once what the embedded instance cannot place (say a second algorithm

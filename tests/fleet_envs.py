@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import subprocess
+import sys
 import threading
 import time
 from typing import Any, Callable, Iterator, NamedTuple
@@ -53,6 +54,27 @@ class HangOnceEnv(CorridorEnv):
             return super().step(action)
         threading.Event().wait()
         raise AssertionError("unreachable")
+
+
+class Printer:
+    """An actor that writes to stdout and stderr: from Python, and straight to the file
+    descriptors as C code would."""
+
+    def __init__(self, index: int) -> None:
+        print(f"printer {index} built")
+
+    def speak(self, words: str) -> int:
+        print(words)
+        os.write(2, f"fd2: {words}\n".encode())
+        return len(words)
+
+    def shout(self, nbytes: int) -> int:
+        sys.stdout.write("x" * nbytes + "\n")
+        return nbytes
+
+    def fail(self) -> None:
+        print("about to fail")
+        raise ValueError("printer failed")
 
 
 class Probe:
