@@ -7,6 +7,8 @@ import math
 import os
 from typing import Any
 
+from rlfleet.rl.tb_events import EventWriter
+
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
@@ -17,7 +19,7 @@ def _jsonable(value: Any) -> Any:
 class MetricsLogger:
     def __init__(self, logdir: str | None, *, console: bool) -> None:
         self.logdir, self.console = logdir, console
-        self._writer: Any = None
+        self._writer: EventWriter | None = None
         self._progress = None
         if logdir:
             os.makedirs(logdir, exist_ok=True)
@@ -48,14 +50,10 @@ class MetricsLogger:
 
     def _tensorboard(self, result: dict[str, Any]) -> None:
         if self._writer is None:
-            # Imported on first use: tensorboard costs ~0.2 s of start-up.
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(self.logdir, flush_secs=10)
-        step = int(result.get("env_steps", 0))
-        for key, value in result.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                self._writer.add_scalar(key, value, step)
+            self._writer = EventWriter(self.logdir)
+        self._writer.add_scalars(int(result.get("env_steps", 0)), [
+            (key, value) for key, value in result.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)])
 
     @staticmethod
     def format_line(r: dict[str, Any]) -> str:
