@@ -2,24 +2,24 @@
 
 A lean embedded Ray instance (``RayRuntime(lean=True)``) starts without Ray's log monitor,
 the process that tails every worker's log files and publishes them to the driver (about
-50 MiB). Its actors' output reaches the driver this way instead: the actor's file
-descriptors 1 and 2 become pipes, a thread copies what arrives to the log files they
-pointed at (Ray's ``worker-*.out``/``.err`` keep everything) and keeps a bounded copy,
-which the next reply carries back, and the driver prints each line under the actor's
-name. Output written between calls comes with the next one; an actor that dies takes its
-last unsent output with it, which its log file still holds.
+50 MiB). Its actors' output reaches the driver this way instead: file descriptors 1 and 2
+stay on Ray's ``worker-*.out``/``.err`` files, so those keep everything, a crash's
+traceback included, and nothing a writer does can block; each reply carries what the
+files gained since the last one (read back through their own descriptors), and the driver
+prints it line by line under the actor's name. Output written between calls (a thread, a
+child process) comes with the next reply; a line still being written waits for its end.
 """
 
 from __future__ import annotations
 
+import codecs
 import os
-import select
+import stat
 import sys
-import threading
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-LIMIT_BYTES = 64 * 1024  # kept per stream between two replies; the log file has the rest
+LIMIT_BYTES = 64 * 1024  # the newest bytes kept per stream between two replies; the log file has the rest
 RAY_MARKERS = (":actor_name:", ":task_name:", ":job_id:")  # Ray's lines for its own log monitor
 
 
@@ -32,6 +32,10 @@ class Output:
     dropped_bytes: int
     pid: int
 
+    def text(self) -> str:
+        cut = f"[{self.dropped_bytes} earlier bytes are only in the Ray log file]\n" if self.dropped_bytes else ""
+        return cut + self.stdout + self.stderr
+
 
 @dataclass
 class WithOutput:
@@ -41,71 +45,71 @@ class WithOutput:
     output: Output
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    while data:
-        try:
-            data = data[os.write(fd, data):]
-        except OSError:  # the log file is gone: the kept copy still reaches the driver
-            return
+class _Stream:
+    """The file behind one file descriptor, read from where the last take stopped."""
+
+    def __init__(self, fd: int) -> None:
+        self.reader = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)  # the same file, opened for reading
+        self.fd = fd
+        self.offset = os.fstat(self.reader).st_size
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.partial = ""  # the start of a line whose end has not been written yet
+
+    def take(self, final: bool) -> tuple[str, int]:
+        """Whole lines written since the last take (all of it when ``final``), and the
+        number of bytes skipped to keep the newest ``LIMIT_BYTES``."""
+        size = os.fstat(self.reader).st_size
+        if size < self.offset:  # truncated or rotated: start again from its beginning
+            self.offset, self.partial = 0, ""
+            self.decoder.reset()
+        dropped = max(0, size - self.offset - LIMIT_BYTES)
+        if dropped:  # the newest output is the useful part; a cut line is not worth keeping
+            self.offset += dropped
+            self.decoder.reset()
+            self.partial = ""
+        data = os.pread(self.reader, size - self.offset, self.offset) if size > self.offset else b""
+        self.offset += len(data)
+        text = self.partial + self.decoder.decode(data, final=final)
+        if dropped:
+            text = text.partition("\n")[2]
+        if final:
+            self.partial = ""
+            return text, dropped
+        head, newline, self.partial = text.rpartition("\n")
+        return head + newline, dropped
 
 
 class OutputCapture:
-    """Redirects this process's stdout and stderr (file descriptors 1 and 2) through pipes
-    from construction on; :meth:`take` returns what arrived since the last take."""
+    """Notes where this process's stdout and stderr files end at construction;
+    :meth:`take` returns what they gained since. Where either is no regular file (a
+    terminal, a pipe), there is nothing to read back and :meth:`create` returns None."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.pipes: dict[int, tuple[int, int]] = {}  # fd -> (read end, the fd's former target)
-        self.kept = {1: bytearray(), 2: bytearray()}
-        self.dropped = 0
-        for fd in (1, 2):
-            (sys.stdout if fd == 1 else sys.stderr).flush()
-            former = os.dup(fd)
-            read_end, write_end = os.pipe()
-            os.dup2(write_end, fd)
-            os.close(write_end)
-            os.set_blocking(read_end, False)
-            self.pipes[fd] = (read_end, former)
-        threading.Thread(target=self._pump, name="rlfleet-actor-output", daemon=True).start()
+        self.streams = [_Stream(fd) for fd in (1, 2)]
 
-    def _drain(self, fd: int) -> None:
-        """Everything the pipe of ``fd`` holds now, to its log file and the kept copy (the
-        caller holds the lock, so chunks are kept in the order they were written)."""
-        read_end, former = self.pipes[fd]
-        while True:
-            try:
-                chunk = os.read(read_end, 65536)
-            except BlockingIOError:
-                return
-            if not chunk:
-                return
-            _write_all(former, chunk)
-            kept = self.kept[fd]
-            room = max(0, LIMIT_BYTES - len(kept))
-            kept += chunk[:room]
-            self.dropped += len(chunk) - min(room, len(chunk))
+    @staticmethod
+    def create() -> OutputCapture | None:
+        try:
+            if all(stat.S_ISREG(os.fstat(fd).st_mode) for fd in (1, 2)):
+                return OutputCapture()
+        except OSError:  # a closed descriptor
+            pass
+        return None
 
-    def _pump(self) -> None:
-        # Keeps the pipes flowing between calls: a writer never blocks on a full pipe.
-        fds = {read_end: fd for fd, (read_end, _) in self.pipes.items()}
-        while True:
-            ready, _, _ = select.select(list(fds), [], [])
-            with self.lock:
-                for read_end in ready:
-                    self._drain(fds[read_end])
-
-    def take(self) -> Output | None:
+    def take(self, final: bool = False) -> Output | None:
         """Output since the last take (Python's own buffers flushed first), or None."""
-        sys.stdout.flush()
-        sys.stderr.flush()
-        with self.lock:
-            for fd in self.pipes:
-                self._drain(fd)
-            texts = [bytes(self.kept[fd]).decode("utf-8", errors="replace") for fd in (1, 2)]
-            dropped, self.dropped = self.dropped, 0
-            for kept in self.kept.values():
-                kept.clear()
-        stdout, stderr = (_without_ray_markers(t) for t in texts)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                if stream is not None:
+                    stream.flush()
+            except (OSError, ValueError):  # closed by user code: what it held is gone
+                pass
+        try:
+            (stdout, cut_out), (stderr, cut_err) = (s.take(final) for s in self.streams)
+        except OSError:
+            return None
+        stdout, stderr = _without_ray_markers(stdout), _without_ray_markers(stderr)
+        dropped = cut_out + cut_err
         return Output(stdout, stderr, dropped, os.getpid()) if stdout or stderr or dropped else None
 
 
@@ -116,10 +120,10 @@ def _without_ray_markers(text: str) -> str:
 def print_output(output: Output, prefix: str, stdout: TextIO | None = None, stderr: TextIO | None = None) -> None:
     """Each line under ``prefix`` (``(EnvRunner 1 pid=4242)``), stdout's to stdout and
     stderr's to stderr, as Ray's log monitor would print them."""
-    for text, stream in ((output.stdout, stdout or sys.stdout), (output.stderr, stderr or sys.stderr)):
+    out, err = stdout or sys.stdout, stderr or sys.stderr
+    if output.dropped_bytes:
+        err.write(f"{prefix} [{output.dropped_bytes} earlier bytes of output are only in its Ray log file]\n")
+    for text, stream in ((output.stdout, out), (output.stderr, err)):
         if text:
             stream.write("".join(f"{prefix} {line}\n" for line in text.splitlines()))
             stream.flush()
-    if output.dropped_bytes:
-        (stderr or sys.stderr).write(f"{prefix} ... {output.dropped_bytes} more bytes of output are only in its "
-                                     "Ray log file\n")

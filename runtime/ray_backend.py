@@ -51,28 +51,40 @@ class _ActorHost:
     forward_output = False
 
     def __init__(self, factory: Callable[[int], Any], index: int) -> None:
-        self.output = OutputCapture() if self.forward_output else None
-        self.obj = factory(index)
+        self.output = OutputCapture.create() if self.forward_output else None
+        try:
+            self.obj = factory(index)
+        except BaseException as e:
+            self._note_output(e)
+            raise
 
-    def _reply(self, value: Any) -> Any:
-        output = self.output.take() if self.output is not None else None
+    def _reply(self, value: Any, final: bool = False) -> Any:
+        output = self.output.take(final) if self.output is not None else None
         return value if output is None else WithOutput(value, output)
+
+    def _note_output(self, error: BaseException) -> None:
+        """What the actor printed on the way to ``error``, in the error."""
+        output = self.output.take(final=True) if self.output is not None else None
+        if output is not None:
+            error.add_note(f"output of the {type(self).__name__} before the error:\n{output.text()}")
 
     def call(self, method: str, *args: Any) -> Any:
         try:
             value = getattr(self.obj, method)(*args)
         except BaseException as e:
-            output = self.output.take() if self.output is not None else None
-            if output is not None:  # what it printed on the way to the error, in the error
-                e.add_note(f"output of the {type(self).__name__} before the error:\n{output.stdout}{output.stderr}")
+            self._note_output(e)
             raise
         return self._reply(value)
 
     def stop(self) -> Any:
         stop = getattr(self.obj, "stop", None)
-        if stop is not None:
-            stop()
-        return self._reply(None)
+        try:
+            if stop is not None:
+                stop()
+        except BaseException as e:
+            self._note_output(e)
+            raise
+        return self._reply(None, final=True)
 
     def pid(self) -> int:
         return os.getpid()
@@ -220,8 +232,12 @@ def check_reachable(address: str, timeout_s: float = 10.0) -> None:
 # the first two not at all, and the third only to print its actors' output, which their
 # replies carry instead (runtime/actor_output.py): together about 180 MiB PSS, and
 # ray.init waits about 1 s for the API server to publish its address. ray.init has no
-# switch for them; Node starts each through one method, skipped here.
+# switch for them; Node starts each through one method, skipped here. The cost: Ray's
+# dashboard agent, which stays (the raylet needs it), looks for the API server's address
+# once a second and logs a failure each time to its own log file (about 1 MB an hour).
 _HEAD_SERVICES = ("start_api_server", "start_monitor", "start_log_monitor")
+_lean_lock = threading.Lock()
+_lean_instance: list[str] = []  # the GCS address of the instance this process started lean
 
 
 @contextlib.contextmanager
@@ -230,18 +246,22 @@ def _lean_start(lean: bool) -> Iterator[None]:
     and log monitor. A Ray whose Node lacks those methods starts in full (nothing to skip)."""
     from ray._private import node as ray_node
 
-    skipped = [name for name in _HEAD_SERVICES if lean and callable(getattr(ray_node.Node, name, None))]
-    saved = {name: ray_node.Node.__dict__.get(name) for name in skipped}
-    for name in skipped:
-        setattr(ray_node.Node, name, lambda self, *args, **kwargs: None)
-    try:
+    if not lean:
         yield
-    finally:
-        for name, method in saved.items():
-            if method is None:
-                delattr(ray_node.Node, name)
-            else:
-                setattr(ray_node.Node, name, method)
+        return
+    with _lean_lock:
+        skipped = [name for name in _HEAD_SERVICES if callable(getattr(ray_node.Node, name, None))]
+        saved = {name: ray_node.Node.__dict__.get(name) for name in skipped}
+        for name in skipped:
+            setattr(ray_node.Node, name, lambda self, *args, **kwargs: None)
+        try:
+            yield
+        finally:
+            for name, method in saved.items():
+                if method is None:
+                    delattr(ray_node.Node, name)
+                else:
+                    setattr(ray_node.Node, name, method)
 
 
 class RayRuntime(Runtime):
@@ -265,7 +285,6 @@ class RayRuntime(Runtime):
         self.started_ray = False
         self.address = address
         self.watchdog: subprocess.Popen | None = None
-        self.forward_output = False
         if not ray.is_initialized():
             if address is not None:
                 check_reachable(address)
@@ -297,7 +316,7 @@ class RayRuntime(Runtime):
             with _lean_start(lean):
                 ray.init(**kwargs)
             self.started_ray = True
-            self.forward_output = lean
+            _lean_instance[:] = [ray.get_runtime_context().gcs_address] if lean else []
             if address is None:  # an instance of our own: it must not outlive a killed driver
                 self.watchdog = subprocess.Popen(
                     [sys.executable, "-m", "rlfleet.runtime.watchdog", str(os.getpid())], start_new_session=True,
@@ -319,6 +338,12 @@ class RayRuntime(Runtime):
             self._require_free(count, num_cpus=num_cpus, num_gpus=num_gpus, name=name)
         return RayActorGroup(factory, count, num_cpus=num_cpus, num_gpus=num_gpus, name=name,
                              forward_output=self.forward_output)
+
+    @property
+    def forward_output(self) -> bool:
+        """Actors send their output with their replies: the instance, this runtime's or
+        one it joined in this process, runs without Ray's log monitor."""
+        return ray.is_initialized() and _lean_instance == [ray.get_runtime_context().gcs_address]
 
     def _require_free(self, count: int, *, num_cpus: float, num_gpus: float, name: str, wait_s: float = 5.0) -> None:
         """Refuse at once what the embedded instance cannot place (say a second algorithm
@@ -358,6 +383,7 @@ class RayRuntime(Runtime):
         if self.started_ray and ray.is_initialized():
             ray.shutdown()
             self.started_ray = False
+            _lean_instance.clear()
 
 
 class _NotMainThread(logging.Filter):

@@ -57,24 +57,47 @@ class HangOnceEnv(CorridorEnv):
 
 
 class Printer:
-    """An actor that writes to stdout and stderr: from Python, and straight to the file
-    descriptors as C code would."""
+    """An actor that writes to stdout and stderr: from Python, straight to the file
+    descriptors as C code would, from a thread after the call, and from a child process."""
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, fail: bool = False) -> None:
         print(f"printer {index} built")
+        if fail:
+            raise RuntimeError("printer could not be built")
 
     def speak(self, words: str) -> int:
         print(words)
         os.write(2, f"fd2: {words}\n".encode())
         return len(words)
 
-    def shout(self, nbytes: int) -> int:
-        sys.stdout.write("x" * nbytes + "\n")
-        return nbytes
+    def shout(self, lines: int) -> int:
+        for i in range(lines):
+            sys.stdout.write(f"line {i:06d} " + "x" * 87 + "\n")  # 100 bytes a line
+        return lines
+
+    def later(self, words: str) -> None:
+        threading.Timer(0.2, lambda: print(words, flush=True)).start()
+
+    def child(self, words: str) -> int:
+        return subprocess.run([sys.executable, "-c", f"print({words!r})"]).returncode
+
+    def half_line(self, words: str) -> None:
+        sys.stdout.write(words)  # no newline yet
 
     def fail(self) -> None:
         print("about to fail")
         raise ValueError("printer failed")
+
+    def crash(self) -> None:
+        print("about to crash", flush=True)
+        import ctypes
+
+        ctypes.string_at(0)  # a segfault: Ray's faulthandler writes a traceback to stderr
+
+
+class FailingPrinterFactory:
+    def __call__(self, index: int) -> Printer:
+        return Printer(index, fail=True)
 
 
 class Probe:

@@ -8,7 +8,7 @@ import pytest
 import ray
 
 from rlfleet.runtime import make_runtime, prestarted
-from tests.fleet_envs import Printer, Probe, descendants, describe, wait_until
+from tests.fleet_envs import FailingPrinterFactory, Printer, Probe, descendants, describe, wait_until
 
 
 def ray_children():
@@ -107,49 +107,113 @@ def lean_runtime():
     runtime.shutdown()
 
 
+def worker_log(pid: int, suffix: str) -> str:
+    logs = ray._private.worker._global_node.get_logs_dir_path()
+    [name] = [f for f in os.listdir(logs) if f.startswith("worker-") and f.endswith(f"-{pid}.{suffix}")]
+    with open(os.path.join(logs, name), encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
 def test_a_lean_instances_actors_send_their_output_with_their_replies(lean_runtime, capfd):
+    assert lean_runtime.forward_output
     group = lean_runtime.create_group(Printer, 1, num_cpus=0.5, name="Printer")
     pid = group.pids()[0]
-    [result] = group.call("speak", "hello driver")
+    [result] = group.call("speak", "hello driver", timeout_s=30)
     assert result.value == len("hello driver")
     out, err = capfd.readouterr()
     # what the constructor printed comes with the first reply; C-level writes to fd 2 too
     assert out == f"(Printer 0 pid={pid}) printer 0 built\n(Printer 0 pid={pid}) hello driver\n"
     assert err == f"(Printer 0 pid={pid}) fd2: hello driver\n"
-    [result] = group.call("speak", "again")
+    group.call("speak", "again", timeout_s=30)
     assert capfd.readouterr().out == f"(Printer 0 pid={pid}) again\n"  # only what is new
-    # Ray's own log files still get everything
-    logs = ray._private.worker._global_node.get_logs_dir_path()
-    [worker_out] = [f for f in os.listdir(logs) if f.startswith("worker-") and f.endswith(f"-{pid}.out")]
-    text = open(os.path.join(logs, worker_out)).read()
-    assert "printer 0 built" in text and "hello driver" in text and "again" in text
+    # a thread's line after the call, a child process's, and half a line: each in its turn
+    group.call("later", "from a thread", timeout_s=30)
+    time.sleep(0.5)
+    group.call("child", "from a child", timeout_s=30)
+    assert capfd.readouterr().out == f"(Printer 0 pid={pid}) from a thread\n(Printer 0 pid={pid}) from a child\n"
+    group.call("half_line", "half ", timeout_s=30)
+    assert capfd.readouterr().out == ""  # its line is not finished
+    group.call("speak", "and the rest", timeout_s=30)
+    assert capfd.readouterr().out == f"(Printer 0 pid={pid}) half and the rest\n"
+    # Ray's own log files hold everything
+    text = worker_log(pid, "out")
+    assert all(words in text for words in ("printer 0 built", "hello driver", "from a thread", "from a child"))
     group.shutdown()
 
 
-def test_output_beyond_the_limit_is_cut_and_counted_and_an_error_carries_its_output(lean_runtime, capfd):
+def test_output_beyond_the_limit_keeps_the_newest_whole_lines(lean_runtime, capfd):
     from rlfleet.runtime.actor_output import LIMIT_BYTES
 
     group = lean_runtime.create_group(Printer, 1, num_cpus=0.5, name="Printer")
-    group.call("speak", "warm")
+    group.call("speak", "warm", timeout_s=30)
     capfd.readouterr()
-    [result] = group.call("shout", 3 * LIMIT_BYTES)  # more than a pipe holds: the writer must not block
-    assert result.value == 3 * LIMIT_BYTES
+    lines = 3 * LIMIT_BYTES // 100
+    [result] = group.call("shout", lines, timeout_s=30)
+    assert result.value == lines
     out, err = capfd.readouterr()
-    assert out.count("x") == LIMIT_BYTES
-    assert f"... {3 * LIMIT_BYTES + 1 - LIMIT_BYTES} more bytes of output are only in its Ray log file" in err
-    [result] = group.call("fail")
-    assert isinstance(result.error, ValueError) and "printer failed" in str(result.error)
-    assert "about to fail" in "".join(getattr(result.error, "__notes__", [])) + str(result.error)
+    kept = [line.split(") ", 1)[1] for line in out.splitlines()]
+    assert kept[-1].startswith(f"line {lines - 1:06d} ")  # the newest line is there
+    assert all(len(line) == 99 for line in kept)  # whole lines only
+    numbers = [int(line.split()[1]) for line in kept]
+    assert numbers == list(range(numbers[0], lines)) and len(kept) in (LIMIT_BYTES // 100, LIMIT_BYTES // 100 - 1)
+    assert f"[{lines * 100 - LIMIT_BYTES} earlier bytes of output are only in its Ray log file]" in err
     group.shutdown()
+
+
+def test_errors_carry_the_output_that_led_to_them_and_a_crash_leaves_its_traceback_in_the_log(lean_runtime):
+    group = lean_runtime.create_group(Printer, 1, num_cpus=0.5, name="Printer")
+    [result] = group.call("fail", timeout_s=30)
+    assert isinstance(result.error, ValueError) and "printer failed" in str(result.error)
+    assert "about to fail" in "".join(getattr(result.error, "__notes__", []))
+    pid = group.pids()[0]
+    [result] = group.call("crash", timeout_s=30)
+    assert result.error is not None
+    assert "about to crash" in worker_log(pid, "out")
+    assert "Fatal Python error" in worker_log(pid, "err")  # the fault handler's traceback, kept
+    group.shutdown()
+    failing = lean_runtime.create_group(FailingPrinterFactory(), 1, num_cpus=0.5, name="Printer")
+    [result] = failing.call("speak", "never", timeout_s=30)
+    assert "printer could not be built" in str(result.error)
+    assert "printer 0 built" in str(result.error)  # its output, noted in the creation error
+    failing.shutdown()
+
+
+def test_the_lean_start_of_a_training_run_goes_through_the_start_thread(capfd):
+    with prestarted("ray", num_cpus=1, num_gpus=0, lean=True):
+        runtime = make_runtime("ray", num_cpus=1, num_gpus=0, lean=True)
+    try:
+        assert head_services() == set() and runtime.forward_output
+        group = runtime.create_group(Printer, 1, num_cpus=0.5, name="Printer")
+        group.call("speak", "via the start thread", timeout_s=30)
+        assert "(Printer 0 pid=" in capfd.readouterr().out
+        group.shutdown()
+    finally:
+        runtime.shutdown()
+
+
+def test_the_lean_start_restores_rays_node_even_when_the_start_fails():
+    from ray._private.node import Node
+
+    from rlfleet.runtime.ray_backend import _lean_start
+
+    methods = (Node.start_api_server, Node.start_monitor, Node.start_log_monitor)
+    with pytest.raises(RuntimeError, match="start failed"):
+        with _lean_start(True):
+            assert Node.start_monitor is not methods[1]
+            raise RuntimeError("start failed")
+    assert (Node.start_api_server, Node.start_monitor, Node.start_log_monitor) == methods
 
 
 def test_a_full_instance_leaves_actor_output_to_rays_log_monitor(capfd):
     runtime = make_runtime("ray", num_cpus=1, num_gpus=0, lean=False)
     try:
+        assert not runtime.forward_output
         group = runtime.create_group(Printer, 1, num_cpus=0.5, name="Printer")
-        [result] = group.call("speak", "via the log monitor")
-        assert result.value == len("via the log monitor") and not isinstance(result.value, tuple)
-        assert wait_until(lambda: "via the log monitor" in capfd.readouterr().out, 15)  # Ray's own line
+        [result] = group.call("speak", "via the log monitor", timeout_s=30)
+        assert result.value == len("via the log monitor")
+        seen = []
+        assert wait_until(lambda: seen.append(capfd.readouterr().out) or "via the log monitor" in "".join(seen), 15)
+        assert "(Printer pid=" in "".join(seen) and "(Printer 0 pid=" not in "".join(seen)  # Ray's line, not ours
         group.shutdown()
     finally:
         runtime.shutdown()
