@@ -235,6 +235,10 @@ def check_reachable(address: str, timeout_s: float = 10.0) -> None:
 # switch for them; Node starts each through one method, skipped here. The cost: Ray's
 # dashboard agent, which stays (the raylet needs it), looks for the API server's address
 # once a second and logs a failure each time to its own log file (about 1 MB an hour).
+# The agent also starts minimal (no HTTP server, no metrics export, which only the
+# dashboard reads): Ray decides that by importing the dashboard's optional dependencies
+# (aiohttp, opentelemetry, pydantic) in the driver, 0.3 s of the start thread's time while
+# the main thread imports torch; the lean start answers that question without them.
 _HEAD_SERVICES = ("start_api_server", "start_monitor", "start_log_monitor")
 _lean_lock = threading.Lock()
 _lean_instance: list[str] = []  # the GCS address of the instance this process started lean
@@ -243,25 +247,31 @@ _lean_instance: list[str] = []  # the GCS address of the instance this process s
 @contextlib.contextmanager
 def _lean_start(lean: bool) -> Iterator[None]:
     """Within the block, a Ray head node starts without its API server, autoscaler monitor
-    and log monitor. A Ray whose Node lacks those methods starts in full (nothing to skip)."""
+    and log monitor, and its dashboard agent minimal. A Ray that lacks one of the patched
+    names starts that part in full (nothing to skip)."""
     from ray._private import node as ray_node
+    from ray._private import utils as ray_utils
 
     if not lean:
         yield
         return
+    patches = [(ray_node.Node, name, lambda self, *args, **kwargs: None) for name in _HEAD_SERVICES]
+    patches.append((ray_utils, "get_dashboard_dependency_error",
+                    lambda: ImportError("the lean start runs Ray's dashboard agent minimal")))
     with _lean_lock:
-        skipped = [name for name in _HEAD_SERVICES if callable(getattr(ray_node.Node, name, None))]
-        saved = {name: ray_node.Node.__dict__.get(name) for name in skipped}
-        for name in skipped:
-            setattr(ray_node.Node, name, lambda self, *args, **kwargs: None)
+        saved = []
+        for owner, name, stand_in in patches:
+            if callable(getattr(owner, name, None)):
+                saved.append((owner, name, owner.__dict__.get(name)))
+                setattr(owner, name, stand_in)
         try:
             yield
         finally:
-            for name, method in saved.items():
-                if method is None:
-                    delattr(ray_node.Node, name)
+            for owner, name, original in saved:
+                if original is None:  # inherited: dropping the stand-in brings it back
+                    delattr(owner, name)
                 else:
-                    setattr(ray_node.Node, name, method)
+                    setattr(owner, name, original)
 
 
 class RayRuntime(Runtime):

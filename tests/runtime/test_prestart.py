@@ -82,6 +82,8 @@ def test_a_lean_instance_starts_without_the_api_server_and_monitors_and_runs_act
     runtime = make_runtime("ray", num_cpus=1, num_gpus=0, lean=lean)
     try:
         assert head_services() == (set() if lean else set(HEAD_SERVICES))
+        agents = [p.args for p in descendants(os.getpid()) if "dashboard/agent.py" in p.args]
+        assert len(agents) == 1 and ("--minimal" in agents[0]) == lean
         group = runtime.create_group(Probe, 1, num_cpus=0.5, name="Probe")
         assert [r.value for r in group.call("whoami")] == [0]
         group.shutdown()
@@ -196,12 +198,16 @@ def test_the_lean_start_restores_rays_node_even_when_the_start_fails():
 
     from rlfleet.runtime.ray_backend import _lean_start
 
-    methods = (Node.start_api_server, Node.start_monitor, Node.start_log_monitor)
+    from ray._private import utils as ray_utils
+
+    methods = (Node.start_api_server, Node.start_monitor, Node.start_log_monitor, ray_utils.get_dashboard_dependency_error)
     with pytest.raises(RuntimeError, match="start failed"):
         with _lean_start(True):
             assert Node.start_monitor is not methods[1]
+            assert isinstance(ray_utils.get_dashboard_dependency_error(), ImportError)
             raise RuntimeError("start failed")
-    assert (Node.start_api_server, Node.start_monitor, Node.start_log_monitor) == methods
+    assert (Node.start_api_server, Node.start_monitor, Node.start_log_monitor,
+            ray_utils.get_dashboard_dependency_error) == methods
 
 
 def test_a_full_instance_leaves_actor_output_to_rays_log_monitor(capfd):
