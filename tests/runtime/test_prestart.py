@@ -223,3 +223,17 @@ def test_a_full_instance_leaves_actor_output_to_rays_log_monitor(capfd):
         group.shutdown()
     finally:
         runtime.shutdown()
+
+
+def test_the_lean_node_lookup_asks_the_gcs_then_rays_own_lookup(lean_runtime):
+    from ray._raylet import GcsClient
+
+    from rlfleet.runtime.ray_backend import _node_lookup_without_second_polls
+
+    node = ray._private.worker._global_node
+    gcs, node_id = node.gcs_address, node.node_id
+    # the call the poll relies on exists in this Ray and lists the node (else the poll is skipped)
+    assert any(n.hex() == node_id for n in GcsClient(address=gcs).get_all_node_info(timeout=1))
+    asked = []
+    lookup = _node_lookup_without_second_polls(lambda address, nid: asked.append((address, nid)) or "node info")
+    assert lookup(gcs, node_id) == "node info" and asked == [(gcs, node_id)]
