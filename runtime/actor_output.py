@@ -32,9 +32,11 @@ class Output:
     dropped_bytes: int
     pid: int
 
+    def cut_line(self) -> str:
+        return f"[{self.dropped_bytes} earlier bytes of output are only in its Ray log file]" if self.dropped_bytes else ""
+
     def text(self) -> str:
-        cut = f"[{self.dropped_bytes} earlier bytes are only in the Ray log file]\n" if self.dropped_bytes else ""
-        return cut + self.stdout + self.stderr
+        return (self.cut_line() + "\n" if self.dropped_bytes else "") + self.stdout + self.stderr
 
 
 @dataclass
@@ -50,7 +52,6 @@ class _Stream:
 
     def __init__(self, fd: int) -> None:
         self.reader = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)  # the same file, opened for reading
-        self.fd = fd
         self.offset = os.fstat(self.reader).st_size
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.partial = ""  # the start of a line whose end has not been written yet
@@ -122,7 +123,7 @@ def print_output(output: Output, prefix: str, stdout: TextIO | None = None, stde
     stderr's to stderr, as Ray's log monitor would print them."""
     out, err = stdout or sys.stdout, stderr or sys.stderr
     if output.dropped_bytes:
-        err.write(f"{prefix} [{output.dropped_bytes} earlier bytes of output are only in its Ray log file]\n")
+        err.write(f"{prefix} {output.cut_line()}\n")
     for text, stream in ((output.stdout, out), (output.stderr, err)):
         if text:
             stream.write("".join(f"{prefix} {line}\n" for line in text.splitlines()))

@@ -52,38 +52,34 @@ class _ActorHost:
 
     def __init__(self, factory: Callable[[int], Any], index: int) -> None:
         self.output = OutputCapture.create() if self.forward_output else None
-        try:
+        with self._output_noted_in_errors():
             self.obj = factory(index)
-        except BaseException as e:
-            self._note_output(e)
-            raise
 
     def _reply(self, value: Any, final: bool = False) -> Any:
         output = self.output.take(final) if self.output is not None else None
         return value if output is None else WithOutput(value, output)
 
-    def _note_output(self, error: BaseException) -> None:
-        """What the actor printed on the way to ``error``, in the error."""
-        output = self.output.take(final=True) if self.output is not None else None
-        if output is not None:
-            error.add_note(f"output of the {type(self).__name__} before the error:\n{output.text()}")
+    @contextlib.contextmanager
+    def _output_noted_in_errors(self) -> Iterator[None]:
+        """An error raised in the block carries what the actor printed on the way to it."""
+        try:
+            yield
+        except BaseException as e:
+            output = self.output.take(final=True) if self.output is not None else None
+            if output is not None:
+                e.add_note(f"output of the {type(self).__name__} before the error:\n{output.text()}")
+            raise
 
     def call(self, method: str, *args: Any) -> Any:
-        try:
+        with self._output_noted_in_errors():
             value = getattr(self.obj, method)(*args)
-        except BaseException as e:
-            self._note_output(e)
-            raise
         return self._reply(value)
 
     def stop(self) -> Any:
         stop = getattr(self.obj, "stop", None)
-        try:
-            if stop is not None:
+        if stop is not None:
+            with self._output_noted_in_errors():
                 stop()
-        except BaseException as e:
-            self._note_output(e)
-            raise
         return self._reply(None, final=True)
 
     def pid(self) -> int:
