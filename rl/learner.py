@@ -328,6 +328,12 @@ class LearnerGroup:
             return self.learner.get_weights()
         return _unwrap_all(self.group.call("get_weights", indices=[0]))[0]
 
+    def ask(self, method: str) -> Any:
+        """Rank 0's answer to ``method()``, for what every learner holds alike."""
+        if self.learner is not None:
+            return getattr(self.learner, method)()
+        return _unwrap_all(self.group.call(method, indices=[0]))[0]
+
     def set_weights(self, weights: Weights) -> None:
         if self.learner is not None:
             self.learner.set_weights(weights)

@@ -314,10 +314,14 @@ def main() -> None:
     lm = sub.add_parser("lm-async", help="GRPO text-addition: async vs sync rollouts with 2 generator runners")
     lm.add_argument("--seeds", type=int, default=3)
     lm.add_argument("--completions", type=int, default=20480, help="completions per run")
-    lm.add_argument("--async-requests", type=int, default=2, help="async: requests_per_runner")
-    lm.add_argument("--async-staleness", type=int, default=2, help="async: max_staleness")
+    lm.add_argument("--async-requests", type=int, default=1, help="async: requests_per_runner")
+    lm.add_argument("--async-staleness", type=int, default=1, help="async: max_staleness")
     lm.add_argument("--async-set", action="append", default=[], metavar="KEY=VALUE",
                     help="more config for the async runs (e.g. tis_cap=2)")
+    lm.add_argument("--threads", type=int, nargs="+", default=[1],
+                    help="torch threads per process to try; each mode is judged at its best")
+    lm.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="more config for both modes (e.g. reference_in_runners=true)")
     defaults = sub.add_parser("defaults", help="PPO's defaults vs SB3's on tasks without a tuned example")
     defaults.add_argument("--seeds", type=int, default=3)
     defaults.add_argument("--tasks", nargs="+", help="env ids (default: scripts/bench_defaults.py TASKS)")

@@ -6,13 +6,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
 import torch
 
 from rlfleet.rl.algorithm import Algorithm
 from rlfleet.rl.batch import concat_batches
 from rlfleet.rl.checkpoint import load_checkpoint
+from rlfleet.rl.core import Weights
 from rlfleet.rl.lm.config import LMConfig
-from rlfleet.rl.lm.generator import GeneratorRunnerFactory
+from rlfleet.rl.lm.generator import REFERENCE_ID, REFERENCE_PREFIX, GeneratorRunnerFactory
 
 
 class LMAlgorithm(Algorithm):
@@ -20,29 +22,43 @@ class LMAlgorithm(Algorithm):
     runner_factory_class = GeneratorRunnerFactory
 
     def __init__(self, config: LMConfig) -> None:
+        # ``reference_in_runners``: the reference's weights, taken from the learner once (and
+        # again after a restore); the broadcasts from Algorithm.__init__ on carry them
+        self.reference: dict[str, Any] | None = None
+        self.references_sent = 0
         super().__init__(config)
         self.text_env = self.runner_factory.text_env  # resolved once, by the factory
         self.tokens_generated = 0
+        self.tokens_trained = 0  # generated tokens less those of dropped (stale) completions
         self.num_stale_completions = 0
 
     def collect_batch(self) -> tuple[dict[str, Any] | None, dict[str, float]]:
         """One round of sampling: every runner's completions, one row each (None when no
         fragment arrived), and metrics of the collection. GRPO's dynamic sampling
-        overrides it."""
+        overrides it.
+
+        With ``async_rollouts`` the round is what has arrived once it holds as many fresh
+        completions as a synchronous round (every runner's ``prompts_per_runner`` x
+        ``group_size``): the learner takes a step per round's worth, as in sync mode,
+        instead of one per fragment, whose many small steps would age every completion
+        in flight by several versions."""
         c = self.config
-        if c.async_rollouts:
-            arrived = self.env_runner_group.sample_async()
-            self.record(arrived)
-            fragments = []
-            for f in arrived:
-                self.tokens_generated += int(f.batch["completion_mask"].sum())
-                if self.weights_version - f.weights_version > c.max_staleness:
-                    self.num_stale_completions += len(f.batch["rewards"])
-                else:
-                    fragments.append(f)
-        else:
+        if not c.async_rollouts:
             fragments = self.sample()
             self.tokens_generated += sum(int(f.batch["completion_mask"].sum()) for f in fragments)
+        else:
+            fragments, rows = [], 0
+            target = c.prompts_per_runner * c.group_size * self.env_runner_group.size
+            while rows < target:
+                arrived = self.env_runner_group.sample_async()  # waits for at least one fragment
+                self.record(arrived)
+                for f in arrived:
+                    self.tokens_generated += int(f.batch["completion_mask"].sum())
+                    if self.weights_version - f.weights_version > c.max_staleness:
+                        self.num_stale_completions += len(f.batch["rewards"])
+                    else:
+                        fragments.append(f)
+                        rows += len(f.batch["rewards"])
         if not fragments:
             return None, {}
         return concat_batches([f.batch for f in fragments], axis=0), {}
@@ -51,7 +67,8 @@ class LMAlgorithm(Algorithm):
         t0, generated = time.perf_counter(), self.tokens_generated
         batch, collected = self.collect_batch()
         if batch is None:
-            return {**collected, "num_stale_completions": self.num_stale_completions}
+            return {**collected, "num_stale_completions": self.num_stale_completions,
+                    "tokens_total": self.tokens_generated, "tokens_trained_total": self.tokens_trained}
         tokens = self.tokens_generated - generated  # every generated token, kept or not
         t_learn = time.perf_counter()
         metrics = {**collected, **self.learner_group.update(batch, env_steps=self.env_steps).metrics}
@@ -60,24 +77,41 @@ class LMAlgorithm(Algorithm):
         else:
             self.sync_weights()
         trained = float(batch["completion_mask"].sum())
+        self.tokens_trained += int(trained)
         metrics.update({
             "response_length_mean": trained / len(batch["rewards"]),
             "tokens_per_s": tokens / max(t_learn - t0, 1e-9),  # generated
             "train_tokens_per_s": trained / max(time.perf_counter() - t_learn, 1e-9),
             "tokens_total": self.tokens_generated,
+            "tokens_trained_total": self.tokens_trained,
             "num_stale_completions": self.num_stale_completions,
         })
         return metrics
 
+    def acting_weights(self, weights: Weights) -> Weights:
+        """The policy's weights, and with ``reference_in_runners`` the reference's under
+        ``reference.`` (the runners compute its log-probs; rl/lm/generator.py)."""
+        if not (self.config.reference_in_runners and self.config.kl_coef > 0):
+            return weights
+        if self.reference is None:
+            ref = self.learner_group.ask("reference_weights")
+            self.references_sent += 1  # tells the runners to load it (once per reference)
+            self.reference = {REFERENCE_ID: np.array(self.references_sent),
+                              **{REFERENCE_PREFIX + k: v for k, v in ref.items()}}
+        return {**weights, **self.reference}
+
     def get_state(self) -> dict[str, Any]:
         state = super().get_state()
-        state["lm"] = {"tokens_generated": self.tokens_generated, "num_stale_completions": self.num_stale_completions}
+        state["lm"] = {"tokens_generated": self.tokens_generated, "tokens_trained": self.tokens_trained,
+                       "num_stale_completions": self.num_stale_completions}
         return state
 
     def restore(self, path: str) -> None:
+        self.reference = None  # the checkpoint's reference reaches the runners with the broadcast in restore
         super().restore(path)
         counters = load_checkpoint(path).get("lm", {})
         self.tokens_generated = counters.get("tokens_generated", 0)
+        self.tokens_trained = counters.get("tokens_trained", self.tokens_generated)
         self.num_stale_completions = counters.get("num_stale_completions", 0)
 
     @classmethod

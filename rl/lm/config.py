@@ -32,6 +32,12 @@ class LMConfig(AlgorithmConfig):
     """Clip range of the per-token probability ratio."""
     kl_coef: float = 0.04
     """Weight of the KL to the frozen reference; 0 skips the reference model."""
+    reference_in_runners: bool = False
+    """Compute the frozen reference's log-probs in the generator runners, right after
+    generating (the runners in parallel, and off the learner's path when rollouts are
+    async), instead of in the learner. Worth it when the learner is the bottleneck and
+    the runners have time to spare (small models on CPU); each runner then holds a second
+    copy of the model, and every broadcast carries the reference's weights too."""
     num_epochs: int = 1
     """Passes over each batch of completions."""
     minibatch_size: int = 64

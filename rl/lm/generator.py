@@ -13,6 +13,7 @@ Batch columns, one row per completion, rows of a group consecutive:
     completion_mask  (N, C)     1 on generated tokens up to and including eos
     logprobs         (N, C)     log-probs of the generated tokens under the sampling weights
     rewards          (N,)       float32
+    ref_logprobs     (N, C)     with ``reference_in_runners``: the same under the frozen reference
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ from rlfleet.rl.core import Fragment
 from rlfleet.rl.lm.config import LMConfig
 from rlfleet.rl.lm.conversation import play
 from rlfleet.rl.lm.gpt import GPTConfig
+
+
+REFERENCE_PREFIX = "reference."
+"""Weights under this prefix are the frozen reference's (``reference_in_runners``)."""
+REFERENCE_ID = "reference/id"
+"""Which reference the broadcast carries: a runner loads it when this changes."""
 
 
 class GeneratorRunner:
@@ -58,12 +65,34 @@ class GeneratorRunner:
         self.rng = np.random.default_rng(seed)
         self.generator = torch.Generator().manual_seed(seed)
         self.weights_version = 0
+        self.lm_spec = lm_spec
+        self.reference: torch.nn.Module | None = None  # ``reference_in_runners``: the frozen reference
+        self.reference_id: int | None = None
 
     def set_weights(self, weights: dict[str, np.ndarray], version: int, connector_state: Any = None) -> None:
+        policy = {k: v for k, v in weights.items() if not k.startswith(REFERENCE_PREFIX) and k != REFERENCE_ID}
         with warnings.catch_warnings():  # read-only arrays from the object store; copied in
             warnings.simplefilter("ignore", UserWarning)
-            self.model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+            self.model.load_state_dict({k: torch.from_numpy(v) for k, v in policy.items()})
+            if REFERENCE_ID in weights and int(weights[REFERENCE_ID]) != self.reference_id:
+                n = len(REFERENCE_PREFIX)
+                if self.reference is None:
+                    self.reference = self.lm_spec.build().eval().requires_grad_(False)
+                self.reference.load_state_dict(
+                    {k[n:]: torch.from_numpy(v) for k, v in weights.items() if k.startswith(REFERENCE_PREFIX)})
+                self.reference_id = int(weights[REFERENCE_ID])
         self.weights_version = version
+
+    def _with_reference(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The batch with ``ref_logprobs`` when this runner holds the reference: one forward
+        pass, the learner's own computation (``token_logprobs`` of the padded rows)."""
+        if self.reference is not None:
+            n_new = batch["completion_mask"].shape[1]
+            with torch.inference_mode():
+                ref = self.reference.token_logprobs(torch.from_numpy(batch["sequences"]),
+                                                    torch.from_numpy(batch["attention_mask"]))
+            batch["ref_logprobs"] = ref[:, -n_new:].numpy().astype(np.float32)
+        return batch
 
     def _generate(self, prompts: list, *, temperature: float | None) -> tuple[dict[str, Any], list[str]]:
         tok = self.spec.tokenizer
@@ -94,6 +123,7 @@ class GeneratorRunner:
             "rewards": rewards,
             "weights_version": np.full(len(prompts), self.weights_version, np.int64),  # what sampled each row
         }
+        batch = self._with_reference(batch)
         return Fragment(batch, rewards.tolist(), lengths.tolist(), len(prompts), self.weights_version, self.index,
                         sample_time_s=time.perf_counter() - started)
 
@@ -105,6 +135,7 @@ class GeneratorRunner:
                    generator=self.generator)
         batch = {key: out[key] for key in ("sequences", "attention_mask", "completion_mask", "logprobs", "rewards")}
         batch["weights_version"] = np.full(len(seeds), self.weights_version, np.int64)
+        batch = self._with_reference(batch)
         lengths = out["completion_mask"].sum(1).astype(int)  # the policy's tokens
         return Fragment(batch, out["rewards"].tolist(), lengths.tolist(), len(seeds), self.weights_version, self.index,
                         sample_time_s=time.perf_counter() - started)

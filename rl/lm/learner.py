@@ -113,11 +113,21 @@ class LMLearner(Learner):
         first update (after the learners agreed on rank 0's weights), or restored."""
         if self.config.kl_coef <= 0:
             return None
-        if self.reference is None:
-            self.reference = copy.deepcopy(self.module).eval().requires_grad_(False)
+        if "ref_logprobs" in data:  # computed by the generator runners (``reference_in_runners``)
+            return data["ref_logprobs"]
         n_new = data["completion_mask"].shape[1]
         with torch.no_grad():
-            return self.reference.token_logprobs(data["sequences"], data["attention_mask"])[:, -n_new:]
+            return self.frozen_reference().token_logprobs(data["sequences"], data["attention_mask"])[:, -n_new:]
+
+    def frozen_reference(self) -> torch.nn.Module:
+        if self.reference is None:
+            self.reference = copy.deepcopy(self.module).eval().requires_grad_(False)
+        return self.reference
+
+    def reference_weights(self) -> dict[str, np.ndarray]:
+        """The frozen reference's weights (frozen now when RL has not started yet): what
+        the generator runners compute its log-probs with under ``reference_in_runners``."""
+        return {k: v.detach().cpu().numpy() for k, v in self.frozen_reference().state_dict().items()}
 
     def get_state(self) -> dict[str, Any]:
         state = super().get_state()

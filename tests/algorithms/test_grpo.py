@@ -192,6 +192,77 @@ def test_each_loss_variant_trains_end_to_end(variant, extra):
         algo.stop()
 
 
+def _reference_logprobs(module, batch):
+    n_new = batch["completion_mask"].shape[1]
+    with torch.no_grad():
+        lp = module.token_logprobs(torch.from_numpy(batch["sequences"]), torch.from_numpy(batch["attention_mask"]))
+    return lp[:, -n_new:].numpy() * batch["completion_mask"]
+
+
+def test_reference_in_runners_scores_with_the_frozen_reference_not_the_policy():
+    algo = small(reference_in_runners=True, lr=3e-3).build()
+    try:
+        algo.train()
+        algo.train()  # the policy has moved away from the reference
+        learner, runner = algo.learner_group.learner, algo.env_runner_group.group.actors[0]
+        b = algo.env_runner_group.sample()[0].batch
+        mask = b["completion_mask"]
+        np.testing.assert_allclose(b["ref_logprobs"] * mask, _reference_logprobs(learner.reference, b), atol=1e-5)
+        policy = _reference_logprobs(learner.module, b)
+        assert np.abs(policy - b["ref_logprobs"] * mask).max() > 1e-3  # so the check above can fail
+        assert runner.reference_id == 1  # loaded once, not again with every broadcast
+    finally:
+        algo.stop()
+
+
+def _lm_ppo(**kw):
+    from rlfleet.algorithms.ppo.lm import LMPPOConfig
+
+    return LMPPOConfig(env="text-addition", seed=0, warmup_steps=20, prompts_per_runner=8, group_size=2,
+                       minibatch_size=8, n_layer=1, n_head=2, n_embd=16, **kw)
+
+
+@pytest.mark.parametrize("make", [
+    small,
+    _lm_ppo,  # KL folded into token rewards, value head in the reference too
+    lambda **kw: small(env="text-calculator", env_config={"warmup_error_rate": 0.5}, lr=1e-2, **kw),  # conversations
+], ids=["grpo", "lm-ppo", "multi-turn"])
+def test_reference_in_runners_learns_exactly_as_the_learners_reference(make):
+    results = {}
+    for where in (False, True):
+        algo = make(reference_in_runners=where).build()
+        try:
+            results[where] = [algo.train() for _ in range(3)]
+        finally:
+            algo.stop()
+    for a, b in zip(results[False], results[True]):
+        for key in ("kl_to_ref", "losses/policy_loss", "episode_return_mean"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+    assert results[True][-1]["kl_to_ref"] > 1e-4  # the policy has left the reference: a wrong one would show
+
+
+def test_a_restored_run_sends_the_checkpoints_reference_to_the_runners(tmp_path):
+    first = small(reference_in_runners=True, lr=3e-3).build()
+    try:
+        for _ in range(3):
+            first.train()
+        path = first.save(str(tmp_path / "checkpoint"))
+        saved_reference = {k: v.clone() for k, v in first.learner_group.learner.reference.state_dict().items()}
+    finally:
+        first.stop()
+    second = small(reference_in_runners=True, lr=3e-3, warmup_steps=0, seed=7).build()
+    try:
+        runner = second.env_runner_group.group.actors[0]
+        before = runner.reference_id
+        assert not torch.equal(runner.reference.state_dict()["wte.weight"], saved_reference["wte.weight"])
+        second.restore(path)
+        assert runner.reference_id != before
+        for k, v in runner.reference.state_dict().items():
+            torch.testing.assert_close(v, saved_reference[k])
+    finally:
+        second.stop()
+
+
 def test_a_stalled_weight_sync_ends_the_run_naming_the_runner(shared_ray):
     from rlfleet.algorithms.grpo.algorithm import GRPO
     from rlfleet.rl.env_runner_group import RunnerFailureError, WeightSyncTimeoutError
@@ -252,4 +323,6 @@ def test_async_rollouts_never_train_on_completions_staler_than_k(shared_ray, max
     # every completion that arrived was trained on or dropped as stale, and counted
     assert last["env_steps"] == sum(trained) + last["num_stale_completions"]
     assert last["weights_version"] == 1 + len(trained)  # one new version per update, runners not waited for
+    assert min(trained) >= 2 * 4 * 4  # every update takes at least a synchronous round's completions
+    assert last["tokens_trained_total"] <= last["tokens_total"]
     assert all(np.isfinite(r["importance/ratio_mean"]) for r in results if "importance/ratio_mean" in r)
