@@ -24,7 +24,7 @@ class LMAlgorithm(Algorithm):
     def __init__(self, config: LMConfig) -> None:
         # ``reference_in_runners``: the reference's weights, taken from the learner once (and
         # again after a restore); the broadcasts from Algorithm.__init__ on carry them
-        self.reference: dict[str, Any] | None = None
+        self.broadcast_reference: dict[str, Any] | None = None
         self.references_sent = 0
         super().__init__(config)
         self.text_env = self.runner_factory.text_env  # resolved once, by the factory
@@ -93,12 +93,12 @@ class LMAlgorithm(Algorithm):
         ``reference.`` (the runners compute its log-probs; rl/lm/generator.py)."""
         if not (self.config.reference_in_runners and self.config.kl_coef > 0):
             return weights
-        if self.reference is None:
+        if self.broadcast_reference is None:
             ref = self.learner_group.ask("reference_weights")
             self.references_sent += 1  # tells the runners to load it (once per reference)
-            self.reference = {REFERENCE_ID: np.array(self.references_sent),
+            self.broadcast_reference = {REFERENCE_ID: np.array(self.references_sent),
                               **{REFERENCE_PREFIX + k: v for k, v in ref.items()}}
-        return {**weights, **self.reference}
+        return {**weights, **self.broadcast_reference}
 
     def get_state(self) -> dict[str, Any]:
         state = super().get_state()
@@ -107,7 +107,7 @@ class LMAlgorithm(Algorithm):
         return state
 
     def restore(self, path: str) -> None:
-        self.reference = None  # the checkpoint's reference reaches the runners with the broadcast in restore
+        self.broadcast_reference = None  # the checkpoint's reference reaches the runners with the broadcast in restore
         super().restore(path)
         counters = load_checkpoint(path).get("lm", {})
         self.tokens_generated = counters.get("tokens_generated", 0)
