@@ -320,8 +320,9 @@ def main() -> None:
                     help="more config for the async runs (e.g. tis_cap=2)")
     lm.add_argument("--threads", type=int, nargs="+", default=[1],
                     help="torch threads per process to try; each mode is judged at its best")
-    lm.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="more config for both modes (e.g. reference_in_runners=true)")
+    lm.add_argument("--set", action="append", default=["reference_in_runners=true"], metavar="KEY=VALUE",
+                    help="more config for both modes (always: reference_in_runners=true, the faster with Ray "
+                         "runners in either mode; --set reference_in_runners=false undoes it)")
     defaults = sub.add_parser("defaults", help="PPO's defaults vs SB3's on tasks without a tuned example")
     defaults.add_argument("--seeds", type=int, default=3)
     defaults.add_argument("--tasks", nargs="+", help="env ids (default: scripts/bench_defaults.py TASKS)")

@@ -1,6 +1,7 @@
 """LM rollouts, synchronous against asynchronous (``python scripts/bench.py lm-async``).
 
-GRPO on text-addition (its tuned example: the reference's log-probs in the runners) with 2
+GRPO on text-addition (its tuned example, with the reference's log-probs computed in the
+runners: ``reference_in_runners``, the faster setting for both modes here) with 2
 generator runners on Ray, each run a fresh ``scripts/train.py`` process trained to the
 same number of completions, sync and async alternating per seed, at every ``--threads``
 count of torch threads per process (each mode is judged at its best). Async runs queue

@@ -35,9 +35,10 @@ class LMConfig(AlgorithmConfig):
     reference_in_runners: bool = False
     """Compute the frozen reference's log-probs in the generator runners, right after
     generating (the runners in parallel, and off the learner's path when rollouts are
-    async), instead of in the learner. Worth it when the learner is the bottleneck and
-    the runners have time to spare (small models on CPU); each runner then holds a second
-    copy of the model, and every broadcast carries the reference's weights too."""
+    async), instead of in the learner. Worth it with runner actors when the learner is the
+    bottleneck and the runners have time to spare (small models on CPU); with the runner
+    in the driver's process it only moves the work. Each runner then holds a second copy
+    of the model, and every broadcast carries the reference's weights too."""
     num_epochs: int = 1
     """Passes over each batch of completions."""
     minibatch_size: int = 64
