@@ -248,7 +248,7 @@ class Learner(abc.ABC):
     def get_weights(self) -> Weights:
         """CPU numpy copies: numpy arrays are stored once in an object store and read
         zero-copy by every runner."""
-        return {k: v.detach().cpu().numpy().copy() for k, v in self.module.state_dict().items()}
+        return numpy_weights(self.module)
 
     def set_weights(self, weights: Weights) -> None:
         with warnings.catch_warnings():  # read-only arrays from the object store; copied in
@@ -270,6 +270,11 @@ class Learner(abc.ABC):
     # Learner actors are called with positional arguments only.
     def update_positional(self, batch: SampleBatch, env_steps: int) -> UpdateResult:
         return self.update(batch, env_steps=env_steps)
+
+
+def numpy_weights(module: torch.nn.Module) -> Weights:
+    """CPU numpy copies of ``module``'s state dict."""
+    return {k: v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()}
 
 
 class LearnerFactory:
@@ -324,9 +329,7 @@ class LearnerGroup:
         return UpdateResult(metrics, per_row)
 
     def get_weights(self) -> Weights:
-        if self.learner is not None:
-            return self.learner.get_weights()
-        return _unwrap_all(self.group.call("get_weights", indices=[0]))[0]
+        return self.ask("get_weights")
 
     def ask(self, method: str) -> Any:
         """Rank 0's answer to ``method()``, for what every learner holds alike."""
@@ -341,9 +344,7 @@ class LearnerGroup:
             _unwrap_all(self.group.call("set_weights", self.runtime.put(weights)))
 
     def get_state(self) -> dict[str, Any]:
-        if self.learner is not None:
-            return self.learner.get_state()
-        return _unwrap_all(self.group.call("get_state", indices=[0]))[0]
+        return self.ask("get_state")
 
     def set_state(self, state: dict[str, Any]) -> None:
         if self.learner is not None:

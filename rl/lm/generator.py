@@ -70,16 +70,19 @@ class GeneratorRunner:
         self.reference_id: int | None = None
 
     def set_weights(self, weights: dict[str, np.ndarray], version: int, connector_state: Any = None) -> None:
-        policy = {k: v for k, v in weights.items() if not k.startswith(REFERENCE_PREFIX) and k != REFERENCE_ID}
+        policy, reference = {}, {}
+        for k, v in weights.items():
+            if k.startswith(REFERENCE_PREFIX):
+                reference[k[len(REFERENCE_PREFIX):]] = torch.from_numpy(v)
+            elif k != REFERENCE_ID:
+                policy[k] = torch.from_numpy(v)
         with warnings.catch_warnings():  # read-only arrays from the object store; copied in
             warnings.simplefilter("ignore", UserWarning)
-            self.model.load_state_dict({k: torch.from_numpy(v) for k, v in policy.items()})
-            if REFERENCE_ID in weights and int(weights[REFERENCE_ID]) != self.reference_id:
-                n = len(REFERENCE_PREFIX)
+            self.model.load_state_dict(policy)
+            if reference and int(weights[REFERENCE_ID]) != self.reference_id:
                 if self.reference is None:
                     self.reference = self.lm_spec.build().eval().requires_grad_(False)
-                self.reference.load_state_dict(
-                    {k[n:]: torch.from_numpy(v) for k, v in weights.items() if k.startswith(REFERENCE_PREFIX)})
+                self.reference.load_state_dict(reference)
                 self.reference_id = int(weights[REFERENCE_ID])
         self.weights_version = version
 
@@ -91,7 +94,7 @@ class GeneratorRunner:
             with torch.inference_mode():
                 ref = self.reference.token_logprobs(torch.from_numpy(batch["sequences"]),
                                                     torch.from_numpy(batch["attention_mask"]))
-            batch["ref_logprobs"] = ref[:, -n_new:].numpy().astype(np.float32)
+            batch["ref_logprobs"] = ref[:, -n_new:].numpy()  # float32, as token_logprobs returns
         return batch
 
     def _generate(self, prompts: list, *, temperature: float | None) -> tuple[dict[str, Any], list[str]]:

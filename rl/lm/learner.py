@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from rlfleet.envs.text import MultiTurnSpec
-from rlfleet.rl.learner import Learner, TensorBatch
+from rlfleet.rl.learner import Learner, TensorBatch, numpy_weights
 from rlfleet.rl.lm.config import LMConfig
 from rlfleet.rl.lm.generator import resolve_text_env
 from rlfleet.rl.optim import Adam
@@ -127,7 +127,7 @@ class LMLearner(Learner):
     def reference_weights(self) -> dict[str, np.ndarray]:
         """The frozen reference's weights (frozen now when RL has not started yet): what
         the generator runners compute its log-probs with under ``reference_in_runners``."""
-        return {k: v.detach().cpu().numpy() for k, v in self.frozen_reference().state_dict().items()}
+        return numpy_weights(self.frozen_reference())
 
     def get_state(self) -> dict[str, Any]:
         state = super().get_state()
