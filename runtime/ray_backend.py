@@ -22,6 +22,7 @@ import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from rlfleet.runtime.actor_output import OutputCapture, WithOutput, print_output
+from rlfleet.runtime.lean_start import lean_instance, lean_start
 from rlfleet.runtime.base import (
     ActorGroup,
     CallResult,
@@ -31,7 +32,6 @@ from rlfleet.runtime.base import (
     ObjectRef,
     Runtime,
 )
-
 
 
 class RayRef(ObjectRef):
@@ -222,80 +222,6 @@ def check_reachable(address: str, timeout_s: float = 10.0) -> None:
                                       "is the cluster started (`ray start --head`)?") from None
 
 
-# Ray's head starts, besides gcs_server and raylet, an API server (the dashboard process,
-# minimal without the dashboard: the state API and job submission), the autoscaler
-# monitor and the log monitor. A training run on an embedded single-node instance uses
-# the first two not at all, and the third only to print its actors' output, which their
-# replies carry instead (runtime/actor_output.py): together about 180 MiB PSS, and
-# ray.init waits about 1 s for the API server to publish its address. ray.init has no
-# switch for them; Node starts each through one method, skipped here. The cost: Ray's
-# dashboard agent, which stays (the raylet needs it), looks for the API server's address
-# once a second and logs a failure each time to its own log file (about 1 MB an hour).
-# The agent also starts minimal (no HTTP server, no metrics export, which only the
-# dashboard reads): Ray decides that by importing the dashboard's optional dependencies
-# (aiohttp, opentelemetry, pydantic) in the driver, 0.3 s of the start thread's time while
-# the main thread imports torch; the lean start answers that question without them.
-_HEAD_SERVICES = ("start_api_server", "start_monitor", "start_log_monitor")
-_lean_lock = threading.Lock()
-_lean_instance: list[str] = []  # the GCS address of the instance this process started lean
-
-
-def _node_lookup_without_second_polls(get_node: Callable[..., Any]) -> Callable[..., Any]:
-    """Ray's start looks its new node up through a call that, until the raylet has
-    registered, retries once a second: up to a second, often several under load, of every
-    start. This one asks the GCS for its node list every 20 ms first, then makes Ray's
-    call, which then finds the node at once. Any failure leaves the wait to Ray's call."""
-
-    def lookup(gcs_address: str, node_id: str) -> Any:
-        try:
-            from ray._raylet import GcsClient
-
-            client = GcsClient(address=gcs_address)
-            deadline = time.monotonic() + 30.0
-            while time.monotonic() < deadline:
-                if any(node.hex() == node_id for node in client.get_all_node_info(timeout=1)):
-                    break
-                time.sleep(0.02)
-        except Exception:  # whatever this Ray's client lacks or answers, Ray's own lookup decides
-            pass
-        return get_node(gcs_address, node_id)
-
-    return lookup
-
-
-@contextlib.contextmanager
-def _lean_start(lean: bool) -> Iterator[None]:
-    """Within the block, a Ray head node starts without its API server, autoscaler monitor
-    and log monitor, its dashboard agent minimal, and its start looks its node up without
-    waiting whole seconds. A Ray that lacks one of the patched names starts that part as
-    it would (nothing to skip)."""
-    from ray._private import node as ray_node
-    from ray._private import services as ray_services
-    from ray._private import utils as ray_utils
-
-    if not lean:
-        yield
-        return
-    patches = [(ray_node.Node, name, lambda self, *args, **kwargs: None) for name in _HEAD_SERVICES]
-    patches.append((ray_utils, "get_dashboard_dependency_error",
-                    lambda: ImportError("the lean start runs Ray's dashboard agent minimal")))
-    patches.append((ray_services, "get_node", _node_lookup_without_second_polls(ray_services.get_node)))
-    with _lean_lock:
-        saved = []
-        for owner, name, stand_in in patches:
-            if callable(getattr(owner, name, None)):
-                saved.append((owner, name, owner.__dict__.get(name)))
-                setattr(owner, name, stand_in)
-        try:
-            yield
-        finally:
-            for owner, name, original in saved:
-                if original is None:  # inherited: dropping the stand-in brings it back
-                    delattr(owner, name)
-                else:
-                    setattr(owner, name, original)
-
-
 class RayRuntime(Runtime):
     name = "ray"
 
@@ -312,9 +238,13 @@ class RayRuntime(Runtime):
         """``py_modules`` (the user's own modules) are shipped to every worker, so what
         they define unpickles there, whatever the worker's directory or node. ``lean``: an
         embedded instance starts without its API server, autoscaler monitor and log monitor
-        (:func:`_lean_start`); its actors' output comes with their replies."""
+        (runtime/lean_start.py); its actors' output comes with their replies."""
         self.num_puts = 0
         self.started_ray = False
+        if address is None and os.environ.get("RAY_ADDRESS") and not ray.is_initialized():
+            # set by `ray job submit` (or by hand): the cluster this driver is meant to use
+            address = os.environ["RAY_ADDRESS"]
+            print(f"rlfleet: joining the Ray cluster at {address} (RAY_ADDRESS)", file=sys.stderr, flush=True)
         self.address = address
         self.watchdog: subprocess.Popen | None = None
         if not ray.is_initialized():
@@ -334,9 +264,17 @@ class RayRuntime(Runtime):
                 runtime_env = {"env_vars": {"PYTHONPATH": pythonpath}}
                 if py_modules:
                     runtime_env["py_modules"] = list(py_modules)
+            # plain `ray` has no dashboard (ray[default] has): Ray would log a page and raise
+            dashboard_error = getattr(ray._private.utils, "get_dashboard_dependency_error", lambda: None)
+            if include_dashboard and address is None and (missing := dashboard_error()) is not None:
+                print(f"rlfleet: ray_dashboard=true, but this Ray has no dashboard ({missing}); Ray starts in full "
+                      "without it: pip install 'ray[default]' adds it", file=sys.stderr, flush=True)
+                include_dashboard = False
             lean = lean and address is None and not include_dashboard
             kwargs: dict[str, Any] = dict(
-                address=address,
+                # "local": a new instance even where `ray start` runs a cluster on this machine,
+                # which ray.init() would join by itself, and then refuse the CPUs asked for
+                address=address or "local",
                 include_dashboard=include_dashboard,
                 logging_level=logging.WARNING,
                 log_to_driver=not lean,  # a lean instance's actors send their output with their replies
@@ -345,10 +283,10 @@ class RayRuntime(Runtime):
             if address is None:  # an embedded instance gets exactly what the config asks for
                 kwargs.update(num_cpus=int(num_cpus) if num_cpus is not None else None,
                               num_gpus=int(num_gpus) if num_gpus is not None else None)
-            with _lean_start(lean):
+            with lean_start(lean):
                 ray.init(**kwargs)
             self.started_ray = True
-            _lean_instance[:] = [ray.get_runtime_context().gcs_address] if lean else []
+            lean_instance[:] = [ray.get_runtime_context().gcs_address] if lean else []
             if address is None:  # an instance of our own: it must not outlive a killed driver
                 self.watchdog = subprocess.Popen(
                     [sys.executable, "-m", "rlfleet.runtime.watchdog", str(os.getpid())], start_new_session=True,
@@ -375,7 +313,7 @@ class RayRuntime(Runtime):
     def forward_output(self) -> bool:
         """Actors send their output with their replies: the instance, this runtime's or
         one it joined in this process, runs without Ray's log monitor."""
-        return ray.is_initialized() and _lean_instance == [ray.get_runtime_context().gcs_address]
+        return ray.is_initialized() and lean_instance == [ray.get_runtime_context().gcs_address]
 
     def _require_free(self, count: int, *, num_cpus: float, num_gpus: float, name: str, wait_s: float = 5.0) -> None:
         """Refuse at once what the embedded instance cannot place (say a second algorithm
@@ -415,7 +353,7 @@ class RayRuntime(Runtime):
         if self.started_ray and ray.is_initialized():
             ray.shutdown()
             self.started_ray = False
-            _lean_instance.clear()
+            lean_instance.clear()
 
 
 class _NotMainThread(logging.Filter):

@@ -1,6 +1,39 @@
 """Fixtures shared by the test modules."""
 
+import os
+
 import pytest
+
+from tests.extras import REASON_MARK, SKIPS_ENV, require_extra
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "extra(name, *modules): skipped, naming the extra, without it (tests/extras.py)")
+
+
+def pytest_runtest_setup(item):
+    for mark in item.iter_markers("extra"):
+        require_extra(*mark.args)
+
+
+def _note_extra_skip(report) -> None:
+    """The id of a test or module skipped for want of an extra goes to $RLFLEET_EXTRA_SKIPS,
+    which .ci/run runs again once it has installed the extras."""
+    path = os.environ.get(SKIPS_ENV)
+    if not (path and report.skipped):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)  # (file, line, reason)
+    if REASON_MARK in reason:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(report.nodeid + "\n")
+
+
+def pytest_collectreport(report):
+    _note_extra_skip(report)
+
+
+def pytest_runtest_logreport(report):
+    _note_extra_skip(report)
 
 
 @pytest.fixture

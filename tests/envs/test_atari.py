@@ -10,7 +10,9 @@ import time
 import numpy as np
 import pytest
 
-pytest.importorskip("ale_py")
+from tests.extras import require_extra
+
+require_extra("atari", "ale_py")
 
 from rlfleet.envs import make_env_creator, registry  # noqa: E402
 from rlfleet.envs.atari import make_atari, register_atari_envs  # noqa: E402

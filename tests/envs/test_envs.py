@@ -11,6 +11,7 @@ from rlfleet.envs import registry
 from rlfleet.envs.checks import ContractCheckWrapper, EnvContractError, check_observations, check_rewards
 from rlfleet.envs.registry import EnvCreator, EnvNotFoundError, make_env_creator, register_env
 from rlfleet.envs.testing import CorridorEnv, OutOfSpaceEnv
+from tests.extras import require_extra
 
 GYM_TEST_ID = "RlfleetTestCorridor-v0"
 
@@ -287,7 +288,7 @@ def test_old_four_tuple_step_api_raises():
 
 
 def test_mujoco_warnings_go_through_python_warnings_and_write_no_log(tmp_path, monkeypatch):
-    pytest.importorskip("mujoco")
+    require_extra("mujoco", "mujoco")
     import warnings
 
     from rlfleet.envs.registry import make_env_creator

@@ -13,6 +13,7 @@ import pytest
 from rlfleet.algorithms.ppo import PPOConfig
 from rlfleet.rl.experiment import load_experiment
 from rlfleet.tuned_examples import __file__ as examples_init
+from tests.extras import require_extra
 
 
 def free_port() -> int:
@@ -59,7 +60,7 @@ def test_cartpole_trained_by_external_processes_reaches_475(seed):
 @pytest.mark.learning
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_cartpole_trained_with_client_side_inference_reaches_475(seed):
-    pytest.importorskip("onnxruntime")
+    require_extra("export", "onnxruntime")
     result = train_external(seed, local=True, max_steps=250_000)
     print(f"seed {seed}: return {result['episode_return_mean']:.1f} at {result['env_steps']} env steps, "
           f"{result['wall_s']:.1f} s, policy lag {result['policy_lag_mean']:.2f}, "

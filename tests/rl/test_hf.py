@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
+from tests.extras import require_extra
+
+transformers = require_extra("hf", "transformers")
 
 from rlfleet.algorithms.grpo import GRPOConfig  # noqa: E402
 from rlfleet.algorithms.grpo.learner import GRPOLearner  # noqa: E402

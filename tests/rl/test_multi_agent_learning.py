@@ -9,6 +9,8 @@ import os
 
 import pytest
 
+from tests.extras import require_extra
+
 pytestmark = pytest.mark.learning
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "tuned_examples", "ppo",
@@ -16,7 +18,7 @@ EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "tuned_examples", 
 
 
 def test_simple_spread_pass_bar_is_past_halfway_from_random_to_the_best_return():
-    pytest.importorskip("mpe2")
+    require_extra("mpe2", "mpe2")
     from rlfleet.algorithms.ppo import PPOConfig
     from rlfleet.envs.multi_agent import MultiAgentCreator
     from rlfleet.rl.experiment import load_experiment

@@ -77,13 +77,16 @@ def head_services() -> set[str]:
 @pytest.mark.parametrize("lean", [True, False])
 def test_a_lean_instance_starts_without_the_api_server_and_monitors_and_runs_actors(lean):
     from ray._private.node import Node
+    from ray._private.utils import get_dashboard_dependency_error
 
     methods = (Node.start_api_server, Node.start_monitor, Node.start_log_monitor)
     runtime = make_runtime("ray", num_cpus=1, num_gpus=0, lean=lean)
     try:
         assert head_services() == (set() if lean else set(HEAD_SERVICES))
         agents = [p.args for p in descendants(os.getpid()) if "dashboard/agent.py" in p.args]
-        assert len(agents) == 1 and ("--minimal" in agents[0]) == lean
+        # lean: minimal, whatever is installed; full: as Ray decides, minimal for want of
+        # the dashboard's packages (plain `ray`, not `ray[default]`)
+        assert len(agents) == 1 and ("--minimal" in agents[0]) == (lean or get_dashboard_dependency_error() is not None)
         group = runtime.create_group(Probe, 1, num_cpus=0.5, name="Probe")
         assert [r.value for r in group.call("whoami")] == [0]
         group.shutdown()
@@ -196,13 +199,13 @@ def test_the_lean_start_of_a_training_run_goes_through_the_start_thread(capfd):
 def test_the_lean_start_restores_rays_node_even_when_the_start_fails():
     from ray._private.node import Node
 
-    from rlfleet.runtime.ray_backend import _lean_start
+    from rlfleet.runtime.lean_start import lean_start
 
     from ray._private import utils as ray_utils
 
     methods = (Node.start_api_server, Node.start_monitor, Node.start_log_monitor, ray_utils.get_dashboard_dependency_error)
     with pytest.raises(RuntimeError, match="start failed"):
-        with _lean_start(True):
+        with lean_start(True):
             assert Node.start_monitor is not methods[1]
             assert isinstance(ray_utils.get_dashboard_dependency_error(), ImportError)
             raise RuntimeError("start failed")
@@ -225,15 +228,33 @@ def test_a_full_instance_leaves_actor_output_to_rays_log_monitor(capfd):
         runtime.shutdown()
 
 
+def test_ray_dashboard_without_rays_dashboard_packages_starts_ray_in_full_and_says_so_in_one_line(monkeypatch, capfd):
+    from ray._private import utils as ray_utils
+
+    # what plain `ray` answers (the README's install); ray[default] has the packages
+    monkeypatch.setattr(ray_utils, "get_dashboard_dependency_error", lambda: ImportError("No module named 'aiohttp'"))
+    runtime = make_runtime("ray", num_cpus=1, num_gpus=0, include_dashboard=True, lean=False)
+    try:
+        assert runtime.started_ray and head_services() == set(HEAD_SERVICES) and not runtime.forward_output
+        group = runtime.create_group(Probe, 1, num_cpus=0.5, name="Probe")
+        assert [r.value for r in group.call("whoami")] == [0]
+        group.shutdown()
+    finally:
+        runtime.shutdown()
+    notes = [line for line in capfd.readouterr().err.splitlines() if "dashboard" in line]
+    assert notes == ["rlfleet: ray_dashboard=true, but this Ray has no dashboard (No module named 'aiohttp'); Ray starts "
+                     "in full without it: pip install 'ray[default]' adds it"], notes
+
+
 def test_the_lean_node_lookup_asks_the_gcs_then_rays_own_lookup(lean_runtime):
     from ray._raylet import GcsClient
 
-    from rlfleet.runtime.ray_backend import _node_lookup_without_second_polls
+    from rlfleet.runtime.lean_start import node_lookup_without_second_polls
 
     node = ray._private.worker._global_node
     gcs, node_id = node.gcs_address, node.node_id
     # the call the poll relies on exists in this Ray and lists the node (else the poll is skipped)
     assert any(n.hex() == node_id for n in GcsClient(address=gcs).get_all_node_info(timeout=1))
     asked = []
-    lookup = _node_lookup_without_second_polls(lambda address, nid: asked.append((address, nid)) or "node info")
+    lookup = node_lookup_without_second_polls(lambda address, nid: asked.append((address, nid)) or "node info")
     assert lookup(gcs, node_id) == "node info" and asked == [(gcs, node_id)]

@@ -9,9 +9,11 @@ so it stays out of the default run; CI runs it with ``pytest -m cluster``.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import re
 import subprocess
+import sys
 
 import pytest
 
@@ -22,8 +24,9 @@ RESTART_TIMEOUT_S, SAMPLE_TIMEOUT_S = 15, 20  # what the drill sets
 @pytest.mark.cluster
 def test_losing_a_worker_node_gives_up_its_runners_within_the_deadline_and_training_goes_on(tmp_path):
     logdir = tmp_path / "drill"
+    # this Python and the `ray` beside it, whatever PATH holds (a venv that is not activated)
     done = subprocess.run(["bash", str(REPO / "scripts" / "cluster_drill.sh"), str(logdir)],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHON": sys.executable})
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
     moved = re.search(r"training went on without the lost runners ([\d.]+) s after the kill", out)

@@ -16,6 +16,7 @@ from rlfleet.rl.experiment import Criteria, load_experiment
 from rlfleet.rl.regression import validate
 from rlfleet.rl.search import (Spec, TrialSummary, check_pbt, median_summary, parse_search, parse_search_flags, rank,
                                summarize, trial_config, write_best, write_results)
+from tests.extras import needs_extra
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CARTPOLE = os.path.join(REPO, "tuned_examples", "ppo", "CartPole-v1.yaml")
@@ -147,8 +148,8 @@ def tune_py(*args, cwd=REPO):
      "'hidden_sizes' cannot be searched with PBT"),
     (["--config", os.path.join(REPO, "tuned_examples", "impala", "CartPole-v1.yaml"), "--search",
       "lr={uniform: [1e-4, 1e-3]}", "--num-cpus", "2"], "a trial needs 3 CPUs (1 for the trial + 2 env runner"),
-    (["--config", CARTPOLE, "--search", "lr={grid: [1e-3, 2e-3]}", "--search-alg", "optuna"],
-     "a 'grid' spec needs --search-alg none"),
+    pytest.param(["--config", CARTPOLE, "--search", "lr={grid: [1e-3, 2e-3]}", "--search-alg", "optuna"],
+                 "a 'grid' spec needs --search-alg none", marks=needs_extra("tune", "optuna")),
     (["--resume"], "--resume needs --logdir"),
     (["--resume", "--logdir", "/nonexistent/search"], "holds no search (no search.json)"),
 ])

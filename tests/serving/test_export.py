@@ -14,9 +14,10 @@ import pytest
 import tree
 
 from rlfleet.rl.inference import Policy
+from tests.extras import require_extra
 from tests.serving.conftest import rollout_observations
 
-pytest.importorskip("onnxruntime")
+require_extra("export", "onnxruntime")
 
 # Runs in a fresh interpreter: importing torch or rlfleet there raises.
 RUNNER = r"""

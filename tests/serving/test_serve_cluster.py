@@ -14,7 +14,10 @@ import sys
 
 import pytest
 
-pytest.importorskip("ray.serve")
+from tests.extras import require_extra
+from tests.ray_cli import RAY
+
+require_extra("serve", "ray.serve")
 
 from tests.serving.test_serve import REPO, Client, free_port, wait_healthy  # noqa: E402
 
@@ -22,7 +25,7 @@ ENV = {**os.environ, "RAY_AUTH_MODE": "token"}  # every process that joins carri
 
 
 def ray_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["ray", *args], capture_output=True, text=True, env=ENV, timeout=120)
+    return subprocess.run([*RAY, *args], capture_output=True, text=True, env=ENV, timeout=120)
 
 
 @pytest.mark.cluster
