@@ -311,6 +311,11 @@ def main() -> None:
     external = sub.add_parser("external", help="get_action latency of external simulators with 1, 8, 64 clients")
     external.add_argument("--seconds", type=float, default=5.0)
     external.add_argument("--out", help="write the figures as JSON here")
+    external.add_argument("--hostile", action="store_true", help="8 clients alone and beside 4 hostile connections "
+                          "of each kind (malformed arrays, huge shapes, silent readers, churn)")
+    external.add_argument("--repeats", type=int, default=1, help="--hostile: rounds of every case (medians)")
+    external.add_argument("--deadline-s", type=float, default=2.0,
+                          help="--hostile: a well-behaved get_action slower than this counts as a timeout")
     lm = sub.add_parser("lm-async", help="GRPO text-addition: async vs sync rollouts with 2 generator runners")
     lm.add_argument("--seeds", type=int, default=3)
     lm.add_argument("--completions", type=int, default=20480, help="completions per run")

@@ -6,6 +6,7 @@ Depends on numpy and msgpack only (the client ships with it); never pickle.
 
 from __future__ import annotations
 
+import math
 import socket
 import struct
 from typing import Any
@@ -16,6 +17,8 @@ import numpy as np
 VERSION = 1
 MAX_FRAME = 16 << 20
 """Frames larger than this are refused (16 MiB)."""
+MAX_DIMS = 32
+"""An array has at most this many axes (numpy's own limit on older versions)."""
 
 DTYPES = ("float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool")
 
@@ -43,19 +46,37 @@ def encode(value: Any) -> Any:
 def decode(value: Any) -> Any:
     """Inverse of :func:`encode`; raises ProtocolError on a malformed array."""
     if isinstance(value, dict) and set(value) == {"dtype", "shape", "data"}:
-        dtype, shape, data = value["dtype"], value["shape"], value["data"]
-        if dtype not in DTYPES or not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape) \
-                or not isinstance(data, bytes):
-            raise ProtocolError(f"malformed array (dtype {dtype!r}, shape {shape!r})")
-        array = np.frombuffer(data, np.dtype(dtype))
-        if array.size != int(np.prod(shape)):
-            raise ProtocolError(f"array data of {len(data)} bytes does not fill shape {shape} of {dtype}")
-        return array.reshape(shape)
+        return _decode_array(value["dtype"], value["shape"], value["data"])
     if isinstance(value, dict):
         return {k: decode(v) for k, v in value.items()}
     if isinstance(value, list):
         return [decode(v) for v in value]
     return value
+
+
+def _decode_array(dtype: Any, shape: Any, data: Any) -> np.ndarray:
+    """Checks the sizes before numpy sees them: a peer's shape must never make this side
+    allocate, overflow an int64 product (``[2**32, 2**32]`` wraps to 0 in ``np.prod``) or
+    raise something other than ProtocolError."""
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise ProtocolError(f"array dtype {_clip(dtype)} is not one of {', '.join(DTYPES)}")
+    if not isinstance(data, bytes):
+        raise ProtocolError(f"array data must be bin, got {type(data).__name__}")
+    if not isinstance(shape, list) or len(shape) > MAX_DIMS \
+            or not all(type(n) is int and 0 <= n <= MAX_FRAME for n in shape):  # type(): True is no length
+        raise ProtocolError(f"array shape {_clip(shape)} is not a list of at most {MAX_DIMS} ints in [0, {MAX_FRAME}]")
+    itemsize = np.dtype(dtype).itemsize
+    needed = itemsize * math.prod(shape)  # Python ints: exact, no overflow
+    if needed != len(data):
+        raise ProtocolError(f"array data of {len(data)} bytes does not fill shape {shape} of {dtype} "
+                            f"({needed} bytes)")
+    return np.frombuffer(data, np.dtype(dtype)).reshape(shape)
+
+
+def _clip(value: Any, limit: int = 80) -> str:
+    """A peer's value for an error line, cut short (it may be megabytes)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def pack(message: dict[str, Any]) -> bytes:

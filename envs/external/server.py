@@ -1,11 +1,17 @@
-"""The listening side of the external-simulator protocol: one thread serves every
-connected simulator, batches their pending ``get_action`` requests into one call of the
-policy, and records each connection's steps until they form whole columns of a fragment.
+"""The listening side of the external-simulator protocol, as RL sees it: what each
+message means, how the pending ``get_action`` requests of every connected simulator become
+one call of the policy, and how each connection's steps are recorded until they form whole
+columns of a fragment. Also the one-shot wait for the first hello's spaces
+(``await_declared_spaces``).
 
 Knows no policy: ``act(observations) -> (actions, extras)`` and ``value(observations)``
 are given by the env runner that owns the server (rl/external_runner.py). A step is
 complete once its reward and its next observation are known (the next ``get_action``, or
 ``end_episode``); ``take_columns`` hands out runs of T complete steps of one connection.
+
+Sockets, framing, per-peer turns and refusals live in transport.py (``PeerServer``), so
+this file is about episodes and that one about keeping one hostile peer from stalling or
+killing the thread that serves the others.
 """
 
 from __future__ import annotations
@@ -13,19 +19,18 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import itertools
-import selectors
 import socket
-import struct
 import sys
-import threading
 import time
 from typing import Any, Callable
 
 import numpy as np
 
-from rlfleet.envs.external.protocol import MAX_FRAME, Connection, ProtocolError, decode, encode, pack, unpack
+from rlfleet.envs.external.protocol import Connection, ProtocolError, decode, encode
+from rlfleet.envs.external.transport import Peer, PeerServer
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
 
 
 @dataclasses.dataclass
@@ -50,19 +55,20 @@ class Episode:
     total: float = 0.0
 
 
-class _Peer:
+class _Simulator(Peer):
+    """A connection's episode state: the episode it runs, and its steps no column holds yet."""
+
     def __init__(self, sock: socket.socket, address: Any) -> None:
-        self.sock, self.address = sock, address
-        self.buffer = bytearray()
-        self.welcomed = False
+        super().__init__(sock, address)
         self.episode: Episode | None = None
         self.reported = Episode(-1)  # the client-side episode reported in parts so far
         self.steps: list[Step] = []
-        self.opened = time.monotonic()
 
 
-class ExternalServer:
+class ExternalServer(PeerServer):
     """Serves simulators on ``host:port`` from a background thread (see the module doc)."""
+
+    peer_type = _Simulator
 
     def __init__(self, *, host: str, port: int, token: str | None, observation_space: dict, action_space: dict,
                  spaces_equal: Callable[[dict, dict], bool], check_obs: Callable[[Any], str | None],
@@ -72,19 +78,12 @@ class ExternalServer:
                  max_lag: int | None = 8, column_length: int = 0, column_count: int = 0) -> None:
         if host not in LOOPBACK and not token:
             raise ValueError(f"external env: host {host!r} is reachable from other machines; set a token")
+        super().__init__(host=host, port=port, label=label, hello_timeout_s=hello_timeout_s)
         self.token, self.observation_space, self.action_space = token, observation_space, action_space
         self.spaces_equal, self.check_obs, self.act, self.value = spaces_equal, check_obs, act, value
-        self.hello_timeout_s = hello_timeout_s
         self.policy, self.max_lag = policy, max_lag
         self.weights_version = 0
         self.too_stale = 0  # reports (episodes or parts of one) dropped for their policy lag
-        self.lock = threading.Condition()
-        self.listener = socket.create_server((host, port), reuse_port=False, backlog=256)
-        self.listener.setblocking(False)
-        self.address = self.listener.getsockname()[:2]
-        self.selector = selectors.DefaultSelector()
-        self.selector.register(self.listener, selectors.EVENT_READ, None)
-        self.peers: dict[socket.socket, _Peer] = {}
         self.columns: list[list[Step]] = []  # runs of T complete steps, ready for a fragment
         self.bootstrap: list[Any] = []  # the observation after each column's last step
         self.episode_returns: list[float] = []
@@ -95,10 +94,7 @@ class ExternalServer:
         self.column_count = column_count
         self.dropped_steps = 0  # steps simulators took that no fragment will hold (the backlog's oldest)
         self.warned_backlog = False
-        self.running = True
-        self.thread = threading.Thread(target=self._serve, name=label, daemon=True)
-        self.thread.start()
-        print(f"{label} listening on {self.address[0]}:{self.address[1]}", file=sys.stderr, flush=True)
+        self._start()
 
     # -- the driver's side -----------------------------------------------------------------
     def take_columns(self, length: int, count: int, timeout_s: float) -> tuple[list[list[Step]], list[Any]] | None:
@@ -129,70 +125,12 @@ class ExternalServer:
 
     @property
     def num_clients(self) -> int:
-        return sum(1 for p in self.peers.values() if p.welcomed)
+        with self.lock:  # the serving thread adds and removes peers
+            return sum(1 for p in self.peers.values() if p.welcomed)
 
-    def stop(self) -> None:
-        self.running = False
-        self.thread.join(timeout=5)
-        for peer in list(self.peers.values()):
-            peer.sock.close()
-        self.listener.close()
-        self.selector.close()
+    # -- the serving thread's hooks (transport.py calls them) ------------------------------
 
-    # -- the serving thread ------------------------------------------------------------------
-    def _serve(self) -> None:
-        while self.running:
-            pending: list[tuple[_Peer, Any]] = []
-            for key, _ in self.selector.select(timeout=0.05):
-                if key.data is None:
-                    self._accept()
-                else:
-                    self._read(key.data, pending)
-            if pending:
-                self._answer(pending)
-            self._expire_silent()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                sock, address = self.listener.accept()
-            except BlockingIOError:
-                return
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            peer = _Peer(sock, address)
-            self.peers[sock] = peer
-            self.selector.register(sock, selectors.EVENT_READ, peer)
-
-    def _read(self, peer: _Peer, pending: list[tuple[_Peer, Any]]) -> None:
-        try:
-            data = peer.sock.recv(1 << 20)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._drop(peer)
-            return
-        peer.buffer += data
-        while len(peer.buffer) >= 4:
-            (length,) = struct.unpack(">I", peer.buffer[:4])
-            if length > MAX_FRAME:
-                self._refuse(peer, f"frame of {length} bytes is over the limit of {MAX_FRAME}")
-                return
-            if len(peer.buffer) < 4 + length:
-                return
-            body = bytes(peer.buffer[4:4 + length])
-            del peer.buffer[:4 + length]
-            try:
-                self._handle(peer, unpack(body), pending)
-            except ProtocolError as e:
-                self._refuse(peer, str(e))
-                return
-            if peer.sock not in self.peers:
-                return
-
-    def _handle(self, peer: _Peer, message: dict[str, Any], pending: list[tuple[_Peer, Any]]) -> None:
+    def _handle(self, peer: _Simulator, message: dict[str, Any], pending: list[tuple[_Simulator, Any]]) -> None:
         kind = message["type"]
         if not peer.welcomed:
             if kind != "hello":
@@ -235,17 +173,19 @@ class ExternalServer:
         else:
             raise ProtocolError(f"unknown message type {kind!r}")
 
-    def _hello(self, peer: _Peer, message: dict[str, Any]) -> None:
-        if self.token is not None and not hmac.compare_digest(str(message.get("token") or ""), self.token):
+    def _hello(self, peer: _Simulator, message: dict[str, Any]) -> None:
+        if not _token_ok(message.get("token"), self.token):
             raise ProtocolError("wrong or missing token")
         for key, ours in (("observation_space", self.observation_space), ("action_space", self.action_space)):
             theirs = message.get(key)
-            if not isinstance(theirs, dict) or not self.spaces_equal(theirs, ours):
+            # the same map is the same space: building both spaces to compare them costs more than
+            # the rest of a connection, and a churning client must not buy that with each hello
+            if not isinstance(theirs, dict) or (theirs != ours and not self.spaces_equal(theirs, ours)):
                 raise ProtocolError(f"hello: {key} {theirs!r} differs from this runner's {ours!r}")
         peer.welcomed = True
         self._send(peer, {"type": "welcome", "runner": self.address[1], "weights_version": self.weights_version})
 
-    def _send_policy(self, peer: _Peer) -> None:
+    def _send_policy(self, peer: _Simulator) -> None:
         """The current policy as ONNX bytes with its version, for client-side inference."""
         if self.policy is None:
             raise ProtocolError("this runner's algorithm has no policy for client-side inference (use get_action)")
@@ -253,7 +193,7 @@ class ExternalServer:
         self._send(peer, {"type": "policy", "weights_version": self.weights_version, "model": model,
                           "contract": contract})
 
-    def _report(self, peer: _Peer, message: dict[str, Any]) -> None:
+    def _report(self, peer: _Simulator, message: dict[str, Any]) -> None:
         """Steps acted on the client's side: each step's observation, action (as the policy
         sampled it), log-probability and weights version, the rewards, and the observation
         after the last step. ``terminated`` or ``truncated`` ends the episode; neither
@@ -323,10 +263,18 @@ class ExternalServer:
             raise ProtocolError(f"observation {problem}")
         return obs
 
-    def _answer(self, pending: list[tuple[_Peer, Any]]) -> None:
+    def _answer(self, pending: list[tuple[_Simulator, Any]]) -> None:
         """One forward pass for every pending get_action; the previous step of each
         connection learns its next observation's value."""
-        actions, leaves, extras = self.act([obs for _, obs in pending])
+        try:
+            actions, leaves, extras = self.act([obs for _, obs in pending])
+        except Exception as e:  # noqa: BLE001 - an observation the space check let through broke the batch
+            if len(pending) == 1:
+                self._refuse(pending[0][0], f"the policy could not act on this observation: {type(e).__name__}: {e}")
+            else:  # act one by one: only the culprit is refused
+                for one in pending:
+                    self._answer([one])
+            return
         version = self.weights_version
         with self.lock:
             for (peer, obs), action, leaf, extra in zip(pending, actions, leaves, extras):
@@ -342,7 +290,7 @@ class ExternalServer:
                 self._send(peer, {"type": "action", "action": encode(action), "weights_version": version})
             self._cut_columns()
 
-    def _end_episode(self, peer: _Peer, final_obs: Any, *, terminated: bool) -> None:
+    def _end_episode(self, peer: _Simulator, final_obs: Any, *, terminated: bool) -> None:
         with self.lock:
             episode = peer.episode
             if peer.steps and not peer.steps[-1].complete:
@@ -386,49 +334,17 @@ class ExternalServer:
         if cut:
             self.lock.notify_all()
 
-    def _send(self, peer: _Peer, message: dict[str, Any]) -> None:
-        data = pack(message)
-        try:
-            sent = peer.sock.send(data)  # a small reply fits the socket buffer: one syscall
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self._drop(peer)
-            return
-        if sent < len(data):  # a full buffer (a slow reader): finish blocking
-            try:
-                peer.sock.setblocking(True)
-                peer.sock.sendall(data[sent:])
-                peer.sock.setblocking(False)
-            except OSError:
-                self._drop(peer)
+    def _discard(self, peer: _Simulator) -> None:
+        """The peer stops being a simulator: a running episode is dropped and counted, with
+        the steps of it no column holds yet (the caller holds the lock)."""
+        if (peer.episode is not None and peer.episode.steps_taken) or peer.reported.steps_taken:
+            self.dropped_episodes += 1
+        peer.steps = []
 
-    def _refuse(self, peer: _Peer, reason: str) -> None:
-        """An error reply, then the connection is closed; the trainer goes on."""
-        self._send(peer, {"type": "error", "message": reason})
-        self._drop(peer)
 
-    def _drop(self, peer: _Peer) -> None:
-        """A connection ends: a running episode is dropped and counted, with the steps of
-        it no column holds yet."""
-        with self.lock:
-            if peer.sock not in self.peers:
-                return
-            del self.peers[peer.sock]
-            if (peer.episode is not None and peer.episode.steps_taken) or peer.reported.steps_taken:
-                self.dropped_episodes += 1
-            peer.steps = []
-        try:
-            self.selector.unregister(peer.sock)
-        except (KeyError, ValueError):
-            pass
-        peer.sock.close()
-
-    def _expire_silent(self) -> None:
-        now = time.monotonic()
-        for peer in list(self.peers.values()):
-            if not peer.welcomed and now - peer.opened > self.hello_timeout_s:
-                self._refuse(peer, f"no hello within {self.hello_timeout_s:g} s")
+def _token_ok(given: Any, token: str | None) -> bool:
+    """Compares as bytes: compare_digest refuses non-ASCII strings with a TypeError."""
+    return token is None or hmac.compare_digest(str(given or "").encode(), token.encode())
 
 
 def await_declared_spaces(*, host: str, port: int, token: str | None, timeout_s: float,
@@ -455,6 +371,8 @@ def await_declared_spaces(*, host: str, port: int, token: str | None, timeout_s:
                         reason = _declared_spaces_error(message, token, check)
                     except ProtocolError as e:
                         reason = str(e)
+                    except Exception as e:  # noqa: BLE001 - a schema the check chokes on refuses that client only
+                        reason = f"hello: {type(e).__name__}: {e}"
                     if reason is not None:
                         conn.send({"type": "error", "message": reason})
                         continue
@@ -470,7 +388,7 @@ def _declared_spaces_error(message: dict[str, Any], token: str | None,
                            check: Callable[[dict, dict], str | None]) -> str | None:
     if message.get("type") != "hello":
         return f"the first message must be 'hello', got {message.get('type')!r}"
-    if token is not None and not hmac.compare_digest(str(message.get("token") or ""), token):
+    if not _token_ok(message.get("token"), token):
         return "wrong or missing token"
     obs, act = message.get("observation_space"), message.get("action_space")
     if not isinstance(obs, dict) or not isinstance(act, dict):

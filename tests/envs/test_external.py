@@ -23,6 +23,7 @@ from rlfleet.rl.external_runner import ExternalEnvRunner
 from rlfleet.rl.module import ModuleSpec
 from rlfleet.rl.postprocessing import compute_gae
 from rlfleet.envs.schema import space_to_schema
+from tests.extras import require_extra
 
 OBS = spaces.Box(-10.0, 10.0, (2,), np.float32)
 ACT = spaces.Discrete(3)
@@ -327,7 +328,7 @@ def test_64_connections_opened_at_once_from_four_processes_are_all_served(runner
 def test_client_side_inference_samples_like_the_policy_and_reported_episodes_become_fragments(runner):
     import torch
 
-    pytest.importorskip("onnxruntime")
+    require_extra("export", "onnxruntime")
     with client(runner.port) as c:
         policy = c.fetch_policy(seed=0)
         assert policy.weights_version == 0
@@ -357,7 +358,7 @@ def test_client_side_inference_samples_like_the_policy_and_reported_episodes_bec
 
 @pytest.mark.parametrize("runner", [{"env": {"max_lag": 2}}], indirect=True)
 def test_reported_episodes_past_the_lag_limit_are_dropped_and_counted(runner):
-    pytest.importorskip("onnxruntime")
+    require_extra("export", "onnxruntime")
     with client(runner.port) as c:
         policy = c.fetch_policy()
         action, step = policy.act(np.zeros(2, np.float32))
@@ -375,7 +376,7 @@ def test_reported_episodes_past_the_lag_limit_are_dropped_and_counted(runner):
 
 @pytest.mark.parametrize("runner", [{"columns": 2, "length": 2, "env": {"max_lag": 2}}], indirect=True)
 def test_an_episode_reported_in_parts_trains_each_fresh_part_and_counts_its_whole_return(runner):
-    pytest.importorskip("onnxruntime")
+    require_extra("export", "onnxruntime")
     obs = [np.array([0.1 * i, 0.0], np.float32) for i in range(6)]
     with client(runner.port) as c:
         old = c.fetch_policy(seed=1)
@@ -408,7 +409,7 @@ def test_an_episode_reported_in_parts_trains_each_fresh_part_and_counts_its_whol
 def test_a_q_network_is_fetched_epsilon_greedy_and_its_reports_of_any_lag_are_kept():
     import torch
 
-    pytest.importorskip("onnxruntime")
+    require_extra("export", "onnxruntime")
     from rlfleet.algorithms.dqn.module import QModuleSpec
 
     port = free_port()
