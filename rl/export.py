@@ -24,7 +24,7 @@ from torch import nn
 from rlfleet.rl.distributions import mask_logits
 from rlfleet.rl.inference import Policy, to_json
 from rlfleet.rl.module import legal_actions
-from rlfleet.envs.schema import space_to_schema
+from rlfleet.envs.schema import space_from_schema, space_to_schema
 from rlfleet.rl.spaces import leaf_spaces, space_structure
 
 CONTRACT_FORMAT = "rlfleet-onnx-1"
@@ -80,11 +80,7 @@ def _leaf_names(prefix: str, structure: Any) -> list[str]:
 def export_onnx(policy: Policy, path: str) -> dict[str, Any]:
     """Write the ONNX model to ``path`` (and the contract to ``path`` + ".json", both via
     a temporary file and a rename); returns the contract."""
-    if not path.endswith(".onnx"):
-        raise ExportError(f"export path {path!r} must end in .onnx")
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise ExportError(f"export path {path!r}: no directory {directory!r}")
+    _check_out(path, ".onnx")
     model = DeployedPolicy(policy).eval()
     obs_spaces = leaf_spaces(policy.observation_space)
     act_spaces = leaf_spaces(policy.action_space)
@@ -116,6 +112,55 @@ def export_onnx(policy: Policy, path: str) -> dict[str, Any]:
     return contract
 
 
+def read_contract(path: str) -> dict[str, Any]:
+    """The JSON contract :func:`export_onnx` wrote at ``path``, checked: a file that is not
+    one (missing, not JSON, another format, missing keys, a bad space) is refused in one line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            contract = json.load(f)
+    except OSError as e:
+        raise ExportError(f"no contract {path!r} beside the model ({e.strerror}): export.py writes it next to "
+                          "the .onnx file") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise ExportError(f"contract {path} is not JSON ({str(e).splitlines()[0]})") from None
+    if not isinstance(contract, dict) or contract.get("format") != CONTRACT_FORMAT:
+        found = f"format {contract.get('format')!r}" if isinstance(contract, dict) else f"a {type(contract).__name__}"
+        raise ExportError(f"contract {path} is not an rlfleet export contract ({found}, expected format "
+                          f"{CONTRACT_FORMAT!r})")
+    missing = sorted({"env", "weights_version", "inputs", "action_space"} - set(contract))
+    if missing:
+        raise ExportError(f"contract {path} lacks {', '.join(map(repr, missing))}: export the model again")
+    inputs = contract["inputs"]
+    if not isinstance(inputs, list) or not all(isinstance(i, dict) and isinstance(i.get("name"), str) for i in inputs):
+        raise ExportError(f"contract {path}: 'inputs' must be a list of {{\"name\": ..., \"dtype\": ...}}, "
+                          f"got {inputs!r}")
+    for i in inputs:
+        try:
+            if not isinstance(i.get("dtype"), str):
+                raise TypeError
+            np.dtype(i["dtype"])
+        except (TypeError, ValueError):
+            raise ExportError(f"contract {path}: input {i['name']!r} has no dtype numpy knows, got "
+                              f"{i.get('dtype')!r}") from None
+    try:
+        space_from_schema(contract["action_space"])
+    except ValueError as e:  # SpaceSchemaError
+        raise ExportError(f"contract {path}: 'action_space': {str(e).splitlines()[0]}") from None
+    return contract
+
+
+def _check_out(path: str, suffix: str) -> None:
+    """The same refusals for every format, before anything is written: an output goes into
+    a directory that exists (a typo in it is not silently created)."""
+    if not path.endswith(suffix):
+        raise ExportError(f"export path {path!r} must end in {suffix}")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ExportError(f"export path {path!r}: no directory {directory!r}")
+    if os.path.isdir(path):
+        raise ExportError(f"export path {path!r} is a directory: name the file to write")
+
+
 def _action_shape(space: Any) -> list[int]:
     return [] if space.shape == () else list(space.shape)
 
@@ -126,8 +171,7 @@ def _action_dtype(space: Any) -> str:
 
 def export_torchscript(policy: Policy, path: str) -> None:
     """The same graph as :func:`export_onnx`, traced to TorchScript (``torch.jit.load``)."""
-    if not path.endswith(".pt"):
-        raise ExportError(f"export path {path!r} must end in .pt")
+    _check_out(path, ".pt")
     model = DeployedPolicy(policy).eval()
     example = tuple(torch.from_numpy(np.stack([s.sample(), s.sample()])) for s in leaf_spaces(policy.observation_space))
     with warnings.catch_warnings():

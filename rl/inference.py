@@ -188,14 +188,7 @@ def _parse_leaf(value: Any, space: gym.Space, name: str) -> tuple[np.ndarray, in
         kinds = sorted({type(x).__name__ for x in np.asarray(value, dtype=object).reshape(-1)}) if isinstance(
             value, list) else [type(value).__name__]
         raise BadRequest(f"{name}: expected numbers, got {', '.join(kinds) or 'nothing'}")
-    shape = tuple(space.shape)
-    if array.shape == shape:
-        size = None
-    elif array.shape[1:] == shape and array.ndim == len(shape) + 1:
-        size = array.shape[0]
-    else:
-        batch = "(N, " + ", ".join(map(str, shape)) + ")"
-        raise BadRequest(f"{name}: shape {array.shape}, expected {shape} (one observation) or {batch} (a batch)")
+    size = _batch_size(array.shape, space, name)
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise BadRequest(f"{name}: holds NaN or infinity")
     integral = isinstance(space, (spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)) or (
@@ -208,24 +201,49 @@ def _parse_leaf(value: Any, space: gym.Space, name: str) -> tuple[np.ndarray, in
     return array.astype(space.dtype), size
 
 
+def _batch_size(shape: tuple[int, ...], space: gym.Space, name: str) -> int | None:
+    """None for one observation's shape, N for a batch's (N, ...); anything else is refused."""
+    expected = tuple(space.shape)
+    if shape == expected:
+        return None
+    if len(shape) == len(expected) + 1 and shape[1:] == expected:
+        return shape[0]
+    batch = "(N, " + ", ".join(map(str, expected)) + ")"
+    raise BadRequest(f"{name}: shape {shape}, expected {expected} (one observation) or {batch} (a batch)")
+
+
 def _decode_b64(value: dict, space: gym.Space, name: str) -> np.ndarray:
     """A leaf sent as raw bytes, ``{"b64": ..., "dtype": "uint8", "shape": [84, 84, 4]}``
     (shape with or without a leading batch axis): an image as JSON numbers is ~4x larger
-    and far slower to parse."""
+    and far slower to parse. The declared shape is the client's word: it must be the
+    space's (or a batch of it) and the bytes must fill it exactly, checked in Python
+    integers before numpy sees it (``np.prod`` of ``[2**32, 2**32]`` wraps to 0)."""
     if set(value) != {"b64", "dtype", "shape"}:
         raise BadRequest(f"{name}: an object leaf must be {{\"b64\": ..., \"dtype\": ..., \"shape\": [...]}}, "
                          f"got keys {sorted(value)}")
+    declared = value["shape"]
+    if not isinstance(declared, list) or not all(type(n) is int and n >= 0 for n in declared):
+        raise BadRequest(f"{name}: b64 shape must be a list of non-negative integers, got {_short(declared)}")
+    shape = tuple(declared)
+    _batch_size(shape, space, name)  # before any arithmetic on the client's numbers
+    if not isinstance(value["dtype"], str):
+        raise BadRequest(f"{name}: b64 dtype must be a name such as {str(space.dtype)!r}, got {_short(value['dtype'])}")
     try:
         dtype = np.dtype(value["dtype"])
-        shape = tuple(int(n) for n in value["shape"])
         raw = base64.b64decode(value["b64"], validate=True)
     except (TypeError, ValueError, binascii.Error) as e:
         raise BadRequest(f"{name}: bad b64 leaf: {e}") from None
     if dtype != space.dtype:
         raise BadRequest(f"{name}: b64 dtype {dtype}, the space's is {space.dtype}")
-    if len(raw) != dtype.itemsize * int(np.prod(shape)):
+    if len(raw) != dtype.itemsize * math.prod(shape):
         raise BadRequest(f"{name}: {len(raw)} bytes do not fill shape {shape} of {dtype}")
     return np.frombuffer(raw, dtype).reshape(shape)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr`` cut to ``limit`` characters, for quoting a client's value in a message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _bounds(space: gym.Space) -> tuple[Any, Any]:

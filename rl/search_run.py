@@ -154,12 +154,50 @@ class SearchOptions:
 
     @classmethod
     def load(cls, directory: str) -> "SearchOptions":
+        """The settings of the search in ``directory``; a search.json that is not JSON, not
+        a search's (unknown or missing keys, values of the wrong type) is refused in one
+        line. The search is the one in ``directory``, wherever search.json says it was:
+        a moved search resumes where it is, and a copied one never writes into another."""
         path = os.path.join(directory, "search.json")
         try:
             with open(path, encoding="utf-8") as f:
-                return cls(**json.load(f))
+                data = json.load(f)
         except OSError:
             raise ConfigError(f"--resume: {directory!r} holds no search (no search.json)") from None
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+            raise ConfigError(f"--resume: {path} is not JSON ({str(e).splitlines()[0]}): not a search's settings, "
+                              "or written by something else") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"--resume: {path} holds a {type(data).__name__}, not a search's settings (a JSON "
+                              "object written by tune.py)")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for key in data:
+            if key not in fields:
+                raise ConfigError(f"--resume: {path}: unknown key {key!r}{closest(str(key), fields)} (not a search's "
+                                  "settings, or written by another rlfleet version)")
+        for name, field in fields.items():
+            required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+            if required and name not in data:
+                raise ConfigError(f"--resume: {path} lacks {name!r}: not a search's settings")
+            if name in data and not _fits(data[name], _SETTING_TYPES[name]):
+                raise ConfigError(f"--resume: {path}: {name!r} must be {_SETTING_TYPES[name][1]}, got {data[name]!r}")
+        return cls(**{**data, "directory": os.path.abspath(directory)})
+
+
+# What each search.json value may be: (accepted types, how the message says it).
+_SETTING_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "source": ((str,), "a path"), "directory": ((str,), "a path"), "search": ((dict,), "a mapping"),
+    "overrides": ((dict,), "a mapping"), "scheduler": ((str,), "a name"), "search_alg": ((str, type(None)), "a name"),
+    "num_samples": ((int,), "an integer"), "cpus_per_trial": ((int, float), "a number"),
+    "confirm_seeds": ((int,), "an integer"), "confirm_top": ((int,), "an integer"),
+    "perturbation_interval": ((int, type(None)), "an integer"), "stop_env_steps": ((int, type(None)), "an integer"),
+    "seed": ((int,), "an integer"), "address": ((str, type(None)), "an address"),
+    "num_cpus": ((int, type(None)), "an integer"),
+}
+
+
+def _fits(value: Any, kinds: tuple[tuple[type, ...], str]) -> bool:
+    return isinstance(value, kinds[0]) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass

@@ -20,6 +20,7 @@ Request bodies:
 from __future__ import annotations
 
 
+import logging
 import os
 import threading
 from typing import Any, Callable
@@ -32,10 +33,12 @@ from rlfleet.rl.config import closest
 from rlfleet.rl.inference import Policy, parse_observations, to_json
 from rlfleet.runtime.base import BadRequest
 
+logger = logging.getLogger(__name__)
 
-def _stamp(path: str) -> tuple[int, int]:
+
+def _stamp(path: str) -> tuple[int, int, int]:
     st = os.stat(path)
-    return st.st_mtime_ns, st.st_size
+    return st.st_ino, st.st_mtime_ns, st.st_size  # the inode: a file renamed over it (an atomic save)
 
 
 def _check_keys(body: Any, allowed: tuple[str, ...], required: tuple[str, ...], usage: str) -> None:
@@ -57,7 +60,13 @@ def _flag(body: dict, key: str) -> bool:
 
 
 class _Followed:
-    """Holds what was loaded from a checkpoint file and loads it again when it changed."""
+    """Holds what was loaded from a checkpoint file and loads it again when it changed.
+
+    ``reload()`` is asked for (``POST /reload``) and says why it failed; ``poll()``
+    (``--watch``) is not, and never fails: a file that is missing for a moment (a directory
+    swapped for a new one), half-written (a copy in place) or corrupt is not a new version,
+    so the loaded one goes on serving, and the next poll tries again once the file changed
+    (the same bytes would fail the same way). A file that stays unloadable is logged once."""
 
     def __init__(self, checkpoint: str, load: Callable[[str], Any]) -> None:
         self.path = checkpoint_file(checkpoint)
@@ -65,21 +74,48 @@ class _Followed:
         self.lock = threading.Lock()
         self.stamp = _stamp(self.path) if os.path.exists(self.path) else None
         self.current = load(self.path)
+        self.failed: tuple[tuple[int, int, int], str] | None = None  # (stamp, why) of the last failed poll
+        self.reported: tuple[int, int, int] | None = None  # the stamp whose failure was logged
 
-    def reload(self, *, only_if_changed: bool = False) -> bool:
+    def reload(self) -> bool:
         with self.lock:
             try:
                 stamp = _stamp(self.path)
             except OSError as e:
                 raise BadRequest(f"reload failed, still serving the loaded weights: {self.path}: {e.strerror}") from None
-            if only_if_changed and stamp == self.stamp:
-                return False
             try:
                 loaded = self.load(self.path)
             except CheckpointError as e:
                 raise BadRequest(f"reload failed, still serving the loaded weights: {e}") from None
-            self.current, self.stamp = loaded, stamp  # one assignment: a batch in flight keeps its reference
+            self._swap(loaded, stamp)
             return True
+
+    def poll(self) -> bool:
+        """Load the file if it changed since it was loaded; whether it did."""
+        with self.lock:
+            try:
+                stamp = _stamp(self.path)
+            except OSError:
+                return False
+            if stamp == self.stamp:
+                return False
+            if self.failed is not None and self.failed[0] == stamp:
+                if self.reported != stamp:
+                    self.reported = stamp
+                    logger.warning("--watch: %s does not load (%s); still serving the weights loaded before, "
+                                   "trying again when the file changes", self.path, self.failed[1])
+                return False
+            try:
+                loaded = self.load(self.path)
+            except Exception as e:  # noqa: BLE001 - whatever a half-written file raises, it is not served
+                self.failed = (stamp, (str(e).splitlines() or [type(e).__name__])[0])
+                return False
+            self._swap(loaded, stamp)
+            return True
+
+    def _swap(self, loaded: Any, stamp: tuple[int, int, int]) -> None:
+        self.current, self.stamp = loaded, stamp  # one assignment: a batch in flight keeps its reference
+        self.failed = self.reported = None
 
 
 class _FollowingService:
@@ -94,7 +130,8 @@ class _FollowingService:
         return {"reloaded": changed, "weights_version": loaded.weights_version}
 
     def watch(self) -> None:
-        self.followed.reload(only_if_changed=True)
+        """``--watch``: load the checkpoint file if it changed; never raises (see ``_Followed``)."""
+        self.followed.poll()
 
 
 class PolicyService(_FollowingService):

@@ -7,7 +7,8 @@ the model answers:
     run(route, items) -> [result, ...]   one call for the items of many requests
     metadata() -> dict                   GET /metadata
     reload() -> dict                     POST /reload
-    watch() -> None                      called about once a second with --watch
+    watch() -> None                      called about once a second with --watch; keeps
+                                         serving what it has when the file does not load
 
 Routes: ``POST /act`` and ``POST /complete`` go through Serve's dynamic batching
 (``@serve.batch``, counting rows, not requests, against the batch size), ``GET
@@ -19,9 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import hmac
+import ipaddress
 import json
 import logging
+import socket
 import time
 from typing import Any, Callable
 
@@ -35,6 +39,82 @@ from rlfleet.runtime.base import BadRequest
 BATCHED_ROUTES = ("/act", "/complete")
 ROUTES = ("GET /healthz", "GET /metadata", "POST /act", "POST /complete", "POST /reload")
 SERVE_NAMESPACE = "serve"
+MAX_JSON_DEPTH = 100
+"""How deep a request body may nest: far more than any observation needs (numpy arrays
+stop at 64 dimensions), far less than what exhausts Python's stack."""
+
+logger = logging.getLogger(__name__)
+
+
+class PortUnavailableError(RuntimeError):
+    """The address to serve on cannot be bound: the port is taken, or the host is not one
+    of this machine's addresses."""
+
+
+def _bind(host: str, port: int) -> None:
+    """Bind and release ``host:port`` the way Ray Serve's proxy binds it (a plain socket, no
+    ``SO_REUSEADDR``), so what fails here would fail there."""
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:  # a name, such as localhost
+        family = socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, port))
+
+
+def check_bindable(host: str, port: int) -> None:
+    """Refuse, in one line naming the port (and the nearest free one), an address this
+    machine cannot serve on, before any Ray process starts."""
+    if not 0 < port < 65536:
+        raise PortUnavailableError(f"port {port} is outside 1..65535")
+    try:
+        _bind(host, port)
+    except OSError as e:
+        raise PortUnavailableError(_bind_failure(host, port, e)) from None
+
+
+def _bind_failure(host: str, port: int, error: OSError) -> str:
+    if error.errno == errno.EADDRINUSE:
+        return f"port {port} on {host} is already in use{_nearest_free(host, port)}"
+    if error.errno == errno.EACCES:
+        return f"port {port} on {host} needs privileges this process lacks (below 1024){_nearest_free(host, 1023)}"
+    if error.errno == errno.EADDRNOTAVAIL or isinstance(error, socket.gaierror):
+        return f"cannot serve on {host}:{port}: {host!r} is not an address of this machine"
+    return f"cannot serve on {host}:{port}: {error.strerror or error}"
+
+
+def _nearest_free(host: str, port: int, tries: int = 100) -> str:
+    for candidate in range(port + 1, min(port + tries, 65535) + 1):
+        try:
+            _bind(host, candidate)
+        except OSError:
+            continue
+        return f"; the nearest free port is {candidate}"
+    return ""
+
+
+def decode_body(body: bytes) -> Any:
+    """A request body as JSON, or :class:`BadRequest` (400) in one line: not JSON, a number
+    of thousands of digits, nesting deeper than :data:`MAX_JSON_DEPTH` (``json.loads``
+    recurses, and a 10,000-deep body would exhaust the stack)."""
+    try:
+        data = json.loads(body)
+    except RecursionError:
+        raise BadRequest(f"body nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except json.JSONDecodeError as e:
+        raise BadRequest(f"body is not valid JSON: {e}") from None
+    except ValueError as e:  # bytes that are not UTF-8; an integer of over 4,300 digits
+        raise BadRequest(f"body is not valid JSON: {str(e).split(':')[0]}") from None
+    stack = [(data, 1)]
+    while stack:  # iterative: the check itself must not recurse
+        value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise BadRequest(f"body nests deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values() if isinstance(v, (dict, list)))
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value if isinstance(v, (dict, list)))
+    return data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,19 +189,32 @@ class ModelIngress:
             return
         if count != self.reloads_seen:
             self.reloads_seen = count
-            await asyncio.to_thread(self.model.reload)
+            try:
+                await asyncio.to_thread(self.model.reload)
+            except BadRequest as e:  # the request that asked answered it; this one was not about reloading
+                logger.warning("following a reload: %s", e)
+
+    async def _watch(self) -> None:
+        """``--watch``: at most once a second, load the checkpoint file if it changed. Never
+        fails the request that happens to trigger it: a model's ``watch`` keeps serving what
+        it has when the file cannot be loaded (yet)."""
+        if not self.options.watch or time.monotonic() < self.next_watch:
+            return
+        self.next_watch = time.monotonic() + 1.0
+        try:
+            await asyncio.to_thread(self.model.watch)
+        except Exception:  # noqa: BLE001 - a model's own bug: logged, and the request is still answered
+            logger.exception("watching the checkpoint failed; serving what is loaded")
 
     async def __call__(self, request: Request) -> JSONResponse:
         if self.auth is not None and not hmac.compare_digest(request.headers.get("authorization", ""), self.auth):
             return _error(401, "missing or wrong token: send the header 'Authorization: Bearer <token>'")
         path = request.url.path.rstrip("/") or "/"
         route = f"{request.method} {path}"
+        await self._watch()
+        if route != "POST /reload":
+            await self._follow_reloads()
         try:
-            if self.options.watch and time.monotonic() >= self.next_watch:
-                self.next_watch = time.monotonic() + 1.0
-                await asyncio.to_thread(self.model.watch)
-            if route != "POST /reload":
-                await self._follow_reloads()
             if route == "GET /healthz":
                 return JSONResponse({"status": "ok"})
             if route == "GET /metadata":
@@ -145,11 +238,7 @@ class ModelIngress:
         body = await request.body()
         if len(body) > limit:
             raise BadRequest(f"body of {len(body)} bytes is over the limit of {limit}")
-        try:
-            data = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise BadRequest(f"body is not valid JSON: {e}") from None
-        item = self.model.parse(path, data)
+        item = self.model.parse(path, decode_body(body))
         if not self.options.batching:
             return (await asyncio.to_thread(self.model.run, path, [item]))[0]
         return await (self._batched_act(item) if path == "/act" else self._batched_complete(item))
@@ -171,18 +260,35 @@ class Server:
         from rlfleet.runtime.ray_backend import RayRuntime
 
         self.options = options
-        self.runtime = RayRuntime(address=address, py_modules=py_modules)
-        logging.getLogger("ray.serve").setLevel(logging.WARNING)
-        self.counter = ReloadCounter.options(name=options.reload_counter, namespace=SERVE_NAMESPACE).remote()
         self.own_serve = address is None
-        serve.start(http_options={"host": options.host, "port": options.port},
-                    logging_config={"log_level": "WARNING", "enable_access_log": False})
-        app = ModelIngress.options(
-            num_replicas=options.num_replicas, ray_actor_options={"num_cpus": options.num_cpus_per_replica},
-            max_ongoing_requests=max(64, 2 * options.max_batch_rows),
-        ).bind(factory, options)
-        serve.run(app, name=options.app_name, route_prefix="/", blocking=False,
-                  logging_config={"log_level": "WARNING", "enable_access_log": False})
+        if self.own_serve:  # our proxy binds on this machine: a taken port is refused before Ray starts
+            check_bindable(options.host, options.port)
+        self.counter: Any = None
+        self.runtime = RayRuntime(address=address, py_modules=py_modules)
+        try:
+            logging.getLogger("ray.serve").setLevel(logging.WARNING)
+            self.counter = ReloadCounter.options(name=options.reload_counter, namespace=SERVE_NAMESPACE).remote()
+            serve.start(http_options={"host": options.host, "port": options.port},
+                        logging_config={"log_level": "WARNING", "enable_access_log": False})
+            app = ModelIngress.options(
+                num_replicas=options.num_replicas, ray_actor_options={"num_cpus": options.num_cpus_per_replica},
+                max_ongoing_requests=max(64, 2 * options.max_batch_rows),
+            ).bind(factory, options)
+            serve.run(app, name=options.app_name, route_prefix="/", blocking=False,
+                      logging_config={"log_level": "WARNING", "enable_access_log": False})
+        except Exception as e:
+            self.stop()
+            # the port taken between the check and the proxy's bind (or on a cluster's node):
+            # Serve reports it as its proxy actor's failure, the cause deep in its text
+            if "Failed to bind to address" in str(e):
+                try:
+                    _bind(options.host, options.port)
+                    message = (f"cannot serve on {options.host}:{options.port}: Serve's proxy could not bind it (taken "
+                               "while Serve started, or on another node of the cluster)")
+                except OSError as bind_error:
+                    message = _bind_failure(options.host, options.port, bind_error)
+                raise PortUnavailableError(message) from None
+            raise
 
     @property
     def url(self) -> str:
@@ -194,6 +300,10 @@ class Server:
             if self.own_serve:
                 serve.shutdown()
             else:
-                serve.delete(self.options.app_name)
-            ray.kill(self.counter)
+                try:
+                    serve.delete(self.options.app_name)
+                except Exception as e:  # noqa: BLE001 - a start that failed before the app existed
+                    logger.warning("removing the app %s: %s", self.options.app_name, e)
+            if self.counter is not None:
+                ray.kill(self.counter)
         self.runtime.shutdown()

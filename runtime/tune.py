@@ -95,6 +95,13 @@ def _error_line(trial: Any) -> str:
         return "failed"
 
 
+def can_resume(directory: str) -> bool:
+    """Whether ``directory`` holds the state of a search ``run_search`` started there."""
+    from ray import tune
+
+    return tune.Tuner.can_restore(os.path.join(os.path.abspath(directory), EXPERIMENT_NAME))
+
+
 def run_search(
     trial: Callable[[dict[str, Any], TrialReporter], None],
     *,

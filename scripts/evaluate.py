@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import sys
 import time
 import urllib.parse
@@ -172,19 +173,31 @@ def onnx_policy(path: str) -> tuple[dict, Callable[[Any], Any]]:
     from gymnasium.spaces import Discrete
 
     from rlfleet.envs.schema import space_from_schema
+    from rlfleet.rl.export import read_contract
     from rlfleet.rl.spaces import space_structure
 
     try:
         import onnxruntime
     except ImportError as e:
         raise ValueError(f"--onnx needs onnxruntime: pip install 'rlfleet[export]' ({e})") from None
+    if not os.path.isfile(path):
+        raise ValueError(f"--onnx {path!r}: no such file")
+    contract = read_contract(path + ".json")  # ExportError is a ValueError
     try:
-        with open(path + ".json", encoding="utf-8") as f:
-            contract = json.load(f)
         session = onnxruntime.InferenceSession(path)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"--onnx {path!r}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - onnxruntime's own kinds (InvalidProtobuf, Fail, ...), none standard
+        detail = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ValueError(f"--onnx {path!r} is not an ONNX model onnxruntime can load ({type(e).__name__}: {detail})"
+                         ) from None
+    names = [i["name"] for i in contract["inputs"]]
+    model_names = [i.name for i in session.get_inputs()]
+    if names != model_names:
+        raise ValueError(f"--onnx {path!r}: its contract {path}.json names inputs {names}, the model's are "
+                         f"{model_names}: the contract of another model")
     action_structure = space_structure(space_from_schema(contract["action_space"]))
+    if len(session.get_outputs()) != len(tree.flatten(action_structure)):
+        raise ValueError(f"--onnx {path!r}: {len(session.get_outputs())} outputs, its contract {path}.json has "
+                         f"{len(tree.flatten(action_structure))} action leaves: the contract of another model")
     inputs = [(i["name"], np.dtype(i["dtype"])) for i in contract["inputs"]]
 
     def act(obs: Any) -> Any:

@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             export_torchscript(policy, out)
     except (CheckpointError, ExportError) as e:
         return fail(str(e))
+    except OSError as e:  # a directory without write permission, a full disk
+        return fail(f"cannot write {out}: {e.strerror or e}")
     print(f"wrote {out}" + (f" and {out}.json" if args.format == "onnx" else "") +
           f" ({policy.algo} on {policy.env}, weights version {policy.weights_version})")
     return 0

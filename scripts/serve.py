@@ -88,16 +88,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.host not in LOOPBACK and not args.token:
         return fail(f"--host {args.host} is reachable from other machines: give --token (or RLFLEET_SERVE_TOKEN)")
     for name, value in (("--num-replicas", args.num_replicas), ("--max-batch-rows", args.max_batch_rows),
-                        ("--max-body-bytes", args.max_body_bytes), ("--port", args.port)):
+                        ("--max-body-bytes", args.max_body_bytes)):
         if value <= 0:
             return fail(f"{name} must be > 0, got {value}")
+    if not 0 < args.port < 65536:
+        return fail(f"--port must be in 1..65535, got {args.port}")
     try:
         modules = [import_user_module(m) for m in args.imports]
         factory = build_service(args)
     except (CheckpointError, UnknownAlgorithmError, ConfigError, UserModuleError) as e:
         return fail(str(e))
     try:
-        from rlfleet.runtime.serving import ServeOptions, Server
+        from rlfleet.runtime.serving import PortUnavailableError, ServeOptions, Server
     except ImportError as e:
         return fail(f"serving needs Ray Serve: pip install 'rlfleet[serve]' ({e})")
 
@@ -111,9 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     try:
         server = Server(factory, options, address=args.address, py_modules=tuple(m for m in modules if m))
+    except PortUnavailableError as e:  # a port in use: refused before Ray starts (Server checks it first)
+        return fail(str(e))
     except ClusterUnreachableError as e:
         return fail(str(e))
-    except Exception as e:  # noqa: BLE001 - a port in use, a replica that cannot start: one line, exit 3
+    except Exception as e:  # noqa: BLE001 - a replica that cannot start: one line, exit 3
         print(f"serve.py: server failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}", file=sys.stderr)
         return 3
     try:

@@ -70,7 +70,7 @@ def build(args: argparse.Namespace):  # -> (SearchOptions, Experiment, config cl
     from rlfleet.rl.config import ConfigError
     from rlfleet.rl.experiment import load_experiment
     from rlfleet.rl.search import parse_search_flags
-    from rlfleet.rl.search_run import SearchOptions
+    from rlfleet.rl.search_run import SearchOptions, prepare
     from rlfleet.scripts.train import parse_sets
 
     if args.resume:
@@ -80,9 +80,17 @@ def build(args: argparse.Namespace):  # -> (SearchOptions, Experiment, config cl
                  if value]
         if given:
             raise ConfigError(f"--resume takes the search's settings from {args.logdir}/search.json; drop {given[0]}")
+        from rlfleet.runtime.tune import can_resume
+
         options = SearchOptions.load(args.logdir)
         exp = load_experiment(options.source)
-        return options, exp, get_config_class(exp.algo, exp.env)
+        config_class = get_config_class(exp.algo, exp.env)
+        prepare(options, exp, config_class)  # the checks of a new search, before the engine touches the directory
+        _require_tune()
+        if not can_resume(options.directory):
+            raise ConfigError(f"--resume: {args.logdir!r} holds no Tune state (tune/): the search never got going; "
+                              "start it again with --config and a new --logdir")
+        return options, exp, config_class
     if not args.config:
         raise ConfigError("--config is required: the tuned example to search around")
     exp = load_experiment(args.config)
@@ -107,12 +115,20 @@ def build(args: argparse.Namespace):  # -> (SearchOptions, Experiment, config cl
         num_samples=args.num_samples, cpus_per_trial=args.cpus_per_trial, confirm_seeds=args.confirm_seeds,
         confirm_top=args.confirm_top, perturbation_interval=args.perturbation_interval,
         stop_env_steps=args.stop_timesteps, seed=args.seed, address=args.address, num_cpus=args.num_cpus)
-    from rlfleet.rl.search_run import prepare
-
     prepare(options, exp, config_class)  # every check before a directory is made
+    _require_tune()
     os.makedirs(directory, exist_ok=True)
     options.save()
     return options, exp, config_class
+
+
+def _require_tune() -> None:
+    from rlfleet.rl.config import ConfigError
+
+    try:
+        import ray.tune  # noqa: F401
+    except ImportError as e:  # plain ray has ray.tune, which fails to import without its extras
+        raise ConfigError(f"searching needs Ray Tune: pip install 'rlfleet[tune]' ({e})") from None
 
 
 def run(args: argparse.Namespace, options, exp, config_class) -> int:

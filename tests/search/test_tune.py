@@ -16,12 +16,13 @@ import pytest
 
 from rlfleet.algorithms.ppo import PPOConfig
 from rlfleet.rl.regression import validate
+from tests.extras import require_extra
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CARTPOLE = os.path.join(REPO, "tuned_examples", "ppo", "CartPole-v1.yaml")
 TUNE = [sys.executable, os.path.join(REPO, "scripts", "tune.py")]
 
-pytest.importorskip("ray.tune")
+require_extra("tune", "ray.tune")
 
 
 def rows(path: str) -> list[dict]:
@@ -159,7 +160,7 @@ def test_confirm_seeds_reruns_the_top_configs_and_picks_the_winner_by_the_median
 
 
 def test_optuna_tpe_samples_the_space(tmp_path):
-    pytest.importorskip("optuna")
+    require_extra("tune", "optuna")
     logdir = str(tmp_path / "optuna")
     proc = subprocess.run([*TUNE, "--config", CARTPOLE, "--search", "lr={loguniform: [1.0e-4, 3.0e-3]}",
                            "--search", "num_epochs={choice: [2, 5]}", "--search-alg", "optuna", "--num-samples", "2",

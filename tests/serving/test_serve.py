@@ -16,7 +16,9 @@ import time
 import numpy as np
 import pytest
 
-pytest.importorskip("ray.serve")
+from tests.extras import require_extra
+
+require_extra("serve", "ray.serve")
 
 from rlfleet.rl.serving import PolicyService  # noqa: E402
 from rlfleet.runtime.serving import ServeOptions, Server  # noqa: E402
@@ -146,6 +148,19 @@ def test_metadata_and_actions(cartpole_server):
     (json.dumps({"obs": [[0.0] * 4] * 65}), "batch of 65 observations is over the limit of 64"),
     (json.dumps({"obs": [[0.0] * 4] * 1200}), "bytes is over the limit of 20000"),
     ('{"obs": [9.9, 0.0, 0.0, 0.0]}', "observation: values outside Box"),
+    # hostile bodies: a nesting that exhausts json's recursion, or one past any observation's
+    ('{"obs": ' + "[" * 5000 + "]" * 5000 + "}", "body nests deeper than 100 levels"),
+    ('{"obs": ' + "[" * 150 + "0.0" + "]" * 150 + "}", "body nests deeper than 100 levels"),
+    ('{"obs": [1' + "0" * 5000 + ', 0, 0, 0]}', "body is not valid JSON"),
+    # a b64 leaf whose declared shape overflows numpy's arithmetic or cannot be reshaped to
+    (json.dumps({"obs": {"b64": "", "dtype": "float32", "shape": [2**32, 2**32]}}),
+     "observation: shape (4294967296, 4294967296), expected (4,) (one observation) or (N, 4) (a batch)"),
+    (json.dumps({"obs": {"b64": "", "dtype": "float32", "shape": [2**62, 4]}}),
+     "observation: 0 bytes do not fill shape (4611686018427387904, 4) of float32"),
+    (json.dumps({"obs": {"b64": "AAAAAAAAAAAAAAAAAAAAAA==", "dtype": "float32", "shape": [-1, -4]}}),
+     "observation: b64 shape must be a list of non-negative integers, got [-1, -4]"),
+    (json.dumps({"obs": {"b64": "AAAAAAAAAAAAAAAAAAAAAA==", "dtype": "float32", "shape": [1] * 70 + [4]}}),
+     "observation: shape (1, 1, 1,"),
 ])
 def test_a_bad_request_gets_400_with_one_line_and_the_server_stays_up(cartpole_server, body, message):
     _, client = cartpole_server

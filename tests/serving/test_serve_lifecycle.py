@@ -9,9 +9,9 @@ import sys
 import threading
 import time
 
-import pytest
+from tests.extras import require_extra
 
-pytest.importorskip("ray.serve")
+require_extra("serve", "ray.serve")
 
 from tests.serving.conftest import train  # noqa: E402
 from tests.serving.test_serve import REPO, Client, evaluate, ray_processes, start, wait_healthy  # noqa: E402
@@ -151,3 +151,63 @@ def test_a_reload_reaching_one_replica_reaches_all_and_watch_follows_the_file(tm
         assert {client.act([0.0, 0.0, 0.0, 0.0])[1]["weights_version"] for _ in range(40)} == {old + 2}
     finally:
         server.stop()
+
+
+def test_watch_keeps_answering_while_a_new_checkpoint_is_half_written_then_serves_it(tmp_path):
+    """A checkpoint copied in place (or its directory swapped) is seen half-written, or not at
+    all, by a poll: valid requests still get 200 from the loaded weights, and the new ones
+    are served once the file is complete."""
+    newer = train("ppo-cartpole", tmp_path / "newer", iterations=2)
+    with open(os.path.join(newer, "checkpoint.pt"), "rb") as f:
+        new = f.read()
+    checkpoint = train("ppo-cartpole", tmp_path / "checkpoint", iterations=1)
+    file = os.path.join(checkpoint, "checkpoint.pt")
+    server, client = start(checkpoint, watch=True)
+    try:
+        old = client.request("GET", "/metadata")[1]["weights_version"]
+
+        def answers(seconds: float) -> list[tuple[int, int | None]]:
+            out, deadline = [], time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                status, answer = client.act([0.0, 0.1, 0.0, -0.1])
+                out.append((status, answer.get("weights_version")))
+            return out
+
+        with open(file, "wb") as f:  # a copy in place, caught halfway for 2.5 s (2 polls or more)
+            f.write(new[: len(new) // 2])
+        assert set(answers(2.5)) == {(200, old)}
+        os.unlink(file)  # a directory swapped for a new one: the file missing for a moment
+        assert set(answers(1.5)) == {(200, old)}
+        with open(file, "wb") as f:
+            f.write(new)
+        served = answers(2.5)
+        assert {status for status, _ in served} == {200} and served[-1][1] == old + 1
+    finally:
+        server.stop()
+
+
+def test_a_port_taken_after_the_check_is_one_error_naming_it_and_ray_is_shut_down(checkpoints, monkeypatch):
+    import socket
+
+    import pytest
+    import ray
+
+    from rlfleet.runtime import serving
+    from rlfleet.runtime.serving import PortUnavailableError, ServeOptions, Server
+    from rlfleet.rl.serving import PolicyService
+
+    checkpoint = checkpoints("ppo-cartpole")
+    before = ray_processes()
+    monkeypatch.setattr(serving, "check_bindable", lambda host, port: None)  # as if taken between check and bind
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(PortUnavailableError) as e:
+            Server(lambda: PolicyService(checkpoint), ServeOptions(port=port), address=None)
+    assert str(e.value).startswith(f"port {port} on 127.0.0.1 is already in use") and "\n" not in str(e.value)
+    assert not ray.is_initialized()
+    deadline = time.monotonic() + 15
+    while ray_processes() - before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not ray_processes() - before
