@@ -15,6 +15,7 @@ import inspect
 import os
 import re
 import sys
+import sysconfig
 from types import ModuleType
 from typing import Any, Callable
 
@@ -71,8 +72,34 @@ def probe_env(creator: "EnvCreator") -> gym.Env:
 
 
 def register_env(name: str, creator: Callable[[dict], gym.Env]) -> None:
-    """Register ``creator(env_config) -> Env`` under ``name`` (usable from the CLI)."""
+    """Register ``creator(env_config) -> Env`` under ``name`` (usable from the CLI). The
+    module that defines the creator goes to remote workers with it (``user_code_modules``)."""
     _REGISTRY[name] = creator
+
+
+def _installed_roots() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    return tuple(os.path.realpath(paths[key]) + os.sep for key in ("stdlib", "platstdlib", "purelib", "platlib"))
+
+
+def user_code_modules(env: Any) -> list[ModuleType]:
+    """The user's own top-level modules that a remote process needs to build ``env``: the
+    module of a registered creator, an Env class or a creator callable, unless it is
+    installed (stdlib, site-packages), rlfleet's own, or ``__main__`` (pickled by value).
+
+    Pickles refer to functions and classes by module name; a module imported from beside
+    the user's launcher script is not on a remote worker's path (issue 30: runners exited
+    3 on ``register_env("corridor", myenv.make)`` run from another directory)."""
+    target = _REGISTRY.get(env) if isinstance(env, str) else env
+    target = getattr(target, "func", target)  # functools.partial(creator, ...)
+    name = getattr(target, "__module__", None)
+    if not name or name == "__main__" or name.split(".")[0] in ("rlfleet", "builtins"):
+        return []
+    top = sys.modules.get(name.split(".")[0])
+    path = getattr(top, "__file__", None)
+    if top is None or path is None or os.path.realpath(path).startswith(_installed_roots()):
+        return []
+    return [top]
 
 
 def registered_envs() -> list[str]:

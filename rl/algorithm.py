@@ -5,8 +5,10 @@ from __future__ import annotations
 import abc
 import collections
 import contextlib
+import os
 import random
 import signal
+import sys
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -56,20 +58,47 @@ def _to_numpy(state: Any) -> Any:
 
 
 @contextlib.contextmanager
-def deferred_interrupts() -> Iterator[None]:
-    """Hold a SIGINT (Ctrl-C) that arrives inside the block until it ends, then deliver
-    it to the handler that was there (in the main thread; elsewhere a no-op)."""
+def deferred_interrupts(notice: str) -> Iterator[None]:
+    """Hold a SIGINT (Ctrl-C) or SIGTERM that arrives inside the block until it ends, then
+    deliver it to the handler that was there, so that an iteration is never cut in half: a
+    checkpoint written on it holds the iteration the last progress row shows, weights and
+    counters alike. ``notice`` is printed when one is held. A second signal inside the block
+    is delivered at once (an iteration that hangs can still be stopped; ``get_state`` then
+    gives the counters of the last finished iteration). Main thread only; elsewhere a no-op."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    pending: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    held: list[int] = []
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    def deliver(signum: int, frame: Any) -> None:
+        handler = previous[signum]
+        if callable(handler):
+            handler(signum, frame)
+        elif handler == signal.SIG_DFL:  # SIGTERM's default: end the process, as it would have
+            os.kill(os.getpid(), signum)
+
+    def hold(signum: int, frame: Any) -> None:
+        if held:
+            restore()
+            deliver(signum, frame)
+            return
+        held.append(signum)
+        print(notice, file=sys.stderr, flush=True)
+
+    for signum, handler in previous.items():
+        if handler is not None and handler != signal.SIG_IGN:
+            signal.signal(signum, hold)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if pending and callable(previous):
-            previous(signal.SIGINT, None)
+        restore()
+        if held:
+            deliver(held[0], None)
 
 
 class Algorithm(abc.ABC):
@@ -84,8 +113,17 @@ class Algorithm(abc.ABC):
     runner_factory_class: Callable[..., RunnerFactory]
     """Built as ``runner_factory_class(config, adapt_spec=self.adapt_module_spec)``."""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # The config handed to __init__ still has the fields left to the spaces (None);
+        # a subclass constructor reading it crashed DQN on every env without a tuned
+        # example (issue 30). Subclasses build their state in setup(), from self.config.
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            raise TypeError(f"{cls.__name__} defines __init__; build its state in setup(), which runs once "
+                            "self.config has every default resolved")
+
     def __init__(self, config: AlgorithmConfig) -> None:
-        self.config = config  # validated when it was built
+        self.config = config  # validated when it was built; resolved by the runner factory below
         torch.set_num_threads(config.torch_threads)
         random.seed(config.seed)
         np.random.seed(config.seed)
@@ -137,6 +175,12 @@ class Algorithm(abc.ABC):
         self.episode_lengths: collections.deque[int] = collections.deque(maxlen=config.metrics_smoothing_episodes)
         self.time_before_restore = 0.0
         self.started = time.perf_counter()
+        self.last_logged: dict[str, Any] | None = None  # what a checkpoint holds while an iteration runs
+        try:
+            self.setup()
+        except BaseException:
+            self.stop()  # the runtime and actors started above end with the failed build
+            raise
         self.take_snapshots()
         self.sync_weights()
         marks.append(time.perf_counter())
@@ -167,6 +211,12 @@ class Algorithm(abc.ABC):
                             c.num_learners, num_gpus_per_learner=c.num_gpus_per_learner)
 
     # -- what an algorithm may adapt ------------------------------------------------------
+    def setup(self) -> None:
+        """The algorithm's own state (a replay buffer, queues, counters), built once
+        ``self.config`` is resolved (every field left to the spaces filled in) and the
+        learners and runners exist, before the first broadcast. Algorithms build their state
+        here, never in ``__init__``."""
+
     def adapt_module_spec(self, spec: Any) -> Any:
         """The module this algorithm trains, from the runner factory's default spec for
         the env (an actor-critic, or a causal LM); override to refuse or change it."""
@@ -242,7 +292,19 @@ class Algorithm(abc.ABC):
 
     # -- the public loop ---------------------------------------------------------------
     def train(self) -> dict[str, Any]:
-        """Run one iteration; return a flat dict (the same keys as a progress.jsonl line)."""
+        """Run one iteration; return a flat dict (the same keys as a progress.jsonl line).
+
+        For a checkpoint an iteration happens whole or not at all: a Ctrl-C or SIGTERM
+        waits for its end, and when it is cut anyway (a second Ctrl-C, a runner failure)
+        ``get_state`` holds the counters of the last logged iteration, never a gap."""
+        with deferred_interrupts("interrupted: stopping after this iteration (again to stop at once)"):
+            self.last_logged = self.progress_state()
+            result = self.iterate()
+            self.last_logged = None
+        return result
+
+    def iterate(self) -> dict[str, Any]:
+        """The iteration itself: the step, the counters and the progress row."""
         t0, steps0, busy0 = time.perf_counter(), self.env_steps, self.runner_busy_s
         if self.iteration and self.iteration % getattr(self.config, "snapshot_interval", 1) == 0:
             # before the step: its own broadcast (or IMPALA's next publish) carries the copy
@@ -251,47 +313,44 @@ class Algorithm(abc.ABC):
         interval = getattr(self.config, "evaluation_interval", 0)
         if interval and (self.iteration + 1) % interval == 0:
             metrics = {**metrics, **self.evaluate()}
-        # Counters and the progress row move together: a Ctrl-C waits for both, so the
-        # checkpoint written on it holds exactly the last logged iteration.
-        with deferred_interrupts():
-            self.iteration += 1
-            dt = time.perf_counter() - t0
-            lag = self.policy_lag or [0]
-            result: dict[str, Any] = {
-                "iteration": self.iteration,
-                "env_steps": self.env_steps,
-                "time_s": self.time_before_restore + time.perf_counter() - self.started,
-                "episode_return_mean": float(np.mean(self.episode_returns)) if self.episode_returns else float("nan"),
-                "episode_return_max": float(np.max(self.episode_returns)) if self.episode_returns else float("nan"),
-                "episode_return_min": float(np.min(self.episode_returns)) if self.episode_returns else float("nan"),
-                "episode_len_mean": float(np.mean(self.episode_lengths)) if self.episode_lengths else float("nan"),
-                "episodes_total": self.episodes,
-                # A return target counts once the mean is over a full window: the first
-                # episodes to end are the short ones, and their mean says little.
-                "episode_window_full": len(self.episode_returns) == self.episode_returns.maxlen,
-                "env_steps_per_s": (self.env_steps - steps0) / max(dt, 1e-9),
-                # Share of the iteration the runners spent sampling (1 = never waiting on the learner).
-                "runner_busy_fraction": (self.runner_busy_s - busy0) / max(dt * self.env_runner_group.size, 1e-9),
-                "policy_lag_mean": float(np.mean(lag)),
-                "policy_lag_max": int(np.max(lag)),
-                "weights_version": self.weights_version,
-                "weight_sync_s": self.env_runner_group.last_sync_s,
-                "num_env_runner_restarts": self.env_runner_group.num_restarts,
-                "num_env_runners_lost": self.env_runner_group.num_lost,
-                "num_env_errors": self.num_env_errors,
-                "num_stale_episodes": self.num_stale_episodes,
-                "num_fragments_dropped": self.env_runner_group.num_dropped_requests,
-                **{f"env_runners/{i}/env_steps": n for i, n in sorted(self.runner_env_steps.items())},
-                **{f"agents/{a}/episode_return_mean": float(np.mean(r)) for a, r in sorted(self.agent_returns.items())},
-                **metrics,
-            }
-            if self.iteration == 1:  # the first iteration closes the start-up
-                result.update({**self.startup, "startup/first_iteration_s": dt})
-                if self.defaults:  # which defaults the spaces chose, and why
-                    result.update({"defaults/family": self.runner_factory.family,
-                                   **{f"defaults/{k}": v for k, v in self.defaults.items()}})
-            self.policy_lag = []
-            self.logger.log(result)
+        self.iteration += 1
+        dt = time.perf_counter() - t0
+        lag = self.policy_lag or [0]
+        result: dict[str, Any] = {
+            "iteration": self.iteration,
+            "env_steps": self.env_steps,
+            "time_s": self.time_before_restore + time.perf_counter() - self.started,
+            "episode_return_mean": float(np.mean(self.episode_returns)) if self.episode_returns else float("nan"),
+            "episode_return_max": float(np.max(self.episode_returns)) if self.episode_returns else float("nan"),
+            "episode_return_min": float(np.min(self.episode_returns)) if self.episode_returns else float("nan"),
+            "episode_len_mean": float(np.mean(self.episode_lengths)) if self.episode_lengths else float("nan"),
+            "episodes_total": self.episodes,
+            # A return target counts once the mean is over a full window: the first
+            # episodes to end are the short ones, and their mean says little.
+            "episode_window_full": len(self.episode_returns) == self.episode_returns.maxlen,
+            "env_steps_per_s": (self.env_steps - steps0) / max(dt, 1e-9),
+            # Share of the iteration the runners spent sampling (1 = never waiting on the learner).
+            "runner_busy_fraction": (self.runner_busy_s - busy0) / max(dt * self.env_runner_group.size, 1e-9),
+            "policy_lag_mean": float(np.mean(lag)),
+            "policy_lag_max": int(np.max(lag)),
+            "weights_version": self.weights_version,
+            "weight_sync_s": self.env_runner_group.last_sync_s,
+            "num_env_runner_restarts": self.env_runner_group.num_restarts,
+            "num_env_runners_lost": self.env_runner_group.num_lost,
+            "num_env_errors": self.num_env_errors,
+            "num_stale_episodes": self.num_stale_episodes,
+            "num_fragments_dropped": self.env_runner_group.num_dropped_requests,
+            **{f"env_runners/{i}/env_steps": n for i, n in sorted(self.runner_env_steps.items())},
+            **{f"agents/{a}/episode_return_mean": float(np.mean(r)) for a, r in sorted(self.agent_returns.items())},
+            **metrics,
+        }
+        if self.iteration == 1:  # the first iteration closes the start-up
+            result.update({**self.startup, "startup/first_iteration_s": dt})
+            if self.defaults:  # which defaults the spaces chose, and why
+                result.update({"defaults/family": self.runner_factory.family,
+                               **{f"defaults/{k}": v for k, v in self.defaults.items()}})
+        self.policy_lag = []
+        self.logger.log(result)
         return result
 
     def evaluate(self) -> dict[str, float]:
@@ -314,6 +373,13 @@ class Algorithm(abc.ABC):
             "reward_normalizer": self.reward_normalizer.get_state() if self.reward_normalizer is not None else None,
             # What rebuilds the policy without its env (serving, export; rl/inference.py).
             "module_spec": _spec_state(self.module_spec),
+            **(self.last_logged or self.progress_state()),
+            "rng": {"python": random.getstate(), "numpy": _to_torch(np.random.get_state()), "torch": torch.get_rng_state()},
+        }
+
+    def progress_state(self) -> dict[str, Any]:
+        """The counters and episode windows a checkpoint holds, as they are now."""
+        return {
             "counters": {
                 "iteration": self.iteration,
                 "env_steps": self.env_steps,
@@ -327,7 +393,6 @@ class Algorithm(abc.ABC):
             },
             "episode_returns": list(self.episode_returns),
             "episode_lengths": list(self.episode_lengths),
-            "rng": {"python": random.getstate(), "numpy": _to_torch(np.random.get_state()), "torch": torch.get_rng_state()},
         }
 
     def save(self, path: str) -> str:

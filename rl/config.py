@@ -273,12 +273,15 @@ class AlgorithmConfig:
         shipped to its workers), else the in-process backend."""
         if self.num_env_runners == 0 and self.num_learners == 0:
             return "local", {}
-        from rlfleet.envs import import_user_module
+        from rlfleet.envs import import_user_module, user_code_modules
 
         cpus = self.num_env_runners * self.num_cpus_per_runner + self.num_learners
         gpus = self.num_learners * self.num_gpus_per_learner
+        shipped = [import_user_module(m) for m in self.user_modules]
+        # and the module a registered creator or an env class comes from, when it is the user's own
+        shipped += [m for m in user_code_modules(self.env) if m not in shipped]
         return "ray", {"address": self.address, "num_cpus": max(1, math.ceil(cpus)), "num_gpus": math.ceil(gpus),
-                       "py_modules": [import_user_module(m) for m in self.user_modules],
+                       "py_modules": shipped,
                        "include_dashboard": self.ray_dashboard, "lean": not self.ray_dashboard}
 
     def build(self) -> Any:

@@ -11,6 +11,7 @@ loads torch (about 150 MiB and most of a second of start-up saved per runner).
 
 from __future__ import annotations
 
+import fnmatch
 import time
 from typing import Any, Callable
 
@@ -235,7 +236,7 @@ class EnvRunnerFactory:
 
     def __init__(self, config: ControlConfig, *, adapt_spec: Callable[[ModuleSpec], Any] = lambda spec: spec) -> None:
         from rlfleet.rl.external_runner import EXTERNAL_ENV, external_spaces
-        from rlfleet.rl.multi_agent_runner import PolicyMapping
+        from rlfleet.rl.multi_agent_runner import RANDOM_POLICY, PolicyMapping
 
         c = self.config = config
         # ``env: external``: simulators connect over the network (rl/external_runner.py).
@@ -250,9 +251,16 @@ class EnvRunnerFactory:
             self.env_creator = MultiAgentCreator(c.env, c.env_config)
             self.mapping = PolicyMapping(c.policy_mapping)
             specs = self._policy_specs()
+            if not specs:
+                raise ConfigError(f"policy_mapping {c.policy_mapping} maps every agent of {c.env!r} to "
+                                  f"{RANDOM_POLICY!r}: no policy is left to train; map at least one agent to a policy")
+            self._check_evaluation_mapping(specs)
             first = next(iter(specs.values()))
             self._pick_defaults(first.observation_space, first.action_space)
             self.module_spec = {pid: adapt_spec(spec) for pid, spec in specs.items()}
+            if c.policies_to_train is not None and not c.policies_to_train:
+                raise ConfigError(f"policies_to_train is empty: no policy would learn (policies: "
+                                  f"{', '.join(sorted(self.module_spec))}); leave it out to train them all")
             unknown = sorted(set(c.policies_to_train or []) - set(self.module_spec))
             if unknown:
                 raise ConfigError(f"policies_to_train names {unknown[0]!r}, which no agent maps to "
@@ -285,6 +293,22 @@ class EnvRunnerFactory:
         self.config, self.defaults = self.config.with_family_defaults(self.family, connectors=connectors)
         return self.config
 
+    def _check_evaluation_mapping(self, specs: dict[str, ModuleSpec]) -> None:
+        """Every policy ``evaluation_policy_mapping`` names exists (a typo was a KeyError
+        in the first evaluation), and each pattern of either mapping matches an agent."""
+        from rlfleet.rl.multi_agent_runner import RANDOM_POLICY
+
+        c, policies = self.config, [*sorted(specs), RANDOM_POLICY]
+        for pattern, pid in (c.evaluation_policy_mapping or {}).items():
+            if pid not in policies:
+                hint = closest(str(pid), policies) or f" (policies: {', '.join(policies)})"
+                raise ConfigError(f"evaluation_policy_mapping maps {pattern!r} to {pid!r}, which is no policy{hint}")
+        for key in ("policy_mapping", "evaluation_policy_mapping"):
+            for pattern in getattr(c, key) or {}:
+                if not any(fnmatch.fnmatchcase(agent, pattern) for agent in self.agents):
+                    hint = closest(pattern, self.agents) or f" (agents: {', '.join(self.agents)})"
+                    raise ConfigError(f"{key}: {pattern!r} matches no agent of {c.env!r}{hint}")
+
     def _policy_specs(self) -> dict[str, ModuleSpec]:
         """One module spec per policy, from the spaces of the agents mapped to it (which
         must agree: they share one network)."""
@@ -293,7 +317,7 @@ class EnvRunnerFactory:
         c = self.config
         env = self.env_creator()
         try:
-            agents = list(env.possible_agents)
+            agents = self.agents = list(env.possible_agents)
             spaces_of = {a: (env.observation_space(a), env.action_space(a)) for a in agents}
         finally:
             env.close()

@@ -158,11 +158,13 @@ def run_until(
         signal.signal(signal.SIGTERM, previous)
         # Ask the algorithm, not the last result: Ctrl-C can land after an iteration finished
         # (its line printed) but before train() returned it.
-        trained = algo.iteration > first_iteration
+        trained = (algo.last_logged or algo.progress_state())["counters"]["iteration"] > first_iteration
         if checkpoint_dir and trained:
             algo.save(checkpoint_dir)
     summary = dict(result)
-    summary.update(iteration=algo.iteration, env_steps=algo.env_steps)  # what the checkpoint holds
+    # what the checkpoint holds: the last finished iteration, also when one was cut
+    counters = (algo.last_logged or algo.progress_state())["counters"]
+    summary.update(iteration=counters["iteration"], env_steps=counters["env_steps"])
     summary["reached"] = stop.reached(result) if result else False
     summary["interrupted"] = interrupted
     summary["checkpoint"] = os.path.join(checkpoint_dir, "checkpoint.pt") if checkpoint_dir and trained else None

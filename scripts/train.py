@@ -99,6 +99,7 @@ def exit_code_of(error: Exception) -> int | None:
     ``config.build()`` starts Ray, and start-up would lose the overlap of the two."""
     from rlfleet.algorithms import UnknownAlgorithmError
     from rlfleet.envs import EnvConfigError, EnvContractError, EnvFailedError, EnvNotFoundError, UserModuleError
+    from rlfleet.envs.multi_agent import MultiAgentEnvError
     from rlfleet.envs.text import RewardError
     from rlfleet.rl.checkpoint import CheckpointError, CheckpointWriteError
     from rlfleet.rl.config import ConfigError
@@ -109,7 +110,7 @@ def exit_code_of(error: Exception) -> int | None:
 
     bad_input = (UnknownAlgorithmError, EnvNotFoundError, EnvConfigError, ConfigError, UnsupportedSpaceError,
                  CheckpointError, EnvContractError, ClusterUnreachableError, InsufficientResourcesError,
-                 UserModuleError, ExternalConfigError)
+                 UserModuleError, ExternalConfigError, MultiAgentEnvError)
     if isinstance(error, bad_input):
         return 2
     if isinstance(error, (RunnerFailureError, EnvFailedError, RewardError, CheckpointWriteError, ExternalTimeoutError)):
@@ -161,7 +162,7 @@ def prepare_logdir(logdir: str, *, restoring: bool, default: bool) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from rlfleet.algorithms import get_config_class
-    from rlfleet.rl.checkpoint import load_checkpoint
+    from rlfleet.rl.checkpoint import CheckpointError, load_checkpoint
     from rlfleet.rl.config import ConfigError
     from rlfleet.rl.experiment import RETURN, Criteria, load_experiment, run_until
     from rlfleet.tuned_examples import ROOT as TUNED
@@ -222,7 +223,13 @@ def run(args: argparse.Namespace) -> int:
     config = config.updated(sets, source="--set")
 
     if args.restore:
-        load_checkpoint(args.restore)  # a missing or corrupt checkpoint is refused before anything is written
+        # A missing, corrupt or foreign checkpoint is refused before anything is built or written.
+        saved = load_checkpoint(args.restore)["algo"]
+        if saved != config.algo_name:
+            raise CheckpointError(f"--restore {args.restore!r} holds a {saved} run, not {config.algo_name}: "
+                                  f"continue it with --algo {saved}")
+        if getattr(config, "warmup_steps", 0):  # the checkpoint holds the trained LM: no warm-up first
+            config = config.updated({"warmup_steps": 0}, source="--restore")
     default = os.path.join("runs", f"{algo_name.lower()}_{env.replace('/', '-')}_{time.strftime('%Y%m%d-%H%M%S')}")
     logdir = args.logdir or (checkpoint_run_dir(args.restore) if args.restore else default)
     default_name = not args.logdir and not args.restore

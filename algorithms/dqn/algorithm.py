@@ -27,9 +27,8 @@ class DQN(Algorithm):
     learner_class = DQNLearner
     runner_factory_class = EnvRunnerFactory
 
-    def __init__(self, config: DQNConfig) -> None:
-        super().__init__(config)
-        c = config
+    def setup(self) -> None:
+        c = self.config
         obs_space = self.module_spec.observation_space
         if c.frame_stack > 1:  # the env stacks frames; the buffer keeps one frame per step
             if not (len(obs_space.shape) >= 3 and obs_space.shape[0] == c.frame_stack):

@@ -49,8 +49,7 @@ class IMPALA(Algorithm):
     learner_class = IMPALALearner
     runner_factory_class = EnvRunnerFactory
 
-    def __init__(self, config: IMPALAConfig) -> None:
-        super().__init__(config)
+    def setup(self) -> None:
         self.queue: collections.deque[Fragment] = collections.deque()
         # multi-agent: each policy's batches wait in its own queue (a fragment may hold none)
         self.policy_queues: dict[str, collections.deque[SampleBatch]] = collections.defaultdict(collections.deque)

@@ -116,11 +116,8 @@ class LMPPO(LMAlgorithm):
     config_class = LMPPOConfig
     learner_class = LMPPOLearner
 
-    def __init__(self, config: LMPPOConfig) -> None:
-        if isinstance(resolve_text_env(config), MultiTurnSpec):
-            # its token rewards and GAE read the completion as one unbroken run of tokens
-            raise ConfigError(f"lm-ppo does not train multi-turn envs yet ({config.env}); use grpo")
-        super().__init__(config)
-
     def adapt_module_spec(self, spec: object) -> object:
+        if isinstance(resolve_text_env(self.config), MultiTurnSpec):
+            # its token rewards and GAE read the completion as one unbroken run of tokens
+            raise ConfigError(f"lm-ppo does not train multi-turn envs yet ({self.config.env}); use grpo")
         return dataclasses.replace(spec, value_head=True)

@@ -21,12 +21,11 @@ class LMAlgorithm(Algorithm):
     config: LMConfig
     runner_factory_class = GeneratorRunnerFactory
 
-    def __init__(self, config: LMConfig) -> None:
+    def setup(self) -> None:
         # ``reference_in_runners``: the reference's weights, taken from the learner once (and
-        # again after a restore); the broadcasts from Algorithm.__init__ on carry them
+        # again after a restore); every broadcast from the first on carries them
         self.broadcast_reference: dict[str, Any] | None = None
         self.references_sent = 0
-        super().__init__(config)
         self.text_env = self.runner_factory.text_env  # resolved once, by the factory
         self.tokens_generated = 0
         self.tokens_trained = 0  # generated tokens less those of dropped (stale) completions

@@ -335,3 +335,74 @@ def test_save_killed_midway_leaves_the_previous_checkpoint(tmp_path):
         assert load_checkpoint(str(ckpt))["counters"]["iteration"] == 1
     finally:
         algo.stop()
+
+
+def _rows(logdir):
+    import json
+
+    return [json.loads(line) for line in open(os.path.join(logdir, "progress.jsonl"))]
+
+
+def _interrupting_update(algo, at_call, action):
+    """The learner's update runs ``action`` on its ``at_call``-th call: by then the
+    iteration has sampled (its env steps are counted) but not logged."""
+    update, calls = algo.learner_group.update, []
+
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == at_call:
+            action()
+        return update(*args, **kwargs)
+
+    algo.learner_group.update = wrapped
+
+
+@pytest.mark.parametrize("how", ["cut", "signal"])
+def test_an_interrupt_mid_iteration_checkpoints_the_last_logged_iteration_and_resumes_without_a_gap(tmp_path, how):
+    """Issue 30: Ctrl-C after an iteration sampled but before it was logged wrote a
+    checkpoint with its env steps (5,376) against the last row's (5,120), and --restore
+    went on with a gap. A Ctrl-C now waits for the iteration's end; an iteration cut anyway
+    (an exception, a second Ctrl-C) is not in the checkpoint."""
+    from rlfleet.rl.experiment import Criteria, run_until
+
+    logdir, ckpt = str(tmp_path / "run"), str(tmp_path / "run" / "checkpoint")
+
+    def cut():
+        raise KeyboardInterrupt
+
+    def ctrl_c():
+        os.kill(os.getpid(), signal.SIGINT)
+
+    with build(logdir=logdir) as algo:
+        _interrupting_update(algo, 4, cut if how == "cut" else ctrl_c)
+        summary = run_until(algo, Criteria(env_steps=10_000), checkpoint_dir=ckpt)
+    rows = _rows(logdir)
+    assert summary["interrupted"]
+    # cut: iterations 1-3 logged, the 4th never; a held Ctrl-C lets the 4th finish
+    assert rows[-1]["iteration"] == (3 if how == "cut" else 4)
+    counters = load_checkpoint(ckpt)["counters"]
+    assert (counters["iteration"], counters["env_steps"], counters["episodes"]) == \
+        (rows[-1]["iteration"], rows[-1]["env_steps"], rows[-1]["episodes_total"])
+    assert (summary["iteration"], summary["env_steps"]) == (counters["iteration"], counters["env_steps"])
+    with build(logdir=logdir) as again:
+        again.restore(ckpt)
+        nxt = again.train()
+    assert nxt["iteration"] == rows[-1]["iteration"] + 1
+    assert nxt["env_steps"] == rows[-1]["env_steps"] + 2 * 16  # one iteration's steps: no gap
+    assert [r["iteration"] for r in _rows(logdir)] == list(range(1, nxt["iteration"] + 1))
+
+
+def test_a_second_ctrl_c_cuts_the_iteration_at_once(tmp_path):
+    from rlfleet.rl.experiment import Criteria, run_until
+
+    ckpt = str(tmp_path / "checkpoint")
+
+    def twice():
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    with build(logdir=str(tmp_path)) as algo:
+        _interrupting_update(algo, 3, twice)
+        summary = run_until(algo, Criteria(env_steps=10_000), checkpoint_dir=ckpt)
+        assert summary["interrupted"] and algo.env_steps == 3 * 32  # the third iteration had sampled
+    assert load_checkpoint(ckpt)["counters"]["iteration"] == _rows(str(tmp_path))[-1]["iteration"] == 2

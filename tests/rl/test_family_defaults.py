@@ -13,6 +13,7 @@ from rlfleet.algorithms.ppo import PPOConfig
 from rlfleet.envs.testing import ImageEnv
 from rlfleet.rl.config import ConfigError
 from rlfleet.rl.spaces import space_family
+from tests.extras import require_extra
 
 VECTOR = spaces.Box(-1.0, 1.0, (3,), np.float32)
 IMAGE = spaces.Box(0, 255, (16, 16, 3), np.uint8)
@@ -108,7 +109,7 @@ def test_rewards_are_scaled_but_returns_stay_raw():
 
 
 def test_multi_agent_refuses_normalisation_it_cannot_do():
-    pytest.importorskip("pettingzoo")
+    require_extra("pettingzoo", "pettingzoo")
     with pytest.raises(ConfigError, match="normalize_rewards is not built for multi-agent envs yet"):
         PPOConfig(env="pettingzoo:tictactoe_v3", normalize_rewards=True).build()
 
@@ -133,7 +134,7 @@ def test_checkpoint_keeps_the_reward_scale_and_refuses_another_setting(tmp_path)
 
 @pytest.mark.parametrize("name", ["HalfCheetah-v5", "Walker2d-v5"])
 def test_mujoco_tuned_examples_load_and_train_an_iteration(name):
-    pytest.importorskip("mujoco")
+    require_extra("mujoco", "mujoco")
     import os
 
     from rlfleet.rl.experiment import load_experiment
@@ -156,3 +157,63 @@ def test_mujoco_tuned_examples_load_and_train_an_iteration(name):
         assert algo.runner_factory.family == "continuous"
         result = algo.train()
     assert result["env_steps"] == 32
+
+
+# Every algorithm on every family it trains, on nothing but its defaults: the values the
+# header says were picked are the ones the learner and the runners use (issue 30: DQN read
+# num_envs_per_runner before it was picked and crashed on every env without a tuned example).
+@pytest.mark.parametrize("algo, env, family", [
+    ("ppo", "CartPole-v1", "discrete"), ("ppo", "Pendulum-v1", "continuous"), ("ppo", "rlfleet/Image-v0", "image"),
+    ("dqn", "Acrobot-v1", "discrete"), ("dqn", "rlfleet/Image-v0", "image"),
+    ("impala", "CartPole-v1", "discrete"), ("impala", "Pendulum-v1", "continuous"),
+    ("impala", "rlfleet/Image-v0", "image"),
+])
+def test_each_algorithm_uses_the_defaults_its_header_names(algo, env, family, tmp_path, capsys):
+    from rlfleet.algorithms import get_config_class
+
+    extra = {"learning_starts": 64} if algo == "dqn" else {}  # so that two iterations learn
+    cfg = get_config_class(algo, env)(env=env, logdir=str(tmp_path), log_to_console=True, **extra)
+    assert cfg.num_envs_per_runner is None and cfg.normalize_obs is None
+    shapes, deltas = [], []
+    with cfg.build() as run:
+        sample = run.env_runner_group.sample_async if algo == "impala" else run.env_runner_group.sample
+
+        def recording_sample(*args, **kwargs):
+            fragments = sample(*args, **kwargs)
+            shapes.extend(f.batch["rewards"].shape for f in fragments)
+            deltas.extend(f.connector_delta is not None for f in fragments)
+            return fragments
+
+        setattr(run.env_runner_group, sample.__name__, recording_sample)
+        run.train()
+        result = run.train()
+        learner = run.learner_group.learner
+        header = capsys.readouterr().out.splitlines()[0]
+        picked = dict(item.split("=") for item in header.split(": ", 1)[1].split(", "))
+        assert header.startswith(f"{algo} defaults for ") and run.runner_factory.family == family
+        assert picked == {k: str(v) for k, v in run.defaults.items()}
+        for key, value in run.defaults.items():
+            assert getattr(run.config, key) == value, key
+            if hasattr(learner.config, key):
+                assert getattr(learner.config, key) == value, f"learner's {key}"
+        if "lr" in run.defaults:
+            assert learner.lr == learner.optimizer.lr == pytest.approx(run.defaults["lr"])
+        # the runners step num_envs_per_runner envs for rollout_fragment_length steps each
+        c = run.config  # IMPALA keeps its own fragment length (50) whatever the family
+        assert "num_envs_per_runner" in run.defaults and c.rollout_fragment_length is not None
+        assert shapes and set(shapes) == {(c.rollout_fragment_length, c.num_envs_per_runner)}
+        assert set(deltas) == {run.defaults["normalize_obs"]}
+        assert (run.reward_normalizer is not None) == run.defaults["normalize_rewards"]
+        if algo == "dqn":  # one replay stream per env of every runner
+            assert run.buffer.num_streams == run.defaults["num_envs_per_runner"]
+            assert result["learner/num_grad_steps"] > 0
+    assert result["iteration"] == 2 and result["env_steps"] > 0
+
+
+def test_an_algorithm_defining_init_is_refused_at_class_creation():
+    from rlfleet.algorithms.ppo import PPO
+
+    with pytest.raises(TypeError, match="Bad defines __init__; build its state in setup()"):
+        class Bad(PPO):
+            def __init__(self, config):
+                super().__init__(config)

@@ -15,6 +15,7 @@ from rlfleet.envs.multi_agent import MultiAgentCreator, MultiAgentEnvError, Turn
 from rlfleet.rl.module import ModuleSpec
 from rlfleet.rl.multi_agent_runner import MultiAgentEnvRunner, PolicyMapping
 from rlfleet.rl.postprocessing import compute_gae
+from tests.extras import require_extra
 
 OBS = spaces.Box(-10.0, 10.0, (1,), np.float32)
 ACT = spaces.Discrete(2)
@@ -130,7 +131,7 @@ def test_policy_mapping_takes_the_first_matching_pattern():
 
 
 def test_a_turn_based_game_runs_through_the_parallel_api():
-    pytest.importorskip("pettingzoo.classic")
+    require_extra("pettingzoo", "pettingzoo.classic")
     env = MultiAgentCreator("pettingzoo:pettingzoo.classic.tictactoe_v3")()
     assert isinstance(env, TurnBased)
     obs, _ = env.reset(seed=0)
@@ -197,7 +198,7 @@ def test_agents_with_different_spaces_cannot_share_a_policy():
     from rlfleet.algorithms.ppo import PPOConfig
     from rlfleet.rl.config import ConfigError
 
-    pytest.importorskip("mpe2")
+    require_extra("mpe2", "mpe2")
     with pytest.raises(ConfigError, match="share policy 'default' but not their spaces"):
         PPOConfig.from_dict({"env": "pettingzoo:mpe2.simple_adversary_v3", "log_to_console": False},
                             source="test").build()
@@ -251,7 +252,7 @@ def test_a_multi_agent_checkpoint_is_served_and_exported_by_policy_id(tmp_path):
     import subprocess
     import sys
 
-    pytest.importorskip("onnx")  # the export extra
+    require_extra("export", "onnx")  # the export extra
 
     from rlfleet.algorithms.ppo import PPOConfig
     from rlfleet.rl.checkpoint import CheckpointError
@@ -402,3 +403,23 @@ def test_bad_policy_snapshots_are_one_error(snapshots, message):
     with pytest.raises(ConfigError, match="policy_snapshots is for multi-agent envs; 'CartPole-v1' has one agent"):
         PPOConfig.from_dict({"env": "CartPole-v1", "policy_snapshots": {"past": "main"}, "log_to_console": False},
                             source="test").build()
+
+
+@pytest.mark.parametrize("config, message", [
+    # issue 30: a KeyError in the first evaluation, after an iteration had trained
+    ({"policy_mapping": {"a": "main", "b": "other"}, "evaluation_policy_mapping": {"b": "rnadom"}},
+     "evaluation_policy_mapping maps 'b' to 'rnadom', which is no policy; did you mean 'random'?"),
+    # issue 30: StopIteration while the factory looked for a policy to pick defaults from
+    ({"policy_mapping": {"*": "random"}},
+     "policy_mapping {'*': 'random'} maps every agent of 'pettingzoo:tests.rl.test_multi_agent_runner' to 'random': "
+     "no policy is left to train"),
+    ({"policy_mapping": {"agent_b": "main"}}, "policy_mapping: 'agent_b' matches no agent of"),
+    ({"evaluation_policy_mapping": {"c": "random"}}, "evaluation_policy_mapping: 'c' matches no agent of"),
+    ({"policies_to_train": []}, "policies_to_train is empty: no policy would learn (policies: default)"),
+])
+def test_policy_mapping_mistakes_are_refused_at_build_time(config, message):
+    from rlfleet.algorithms.ppo import PPOConfig
+    from rlfleet.rl.config import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        PPOConfig.from_dict({"env": SCRIPTED, "log_to_console": False, **config}, source="test").build()

@@ -235,17 +235,36 @@ def test_a_reward_that_returns_a_string_is_an_error_not_a_number():
     assert score(lambda prompt, completion: np.float32(1.0), [Prompt("1+0=", "1")], ["1"]).tolist() == [1.0]
 
 
-def test_complete_takes_one_prompt_as_a_string():
-    from rlfleet.algorithms.grpo import GRPOConfig
+def test_complete_takes_one_prompt_as_a_string(tmp_path):
+    from rlfleet.algorithms.grpo import GRPO, GRPOConfig
 
     algo = GRPOConfig(env="text-addition", seed=0, warmup_steps=0, n_layer=1, n_head=2, n_embd=16,
                       prompts_per_runner=2, group_size=2, minibatch_size=4).build()
     try:
         one = algo.complete("12+7=")
         many = algo.complete(["12+7=", "3+4="])
+        algo.save(str(tmp_path / "ckpt"))
     finally:
         algo.stop()
     assert isinstance(one, str) and one == many[0] and len(many) == 2
+    restored = GRPO.from_checkpoint(str(tmp_path / "ckpt"))  # the way the README shows
+    try:
+        assert restored.complete("12+7=") == one
+    finally:
+        restored.stop()
+
+
+def test_a_grpo_checkpoint_restored_as_lm_ppo_is_refused_before_any_warm_up_or_write(tmp_path):
+    """Issue 30: refused only after a ~10 s warm-up that wrote warmup.pt into the GRPO run."""
+    logdir = tmp_path / "grpo"
+    lm = ["--env", "text-addition", "--stop-timesteps", "16", "--quiet", "--set", "warmup_steps=20",
+          "--set", "n_layer=1", "--set", "n_head=2", "--set", "n_embd=16", "--set", "prompts_per_runner=2",
+          "--set", "group_size=2", "--set", "minibatch_size=4"]
+    finished(train("--algo", "grpo", *lm, "--logdir", str(logdir)))
+    before = snapshot(logdir)
+    run = train("--algo", "ppo", *lm, "--restore", str(logdir / "checkpoint"))
+    one_line_error(run, f"--restore '{logdir / 'checkpoint'}' holds a grpo run, not lm-ppo", "--algo grpo")
+    assert "warm-up" not in run.stdout and snapshot(logdir) == before
 
 
 def test_ctrl_c_pressed_several_times_still_ends_with_the_summary_and_exit_130(tmp_path):
@@ -321,3 +340,61 @@ def test_set_lr_on_an_example_with_an_lr_schedule_takes_effect(tmp_path):
     finished(run)
     assert "--set lr=0.00123 replaces the example's lr_schedule" in run.stdout
     assert {r["learner/lr"] for r in rows(str(logdir))} == {0.00123}
+
+
+def test_an_env_registered_by_a_launcher_from_its_own_module_trains_on_ray_runners(tmp_path):
+    """Issue 30: a launcher script registers a creator from a module of its project (put on
+    sys.path by the launcher) and is run from another directory; the Ray runners could not
+    import that module and the run failed with exit 3. It is shipped to them now, without
+    --import."""
+    for folder in ("code", "sims", "elsewhere"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "sims" / "beside_sim_for_test.py").write_text(USER_SIM.replace(
+        'register_env("MySim-v0", lambda cfg: MySim())', "def make(cfg):\n    return MySim()\n"))
+    (tmp_path / "code" / "launcher.py").write_text(textwrap.dedent("""\
+        import os
+        import sys
+
+        sys.path.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "sims"))
+        import beside_sim_for_test
+        from rlfleet.envs import register_env
+        from rlfleet.scripts.train import main
+
+        register_env("corridor", beside_sim_for_test.make)
+        sys.exit(main(sys.argv[1:]))
+    """))
+    run = subprocess.run(
+        [sys.executable, str(tmp_path / "code" / "launcher.py"), "--algo", "ppo", "--env", "corridor",
+         "--num-env-runners", "2", "--stop-timesteps", "256", "--quiet", "--set", "num_envs_per_runner=2",
+         "--set", "rollout_fragment_length=16", "--set", "minibatch_size=32", "--set", "restart_timeout_s=10",
+         "--logdir", str(tmp_path / "logs")],
+        cwd=tmp_path / "elsewhere", capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
+    assert rows(str(tmp_path / "logs"))[-1]["env_steps"] >= 256
+
+
+def test_the_modules_shipped_for_an_env_are_the_users_own(tmp_path, monkeypatch):
+    import functools
+    import importlib
+
+    from gymnasium.envs.classic_control import CartPoleEnv
+
+    from rlfleet.envs import registry, user_code_modules
+    from rlfleet.envs.testing import CorridorEnv
+
+    (tmp_path / "own_sim_for_test.py").write_text("def make(cfg):\n    raise NotImplementedError\n\nclass Sim:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    own = importlib.import_module("own_sim_for_test")
+    monkeypatch.setitem(registry._REGISTRY, "own-sim-for-test", functools.partial(own.make))
+    assert user_code_modules("own-sim-for-test") == [own]
+    assert user_code_modules(own.Sim) == [own]
+    assert user_code_modules(CartPoleEnv) == user_code_modules("CartPole-v1") == []  # installed; a gymnasium id
+    assert user_code_modules("rlfleet/Corridor-v0") == user_code_modules(CorridorEnv) == []  # ours
+    main = type("Sim", (), {"__module__": "__main__"})
+    assert user_code_modules(main) == []  # pickled by value
+
+
+def test_a_pettingzoo_module_that_does_not_exist_is_one_line(tmp_path):
+    run = train("--algo", "ppo", "--env", "pettingzoo:no_such_game_v1", "--logdir", str(tmp_path / "logs"))
+    one_line_error(run, "cannot import 'no_such_game_v1'", "rlfleet[pettingzoo]")
+    assert not (tmp_path / "logs").exists()
