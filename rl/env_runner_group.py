@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from rlfleet.rl.core import Fragment, RunnerFactory
-from rlfleet.runtime import CallResult, Future, ObjectRef, Runtime
+from rlfleet.runtime import ActorInitError, CallResult, Future, ObjectRef, Runtime
 
 
 class RunnerFailureError(RuntimeError):
@@ -149,6 +149,10 @@ class EnvRunnerGroup:
         self.num_restarts += 1
         method, args = ("set_weights", (*self.weights, self.connector_state)) if self.weights else ("ping", ())
         result = self.group.call(method, *args, indices=[index], timeout_s=self.restart_timeout_s)[0]
+        if isinstance(result.error, ActorInitError):  # every restart from this factory would raise it again
+            raised = str(result.error).splitlines()[0]
+            hint = " (a module of yours? give it with --import)" if "No module named" in raised else ""
+            raise RunnerFailureError(f"env runner {index} cannot start: {raised}{hint}")
         if not result.ok:
             self.lose(index, result.error)
             return

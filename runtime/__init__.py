@@ -12,6 +12,7 @@ from typing import Any, Iterator
 
 from rlfleet.runtime.base import (
     ActorGroup,
+    ActorInitError,
     CallResult,
     ClusterUnreachableError,
     Future,
@@ -21,7 +22,7 @@ from rlfleet.runtime.base import (
 )
 from rlfleet.runtime.local import LocalRuntime
 
-__all__ = ["ActorGroup", "CallResult", "ClusterUnreachableError", "InsufficientResourcesError", "Future", "ObjectRef", "Runtime", "LocalRuntime", "make_runtime", "prestarted"]
+__all__ = ["ActorGroup", "ActorInitError", "CallResult", "ClusterUnreachableError", "InsufficientResourcesError", "Future", "ObjectRef", "Runtime", "LocalRuntime", "make_runtime", "prestarted"]
 
 
 _starting: Any = None  # the Ray runtime whose start ``prestarted`` began, until taken

@@ -15,6 +15,11 @@ class InsufficientResourcesError(RuntimeError):
     """Actors ask for more CPUs or GPUs than the runtime has free (and none will come)."""
 
 
+class ActorInitError(RuntimeError):
+    """An actor's constructor raised: its message is the constructor's error, one line
+    (a restart from the same factory would raise it again)."""
+
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 """Hosts only this machine reaches: a server bound anywhere else needs a token."""
 

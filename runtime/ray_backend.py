@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import socket
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from rlfleet.runtime.actor_output import OutputCapture, WithOutput, print_output
 from rlfleet.runtime.lean_start import lean_instance, lean_start
 from rlfleet.runtime.base import (
     ActorGroup,
+    ActorInitError,
     CallResult,
     ClusterUnreachableError,
     Future,
@@ -95,9 +97,19 @@ def _unwrap(arg: Any) -> Any:
     return arg.ref if isinstance(arg, RayRef) else arg
 
 
+_RAISED = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b(: |$)")
+
+
 def _error_of(exc: BaseException) -> BaseException:
     if isinstance(exc, RayTaskError):
         return exc.as_instanceof_cause()
+    if isinstance(exc, RayActorError) and getattr(exc, "actor_init_failed", False):
+        # Ray's message is its own preamble, then the constructor's traceback and the
+        # actor's output noted after it: from the line naming what the constructor raised
+        # (say a module a worker cannot import) on
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raised = [i for i, line in enumerate(lines) if _RAISED.match(line)]
+        return ActorInitError("\n".join(lines[raised[-1]:] if raised else lines[-1:]) or type(exc).__name__)
     return exc
 
 

@@ -38,6 +38,16 @@ class HangingEnv(CorridorEnv):
         return super().step(action)
 
 
+class ImportsInRunnersEnv(CorridorEnv):
+    """A corridor that builds in the driver (the spaces probe) but, in any other process,
+    imports a module that is not there: a user's env whose module the runners lack."""
+
+    def __init__(self, driver_pid: int) -> None:
+        if os.getpid() != driver_pid:
+            import no_such_module_of_the_user  # noqa: F401 (raises: the point)
+        super().__init__(length=5, max_steps=30)
+
+
 class HangOnceEnv(CorridorEnv):
     """A corridor that hangs forever in the ``step`` that finds the file ``flag_path`` and
     manages to delete it. Deleting is atomic, so across all runner processes exactly one

@@ -192,6 +192,24 @@ def test_a_runner_killed_with_sigkill_is_restarted_and_training_goes_on(shared_r
         algo.stop()
 
 
+def test_runners_whose_constructor_raises_end_the_run_at_once_naming_the_error(shared_ray):
+    """Issue 30: runners that could not import the user's module were restarted until
+    restart_timeout_s ran out and the run ended naming Ray's preamble, not the import."""
+    from rlfleet.rl.env_runner_group import RunnerFailureError
+    from tests.fleet_envs import ImportsInRunnersEnv
+
+    with pytest.raises(RunnerFailureError) as failed:
+        algo = PPOConfig(env=ImportsInRunnersEnv, env_config={"driver_pid": os.getpid()}, seed=0,
+                         **{**FLEET, "restart_timeout_s": 600.0}).build()
+        try:
+            algo.train()
+        finally:
+            algo.stop()
+    assert str(failed.value).startswith("env runner ")
+    assert "cannot start: ModuleNotFoundError: No module named 'no_such_module_of_the_user' (a module of yours? " \
+           "give it with --import)" in str(failed.value)  # after one restart, not restart_timeout_s (600 s)
+
+
 def test_an_iteration_that_lost_a_runner_still_learns(shared_ray):
     # One minibatch of the whole train batch: after losing a runner the batch is half that,
     # which must shrink the minibatch, not skip the update.
