@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -27,9 +28,19 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the kernel's ephemeral range (32768 up, which Ray's own services
+    draw from as Serve starts) and above Ray's worker ports (10002-19999): a port the OS
+    hands out for port 0 was once taken by a Ray process between this pick and the proxy's
+    bind, and the test failed with 'port taken while Serve started'."""
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20_000, 32_768)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 def ray_processes() -> set[int]:
