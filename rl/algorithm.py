@@ -373,7 +373,7 @@ class Algorithm(abc.ABC):
             "reward_normalizer": self.reward_normalizer.get_state() if self.reward_normalizer is not None else None,
             # What rebuilds the policy without its env (serving, export; rl/inference.py).
             "module_spec": _spec_state(self.module_spec),
-            **(self.last_logged or self.progress_state()),
+            **self.checkpointed_progress(),
             "rng": {"python": random.getstate(), "numpy": _to_torch(np.random.get_state()), "torch": torch.get_rng_state()},
         }
 
@@ -394,6 +394,11 @@ class Algorithm(abc.ABC):
             "episode_returns": list(self.episode_returns),
             "episode_lengths": list(self.episode_lengths),
         }
+
+    def checkpointed_progress(self) -> dict[str, Any]:
+        """What a checkpoint written now holds of the progress: the last logged iteration's,
+        also while an iteration runs or after one was cut."""
+        return self.last_logged or self.progress_state()
 
     def save(self, path: str) -> str:
         """Write a checkpoint into directory ``path`` atomically; returns the file written."""

@@ -254,7 +254,7 @@ class EnvRunnerFactory:
             if not specs:
                 raise ConfigError(f"policy_mapping {c.policy_mapping} maps every agent of {c.env!r} to "
                                   f"{RANDOM_POLICY!r}: no policy is left to train; map at least one agent to a policy")
-            self._check_evaluation_mapping(specs)
+            self._check_mappings(specs)
             first = next(iter(specs.values()))
             self._pick_defaults(first.observation_space, first.action_space)
             self.module_spec = {pid: adapt_spec(spec) for pid, spec in specs.items()}
@@ -293,7 +293,7 @@ class EnvRunnerFactory:
         self.config, self.defaults = self.config.with_family_defaults(self.family, connectors=connectors)
         return self.config
 
-    def _check_evaluation_mapping(self, specs: dict[str, ModuleSpec]) -> None:
+    def _check_mappings(self, specs: dict[str, ModuleSpec]) -> None:
         """Every policy ``evaluation_policy_mapping`` names exists (a typo was a KeyError
         in the first evaluation), and each pattern of either mapping matches an agent."""
         from rlfleet.rl.multi_agent_runner import RANDOM_POLICY

@@ -158,12 +158,12 @@ def run_until(
         signal.signal(signal.SIGTERM, previous)
         # Ask the algorithm, not the last result: Ctrl-C can land after an iteration finished
         # (its line printed) but before train() returned it.
-        trained = (algo.last_logged or algo.progress_state())["counters"]["iteration"] > first_iteration
+        trained = algo.checkpointed_progress()["counters"]["iteration"] > first_iteration
         if checkpoint_dir and trained:
             algo.save(checkpoint_dir)
     summary = dict(result)
     # what the checkpoint holds: the last finished iteration, also when one was cut
-    counters = (algo.last_logged or algo.progress_state())["counters"]
+    counters = algo.checkpointed_progress()["counters"]
     summary.update(iteration=counters["iteration"], env_steps=counters["env_steps"])
     summary["reached"] = stop.reached(result) if result else False
     summary["interrupted"] = interrupted
