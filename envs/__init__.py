@@ -19,7 +19,7 @@ _EXPORTS = {
     "EnvConfigError": "registry", "EnvCreator": "registry", "EnvNotFoundError": "registry",
     "UserModuleError": "registry", "import_user_module": "registry", "make_env_creator": "registry",
     "probe_env": "registry", "register_env": "registry", "registered_envs": "registry",
-    "user_code_modules": "registry",
+    "shippable": "registry", "user_code_modules": "registry", "without_text": "registry",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -3,6 +3,7 @@ and the offending value, instead of a shape error deep inside a loss."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
@@ -99,10 +100,7 @@ class ContractCheckWrapper(gym.Wrapper):
         self._check_obs(obs, "reset()")
         self._check_info(info, "reset()")
         if not self.observation_space.contains(obs):
-            raise EnvContractError(
-                f"env {self.name!r} returned an observation outside its observation_space from reset(): "
-                f"{describe(obs)} not in {self.observation_space}"
-            )
+            refuse_or_warn(obs, self.observation_space, f"env {self.name!r}", "reset()", self.name)
         return obs, info
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict]:
@@ -124,16 +122,45 @@ class ContractCheckWrapper(gym.Wrapper):
 
 def check_observations(obs: Any, batch_space: gym.Space, single_space: gym.Space, name: str) -> None:
     """Raise naming the env, the sub-env index and the value if any observation of a
-    batch from ``step`` lies outside the declared space."""
+    batch from ``step`` lies outside the declared space. A finite float beyond a float
+    Box's bounds only warns, once per env: gymnasium's own envs do it (LunarLander-v3's
+    height passes 2.5 when the lander climbs), its checker only warns, and a network
+    takes the value as it is. NaN, infinity and integers out of range stay errors."""
     if batch_space.contains(obs):
         return
     for i, single in enumerate(gym.vector.utils.iterate(batch_space, obs)):
         if not single_space.contains(single):
-            raise EnvContractError(
-                f"env {name!r} (sub-env {i}) returned an observation outside its observation_space from step(): "
-                f"{describe(single)} not in {single_space}"
-            )
+            refuse_or_warn(single, single_space, f"env {name!r} (sub-env {i})", "step()", name)
+            return
     raise EnvContractError(f"env {name!r} returned observations of the wrong shape or dtype from step()")
+
+
+def refuse_or_warn(obs: Any, space: gym.Space, who: str, where: str, name: str) -> None:
+    """Raise for an observation outside ``space``, or warn once per env when only finite
+    floats lie beyond a float Box's bounds (see :func:`check_observations`)."""
+    if not _beyond_float_bounds_only(obs, space):
+        raise EnvContractError(f"{who} returned an observation outside its observation_space from {where}: "
+                               f"{describe(obs)} not in {space}")
+    if name not in _WARNED:
+        _WARNED.add(name)
+        warnings.warn(f"{who} returned an observation beyond its observation_space's float bounds from {where}: "
+                      f"{describe(obs)} not in {space}; used as it is (shown once per env)", RuntimeWarning,
+                      stacklevel=3)
+
+
+_WARNED: set[str] = set()  # envs already warned about float bounds in this process
+
+
+def _beyond_float_bounds_only(value: Any, space: gym.Space) -> bool:
+    """Whether ``value`` would be in ``space`` but for finite values of float Box leaves
+    beyond their bounds."""
+    if isinstance(space, spaces.Box) and np.issubdtype(space.dtype, np.floating):
+        return isinstance(value, np.ndarray) and value.shape == space.shape and bool(np.isfinite(value).all())
+    if isinstance(space, spaces.Dict):
+        return isinstance(value, dict) and all(_beyond_float_bounds_only(value[k], sub) for k, sub in space.spaces.items())
+    if isinstance(space, spaces.Tuple):
+        return isinstance(value, tuple) and all(_beyond_float_bounds_only(v, sub) for v, sub in zip(value, space.spaces))
+    return space.contains(value)
 
 
 def check_rewards(rewards: np.ndarray, name: str) -> None:

@@ -34,7 +34,9 @@ class UserModuleError(ValueError):
 
 def import_user_module(spec: str) -> ModuleType:
     """Import the user's module ``spec``, an import name (``mypkg.sims``) or the path of a
-    ``.py`` file, so the envs it registers exist here (remote workers get it shipped)."""
+    ``.py`` file, so the envs it registers exist here (remote workers get it shipped).
+    ``module:function`` calls ``function()`` once imported, for packages that register
+    their envs only when asked (``minatar.gym:register_envs``)."""
     if spec.endswith(".py") or os.sep in spec:
         path = os.path.abspath(spec)
         name = os.path.splitext(os.path.basename(path))[0]
@@ -47,10 +49,21 @@ def import_user_module(spec: str) -> ModuleType:
         sys.modules[name] = module  # what pickles of its functions refer to
         module_spec.loader.exec_module(module)
         return module
+    name, _, func = spec.partition(":")
     try:
-        return importlib.import_module(spec)
+        module = importlib.import_module(name)
     except ModuleNotFoundError as e:
         raise UserModuleError(f"--import {spec!r}: {e} (give an importable name or the path of a .py file)") from None
+    if func and spec not in _CALLED:  # a package whose envs register only when asked (minatar.gym:register_envs)
+        register = getattr(module, func, None)
+        if not callable(register):
+            raise UserModuleError(f"--import {spec!r}: {name} has no function {func!r}")
+        register()
+        _CALLED.add(spec)
+    return module
+
+
+_CALLED: set[str] = set()  # module:function specs already called in this process
 
 
 class EnvConfigError(ValueError):
@@ -132,6 +145,9 @@ class EnvCreator:
         # A creator registered in the driver (say in the user's script) is carried along:
         # a remote runner's process never ran that register_env call.
         self.registered = _REGISTRY.get(env) if isinstance(env, str) else None
+        # So is a gymnasium id registered here only (by --import minatar.gym:register_envs):
+        # its spec names the entry point, which a remote process can import.
+        self.gym_spec = gym.registry.get(env) if isinstance(env, str) and self.registered is None else None
 
     def __call__(self) -> gym.Env:
         env, cfg = self.env, self.env_config
@@ -143,10 +159,45 @@ class EnvCreator:
                 _route_mujoco_warnings()
             # Our runner checks every step against the spaces, so gymnasium's one-off
             # passive checker would only add a wrapper layer to each step.
-            return gym.make(env, disable_env_checker=True, **cfg)
+            spec = env if env in gym.registry or self.gym_spec is None else self.gym_spec
+            return without_text(gym.make(spec, disable_env_checker=True, **cfg))
         if inspect.isclass(env):
             return env(**cfg)
         return env(cfg)
+
+
+def without_text(env: gym.Env) -> gym.Env:
+    """``env`` with the text leaves of its Dict observation dropped (MiniGrid's
+    ``mission``): a policy network takes arrays, and a string that is one fixed sentence
+    per task carries nothing the image does not. Dropped here, in the creator, so that
+    fragments, normalisers, serving and export never see a string."""
+    space = env.observation_space
+    if not isinstance(space, gym.spaces.Dict):
+        return env
+    keep = [key for key, sub in space.spaces.items() if not _is_text(sub)]
+    if len(keep) == len(space.spaces) or not keep:
+        return env
+    return gym.wrappers.FilterObservation(env, keep)
+
+
+def _is_text(space: gym.Space) -> bool:
+    # MiniGrid's MissionSpace is a Space[str] of its own, not a spaces.Text
+    if isinstance(space, gym.spaces.Text):
+        return True
+    kind = getattr(space.dtype, "kind", None)
+    return type(space) not in _ARRAY_SPACES and space.shape is None and (kind is None or kind == "U") \
+        and isinstance(space.sample(), str)
+
+
+_ARRAY_SPACES = (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary,
+                 gym.spaces.Dict, gym.spaces.Tuple)
+
+
+def shippable(module: ModuleType) -> bool:
+    """Whether ``module`` must be shipped to remote workers: the user's own code, not an
+    installed package (a remote worker imports those itself)."""
+    path = getattr(module, "__file__", None)
+    return path is not None and not os.path.realpath(path).startswith(_installed_roots())
 
 
 def make_env_creator(env: Any, env_config: dict | None = None) -> EnvCreator:

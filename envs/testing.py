@@ -91,7 +91,8 @@ class ImageEnv(gym.Env):
 
 
 class OutOfSpaceEnv(CorridorEnv):
-    """Breaks the contract: after ``bad_step`` steps its observation leaves the Box."""
+    """Breaks the contract: after ``bad_step`` steps its observation leaves the Box with a
+    value no network can take (a finite float beyond the bounds only warns)."""
 
     def __init__(self, bad_step: int = 3) -> None:
         super().__init__()
@@ -100,7 +101,7 @@ class OutOfSpaceEnv(CorridorEnv):
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
         obs, reward, terminated, truncated, info = super().step(action)
         if self.t >= self.bad_step:
-            obs = np.array([7.5], np.float32)
+            obs = np.array([np.inf], np.float32)
         return obs, reward, terminated, truncated, info
 
 

@@ -28,8 +28,8 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space, iterate
 
-from rlfleet.envs.checks import (EnvContractError, check_observations, check_rewards, describe, space_structure,
-                                 structure_problem)
+from rlfleet.envs.checks import (EnvContractError, check_observations, check_rewards, describe, refuse_or_warn,
+                                 space_structure, structure_problem)
 
 
 @dataclasses.dataclass
@@ -130,9 +130,10 @@ class CheckedVectorEnv:
             batch = None
         if batch is None or not self.observation_space.contains(batch):
             for i, obs in enumerate(obs_list):
-                self._check_one(obs, i, where)
-            raise EnvContractError(f"env {self.name!r} returned observations from {where} that do not stack into "
-                                   f"its observation_space {self.single_observation_space}")
+                self._check_one(obs, i, where)  # raises, or warns about floats beyond the bounds
+            if batch is None:
+                raise EnvContractError(f"env {self.name!r} returned observations from {where} that do not stack "
+                                       f"into its observation_space {self.single_observation_space}")
         # An integer observation of a float Box passes ``contains``; the batch takes the space's dtype.
         return tree.map_structure(lambda x, space: x if x.dtype == space.dtype else x.astype(space.dtype),
                                   batch, self._leaf_spaces) if not self._leaf_obs else (
@@ -145,9 +146,7 @@ class CheckedVectorEnv:
             raise EnvContractError(f"env {self.name!r} (sub-env {i}) returned an observation from {where} with "
                                    f"{problem}: {describe(obs)}")
         if not self.single_observation_space.contains(obs):
-            raise EnvContractError(f"env {self.name!r} (sub-env {i}) returned an observation outside its "
-                                   f"observation_space from {where}: {describe(obs)} not in "
-                                   f"{self.single_observation_space}")
+            refuse_or_warn(obs, self.single_observation_space, f"env {self.name!r} (sub-env {i})", where, self.name)
 
     def _stack_rewards(self, rewards: list[Any]) -> np.ndarray:
         try:

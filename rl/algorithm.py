@@ -173,6 +173,9 @@ class Algorithm(abc.ABC):
         self.agent_returns: dict[str, collections.deque[float]] = {}  # multi-agent: per agent
         self.episode_returns: collections.deque[float] = collections.deque(maxlen=config.metrics_smoothing_episodes)
         self.episode_lengths: collections.deque[int] = collections.deque(maxlen=config.metrics_smoothing_episodes)
+        # The best episode_return_mean over a full window so far: a run that learned and
+        # then collapsed shows it beside the final mean (issue 31).
+        self.best_return_mean = float("nan")
         self.time_before_restore = 0.0
         self.started = time.perf_counter()
         self.last_logged: dict[str, Any] | None = None  # what a checkpoint holds while an iteration runs
@@ -316,18 +319,22 @@ class Algorithm(abc.ABC):
         self.iteration += 1
         dt = time.perf_counter() - t0
         lag = self.policy_lag or [0]
+        window_full = len(self.episode_returns) == self.episode_returns.maxlen
+        if window_full and not float(np.mean(self.episode_returns)) <= self.best_return_mean:
+            self.best_return_mean = float(np.mean(self.episode_returns))
         result: dict[str, Any] = {
             "iteration": self.iteration,
             "env_steps": self.env_steps,
             "time_s": self.time_before_restore + time.perf_counter() - self.started,
             "episode_return_mean": float(np.mean(self.episode_returns)) if self.episode_returns else float("nan"),
+            "episode_return_best": self.best_return_mean,
             "episode_return_max": float(np.max(self.episode_returns)) if self.episode_returns else float("nan"),
             "episode_return_min": float(np.min(self.episode_returns)) if self.episode_returns else float("nan"),
             "episode_len_mean": float(np.mean(self.episode_lengths)) if self.episode_lengths else float("nan"),
             "episodes_total": self.episodes,
             # A return target counts once the mean is over a full window: the first
             # episodes to end are the short ones, and their mean says little.
-            "episode_window_full": len(self.episode_returns) == self.episode_returns.maxlen,
+            "episode_window_full": window_full,
             "env_steps_per_s": (self.env_steps - steps0) / max(dt, 1e-9),
             # Share of the iteration the runners spent sampling (1 = never waiting on the learner).
             "runner_busy_fraction": (self.runner_busy_s - busy0) / max(dt * self.env_runner_group.size, 1e-9),
@@ -390,6 +397,7 @@ class Algorithm(abc.ABC):
                 "weight_sync_s": self.env_runner_group.last_sync_s,
                 "time_s": self.time_before_restore + time.perf_counter() - self.started,
                 "runner_env_steps": dict(self.runner_env_steps),
+                "best_return_mean": self.best_return_mean,
             },
             "episode_returns": list(self.episode_returns),
             "episode_lengths": list(self.episode_lengths),
@@ -438,6 +446,7 @@ class Algorithm(abc.ABC):
         self.num_stale_episodes = c.get("num_stale_episodes", 0)
         self.weights_version = c["weights_version"]
         self.runner_env_steps = {int(k): int(v) for k, v in c.get("runner_env_steps", {}).items()}
+        self.best_return_mean = float(c.get("best_return_mean", float("nan")))
         self.logger.drop_after(self.iteration)
         self.time_before_restore, self.started = c["time_s"], time.perf_counter()
         self.episode_returns.clear()

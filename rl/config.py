@@ -273,11 +273,11 @@ class AlgorithmConfig:
         shipped to its workers), else the in-process backend."""
         if self.num_env_runners == 0 and self.num_learners == 0:
             return "local", {}
-        from rlfleet.envs import import_user_module, user_code_modules
+        from rlfleet.envs import import_user_module, shippable, user_code_modules
 
         cpus = self.num_env_runners * self.num_cpus_per_runner + self.num_learners
         gpus = self.num_learners * self.num_gpus_per_learner
-        shipped = [import_user_module(m) for m in self.user_modules]
+        shipped = [module for module in map(import_user_module, self.user_modules) if shippable(module)]
         # and the module a registered creator or an env class comes from, when it is the user's own
         shipped += [m for m in user_code_modules(self.env) if m not in shipped]
         return "ray", {"address": self.address, "num_cpus": max(1, math.ceil(cpus)), "num_gpus": math.ceil(gpus),

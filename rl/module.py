@@ -109,6 +109,16 @@ def side_by_side(pi: list[nn.Linear], vf: list[nn.Linear]) -> list[tuple[torch.T
     return layers
 
 
+def is_channels_last(shape: tuple[int, ...]) -> bool:
+    """Whether an image is HWC: a square frame says which axis is the channels (MinAtar's
+    (10, 10, 6), Atari's stacked (4, 84, 84)); otherwise the channels are the smaller end."""
+    if shape[0] == shape[1] != shape[2]:
+        return True
+    if shape[1] == shape[2] != shape[0]:
+        return False
+    return shape[-1] < shape[0]
+
+
 class LeafEncoder(nn.Module):
     """Turns one observation leaf (B, ...) into float features (B, F)."""
 
@@ -119,15 +129,18 @@ class LeafEncoder(nn.Module):
         # A grid smaller than the light trunk's two stride-2 3x3 convolutions can see (a
         # 3x3 board) is encoded flat, like a vector.
         if is_image(space) and min(sorted(space.shape)[1:]) >= 7:
-            channels_last = space.shape[-1] <= 4 < space.shape[0]
+            channels_last = is_channels_last(space.shape)
             self.channels_last = channels_last
             c = space.shape[-1] if channels_last else space.shape[0]
             self.scale = 1.0 / 255.0 if space.dtype == np.uint8 else 1.0
-            big = min(space.shape[:2] if channels_last else space.shape[1:]) >= 64
-            # Nature-DQN trunk for Atari-sized frames, a lighter one for small images.
-            convs = (
-                [(32, 8, 4), (64, 4, 2), (64, 3, 1)] if big else [(16, 3, 2), (32, 3, 2)]
-            )
+            side = min(space.shape[:2] if channels_last else space.shape[1:])
+            big = side >= 64
+            # The rule: Nature-DQN's trunk for Atari-sized frames (side >= 64); two stride-2
+            # 3x3 convolutions for mid-sized ones; stride 1 below 24 pixels, where a grid cell
+            # is a pixel (MinAtar's 10x10, MiniGrid's 7x7 view): stride 2 would leave a 10x10
+            # frame 1x1 after two layers. Measured on MinAtar/Breakout-v1 (issue 31).
+            stride = 1 if side < 24 else 2
+            convs = [(32, 8, 4), (64, 4, 2), (64, 3, 1)] if big else [(16, 3, stride), (32, 3, stride)]
             layers: list[nn.Module] = []
             for out_c, k, s in convs:
                 layers += [_init(nn.Conv2d(c, out_c, k, s), math.sqrt(2)), nn.ReLU()]

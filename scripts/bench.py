@@ -328,14 +328,22 @@ def main() -> None:
     lm.add_argument("--set", action="append", default=["reference_in_runners=true"], metavar="KEY=VALUE",
                     help="more config for both modes (always: reference_in_runners=true, the faster with Ray "
                          "runners in either mode; --set reference_in_runners=false undoes it)")
-    defaults = sub.add_parser("defaults", help="PPO's defaults vs SB3's on tasks without a tuned example")
-    defaults.add_argument("--seeds", type=int, default=3)
-    defaults.add_argument("--tasks", nargs="+", help="env ids (default: scripts/bench_defaults.py TASKS)")
-    defaults.add_argument("--steps", type=int, help="one env-step budget for every task (default: each task's own)")
-    defaults.add_argument("--window", type=int, default=10, help="return = mean of the last N training episodes")
-    defaults.add_argument("--pin", action="store_true", help="run both libraries at once, a core each")
+    defaults = sub.add_parser("defaults", help="the library's defaults vs SB3's PPO on tasks without a tuned example")
+    defaults.add_argument("--suite", choices=("mujoco", "broad"), default="mujoco",
+                          help="mujoco: 5 tasks; broad: 16 tasks over five families (box2d, minatar, minigrid)")
+    defaults.add_argument("--seeds", type=int, default=1)
+    defaults.add_argument("--tasks", nargs="+", help="env ids of the suite (default: all of them)")
+    defaults.add_argument("--algos", nargs="+", choices=("ppo", "impala", "dqn"), default=["ppo"],
+                          help="rlfleet algorithms to run (dqn only on discrete actions)")
+    defaults.add_argument("--only", choices=("rlfleet", "sb3", "random"),
+                          help="run one side only (random: the random policy's mean return per task)")
+    defaults.add_argument("--missing", action="store_true", help="skip runs already in the results file")
+    defaults.add_argument("--window", type=int, default=20, help="return = mean of the last N training episodes")
+    defaults.add_argument("--pin", action="store_true", help="run two processes at once, a core each")
+    defaults.add_argument("--core", type=int, help="pin every run to this core (with --only)")
     defaults.add_argument("--sb3-python", help="python of a venv with stable-baselines3 (see scripts/peers)")
-    defaults.add_argument("--out", help="write the table as JSON here")
+    defaults.add_argument("--results", help="results file (default: scripts/results/defaults_SUITE.jsonl)")
+    defaults.add_argument("--table", action="store_true", help="print the table from the results file; run nothing")
     sampling = sub.add_parser("sampling", help="env steps/s of one local runner vs the bare loop")
     sampling.add_argument("--repeats", type=int, default=5)
     sampling.add_argument("--seconds", type=float, default=2.0, help="seconds per measured point")

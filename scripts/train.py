@@ -43,7 +43,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--algo", help=f"algorithm: {ALGORITHMS} (ppo on a text env is lm-ppo)")
     p.add_argument("--env", help="gymnasium id or registered env name")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                   help="your module (import name or .py path) that registers envs; shipped to Ray workers")
+                   help="your module (import name, module:function to call, or .py path) that registers envs; "
+                        "shipped to Ray workers")
     p.add_argument("--config", help="tuned-example YAML (algo, env, config, stop, pass)")
     p.add_argument("--defaults", action="store_true",
                    help="train on the library's defaults even where --algo/--env has a tuned example")
@@ -268,7 +269,8 @@ def run(args: argparse.Namespace) -> int:
     ret = summary.get("episode_return_mean", float("nan"))
     print(
         f"done: {summary.get('iteration', 0)} iterations, {summary.get('env_steps', 0)} env steps, "
-        f"{summary.get('time_s', 0.0):.1f} s, return {ret:.2f} (last {config.metrics_smoothing_episodes} episodes)"
+        f"{summary.get('time_s', 0.0):.1f} s, return {ret:.2f} (last {config.metrics_smoothing_episodes} episodes), "
+        f"best {summary.get('episode_return_best', float('nan')):.2f}"
         + (f", target {stop.episode_return_mean} {'reached' if summary['reached'] else 'NOT reached'}"
            if stop.episode_return_mean is not None else "")
         + f"; checkpoint {summary['checkpoint']}",

@@ -24,6 +24,7 @@ Prints exactly one JSON line to stdout:
 
     {"peer": "sb3-ppo-defaults", "env": ID, "seed": S, "env_steps": N, "episodes": E,
      "final_return": mean return of the last --window finished training episodes,
+     "best_return": the best such mean seen while training (checked at every episode end),
      "wall_s_in_process": seconds since the script's first statement}
 
 final_return is the undiscounted return Monitor reports (info["episode"]["r"]); it is
@@ -41,6 +42,7 @@ import json  # noqa: E402
 import math  # noqa: E402
 import sys  # noqa: E402
 
+import gymnasium as gym  # noqa: E402
 from stable_baselines3 import PPO  # noqa: E402
 from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
 
@@ -55,14 +57,31 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, required=True, help="total_timesteps for model.learn")
     parser.add_argument("--window", type=int, default=10)
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE[:FUNC]",
+                        help="import MODULE (and call FUNC) first, for envs that register that way "
+                             "(minatar.gym:register_envs)")
     return parser.parse_args()
+
+
+def import_envs(spec: str) -> None:
+    """Import ``MODULE`` and call ``FUNC`` when given (``minatar.gym:register_envs``)."""
+    import importlib
+
+    module_name, _, func = spec.partition(":")
+    module = importlib.import_module(module_name)
+    if func:
+        getattr(module, func)()
 
 
 def main() -> None:
     args = parse_args()
+    for spec in args.imports:
+        import_envs(spec)
 
     env = make_vec_env(args.env, n_envs=1, seed=args.seed)
-    model = PPO("MlpPolicy", env, seed=args.seed, device="cpu")
+    # SB3's default policy for the observation: MultiInputPolicy is the one that takes a Dict.
+    policy = "MultiInputPolicy" if isinstance(env.observation_space, gym.spaces.Dict) else "MlpPolicy"
+    model = PPO(policy, env, seed=args.seed, device="cpu")
     # Used only to record episode returns: a target of +inf is never reached, so it never
     # stops training. Its deque keeps the last `window` returns.
     callback = StopAtTarget(target=math.inf, window=args.window)
@@ -76,6 +95,7 @@ def main() -> None:
         "env_steps": int(model.num_timesteps),
         "episodes": callback.episodes,
         "final_return": round(sum(returns) / len(returns), 3) if returns else None,
+        "best_return": callback.best_mean,
         "wall_s_in_process": round(time.time() - T0, 3),
     }
     print(json.dumps(result), flush=True)

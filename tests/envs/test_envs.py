@@ -1,5 +1,6 @@
 import math
 import pickle
+import warnings
 
 import cloudpickle
 import gymnasium as gym
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 from rlfleet import envs
-from rlfleet.envs import registry
+from rlfleet.envs import checks, registry
 from rlfleet.envs.checks import ContractCheckWrapper, EnvContractError, check_observations, check_rewards
 from rlfleet.envs.registry import EnvCreator, EnvNotFoundError, make_env_creator, register_env
 from rlfleet.envs.testing import CorridorEnv, OutOfSpaceEnv
@@ -190,11 +191,55 @@ def test_out_of_space_observation_at_reset_raises_naming_env_and_value():
     class BadReset(CorridorEnv):
         def reset(self, *, seed=None, options=None):
             super().reset(seed=seed)
-            return np.array([-3.25], np.float32), {}
+            return np.array([-np.inf], np.float32), {}
 
     env = ContractCheckWrapper(BadReset(), "bad-reset")
-    with pytest.raises(EnvContractError, match=r"'bad-reset'.*reset\(\).*-3\.25"):
+    with pytest.raises(EnvContractError, match=r"'bad-reset'.*reset\(\).*-inf"):
         env.reset()
+
+
+class BeyondBoundsEnv(CorridorEnv):
+    """Like gymnasium's LunarLander-v3: a finite float a little past the Box's bound."""
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.array([-0.25], np.float32), {}
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return np.array([1.0011], np.float32), reward, terminated, truncated, info
+
+
+def test_a_finite_float_beyond_the_bounds_warns_once_per_env_and_is_used(monkeypatch):
+    monkeypatch.setattr(checks, "_WARNED", set())
+    env = ContractCheckWrapper(BeyondBoundsEnv(), "beyond")
+    with pytest.warns(RuntimeWarning, match=r"^env 'beyond' returned an observation beyond its observation_space's "
+                                            r"float bounds from reset\(\): \[-0\.25\]"):
+        obs, _ = env.reset()
+    assert obs[0] == np.float32(-0.25)
+    venv = vector_of([BeyondBoundsEnv, BeyondBoundsEnv])
+    obs, _ = venv.reset(seed=0)
+    obs, *_ = venv.step(np.array([1, 1]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per env: 'beyond' has had its warning
+        check_observations(obs, venv.observation_space, venv.single_observation_space, "beyond")
+    with pytest.warns(RuntimeWarning, match=r"'other' \(sub-env 0\).*\[1\.0011\]"):
+        check_observations(obs, venv.observation_space, venv.single_observation_space, "other")
+    # and so does the runner's own vector env: a run trains on through it
+    from rlfleet.algorithms.ppo import PPOConfig
+
+    with pytest.warns(RuntimeWarning, match="'BeyondBoundsEnv' \\(sub-env 0\\).*float bounds from reset"):
+        algo = PPOConfig(env=BeyondBoundsEnv, num_envs_per_runner=2, rollout_fragment_length=8,
+                         minibatch_size=16).build()
+    try:
+        assert algo.train()["env_steps"] == 16
+    finally:
+        algo.stop()
+    # an integer out of range is still refused: no encoder can take it
+    single = gym.spaces.Dict({"pos": gym.spaces.Box(-1.0, 1.0, (2,), np.float32), "mode": gym.spaces.Discrete(3)})
+    bad = {"pos": np.full((1, 2), 3.0, np.float32), "mode": np.array([5])}
+    with pytest.raises(EnvContractError, match="outside its observation_space"):
+        check_observations(bad, gym.vector.utils.batch_space(single, 1), single, "mixed")
 
 
 def vector_of(env_fns):
@@ -213,7 +258,7 @@ def test_check_observations_names_env_sub_env_and_value_for_out_of_space_env():
     msg = str(err.value)
     assert "'oos-sim'" in msg
     assert "sub-env 1" in msg
-    assert "7.5" in msg
+    assert "inf" in msg
     assert "observation_space" in msg
 
 
@@ -265,7 +310,7 @@ def test_env_runner_refuses_an_out_of_space_observation_naming_env_and_value():
     runner = runner_for(OutOfSpaceEnv, "oos-sim")  # leaves its Box at step 3
     with pytest.raises(EnvContractError) as err:
         runner.sample()
-    assert "'oos-sim'" in str(err.value) and "7.5" in str(err.value)
+    assert "'oos-sim'" in str(err.value) and "inf" in str(err.value)
 
 
 def test_env_runner_refuses_a_nan_reward_naming_env():
@@ -301,3 +346,82 @@ def test_mujoco_warnings_go_through_python_warnings_and_write_no_log(tmp_path, m
             creator().close()
     assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
     assert len([w for w in caught if str(w.message).startswith("MuJoCo: ")]) <= 1
+
+
+# --- envs registered on request, text leaves (issue 31) ---------------------------------------
+
+
+def test_import_module_function_calls_the_function_once(tmp_path, monkeypatch):
+    (tmp_path / "late_envs.py").write_text(
+        "CALLS = []\n"
+        "def register_envs():\n"
+        "    import gymnasium as gym\n"
+        "    CALLS.append(1)\n"
+        "    gym.register(id='rlfleet-test/Late-v0', entry_point='rlfleet.envs.testing:CorridorEnv')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "_CALLED", set())
+    try:
+        module = envs.import_user_module("late_envs:register_envs")
+        envs.import_user_module("late_envs:register_envs")  # the driver imports the user's modules twice
+        assert module.CALLS == [1]
+        assert "rlfleet-test/Late-v0" in gym.registry
+    finally:
+        gym.registry.pop("rlfleet-test/Late-v0", None)
+
+
+def test_import_module_with_a_missing_function_is_one_line(tmp_path, monkeypatch):
+    (tmp_path / "no_register.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(envs.UserModuleError, match=r"^--import 'no_register:register_envs': no_register has no "
+                                                   r"function 'register_envs'$"):
+        envs.import_user_module("no_register:register_envs")
+
+
+def test_creator_of_an_id_registered_only_here_builds_it_from_the_spec(gym_registered_id):
+    """A remote runner's process never ran the registration (MinAtar registers on request):
+    the creator carries the gymnasium spec along."""
+    creator = pickle.loads(pickle.dumps(make_env_creator(gym_registered_id)))
+    gym.registry.pop(gym_registered_id)  # as in a process that never registered it
+    assert creator().unwrapped.length == 9
+
+
+class _Mission(gym.Space):
+    """A Space[str] of its own, as MiniGrid's MissionSpace is (not a spaces.Text)."""
+
+    def __init__(self):
+        super().__init__(dtype=str)
+
+    def sample(self, mask=None, probability=None):
+        return "get to the green goal square"
+
+    def contains(self, x):
+        return isinstance(x, str)
+
+
+class MissionEnv(gym.Env):
+    def __init__(self, text_space="mission"):
+        text = _Mission() if text_space == "mission" else gym.spaces.Text(40)
+        self.observation_space = gym.spaces.Dict({"image": gym.spaces.Box(0, 255, (7, 7, 3), np.uint8),
+                                                  "direction": gym.spaces.Discrete(4), "mission": text})
+        self.action_space = gym.spaces.Discrete(3)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return {"image": np.zeros((7, 7, 3), np.uint8), "direction": 1, "mission": "get to the goal"}, {}
+
+    def step(self, action):
+        return self.reset()[0], 1.0, True, False, {}
+
+
+@pytest.mark.parametrize("text_space", ["mission", "text"])
+def test_text_leaves_of_a_dict_observation_are_dropped_by_the_creator(gym_registered_id, text_space):
+    gym.register(id="rlfleet-test/Mission-v0", entry_point=MissionEnv, kwargs={"text_space": text_space})
+    try:
+        env = make_env_creator("rlfleet-test/Mission-v0")()
+        assert list(env.observation_space.spaces) == ["direction", "image"]
+        obs, _ = env.reset(seed=0)
+        assert set(obs) == {"direction", "image"} and obs["direction"] == 1
+    finally:
+        gym.registry.pop("rlfleet-test/Mission-v0", None)
+    # a Dict without text is left as it was
+    assert type(make_env_creator(gym_registered_id)()) is type(gym.make(gym_registered_id, disable_env_checker=True))

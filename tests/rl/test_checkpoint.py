@@ -151,7 +151,9 @@ def test_two_restores_of_one_checkpoint_train_identically(saved):
         c.restore(path)
         rc = c.train()
         timing = {"time_s", "env_steps_per_s", "runner_busy_fraction", "weight_sync_s"}
-        assert {k: v for k, v in rb.items() if k not in timing} == {k: v for k, v in rc.items() if k not in timing}
+        # (NaN-aware: episode_return_best is NaN until a full window of episodes has ended)
+        np.testing.assert_equal({k: v for k, v in rb.items() if k not in timing},
+                                {k: v for k, v in rc.items() if k not in timing})
         assert rb["iteration"] == 4 and rb["env_steps"] == 128
         assert_same(module_state(b), module_state(c), "module after one more iteration")
         assert_same(optimizer_state(b), optimizer_state(c), "optimizer after one more iteration")
@@ -406,3 +408,29 @@ def test_a_second_ctrl_c_cuts_the_iteration_at_once(tmp_path):
         summary = run_until(algo, Criteria(env_steps=10_000), checkpoint_dir=ckpt)
         assert summary["interrupted"] and algo.env_steps == 3 * 32  # the third iteration had sampled
     assert load_checkpoint(ckpt)["counters"]["iteration"] == _rows(str(tmp_path))[-1]["iteration"] == 2
+
+
+def test_best_return_is_the_best_full_window_mean_and_survives_a_restore(tmp_path):
+    """episode_return_best (issue 31): NaN until metrics_smoothing_episodes episodes have
+    ended, then the highest episode_return_mean of any iteration so far; a restore goes on
+    from the saved best rather than forgetting it."""
+    algo = build(metrics_smoothing_episodes=5, normalize_obs=False)
+    rows = [algo.train() for _ in range(12)]
+    try:
+        best = float("nan")
+        for row in rows:
+            if row["episode_window_full"]:
+                best = row["episode_return_mean"] if np.isnan(best) else max(best, row["episode_return_mean"])
+            np.testing.assert_equal(row["episode_return_best"], best)
+        assert not rows[0]["episode_window_full"] and np.isnan(rows[0]["episode_return_best"])
+        assert not np.isnan(best)
+        algo.save(str(tmp_path / "ckpt"))
+    finally:
+        algo.stop()
+    fresh = build(metrics_smoothing_episodes=5, normalize_obs=False)
+    try:
+        fresh.restore(str(tmp_path / "ckpt"))
+        assert fresh.best_return_mean == best
+        assert fresh.train()["episode_return_best"] >= best
+    finally:
+        fresh.stop()

@@ -307,3 +307,18 @@ def test_actions_to_env_shifts_discrete_actions_by_start():
     out = actions_to_env([np.array([[0, 0], [1, 2]])], md)
     np.testing.assert_array_equal(out, [[1, 10], [2, 12]])
     assert all(md.contains(row) for row in out)
+
+
+@pytest.mark.parametrize("shape, last", [
+    ((10, 10, 4), True), ((10, 10, 6), True),  # MinAtar Breakout, SpaceInvaders
+    ((7, 7, 3), True), ((84, 84, 4), True), ((210, 160, 3), True),
+    ((4, 84, 84), False), ((6, 10, 10), False), ((3, 16, 16), False),
+])
+def test_channels_axis_of_an_image(shape, last):
+    from rlfleet.rl.module import is_channels_last
+
+    assert is_channels_last(shape) is last
+    module = build(spaces.Box(0, 1, shape, np.bool_ if shape[-1] == 6 else np.float32), spaces.Discrete(3))
+    first_conv = module.encoder.encoders[0].cnn[0][0]
+    assert first_conv.in_channels == (shape[-1] if last else shape[0])
+    assert module.forward_exploration(torch.zeros(2, *shape))["actions"][0].shape == (2,)

@@ -84,7 +84,7 @@ BAD_INPUT = {
     "missing checkpoint": (["--algo", "ppo", "--env", "CartPole-v1", "--restore", "{tmp}/no-such-run/checkpoint"],
                            ["{tmp}/no-such-run/checkpoint"]),
     "env breaks its contract": (["--algo", "ppo", "--env", "OutOfSpace-v0", "--stop-timesteps", "500"],
-                                ["'OutOfSpace-v0'", "7.5"]),
+                                ["'OutOfSpace-v0'", "inf"]),
 }
 
 
@@ -110,7 +110,7 @@ def test_bad_input_exits_2_with_one_line_naming_the_fix(tmp_path, name):
 def test_env_contract_error_from_the_python_api():
     algo = PPOConfig(env=OutOfSpaceEnv, num_envs_per_runner=2, rollout_fragment_length=8, minibatch_size=16).build()
     try:
-        with pytest.raises(EnvContractError, match=r"'OutOfSpaceEnv'.*7\.5"):
+        with pytest.raises(EnvContractError, match=r"'OutOfSpaceEnv'.*inf"):
             algo.train()
     finally:
         algo.stop()
