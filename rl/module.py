@@ -138,7 +138,8 @@ class LeafEncoder(nn.Module):
             # The rule: Nature-DQN's trunk for Atari-sized frames (side >= 64); two stride-2
             # 3x3 convolutions for mid-sized ones; stride 1 below 24 pixels, where a grid cell
             # is a pixel (MinAtar's 10x10, MiniGrid's 7x7 view): stride 2 would leave a 10x10
-            # frame 1x1 after two layers. Measured on MinAtar/Breakout-v1 (issue 31).
+            # frame 1x1 after two layers. PPO's defaults on MinAtar/Breakout-v1 at 1M env steps,
+            # final / best 20-episode mean: stride 2 2.9 / 3.8, stride 1 8.7 / 10.0 (issue 31).
             stride = 1 if side < 24 else 2
             convs = [(32, 8, 4), (64, 4, 2), (64, 3, 1)] if big else [(16, 3, stride), (32, 3, stride)]
             layers: list[nn.Module] = []

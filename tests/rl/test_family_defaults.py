@@ -41,7 +41,10 @@ def test_ppo_families_pick_their_values_and_keep_what_the_user_set():
     assert cfg.normalize_rewards is True and cfg.rollout_fragment_length == 128
     assert "normalize_rewards" not in picked and "rollout_fragment_length" not in picked
     cfg, _ = PPOConfig().with_family_defaults("discrete")
-    assert (cfg.rollout_fragment_length, cfg.num_epochs, cfg.minibatch_size, cfg.normalize_obs) == (32, 10, 64, False)
+    # 1024-step batches with an entropy bonus: LunarLander-v3 collapsed on 256 without one (issue 31)
+    assert (cfg.rollout_fragment_length, cfg.num_epochs, cfg.minibatch_size, cfg.normalize_obs,
+            cfg.entropy_coef) == (128, 10, 64, False, 0.01)
+    assert cfg.train_batch_size == 1024
     cfg, _ = PPOConfig().with_family_defaults("image")
     assert (cfg.rollout_fragment_length, cfg.num_epochs, cfg.minibatch_size, cfg.entropy_coef) == (128, 4, 256, 0.01)
     # an env with no normalisers (multi-agent, external) keeps them off unless asked for

@@ -235,11 +235,11 @@ def test_readme_python_api(tmp_path, monkeypatch):
         result = algo.train()  # flat dict, the same keys as a progress.jsonl line
     algo.save("ckpt/"); algo.stop()  # noqa: E702 (as in the README)
 
-    assert result["iteration"] == 3 and result["env_steps"] == 3 * 8 * 32
+    assert result["iteration"] == 3 and result["env_steps"] == 3 * 8 * 128  # the discrete family: 8 envs x 128 steps
     assert all(isinstance(v, (int, float)) for v in result.values()), result
     state = load_checkpoint("ckpt/")
     assert os.path.isfile(tmp_path / "ckpt" / "checkpoint.pt")
-    assert (state["counters"]["iteration"], state["counters"]["env_steps"]) == (3, 768)
+    assert (state["counters"]["iteration"], state["counters"]["env_steps"]) == (3, 3072)
 
 
 def test_train_result_is_the_progress_line(tmp_path):
