@@ -133,13 +133,13 @@ def test_invalid_choices_are_rejected():
 
 
 def test_minibatch_larger_than_train_batch_quotes_both_numbers():
-    # the batch is left to the spaces until they choose it: discrete tasks get
-    # max(1, 0 runners) * 8 envs * 32 steps = 256
+    # the batch is left to the spaces until they choose it: PPO on discrete tasks gets
+    # max(1, 0 runners) * 8 envs * 128 steps = 1024
     assert PPOConfig().train_batch_size is None
-    assert PPOConfig().with_family_defaults("discrete")[0].train_batch_size == 256
+    assert PPOConfig().with_family_defaults("discrete")[0].train_batch_size == 1024
     with pytest.raises(ConfigError) as err:
-        PPOConfig(minibatch_size=512).with_family_defaults("discrete")
-    assert "512" in str(err.value) and "256" in str(err.value)
+        PPOConfig(minibatch_size=2048).with_family_defaults("discrete")
+    assert "2048" in str(err.value) and "1024" in str(err.value)
     with pytest.raises(ConfigError, match="512.*256"):
         PPOConfig(minibatch_size=512, num_envs_per_runner=8, rollout_fragment_length=32)
 
