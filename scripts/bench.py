@@ -5,7 +5,7 @@
     python scripts/bench.py startup --repeats 3
     python scripts/bench.py impala-vs-ppo --repeats 3
     python scripts/bench.py lm-async --seeds 3
-    python scripts/bench.py defaults --seeds 3 --pin --sb3-python /tmp/sb3venv/bin/python
+    python scripts/bench.py defaults --suite broad --pin --window 20 --sb3-python /tmp/sb3venv/bin/python
     python scripts/bench.py sampling --repeats 5
     python scripts/bench.py memory --repeats 3 --rllib
 
@@ -25,10 +25,12 @@ against synchronous PPO (runners idle while the learner updates), both on
 steps and the same learner work per env step (one gradient step on 400 rows per 400 env
 steps), with the share of the time the runners spent sampling.
 
-``defaults``: PPO on the library's defaults (``train.py --defaults``) against SB3's PPO on
-SB3's own defaults, on tasks without a tuned example (MuJoCo at 300k env steps, classic
-control at 100k): the return at the budget (mean of the last 10 training episodes) and the
-whole-process wall, medians over seeds (``scripts/bench_defaults.py``).
+``defaults``: rlfleet on its defaults (``train.py --defaults``; PPO, and IMPALA and DQN with
+``--algos``) against SB3's PPO on SB3's own defaults, on tasks without a tuned example
+(``--suite broad``: 16 tasks, classic control to MinAtar and MiniGrid): the final and best
+return (means of the last ``--window`` training episodes), the random policy's, and the
+whole-process wall, appended per run to a results file that ``--table`` turns into the
+table (``scripts/bench_defaults.py``).
 
 ``sampling``: env steps/s of one local ``EnvRunner`` (CartPole-v1, 8 envs, initial policy,
 one torch thread) against the bare loop (gymnasium's ``SyncVectorEnv`` plus the actor and
