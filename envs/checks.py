@@ -128,11 +128,13 @@ def check_observations(obs: Any, batch_space: gym.Space, single_space: gym.Space
     takes the value as it is. NaN, infinity and integers out of range stay errors."""
     if batch_space.contains(obs):
         return
+    outside = False
     for i, single in enumerate(gym.vector.utils.iterate(batch_space, obs)):
-        if not single_space.contains(single):
+        if not single_space.contains(single):  # every sub-env: a later one may hold a NaN
             refuse_or_warn(single, single_space, f"env {name!r} (sub-env {i})", "step()", name)
-            return
-    raise EnvContractError(f"env {name!r} returned observations of the wrong shape or dtype from step()")
+            outside = True
+    if not outside:
+        raise EnvContractError(f"env {name!r} returned observations of the wrong shape or dtype from step()")
 
 
 def refuse_or_warn(obs: Any, space: gym.Space, who: str, where: str, name: str) -> None:

@@ -320,8 +320,9 @@ class Algorithm(abc.ABC):
         dt = time.perf_counter() - t0
         lag = self.policy_lag or [0]
         window_full = len(self.episode_returns) == self.episode_returns.maxlen
-        if window_full and not float(np.mean(self.episode_returns)) <= self.best_return_mean:
-            self.best_return_mean = float(np.mean(self.episode_returns))
+        if window_full:  # (a NaN best compares False: the first full window sets it)
+            mean = float(np.mean(self.episode_returns))
+            self.best_return_mean = mean if not mean <= self.best_return_mean else self.best_return_mean
         result: dict[str, Any] = {
             "iteration": self.iteration,
             "env_steps": self.env_steps,

@@ -166,7 +166,6 @@ def _sb3_result(out: str, wall: float) -> dict[str, Any]:
 
 def random_mean(env_id: str, imports: tuple[str, ...], *, episodes: int = 100, seed: int = 0) -> dict[str, Any]:
     """The uniformly random policy's mean return over ``episodes`` episodes (gymnasium only)."""
-    import gymnasium as gym
     import numpy as np
 
     from rlfleet.envs import import_user_module, make_env_creator
@@ -185,7 +184,6 @@ def random_mean(env_id: str, imports: tuple[str, ...], *, episodes: int = 100, s
             done = terminated or truncated
         returns.append(total)
     env.close()
-    assert isinstance(env, gym.Env)
     return {"library": "random", "task": env_id, "mean": round(float(np.mean(returns)), 3), "episodes": episodes}
 
 

@@ -235,6 +235,12 @@ def test_a_finite_float_beyond_the_bounds_warns_once_per_env_and_is_used(monkeyp
         assert algo.train()["env_steps"] == 16
     finally:
         algo.stop()
+    # a NaN in a later sub-env is refused even after an earlier one only warned
+    mixed = np.array([[1.5], [np.nan]], np.float32)
+    box = gym.spaces.Box(0.0, 1.0, (1,), np.float32)
+    with pytest.raises(EnvContractError, match=r"'late-nan' \(sub-env 1\)"):
+        with pytest.warns(RuntimeWarning, match=r"'late-nan' \(sub-env 0\)"):
+            check_observations(mixed, gym.vector.utils.batch_space(box, 2), box, "late-nan")
     # an integer out of range is still refused: no encoder can take it
     single = gym.spaces.Dict({"pos": gym.spaces.Box(-1.0, 1.0, (2,), np.float32), "mode": gym.spaces.Discrete(3)})
     bad = {"pos": np.full((1, 2), 3.0, np.float32), "mode": np.array([5])}
