@@ -11,6 +11,7 @@ ALGORITHMS: dict[str, str] = {
     "ppo": "rlfleet.algorithms.ppo:PPOConfig",
     "dqn": "rlfleet.algorithms.dqn:DQNConfig",
     "impala": "rlfleet.algorithms.impala:IMPALAConfig",
+    "sac": "rlfleet.algorithms.sac:SACConfig",
     "grpo": "rlfleet.algorithms.grpo:GRPOConfig",
     "lm-ppo": "rlfleet.algorithms.ppo.lm:LMPPOConfig",
 }

@@ -457,7 +457,11 @@ class Algorithm(abc.ABC):
         random.setstate(state["rng"]["python"])
         np.random.set_state(_to_numpy(state["rng"]["numpy"]))
         torch.set_rng_state(state["rng"]["torch"])
+        self.restore_own_state(state, path)
         self.sync_weights(new_version=False)
+
+    def restore_own_state(self, state: dict[str, Any], path: str) -> None:
+        """What a subclass added to ``get_state`` (a replay buffer), from a loaded checkpoint."""
 
     @classmethod
     def from_checkpoint(cls, path: str, **overrides: Any) -> "Algorithm":

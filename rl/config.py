@@ -245,9 +245,17 @@ class AlgorithmConfig:
             if key not in names:
                 raise ConfigError(f"{source}: unknown key {key!r} for {self.algo_name}{closest(key, names)}")
         try:  # __post_init__ checks every field; a value's error is named with its source
-            return dataclasses.replace(self, **values)
+            new = dataclasses.replace(self, **values)
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}") from None
+        # Each key remembers the layer its value came from (``train.py --print-config``).
+        new._sources = {**getattr(self, "_sources", {}), **dict.fromkeys(values, source)}
+        return new
+
+    def source_of(self, key: str) -> str:
+        """Where ``key``'s value came from: a tuned example's path, ``command line``,
+        ``--set``, ``defaults for <family>``, or ``default`` (the dataclass's own)."""
+        return getattr(self, "_sources", {}).get(key, "default")
 
     @classmethod
     def from_yaml(cls, path: str) -> "AlgorithmConfig":
@@ -400,6 +408,19 @@ class ControlConfig(AlgorithmConfig):
             raise ConfigError(f"vectorize_mode must be 'sync' or 'async', got {self.vectorize_mode!r}")
         if self.activation not in ("tanh", "relu", "elu", "silu"):
             raise ConfigError(f"activation must be one of tanh, relu, elu, silu; got {self.activation!r}")
+
+
+def scaled_lr_schedule(schedule: list, lr: float, *, culprit: str) -> list[list]:
+    """The one rule for an ``lr`` given over an ``lr_schedule`` that is kept (``--set lr=``
+    on a tuned example, a searched ``lr``): the schedule, not ``lr``, sets the learner's
+    rate, so the whole schedule is scaled to start at ``lr``, keeping its shape (a decay a
+    tuned example relies on stays). A schedule that starts at 0 (a warm-up) has no scale:
+    ``culprit`` is told to set ``lr_schedule`` instead."""
+    start = float(schedule[0][1])
+    if start <= 0:
+        raise ConfigError(f"{culprit}: the lr_schedule starts at 0, so it cannot be scaled to start at lr {lr}; "
+                          "set lr_schedule instead")
+    return [[t, float(v) * float(lr) / start] for t, v in schedule]
 
 
 def parse_key_values(pairs: list[str], *, flag: str, value_name: str = "VALUE") -> dict[str, Any]:

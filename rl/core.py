@@ -3,10 +3,11 @@
     driver (rl/algorithm.py)                      knows no algorithm and no env kind
       |  factory = RunnerFactory(config, ...)     one picklable factory per run
       |  runners = [factory(i) for i in N]        in this process or as Ray actors
-      |  fragment = runner.sample()               -> Fragment, stamped with its weights version
-      |  batch = algorithm.make_batch(fragments)  postprocessing (GAE, replay, ...)
-      |  result = learner_group.update(batch, env_steps=...)   -> UpdateResult
-      |  runner.set_weights(weights, version)     through the object store: put once
+      |  algorithm.training_step():               the algorithm's one hook per iteration
+      |    fragments = self.sample()              -> Fragments, stamped with their weights version
+      |    batch = ...                            its own postprocessing (GAE, replay, V-trace layout)
+      |    result = learner_group.update(batch, env_steps=...)   -> UpdateResult
+      |    self.sync_weights()                    through the object store: put once
 
 **Batches.** A batch is a dict of (nested) numpy arrays (:data:`SampleBatch`). A runner's
 fragment is time-major, ``(T, B, ...)``; what reaches a learner is whatever the algorithm
@@ -39,6 +40,32 @@ measured number for every source, synchronous (PPO: 0), asynchronous (IMPALA) or
 fragments whose lag is too large. Restoring a checkpoint restores the counter and
 re-sends the weights without a new version.
 
+**Adding an algorithm** is one folder under ``algorithms/`` and one line in the registry
+(``rlfleet.algorithms.ALGORITHMS``: name -> config class); the CLI's choices, ``--help``
+and the README's list come from it, and packaging finds the folder. The folder holds:
+``config.py``, a dataclass extending :class:`~rlfleet.rl.config.ControlConfig` (on-policy)
+or :class:`~rlfleet.rl.replay.config.OffPolicyConfig` (replay), whose ``algorithm_class()``
+names the algorithm; ``learner.py``, a :class:`~rlfleet.rl.learner.Learner` subclass with
+its ``compute_loss``; ``algorithm.py``, an :class:`~rlfleet.rl.algorithm.Algorithm` subclass
+with ``training_step`` (or the shared off-policy loop's, :mod:`rlfleet.rl.replay.loop`) and,
+where its networks are not the default actor-critic, ``adapt_module_spec`` returning its
+own ``ModuleSpec`` subclass (``module.py``). ``algorithms/td3/`` is the worked example.
+
+**Modules.** What a spec's ``build()`` returns is a ``torch.nn.Module`` with the acting
+entries of :class:`ModuleProtocol`; what else it can do it declares in ``capabilities``
+(:data:`VALUES`, :data:`DISTRIBUTION`, :data:`Q_VALUES`), and the code around training
+(runners, export, serving, external simulators) asks :func:`has_capability`, never
+``hasattr``. A module that declares none acts, evaluates, serves and exports its greedy
+policy; what needs a capability it lacks is refused in one line.
+
+**Optimiser groups.** A learner's parameters are split into named groups
+(``Learner.parameter_groups``; one, :data:`DEFAULT_GROUP`, by default), each with its own
+Adam on the shared learning-rate schedule. ``compute_loss`` returns one loss for one group,
+or ``{group: loss}``; a group left out of the dict takes no step (TD3's delayed actor). Each
+group's loss must reach only its own group's parameters (SAC's actor loss reads the
+critics with their weights detached): the learner backpropagates the sum once, then clips
+and steps each group on its own gradients, reporting ``losses/grad_norm_<group>``.
+
 **Learners.** Every algorithm's learner has one entry, ``update(batch, *, env_steps)``.
 The base class (:class:`rlfleet.rl.learner.Learner`) owns the learning-rate schedule, the
 epoch/minibatch loop, gradient clipping, the all-reduce of gradients and statistics,
@@ -69,8 +96,48 @@ ACTION_MASK = "action_mask"
 DEFAULT_POLICY = "default"
 """The policy id of a single-policy run."""
 
+DEFAULT_GROUP = "default"
+"""The optimiser group of a learner that has one (see "Optimiser groups")."""
+
 Weights = dict[str, np.ndarray]
 """A module's state dict as CPU numpy arrays (stored once in the object store)."""
+
+VALUES = "values"
+"""``compute_values(obs) -> V(s)`` (B,): runners add ``values`` and ``next_values`` columns,
+external simulators may ask for values."""
+DISTRIBUTION = "distribution"
+"""``features(obs)``, ``dist_inputs(features)``, ``values(features)``: the action
+distribution's inputs (client-side sampling exports them)."""
+Q_VALUES = "q_values"
+"""``forward_train(obs) -> Q(s, .)`` (B, A) and an ``epsilon`` buffer: epsilon-greedy acting."""
+
+
+class ModuleProtocol(Protocol):
+    """What every module a spec builds offers (torch tensors in and out, nested obs)."""
+
+    capabilities: frozenset[str]
+    """Which of :data:`VALUES`, :data:`DISTRIBUTION`, :data:`Q_VALUES` it offers."""
+
+    def forward_exploration(self, obs: Any) -> dict[str, Any]:
+        """{"actions": [one tensor per action leaf], extra columns (``logp``, ``values``)}."""
+        ...
+
+    def forward_inference(self, obs: Any) -> list[Any]:
+        """Greedy actions, one tensor per action leaf, without autograd."""
+        ...
+
+    def greedy_actions(self, obs: Any) -> list[Any]:
+        """Greedy actions, traceable (export)."""
+        ...
+
+    def forward_details(self, obs: Any) -> dict[str, Any]:
+        """What serving returns on request besides the action (probabilities, Q-values)."""
+        ...
+
+
+def has_capability(module: Any, capability: str) -> bool:
+    """Whether ``module`` declares ``capability`` (rl/core.py, "Modules")."""
+    return capability in getattr(module, "capabilities", frozenset())
 
 
 @dataclasses.dataclass

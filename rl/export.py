@@ -21,6 +21,7 @@ import torch
 import tree
 from torch import nn
 
+from rlfleet.rl.core import DISTRIBUTION, Q_VALUES, has_capability
 from rlfleet.rl.distributions import mask_logits
 from rlfleet.rl.inference import Policy, to_json
 from rlfleet.rl.module import legal_actions
@@ -195,7 +196,7 @@ class SamplingPolicy(nn.Module):
 
     def forward(self, *leaves: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         obs = tree.unflatten_as(self.structure, list(leaves))
-        if hasattr(self.module, "dist_inputs"):
+        if has_capability(self.module, DISTRIBUTION):
             feats = self.module.features(obs)
             inputs, values = self.module.dist_inputs(feats), self.module.values(feats)
         else:
@@ -211,11 +212,11 @@ def sampling_policy_onnx(module: nn.Module, observation_space: Any, action_space
     epsilon-greedy choice at the module's current epsilon."""
     if len(leaf_spaces(action_space)) != 1:
         raise ExportError("client-side inference needs one action leaf")
-    if hasattr(module, "dist_inputs"):
+    if has_capability(module, DISTRIBUTION):
         extra: dict[str, Any] = {}
         kind = {"Discrete": "categorical", "MultiDiscrete": "multi_categorical", "Box": "diag_gaussian"}[
             type(action_space).__name__]
-    elif hasattr(module, "epsilon"):
+    elif has_capability(module, Q_VALUES):
         kind, extra = "epsilon_greedy", {"epsilon": float(module.epsilon)}
     else:
         raise ExportError(f"client-side inference needs an actor-critic or a Q-network, not {type(module).__name__}")

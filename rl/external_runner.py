@@ -31,7 +31,7 @@ from rlfleet.envs.checks import describe
 from rlfleet.envs.external.protocol import ProtocolError
 from rlfleet.envs.external.server import LOOPBACK, ExternalServer, await_declared_spaces
 from rlfleet.rl.config import closest
-from rlfleet.rl.core import Fragment
+from rlfleet.rl.core import VALUES, Fragment, has_capability
 from rlfleet.rl.module import ModuleSpec
 from rlfleet.envs.schema import space_from_schema, space_to_schema
 from rlfleet.rl.spaces import actions_to_env, check_spaces
@@ -142,7 +142,7 @@ class ExternalEnvRunner:
             observation_space=schemas[0], action_space=schemas[1],
             spaces_equal=lambda theirs, ours: _same_space(theirs, ours),
             check_obs=self._check_obs, act=self._act,
-            value=self._value if hasattr(self.module, "compute_values") else None,
+            value=self._value if has_capability(self.module, VALUES) else None,
             hello_timeout_s=float(env_config.get("hello_timeout_s", 10.0)), label=f"external runner {index}",
             policy=self._sampling_policy, max_lag=self.max_lag, column_length=self.fragment_length,
             column_count=self.num_columns,

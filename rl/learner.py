@@ -18,7 +18,7 @@ import torch
 import tree
 
 from rlfleet.rl.batch import num_rows, take_rows
-from rlfleet.rl.core import SampleBatch, UpdateResult, Weights
+from rlfleet.rl.core import DEFAULT_GROUP, SampleBatch, UpdateResult, Weights
 from rlfleet.rl.optim import Adam
 from rlfleet.rl.spaces import space_family
 from rlfleet.runtime import Runtime
@@ -86,9 +86,10 @@ class Learner(abc.ABC):
         # eps=1e-5 rather than Adam's 1e-8: the PPO implementation-details study (Huang et
         # al. 2022) and SB3 both use it; it damps steps on near-zero second moments.
         # Listed once: module.parameters() walks the module tree, ~70 us a step for a small MLP.
-        self.params = list(self.module.parameters())
-        self.optimizer = Adam(self.params, lr=config.lr, eps=1e-5,
-                              weight_decay=getattr(config, "weight_decay", 0.0))
+        self.groups = self.parameter_groups()
+        self.params = [p for group in self.groups.values() for p in group]
+        self.optimizers = {name: Adam(group, lr=config.lr, eps=1e-5, weight_decay=getattr(config, "weight_decay", 0.0))
+                           for name, group in self.groups.items()}
         self.lr, self.lr_schedule, self.grad_clip = config.lr, config.lr_schedule, config.grad_clip
         # The same seed on every learner: they draw the same shuffles, so N learners cut
         # the same minibatches as one learner would.
@@ -96,8 +97,15 @@ class Learner(abc.ABC):
 
     # -- what an algorithm supplies ----------------------------------------------------
     @abc.abstractmethod
-    def compute_loss(self, batch: TensorBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The algorithm's loss on this learner's part of one minibatch: (loss, metrics)."""
+    def compute_loss(self, batch: TensorBatch) -> tuple[torch.Tensor | dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The algorithm's loss on this learner's part of one minibatch: (loss, metrics).
+        With several optimiser groups (:meth:`parameter_groups`) the loss is a dict, one
+        per group that steps; a group left out takes no step (TD3's delayed actor)."""
+
+    def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
+        """The module's parameters by optimiser, one Adam each (rl/core.py, "Optimiser
+        groups"). Default: every parameter in one group, stepped on one loss."""
+        return {DEFAULT_GROUP: list(self.module.parameters())}
 
     def prepare(self, data: TensorBatch) -> TensorBatch:
         """Columns computed once per batch before the gradient steps (GRPO's advantages,
@@ -132,20 +140,29 @@ class Learner(abc.ABC):
         if self.per_row_keys and type(self).minibatches is Learner.minibatches:
             raise TypeError(f"{type(self).__name__}: per-row outputs need minibatches that keep the batch's row order")
         lr = self.current_lr(env_steps)
-        self.optimizer.lr = lr
+        for optimizer in self.optimizers.values():
+            optimizer.lr = lr
         data = self._prepare(self.to_tensors(batch))
-        keys: list[str] = []
-        total: torch.Tensor | float = 0.0  # all metrics stacked in one tensor: one add per step
+        # All metrics of a step stacked in one tensor, one add per step; a step whose keys
+        # differ (a group that did not step) adds to its own sum: {keys: [sum, count]}.
+        totals: dict[tuple[str, ...], list] = {}
         per_row: dict[str, list[torch.Tensor]] = {k: [] for k in self.per_row_keys}
         steps = 0
         for minibatch in self.minibatches(data):
             metrics = self.gradient_step(minibatch)
             for key in self.per_row_keys:
                 per_row[key].append(metrics.pop(key))
-            keys = list(metrics)
-            total = total + torch.stack(list(metrics.values()))
+            entry = totals.setdefault(tuple(metrics), [0.0, 0])
+            entry[0] = entry[0] + torch.stack(list(metrics.values()))
+            entry[1] += 1
             steps += 1
-        out = dict(zip(keys, (total / max(steps, 1)).tolist())) if steps else {}
+        sums: dict[str, list[float]] = {}
+        for keys, (total, count) in totals.items():
+            for key, value in zip(keys, total.tolist()):
+                acc = sums.setdefault(key, [0.0, 0])
+                acc[0] += value
+                acc[1] += count
+        out = {key: value / count for key, (value, count) in sums.items()}
         out["learner/num_sgd_steps"] = steps
         out["learner/lr"] = lr
         # (steps, rows of this learner per step): the group interleaves the learners' rows.
@@ -181,14 +198,31 @@ class Learner(abc.ABC):
     def gradient_step(self, minibatch: TensorBatch) -> dict[str, torch.Tensor]:
         """One optimiser step on the loss of ``minibatch``; returns its (detached) metrics."""
         loss, metrics = self.compute_loss(minibatch)  # metrics come detached
-        self.optimizer.zero_grad()
-        loss.backward()
-        metrics["losses/grad_norm"] = self.clip_and_norm()
-        self.optimizer.step()
+        if isinstance(loss, torch.Tensor):
+            optimizer = self.optimizers[DEFAULT_GROUP]
+            optimizer.zero_grad()
+            loss.backward()
+            metrics["losses/grad_norm"] = self.clip_and_norm(self.params)
+            optimizer.step()
+            return metrics
+        unknown = sorted(set(loss) - set(self.groups))
+        if unknown:
+            raise KeyError(f"{type(self).__name__}: loss for unknown optimiser group {unknown[0]!r} "
+                           f"(groups: {', '.join(self.groups)})")
+        # Each group's loss reaches only its own group's parameters (rl/core.py, "Optimiser
+        # groups"), so one backward pass over their sum gives every group its own gradients.
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad()
+        sum(loss.values()).backward()
+        for name in loss:
+            metrics[f"losses/grad_norm_{name}"] = self.clip_and_norm(self.groups[name])
+            self.optimizers[name].step()
         return metrics
 
-    def clip_and_norm(self) -> torch.Tensor:
-        params = [p for p in self.params if p.grad is not None]
+    def clip_and_norm(self, params: list[torch.nn.Parameter]) -> torch.Tensor:
+        """Average ``params``' gradients over the learners, clip them to ``grad_clip`` by
+        their global norm, and return that norm (before clipping)."""
+        params = [p for p in params if p.grad is not None]
         if self.world_size > 1:
             # Average gradients over learners: each loss is a mean over an equal part (or
             # divides by the all-reduced count), so the average is the whole minibatch's.
@@ -258,13 +292,18 @@ class Learner(abc.ABC):
     def get_state(self) -> dict[str, Any]:
         return {
             "module": {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
+            "optimizers": {name: optimizer.state_dict() for name, optimizer in self.optimizers.items()},
             "rng": self.rng.bit_generator.state,
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.module.load_state_dict(state["module"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        # (checkpoints before optimiser groups hold one optimiser, "optimizer")
+        saved = state["optimizers"] if "optimizers" in state else {DEFAULT_GROUP: state["optimizer"]}
+        if set(saved) != set(self.optimizers):
+            raise ValueError(f"optimiser groups {sorted(saved)} in the state, {sorted(self.optimizers)} in the learner")
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(saved[name])
         self.rng.bit_generator.state = state["rng"]
 
     # Learner actors are called with positional arguments only.

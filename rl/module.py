@@ -22,7 +22,7 @@ import tree
 from gymnasium import spaces
 from torch import nn
 
-from rlfleet.rl.core import ACTION_MASK
+from rlfleet.rl.core import ACTION_MASK, DISTRIBUTION, VALUES
 from rlfleet.rl.module_spec import ModuleSpec  # noqa: F401 (its home before it moved; checkpoints name it here)
 from rlfleet.rl.distributions import ActionDistribution, Categorical, DiagGaussian, MultiCategorical, dist_input_size
 from rlfleet.envs.schema import space_from_schema, space_to_schema
@@ -208,6 +208,8 @@ class ObsEncoder(nn.Module):
 
 class RLModule(nn.Module):
     """Policy and value network for any supported (nested) observation and action space."""
+
+    capabilities = frozenset({VALUES, DISTRIBUTION})
 
     def __init__(self, spec: ModuleSpec) -> None:
         super().__init__()

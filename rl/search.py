@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import yaml
 
-from rlfleet.rl.config import AlgorithmConfig, ConfigError, closest, parse_key_values
+from rlfleet.rl.config import AlgorithmConfig, ConfigError, closest, parse_key_values, scaled_lr_schedule
 from rlfleet.rl.experiment import Criteria
 
 SPEC_KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
@@ -138,10 +138,7 @@ def trial_config(base: dict[str, Any], params: dict[str, Any], specs: dict[str, 
     config = {**base, **{k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}}
     schedule = base.get("lr_schedule")
     if "lr" in params and schedule and "lr_schedule" not in specs:
-        start = float(schedule[0][1])
-        if start <= 0:
-            raise ConfigError("search key 'lr': the lr_schedule starts at 0, so it cannot be scaled to a searched lr")
-        config["lr_schedule"] = [[t, float(v) * params["lr"] / start] for t, v in schedule]
+        config["lr_schedule"] = scaled_lr_schedule(schedule, params["lr"], culprit="search key 'lr'")
     return config
 
 

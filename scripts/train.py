@@ -22,8 +22,9 @@ import time
 
 STARTED = time.perf_counter()  # the start-up breakdown counts from here (rl/algorithm.py startup/*)
 
-# Only argparse before the arguments are parsed: --help must not pay for importing torch.
-ALGORITHMS = "ppo, dqn, impala, grpo, lm-ppo"
+# Only argparse (and the registry's names) before the arguments are parsed: --help must
+# not pay for importing torch.
+from rlfleet.algorithms import ALGORITHMS  # noqa: E402
 EPILOG = """\
 exit codes: 0 the run finished (and reached its return target when one was set); 1 a
 return target was set and not reached; 2 bad input (one line on stderr naming the
@@ -40,7 +41,12 @@ it was given (or to --logdir).
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train an rlfleet algorithm on an env.", epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--algo", help=f"algorithm: {ALGORITHMS} (ppo on a text env is lm-ppo)")
+    p.add_argument("--algo", help=f"algorithm: {', '.join(ALGORITHMS)} (ppo on a text env is lm-ppo; "
+                                  "--list-algorithms says what each is)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print every config value with where it came from (default, the spaces' family defaults, "
+                        "the tuned example, flags, --set), and exit")
+    p.add_argument("--list-algorithms", action="store_true", help="print each algorithm with its action spaces, and exit")
     p.add_argument("--env", help="gymnasium id or registered env name")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="your module (import name, module:function to call, or .py path) that registers envs; "
@@ -74,8 +80,35 @@ def parse_sets(pairs: list[str]) -> dict[str, object]:
     return parse_key_values(pairs, flag="--set")
 
 
+def list_algorithms() -> None:
+    """One line per registry entry: its name, action spaces and package docstring's first line."""
+    import importlib
+
+    from rlfleet.algorithms import get_config_class
+
+    for name in ALGORITHMS:
+        cls = get_config_class(name)
+        # a folder's package docstring says what the algorithm is; a variant's own module does
+        home = cls.__module__.rsplit(".", 1)[0] if cls.__module__.endswith(".config") else cls.__module__
+        doc = (importlib.import_module(home).__doc__ or "").strip().split("\n\n")[0]
+        kinds = ", ".join(t.__name__ for t in cls.action_space_types) or "tokens: text envs"
+        print(f"{name:8} [{kinds}] {' '.join(doc.split())}")
+
+
+def print_config(config) -> None:
+    """Every key, its value and the layer it came from, with the fields left to the env's
+    spaces filled in as a run fills them (the env is made once to read its spaces)."""
+    if hasattr(config, "with_family_defaults"):
+        config = config.algorithm_class().runner_factory_class(config).config
+    for key, value in config.to_dict().items():
+        print(f"{key:32} {value!r:40} {config.source_of(key)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.list_algorithms:
+        list_algorithms()
+        return 0
     interrupt_once()
     try:
         return run(args)
@@ -164,7 +197,7 @@ def prepare_logdir(logdir: str, *, restoring: bool, default: bool) -> str:
 def run(args: argparse.Namespace) -> int:
     from rlfleet.algorithms import get_config_class
     from rlfleet.rl.checkpoint import CheckpointError, load_checkpoint
-    from rlfleet.rl.config import ConfigError
+    from rlfleet.rl.config import ConfigError, scaled_lr_schedule
     from rlfleet.rl.experiment import RETURN, Criteria, load_experiment, run_until
     from rlfleet.tuned_examples import ROOT as TUNED
 
@@ -218,10 +251,14 @@ def run(args: argparse.Namespace) -> int:
     config = config.updated(flags, source="command line")
     sets = parse_sets(args.set)
     if "lr" in sets and "lr_schedule" not in sets and config.lr_schedule is not None:
-        # The schedule would silently win over the new lr: the override takes effect.
-        print(f"--set lr={sets['lr']} replaces the example's lr_schedule {config.lr_schedule}", flush=True)
-        sets["lr_schedule"] = None
+        # The schedule would silently win over the new lr: it is scaled to start there.
+        lr = config.updated({"lr": sets["lr"]}, source="--set").lr  # a bad value is named as the key it is
+        sets["lr_schedule"] = scaled_lr_schedule(config.lr_schedule, lr, culprit=f"--set lr={sets['lr']}")
+        print(f"--set lr={sets['lr']} scales the example's lr_schedule to {sets['lr_schedule']}", flush=True)
     config = config.updated(sets, source="--set")
+    if args.print_config:
+        print_config(config)
+        return 0
 
     if args.restore:
         # A missing, corrupt or foreign checkpoint is refused before anything is built or written.

@@ -1,19 +1,14 @@
-"""DQN's loss (double Q-learning, n-step targets, Huber, importance weights) and the
-learner that owns the target network."""
+"""DQN's loss (double Q-learning, n-step targets, Huber, importance weights) and its learner."""
 
 from __future__ import annotations
-
-import copy
-from typing import Any, Iterator
 
 import torch
 
 from rlfleet.algorithms.dqn.config import DQNConfig
-from rlfleet.algorithms.dqn.module import QModuleSpec
-from rlfleet.rl.batch import num_rows, take_rows
 from rlfleet.rl.distributions import mask_logits
-from rlfleet.rl.learner import Learner, TensorBatch
+from rlfleet.rl.learner import TensorBatch
 from rlfleet.rl.module import legal_actions
+from rlfleet.rl.replay.loop import OffPolicyLearner
 
 
 def dqn_loss(
@@ -55,36 +50,18 @@ def dqn_loss(
     return loss, td.detach(), metrics
 
 
-class DQNLearner(Learner):
+class DQNLearner(OffPolicyLearner):
     """One gradient step per replay batch; |TD errors| come back per row for priorities."""
 
     config: DQNConfig
     per_row_keys = ("td_abs",)
-
-    def __init__(self, *, module_spec: QModuleSpec, config: DQNConfig, rank: int = 0) -> None:
-        super().__init__(module_spec=module_spec, config=config, rank=rank)
-        self.target = copy.deepcopy(self.module).requires_grad_(False)
-        self.num_grad_steps = 0
-
-    def setup_distributed(self, rank: int, world_size: int, address: str, port: int, backend: str) -> None:
-        super().setup_distributed(rank, world_size, address, port, backend)
-        self.update_target_hard()  # the target starts as rank 0's online network everywhere
-
-    def minibatches(self, data: TensorBatch) -> Iterator[TensorBatch]:
-        """``data`` is one or more replay batches of ``train_batch_size`` rows, one after
-        the other, each already a random sample: one gradient step on each, this learner
-        taking its equal, contiguous part of it."""
-        size = self.config.train_batch_size
-        part = size // self.world_size
-        for start in range(0, num_rows(data) - size + 1, size):
-            yield take_rows(data, slice(start + self.rank * part, start + (self.rank + 1) * part))
 
     def compute_loss(self, batch: TensorBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         c = self.config
         q = self.module.forward_train(batch["obs"])  # (N, A)
         q_taken = q.gather(-1, batch["actions"][0].long().unsqueeze(-1)).squeeze(-1)
         with torch.no_grad():
-            q_next_target = self.target.forward_train(batch["next_obs"])
+            q_next_target = self.targets["module"].forward_train(batch["next_obs"])
             q_next_online = self.module.forward_train(batch["next_obs"]) if c.double_q else None
         loss, td, metrics = dqn_loss(
             q_taken, q_next_target, q_next_online, batch["rewards"] * c.reward_scale, batch["discounts"], batch["weights"],
@@ -92,31 +69,3 @@ class DQNLearner(Learner):
         )
         metrics["td_abs"] = td.abs()  # (N,) per row
         return loss, metrics
-
-    def gradient_step(self, minibatch: TensorBatch) -> dict[str, torch.Tensor]:
-        metrics = super().gradient_step(minibatch)
-        self.num_grad_steps += 1
-        if self.num_grad_steps % self.config.target_update_interval == 0:
-            self.update_target()
-        return metrics
-
-    @torch.no_grad()
-    def update_target_hard(self) -> None:
-        self.target.load_state_dict(self.module.state_dict())
-
-    @torch.no_grad()
-    def update_target(self) -> None:
-        tau = self.config.tau
-        for t, o in zip(self.target.state_dict().values(), self.module.state_dict().values()):
-            t.copy_(o) if tau == 1.0 else t.lerp_(o, tau)
-
-    def get_state(self) -> dict[str, Any]:
-        state = super().get_state()
-        state["target"] = {k: v.detach().cpu().clone() for k, v in self.target.state_dict().items()}
-        state["num_grad_steps"] = self.num_grad_steps
-        return state
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        super().set_state(state)
-        self.target.load_state_dict(state["target"])
-        self.num_grad_steps = int(state["num_grad_steps"])

@@ -15,6 +15,7 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
+from rlfleet.rl.core import Q_VALUES
 from rlfleet.rl.distributions import mask_logits
 from rlfleet.rl.module import ModuleSpec, ObsEncoder, _init, legal_actions, mlp, run_layers
 from rlfleet.rl.spaces import UnsupportedSpaceError, check_spaces
@@ -32,6 +33,8 @@ class QModuleSpec(ModuleSpec):
 
 
 class QModule(nn.Module):
+    capabilities = frozenset({Q_VALUES})
+
     def __init__(self, spec: QModuleSpec) -> None:
         super().__init__()
         check_spaces(spec.observation_space, spec.action_space, spec.env_name)

@@ -150,6 +150,34 @@ class ReplayBuffer:
         """Bytes of the preallocated arrays (the truncation side store is not counted)."""
         return sum(a.nbytes for a in self._arrays())
 
+    def get_state(self) -> dict[str, Any]:
+        """Everything a restored buffer needs to sample what this one would (copies):
+        ``checkpoint_replay`` puts it into checkpoints."""
+        return {"arrays": [a.copy() for a in self._arrays()], "num_valid": self._num_valid,
+                "final_obs": {int(k): [x.copy() for x in v] for k, v in self._final_obs.items()},
+                "rng": self._rng.bit_generator.state, "scalars": self._scalars()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Load :meth:`get_state` of a buffer built with the same settings (refused otherwise)."""
+        ours = self._arrays()
+        shapes = [(a.shape, a.dtype) for a in ours]
+        theirs = [(np.asarray(a).shape, np.asarray(a).dtype) for a in state["arrays"]]
+        if shapes != theirs:
+            raise ValueError(f"the saved replay buffer does not fit this one (its arrays {theirs[:2]}..., "
+                             f"ours {shapes[:2]}...): another capacity, env or runner count?")
+        for mine, saved in zip(ours, state["arrays"]):
+            np.copyto(mine, np.asarray(saved))
+        self._num_valid = int(state["num_valid"])
+        self._final_obs = {int(k): [np.asarray(x) for x in v] for k, v in state["final_obs"].items()}
+        self._rng.bit_generator.state = state["rng"]
+        self._set_scalars(state["scalars"])
+
+    def _scalars(self) -> dict[str, float]:
+        return {}
+
+    def _set_scalars(self, scalars: dict[str, float]) -> None:
+        pass
+
     def add(self, fragment: Fragment) -> None:
         """Append a time-major (T, B) fragment; stream ids are ``runner_index * B + b``.
 

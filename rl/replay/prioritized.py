@@ -104,3 +104,9 @@ class PrioritizedReplayBuffer(ReplayBuffer):
 
     def _arrays(self) -> list[np.ndarray]:
         return [*super()._arrays(), self._priority, self._sum.nodes, self._min.nodes]
+
+    def _scalars(self) -> dict[str, float]:
+        return {"max_priority": self._max_priority, "beta": self.beta}
+
+    def _set_scalars(self, scalars: dict[str, float]) -> None:
+        self._max_priority, self.beta = float(scalars["max_priority"]), float(scalars["beta"])

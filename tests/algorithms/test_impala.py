@@ -321,7 +321,7 @@ def test_update_takes_num_epochs_steps_at_the_scheduled_lr(monkeypatch):
     before = {k: v.clone() for k, v in learner.module.state_dict().items()}
     metrics = learner.update(module_batch(learner), env_steps=250).metrics
     assert len(steps) == 3
-    assert learner.optimizer.lr == pytest.approx(0.75e-3)
+    assert learner.optimizers["default"].lr == pytest.approx(0.75e-3)
     assert {"losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/mean_rho",
             "losses/grad_norm"} <= set(metrics)
     assert all(isinstance(v, (int, float)) for v in metrics.values())

@@ -65,7 +65,7 @@ def module_state(algo):
 
 
 def optimizer_state(algo):
-    return algo.learner_group.learner.optimizer.state_dict()
+    return algo.learner_group.learner.optimizers["default"].state_dict()
 
 
 def runner_policies(algo):

@@ -13,7 +13,7 @@ from rlfleet.algorithms.ppo import PPOConfig
 from rlfleet.envs.testing import ImageEnv
 from rlfleet.rl.config import ConfigError
 from rlfleet.rl.spaces import space_family
-from tests.extras import require_extra
+from tests.extras import needs_extra, require_extra
 
 VECTOR = spaces.Box(-1.0, 1.0, (3,), np.float32)
 IMAGE = spaces.Box(0, 255, (16, 16, 3), np.uint8)
@@ -165,17 +165,40 @@ def test_mujoco_tuned_examples_load_and_train_an_iteration(name):
 # Every algorithm on every family it trains, on nothing but its defaults: the values the
 # header says were picked are the ones the learner and the runners use (issue 30: DQN read
 # num_envs_per_runner before it was picked and crashed on every env without a tuned example).
-@pytest.mark.parametrize("algo, env, family", [
-    ("ppo", "CartPole-v1", "discrete"), ("ppo", "Pendulum-v1", "continuous"), ("ppo", "rlfleet/Image-v0", "image"),
-    ("dqn", "Acrobot-v1", "discrete"), ("dqn", "rlfleet/Image-v0", "image"),
-    ("impala", "CartPole-v1", "discrete"), ("impala", "Pendulum-v1", "continuous"),
-    ("impala", "rlfleet/Image-v0", "image"),
-])
+def _cases() -> list:
+    """Every control algorithm in the registry, on an env of every family its action spaces
+    allow (a new algorithm is covered by its registry line alone)."""
+    from gymnasium import spaces as sp
+
+    from rlfleet.algorithms import ALGORITHMS, get_config_class
+    from rlfleet.rl.config import ControlConfig
+
+    envs = {sp.Discrete: [("CartPole-v1", "discrete"), ("rlfleet/Image-v0", "image")],
+            sp.Box: [("Pendulum-v1", "continuous"),
+                     pytest.param("HalfCheetah-v5", "continuous", marks=needs_extra("mujoco", "mujoco"))]}
+    cases = []
+    for algo in ALGORITHMS:
+        cls = get_config_class(algo)
+        if not issubclass(cls, ControlConfig):
+            continue  # LM post-training
+        for kind, rows in envs.items():
+            if kind in cls.action_space_types:
+                for row in rows:
+                    values, marks = (row.values, row.marks) if hasattr(row, "values") else (row, ())
+                    cases.append(pytest.param(algo, *values, marks=marks, id=f"{algo}-{values[0]}"))
+    return cases
+
+
+@pytest.mark.parametrize("algo, env, family", _cases())
 def test_each_algorithm_uses_the_defaults_its_header_names(algo, env, family, tmp_path, capsys):
     from rlfleet.algorithms import get_config_class
 
-    extra = {"learning_starts": 64} if algo == "dqn" else {}  # so that two iterations learn
-    cfg = get_config_class(algo, env)(env=env, logdir=str(tmp_path), log_to_console=True, **extra)
+    from rlfleet.rl.replay.config import OffPolicyConfig
+
+    cls = get_config_class(algo, env)
+    # so that two iterations learn
+    extra = {"learning_starts": 64, "train_batch_size": 32} if issubclass(cls, OffPolicyConfig) else {}
+    cfg = cls(env=env, logdir=str(tmp_path), log_to_console=True, **extra)
     assert cfg.num_envs_per_runner is None and cfg.normalize_obs is None
     shapes, deltas = [], []
     with cfg.build() as run:
@@ -200,14 +223,15 @@ def test_each_algorithm_uses_the_defaults_its_header_names(algo, env, family, tm
             if hasattr(learner.config, key):
                 assert getattr(learner.config, key) == value, f"learner's {key}"
         if "lr" in run.defaults:
-            assert learner.lr == learner.optimizer.lr == pytest.approx(run.defaults["lr"])
+            assert learner.lr == pytest.approx(run.defaults["lr"])
+            assert [o.lr for o in learner.optimizers.values()] == pytest.approx([run.defaults["lr"]] * len(learner.optimizers))
         # the runners step num_envs_per_runner envs for rollout_fragment_length steps each
         c = run.config  # IMPALA keeps its own fragment length (50) whatever the family
         assert "num_envs_per_runner" in run.defaults and c.rollout_fragment_length is not None
         assert shapes and set(shapes) == {(c.rollout_fragment_length, c.num_envs_per_runner)}
         assert set(deltas) == {run.defaults["normalize_obs"]}
         assert (run.reward_normalizer is not None) == run.defaults["normalize_rewards"]
-        if algo == "dqn":  # one replay stream per env of every runner
+        if extra:  # one replay stream per env of every runner
             assert run.buffer.num_streams == run.defaults["num_envs_per_runner"]
             assert result["learner/num_grad_steps"] > 0
     assert result["iteration"] == 2 and result["env_steps"] > 0

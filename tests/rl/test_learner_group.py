@@ -14,6 +14,7 @@ from rlfleet.algorithms.grpo import GRPOConfig
 from rlfleet.algorithms.impala import IMPALAConfig
 from rlfleet.algorithms.ppo import PPOConfig
 from rlfleet.algorithms.ppo.lm import LMPPOConfig
+from rlfleet.algorithms.sac import SACConfig
 from rlfleet.rl.batch import num_rows
 from rlfleet.rl.experiment import load_experiment
 from rlfleet.rl.learner import LearnerFactory, LearnerGroup
@@ -65,6 +66,8 @@ CASES = {
     # Uniform replay: an iteration's replay batches in one call, a gradient step each.
     "dqn-uniform": lambda: tuned(DQNConfig, "dqn/CartPole-v1.yaml", learning_starts=256),
     "impala": lambda: tuned(IMPALAConfig, "impala/CartPole-v1.yaml"),
+    # Three optimiser groups, soft target updates, and noise drawn for the whole batch.
+    "sac": lambda: tuned(SACConfig, "sac/Pendulum-v1.yaml", learning_starts=256),
     "grpo": lambda: tuned(GRPOConfig, "grpo/text-addition.yaml", warmup_steps=30, minibatch_size=32),
     "lm-ppo": lambda: tuned(LMPPOConfig, "ppo/text-addition.yaml", warmup_steps=30, minibatch_size=16,
                             prompts_per_runner=16, num_epochs=2),
@@ -102,5 +105,5 @@ def test_two_learners_equal_one_learner_and_each_other(shared_ray, name):
         assert gap <= 1e-5, f"{name}: {k}: max |2 learners - 1 learner| = {gap:.3g}"
     for key, values in result_one.per_row.items():  # DQN: every row's |TD error|, in order
         np.testing.assert_allclose(result_two.per_row[key], values, rtol=0, atol=1e-5)
-    if name.startswith("dqn"):
+    if name.startswith("dqn") or name == "sac":
         assert len(result_two.per_row["td_abs"]) == num_rows(batch)

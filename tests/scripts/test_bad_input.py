@@ -199,9 +199,12 @@ def test_help_is_fast_and_lists_algorithms_exit_codes_and_logs():
     code = "import sys; sys.argv = ['train.py', '--help']\nimport runpy\ntry:\n    runpy.run_path(%r, run_name='__main__')\n" \
            "except SystemExit:\n    pass\nprint('torch' in sys.modules)" % TRAIN
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    from rlfleet.algorithms import ALGORITHMS
+
     assert run.stdout.strip().endswith("False"), "--help imported torch"
-    for text in ("ppo, dqn, impala, grpo, lm-ppo", "exit codes", "progress.jsonl", "130"):
-        assert text in run.stdout
+    words = " ".join(run.stdout.split())  # argparse wraps lines
+    for text in (", ".join(ALGORITHMS), "lm-ppo", "exit codes", "progress.jsonl", "130"):
+        assert text in words
 
 
 # ---------------------------------------------------------------------------------------
@@ -333,13 +336,23 @@ def test_an_env_registered_in_the_users_module_trains_on_ray_runners_from_anothe
     one_line_error(missing, "--import 'no_such_user_module'")
 
 
-def test_set_lr_on_an_example_with_an_lr_schedule_takes_effect(tmp_path):
-    # The PPO CartPole example anneals lr with lr_schedule, which would silently win over lr.
+def test_set_lr_on_an_example_with_an_lr_schedule_scales_the_schedule(tmp_path):
+    # The PPO CartPole example anneals lr with lr_schedule [[0, 2e-3], [100000, 0]], which
+    # would silently win over lr: the one rule (rl/config.py scaled_lr_schedule) scales it.
     logdir = tmp_path / "logs"
     run = train(*TINY, "--set", "lr=0.00123", "--stop-timesteps", "64", "--quiet", "--logdir", str(logdir))
     finished(run)
-    assert "--set lr=0.00123 replaces the example's lr_schedule" in run.stdout
-    assert {r["learner/lr"] for r in rows(str(logdir))} == {0.00123}
+    assert "--set lr=0.00123 scales the example's lr_schedule to [[0, 0.00123], [100000, 0.0]]" in run.stdout
+    got = rows(str(logdir))
+    assert len(got) == 2 and all(r["learner/lr"] == pytest.approx(0.00123 * (1 - r["env_steps"] / 100_000)) for r in got)
+
+
+def test_set_lr_over_a_warm_up_schedule_is_refused(tmp_path):
+    example = tmp_path / "warm.yaml"
+    example.write_text("algo: ppo\nenv: CartPole-v1\nconfig:\n  lr_schedule: [[0, 0.0], [1000, 1.0e-3]]\n")
+    run = train("--config", str(example), "--set", "lr=0.002", "--quiet", "--logdir", str(tmp_path / "logs"))
+    one_line_error(run, "--set lr=0.002: the lr_schedule starts at 0")
+    assert not (tmp_path / "logs").exists()
 
 
 def test_an_env_registered_by_a_launcher_from_its_own_module_trains_on_ray_runners(tmp_path):

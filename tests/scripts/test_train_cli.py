@@ -283,3 +283,33 @@ def test_env_accepts_a_class_a_creator_and_an_id_with_env_config(kind):
     assert result["episode_return_mean"] == pytest.approx(4.0 if kind == "gymnasium id" else -0.04)
     if kind == "callable creator":
         assert seen and all(cfg == env_config for cfg in seen)
+
+
+def test_the_algorithm_list_comes_from_the_registry():
+    from rlfleet.algorithms import ALGORITHMS
+
+    proc = train("--list-algorithms")
+    assert proc.returncode == 0, proc.stderr
+    names = [line.split()[0] for line in proc.stdout.splitlines()]
+    assert names == list(ALGORITHMS)
+    assert any(line.startswith("dqn ") and "[Discrete]" in line for line in proc.stdout.splitlines())
+    help_text = " ".join(train("--help").stdout.split())
+    assert f"algorithm: {', '.join(ALGORITHMS)}" in help_text
+
+
+def test_print_config_shows_every_key_with_its_source_and_exits(tmp_path):
+    from rlfleet.algorithms.ppo import PPOConfig
+
+    proc = subprocess.run([sys.executable, TRAIN, "--algo", "ppo", "--env", "CartPole-v1", "--set", "gamma=0.95",
+                           "--seed", "3", "--print-config"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line for line in proc.stdout.splitlines() if not line.startswith("--set")}
+    assert list(rows) == PPOConfig.field_names()
+    example = os.path.join("tuned_examples", "ppo", "CartPole-v1.yaml")
+    assert rows["gamma"].split()[1] == "0.95" and rows["gamma"].endswith("--set")
+    assert rows["seed"].split()[1] == "3" and rows["seed"].endswith("command line")
+    assert rows["gae_lambda"].endswith(example)  # the tuned example's own value
+    assert rows["normalize_obs"].endswith("defaults for discrete")  # left to the spaces
+    assert rows["vf_coef"].endswith(" default")
+    assert not os.path.exists(tmp_path / "runs")  # nothing was trained or written

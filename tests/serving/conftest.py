@@ -10,6 +10,7 @@ import tree
 from rlfleet.algorithms.dqn import DQNConfig
 from rlfleet.algorithms.impala import IMPALAConfig
 from rlfleet.algorithms.ppo import PPOConfig
+from rlfleet.algorithms.sac import SACConfig
 from rlfleet.envs import make_env_creator
 from rlfleet.rl.inference import Policy
 
@@ -24,6 +25,9 @@ CONFIGS = {
     "dqn-maze": lambda: DQNConfig(env="rlfleet/MaskedMaze-v0", num_envs_per_runner=8, rollout_fragment_length=32,
                                   learning_starts=256, epsilon_timesteps=2000, seed=1, env_error_retries=0),
     "impala-cartpole": lambda: IMPALAConfig(env="CartPole-v1", num_envs_per_runner=8, seed=1),
+    "sac-pendulum": lambda: SACConfig(env="Pendulum-v1", learning_starts=128, train_batch_size=64, seed=1),
+    "sac-maze": lambda: SACConfig(env="rlfleet/MaskedMaze-v0", learning_starts=128, train_batch_size=64, seed=1,
+                                  env_error_retries=0),
     "ppo-nested": lambda: PPOConfig(env="rlfleet/NestedObs-v0", num_envs_per_runner=8, rollout_fragment_length=32,
                                     minibatch_size=64, normalize_obs=True, seed=1),
 }

@@ -40,7 +40,7 @@ print(json.dumps({"torch_blocked": "torch" not in sys.modules}))
 
 
 @pytest.mark.parametrize("name", ["ppo-pendulum", "ppo-cartpole", "ppo-maze", "dqn-maze", "impala-cartpole",
-                                  "ppo-nested"])
+                                  "ppo-nested", "sac-pendulum", "sac-maze"])
 def test_the_onnx_file_alone_acts_like_the_library(name, checkpoints, tmp_path):
     checkpoint = checkpoints(name)
     model = str(tmp_path / "policy.onnx")
@@ -101,7 +101,7 @@ def test_torchscript_export_acts_like_the_library(checkpoints, tmp_path):
     assert np.abs(got - Policy.load(checkpoint).act(obs)["actions"]).max() <= 1e-5
 
 
-@pytest.mark.parametrize("name", ["ppo-pendulum", "ppo-cartpole"])
+@pytest.mark.parametrize("name", ["ppo-pendulum", "ppo-cartpole", "sac-pendulum"])
 def test_evaluating_the_onnx_file_gives_the_checkpoints_returns(name, checkpoints, tmp_path):
     checkpoint = checkpoints(name)
     model = str(tmp_path / "policy.onnx")

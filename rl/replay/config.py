@@ -1,0 +1,63 @@
+"""The settings every replay-based algorithm shares (DQN, SAC, TD3): the buffer, how
+often it is learned from, and target networks. Imports no torch (``--algo dqn --help``)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from rlfleet.rl.config import ConfigError, ControlConfig
+
+
+@dataclasses.dataclass
+class OffPolicyConfig(ControlConfig):
+    """Settings of the shared off-policy loop (``rl/replay/loop.py``)."""
+
+    multi_agent = False  # replay would need a buffer per policy (issue 36)
+
+    # Replay steps short fragments, its rewards are not rescaled, and its observations are
+    # not normalised: a stored observation must mean the same thing when it is sampled
+    # a hundred thousand steps later, under statistics that have moved since.
+    family_defaults = {family: ControlConfig.family_defaults["discrete"] for family in ControlConfig.family_defaults}
+
+    buffer_size: int = 50_000
+    """Transitions the replay buffer holds."""
+    learning_starts: int = 1_000
+    """Env steps collected before the first gradient step."""
+    train_batch_size: int = 64
+    """Rows per gradient step (each drawn from the buffer)."""
+    replay_ratio: float = 0.5
+    """Gradient steps per env step, whatever the number of runners (SB3's ``gradient_steps
+    / train_freq``)."""
+    target_update_interval: int = 500
+    """Gradient steps between target-network updates."""
+    tau: float = 1.0
+    """Target update: target <- tau * online + (1 - tau) * target; 1.0 is a hard copy."""
+    n_step: int = 1
+    """Steps summed in the return before bootstrapping."""
+    prioritized_replay: bool = False
+    """Sample transitions by TD error (Schaul et al. 2016)."""
+    prioritized_replay_alpha: float = 0.6
+    """How strongly priorities skew sampling (0 is uniform)."""
+    prioritized_replay_beta: float = 0.4
+    """Initial importance-sampling exponent, annealed linearly to 1."""
+    prioritized_replay_beta_timesteps: int = 100_000
+    """Env steps over which beta reaches 1."""
+    frame_stack: int = 1
+    """Frames stacked in each observation by the env; the buffer stores single frames."""
+    checkpoint_replay: bool = False
+    """Put the replay buffer into every checkpoint, so that a resumed run samples what an
+    uninterrupted one would (costs the buffer's size on disk per checkpoint: 1M
+    transitions of 17 floats are about 80 MB). Off: a resumed run refills the buffer."""
+
+    def validate(self) -> None:
+        super().validate()
+        self.require_positive("buffer_size", "train_batch_size", "target_update_interval", "n_step", "frame_stack",
+                              "prioritized_replay_beta_timesteps", "replay_ratio")
+        self.require_non_negative("learning_starts")
+        if not 0.0 < self.tau <= 1.0:
+            raise ConfigError(f"tau must be in (0, 1], got {self.tau}")
+        if self.train_batch_size > self.buffer_size:
+            raise ConfigError(f"train_batch_size {self.train_batch_size} > buffer_size {self.buffer_size}")
+        if self.train_batch_size % max(1, self.num_learners):
+            raise ConfigError(f"train_batch_size {self.train_batch_size} must divide by num_learners {self.num_learners}: "
+                              "each learner takes an equal part of every replay batch")
