@@ -12,6 +12,7 @@ ALGORITHMS: dict[str, str] = {
     "dqn": "rlfleet.algorithms.dqn:DQNConfig",
     "impala": "rlfleet.algorithms.impala:IMPALAConfig",
     "sac": "rlfleet.algorithms.sac:SACConfig",
+    "td3": "rlfleet.algorithms.td3:TD3Config",
     "grpo": "rlfleet.algorithms.grpo:GRPOConfig",
     "lm-ppo": "rlfleet.algorithms.ppo.lm:LMPPOConfig",
 }
