@@ -17,6 +17,7 @@ from gymnasium import spaces
 from rlfleet.algorithms.dqn import DQNConfig
 from rlfleet.algorithms.impala import IMPALAConfig
 from rlfleet.algorithms.ppo import PPOConfig
+from rlfleet.algorithms.sac import SACConfig
 from rlfleet.envs.external import ExternalError, PolicyClient
 from rlfleet.envs.external.server import await_declared_spaces
 from rlfleet.envs.schema import space_to_schema
@@ -137,7 +138,8 @@ def test_one_declared_space_without_the_other_is_a_config_error():
 @pytest.mark.parametrize("config_class, extra", [
     (IMPALAConfig, {"train_batch_fragments": 1}),
     (DQNConfig, {"learning_starts": 16, "train_batch_size": 8, "replay_ratio": 0.5}),
-], ids=["impala", "dqn"])
+    (SACConfig, {"learning_starts": 16, "train_batch_size": 8, "replay_ratio": 0.5}),
+], ids=["impala", "dqn", "sac"])
 def test_impala_and_dqn_train_from_external_simulators(config_class, extra):
     port = free_port()
     algo = config_class.from_dict({**SMALL, **extra, "env": "external",
