@@ -110,7 +110,7 @@ def main(args: Any) -> None:
     import ray
     from ray import serve
 
-    from rlfleet.rl.serving import PolicyService
+    from rlfleet.scripts.tools.serving import PolicyService
     from rlfleet.runtime.serving import ServeOptions, Server
 
     root = tempfile.mkdtemp(prefix="bench_serve_")

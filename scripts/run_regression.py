@@ -16,7 +16,7 @@ import os
 import sys
 
 from rlfleet.algorithms import UnknownAlgorithmError, get_config_class
-from rlfleet.rl import regression
+from rlfleet.scripts.tools import regression
 from rlfleet.rl.config import ConfigError
 from rlfleet.runtime import make_runtime
 from rlfleet.tuned_examples import ROOT as TUNED

@@ -58,7 +58,7 @@ def build_service(args: argparse.Namespace) -> functools.partial:
     from rlfleet.algorithms import get_config_class
     from rlfleet.rl.checkpoint import load_checkpoint
     from rlfleet.rl.lm.config import LMConfig
-    from rlfleet.rl.serving import CompletionService, PolicyService
+    from rlfleet.scripts.tools.serving import CompletionService, PolicyService
 
     state = load_checkpoint(args.checkpoint)
     config_class = get_config_class(state["algo"])

@@ -198,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     from rlfleet.algorithms import get_config_class
     from rlfleet.rl.checkpoint import CheckpointError, load_checkpoint
     from rlfleet.rl.config import ConfigError, scaled_lr_schedule
-    from rlfleet.rl.experiment import RETURN, Criteria, load_experiment, run_until
+    from rlfleet.scripts.tools.experiment import RETURN, Criteria, load_experiment, run_until
     from rlfleet.tuned_examples import ROOT as TUNED
 
     from rlfleet.envs import import_user_module

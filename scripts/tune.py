@@ -68,9 +68,9 @@ def main(argv: list[str] | None = None) -> int:
 def build(args: argparse.Namespace):  # -> (SearchOptions, Experiment, config class)
     from rlfleet.algorithms import get_config_class
     from rlfleet.rl.config import ConfigError
-    from rlfleet.rl.experiment import load_experiment
-    from rlfleet.rl.search import parse_search_flags
-    from rlfleet.rl.search_run import SearchOptions, prepare
+    from rlfleet.scripts.tools.experiment import load_experiment
+    from rlfleet.scripts.tools.search import parse_search_flags
+    from rlfleet.scripts.tools.search_run import SearchOptions, prepare
     from rlfleet.scripts.train import parse_sets
 
     if args.resume:
@@ -132,12 +132,12 @@ def _require_tune() -> None:
 
 
 def run(args: argparse.Namespace, options, exp, config_class) -> int:
-    from rlfleet.rl.search_run import run_search
+    from rlfleet.scripts.tools.search_run import run_search
 
     started = time.perf_counter()
     print(f"[search] {exp.algo} on {exp.env}: {options.scheduler}, {options.num_samples} samples over "
           f"{', '.join(sorted(options.search))}; logs in {options.directory}", flush=True)
-    from rlfleet.rl.search import parse_search, schedule_note
+    from rlfleet.scripts.tools.search import parse_search, schedule_note
 
     note = schedule_note({**exp.config, **options.overrides},
                          parse_search(options.search, config_class, {**exp.config, **options.overrides, "env": exp.env},

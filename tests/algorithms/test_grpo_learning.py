@@ -12,7 +12,7 @@ import os
 import pytest
 
 from rlfleet.algorithms.grpo import GRPOConfig
-from rlfleet.rl.experiment import load_experiment
+from rlfleet.scripts.tools.experiment import load_experiment
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

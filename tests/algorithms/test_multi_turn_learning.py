@@ -16,7 +16,7 @@ ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "tuned_examples", "gr
 
 def train(example: str, tmp_path) -> list[dict]:
     from rlfleet.algorithms.grpo import GRPOConfig
-    from rlfleet.rl.experiment import load_experiment
+    from rlfleet.scripts.tools.experiment import load_experiment
 
     exp = load_experiment(os.path.join(ROOT, example))
     algo = GRPOConfig.from_dict({**exp.config, "env": exp.env, "seed": 0, "log_to_console": False,

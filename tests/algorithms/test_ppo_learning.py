@@ -16,7 +16,7 @@ import pytest
 
 from rlfleet.algorithms.ppo import PPOConfig
 from rlfleet.envs.testing import CorridorEnv
-from rlfleet.rl.experiment import load_experiment
+from rlfleet.scripts.tools.experiment import load_experiment
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CORRIDOR = {"length": 10}

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from rlfleet.algorithms.ppo import PPOConfig
-from rlfleet.rl.experiment import load_experiment
+from rlfleet.scripts.tools.experiment import load_experiment
 from rlfleet.tuned_examples import __file__ as examples_init
 from tests.extras import require_extra
 

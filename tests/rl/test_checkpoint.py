@@ -365,7 +365,7 @@ def test_an_interrupt_mid_iteration_checkpoints_the_last_logged_iteration_and_re
     checkpoint with its env steps (5,376) against the last row's (5,120), and --restore
     went on with a gap. A Ctrl-C now waits for the iteration's end; an iteration cut anyway
     (an exception, a second Ctrl-C) is not in the checkpoint."""
-    from rlfleet.rl.experiment import Criteria, run_until
+    from rlfleet.scripts.tools.experiment import Criteria, run_until
 
     logdir, ckpt = str(tmp_path / "run"), str(tmp_path / "run" / "checkpoint")
 
@@ -395,7 +395,7 @@ def test_an_interrupt_mid_iteration_checkpoints_the_last_logged_iteration_and_re
 
 
 def test_a_second_ctrl_c_cuts_the_iteration_at_once(tmp_path):
-    from rlfleet.rl.experiment import Criteria, run_until
+    from rlfleet.scripts.tools.experiment import Criteria, run_until
 
     ckpt = str(tmp_path / "checkpoint")
 

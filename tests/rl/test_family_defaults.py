@@ -140,8 +140,8 @@ def test_mujoco_tuned_examples_load_and_train_an_iteration(name):
     require_extra("mujoco", "mujoco")
     import os
 
-    from rlfleet.rl.experiment import load_experiment
-    from rlfleet.rl.regression import validate
+    from rlfleet.scripts.tools.experiment import load_experiment
+    from rlfleet.scripts.tools.regression import validate
     from rlfleet.algorithms import get_config_class
     from rlfleet.tuned_examples import ROOT
 

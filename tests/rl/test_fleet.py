@@ -25,7 +25,7 @@ from rlfleet.envs import EnvFailedError
 from rlfleet.envs.testing import CorridorEnv, FlakyEnv
 from rlfleet.rl.checkpoint import load_checkpoint
 from rlfleet.rl.env_runner_group import EnvRunnerGroup, RunnerFailureError
-from rlfleet.rl.experiment import load_experiment
+from rlfleet.scripts.tools.experiment import load_experiment
 from rlfleet.runtime.ray_backend import RayRuntime
 from tests.fleet_envs import (
     HangingEnv,

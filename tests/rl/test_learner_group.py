@@ -16,7 +16,7 @@ from rlfleet.algorithms.ppo import PPOConfig
 from rlfleet.algorithms.ppo.lm import LMPPOConfig
 from rlfleet.algorithms.sac import SACConfig
 from rlfleet.rl.batch import num_rows
-from rlfleet.rl.experiment import load_experiment
+from rlfleet.scripts.tools.experiment import load_experiment
 from rlfleet.rl.learner import LearnerFactory, LearnerGroup
 from rlfleet.runtime import LocalRuntime
 from rlfleet.runtime.ray_backend import RayRuntime

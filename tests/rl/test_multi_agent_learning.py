@@ -21,7 +21,7 @@ def test_simple_spread_pass_bar_is_past_halfway_from_random_to_the_best_return()
     require_extra("mpe2", "mpe2")
     from rlfleet.algorithms.ppo import PPOConfig
     from rlfleet.envs.multi_agent import MultiAgentCreator
-    from rlfleet.rl.experiment import load_experiment
+    from rlfleet.scripts.tools.experiment import load_experiment
     from rlfleet.rl.multi_agent_runner import RANDOM_POLICY, MultiAgentEnvRunner, PolicyMapping
 
     exp = load_experiment(EXAMPLE)

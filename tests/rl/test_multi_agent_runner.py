@@ -257,7 +257,7 @@ def test_a_multi_agent_checkpoint_is_served_and_exported_by_policy_id(tmp_path):
     from rlfleet.algorithms.ppo import PPOConfig
     from rlfleet.rl.checkpoint import CheckpointError
     from rlfleet.rl.inference import Policy
-    from rlfleet.rl.serving import PolicyService
+    from rlfleet.scripts.tools.serving import PolicyService
     from rlfleet.runtime.base import BadRequest
 
     algo = PPOConfig.from_dict({"env": SCRIPTED, "policy_mapping": {"a": "pa", "b": "pb"}, "num_envs_per_runner": 2,

@@ -191,8 +191,8 @@ def test_tune_resume_of_a_foreign_search_json_is_one_line_and_changes_nothing(tm
 def test_search_json_as_tune_py_writes_it_loads_back_and_every_setting_is_checked(tmp_path):
     import dataclasses
 
-    from rlfleet.rl import search_run
-    from rlfleet.rl.search_run import SearchOptions
+    from rlfleet.scripts.tools import search_run
+    from rlfleet.scripts.tools.search_run import SearchOptions
 
     fields = {f.name for f in dataclasses.fields(SearchOptions)}
     assert set(search_run._SETTING_TYPES) == fields  # a new setting needs its type here too

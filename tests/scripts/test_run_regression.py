@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from rlfleet.rl.regression import compare
+from rlfleet.scripts.tools.regression import compare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -18,7 +18,7 @@ from rlfleet.algorithms.ppo import PPOConfig
 from rlfleet.envs import EnvContractError
 from rlfleet.envs.testing import CorridorEnv, OutOfSpaceEnv
 from rlfleet.rl.checkpoint import load_checkpoint
-from rlfleet.rl.experiment import load_experiment
+from rlfleet.scripts.tools.experiment import load_experiment
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = os.path.join(REPO, "scripts", "train.py")

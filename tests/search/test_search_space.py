@@ -1,4 +1,4 @@
-"""The engine-free half of search (rl/search.py): the space and its checks, what a trial
+"""The engine-free half of search (scripts/tools/search.py): the space and its checks, what a trial
 runs, how trials rank, and the tuned example a search ends in; tune.py's bad input."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import pytest
 
 from rlfleet.algorithms.ppo import PPOConfig
 from rlfleet.rl.config import ConfigError
-from rlfleet.rl.experiment import Criteria, load_experiment
-from rlfleet.rl.regression import validate
-from rlfleet.rl.search import (Spec, TrialSummary, check_pbt, median_summary, parse_search, parse_search_flags, rank,
+from rlfleet.scripts.tools.experiment import Criteria, load_experiment
+from rlfleet.scripts.tools.regression import validate
+from rlfleet.scripts.tools.search import (Spec, TrialSummary, check_pbt, median_summary, parse_search, parse_search_flags, rank,
                                summarize, trial_config, write_best, write_results)
 from tests.extras import needs_extra
 

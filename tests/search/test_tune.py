@@ -15,7 +15,7 @@ import time
 import pytest
 
 from rlfleet.algorithms.ppo import PPOConfig
-from rlfleet.rl.regression import validate
+from rlfleet.scripts.tools.regression import validate
 from tests.extras import require_extra
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -13,7 +13,7 @@ import pytest
 from gymnasium import spaces
 
 from rlfleet.rl.inference import parse_observations
-from rlfleet.rl.serving import PolicyService
+from rlfleet.scripts.tools.serving import PolicyService
 from rlfleet.runtime.base import BadRequest
 from tests.extras import needs_extra
 from tests.serving.conftest import train
@@ -116,7 +116,7 @@ def test_watch_logs_a_checkpoint_that_stays_unloadable_once(two_versions, tmp_pa
     (tmp_path / "checkpoint.pt").write_bytes(old)
     service = PolicyService(str(tmp_path / "checkpoint.pt"))
     (tmp_path / "checkpoint.pt").write_bytes(new[:100])
-    with caplog.at_level("WARNING", logger="rlfleet.rl.serving"):
+    with caplog.at_level("WARNING", logger="rlfleet.scripts.tools.serving"):
         for _ in range(4):
             service.watch()
     assert len(caplog.records) == 1 and "does not load" in caplog.records[0].getMessage()

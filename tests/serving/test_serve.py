@@ -21,7 +21,7 @@ from tests.extras import require_extra
 
 require_extra("serve", "ray.serve")
 
-from rlfleet.rl.serving import PolicyService  # noqa: E402
+from rlfleet.scripts.tools.serving import PolicyService  # noqa: E402
 from rlfleet.runtime.serving import ServeOptions, Server  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -194,7 +194,7 @@ def test_a_port_taken_after_the_check_is_one_error_naming_it_and_ray_is_shut_dow
 
     from rlfleet.runtime import serving
     from rlfleet.runtime.serving import PortUnavailableError, ServeOptions, Server
-    from rlfleet.rl.serving import PolicyService
+    from rlfleet.scripts.tools.serving import PolicyService
 
     checkpoint = checkpoints("ppo-cartpole")
     before = ray_processes()

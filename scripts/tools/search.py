@@ -1,6 +1,6 @@
 """Hyperparameter search over a tuned example, engine-free: the search space and its
 checks, what a trial runs, how trials rank, and the tuned example a search ends in.
-Running one (what a trial runs, the whole search on the engine) is rl/search_run.py; the
+Running one (what a trial runs, the whole search on the engine) is scripts/tools/search_run.py; the
 engine (Ray Tune: schedulers, search algorithms, trial checkpoints, resume) is
 runtime/tune.py.
 
@@ -30,7 +30,7 @@ from typing import Any, Callable
 import yaml
 
 from rlfleet.rl.config import AlgorithmConfig, ConfigError, closest, parse_key_values, scaled_lr_schedule
-from rlfleet.rl.experiment import Criteria
+from rlfleet.scripts.tools.experiment import Criteria
 
 SPEC_KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
 PBT_FIXED = ("hidden_sizes", "activation", "shared_encoder", "dueling", "normalize_obs", "normalize_rewards",

@@ -23,7 +23,7 @@ import time
 from typing import Any, Callable
 
 from rlfleet.rl.config import AlgorithmConfig, ConfigError
-from rlfleet.rl.experiment import Experiment, load_experiment
+from rlfleet.scripts.tools.experiment import Experiment, load_experiment
 
 
 def _last_value(rows: list[dict[str, Any]], metric: str) -> float | None:

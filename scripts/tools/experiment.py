@@ -8,7 +8,7 @@ A tuned example (``tuned_examples/<algo>/<env>.yaml``) holds::
     config: {...}             # keys of the algorithm's config
     stop: {episode_return_mean: 475, env_steps: 200000, time_s: 300}
     pass: {episode_return_mean: 475, env_steps: 100000, time_s: 120}
-    search: {lr: {loguniform: [1.0e-4, 3.0e-3]}}   # optional: scripts/tune.py's space (rl/search.py)
+    search: {lr: {loguniform: [1.0e-4, 3.0e-3]}}   # optional: scripts/tune.py's space (scripts/tools/search.py)
 
 ``stop`` ends a run; ``pass`` is what a regression run must reach, within its bounds.
 """

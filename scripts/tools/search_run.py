@@ -1,4 +1,4 @@
-"""Running a search (rl/search.py has the space, the ranking and the outputs): what one
+"""Running a search (scripts/tools/search.py has the space, the ranking and the outputs): what one
 trial runs and records, and the whole search on the engine (runtime/tune.py), from the
 first trial to ``best.yaml`` and the seeds that confirm it."""
 
@@ -11,8 +11,8 @@ import os
 from typing import Any, Callable
 
 from rlfleet.rl.config import AlgorithmConfig, ConfigError, closest
-from rlfleet.rl.experiment import Criteria, Experiment
-from rlfleet.rl.search import (Spec, TrialSummary, _atomic, _short, check_pbt, median_summary, parse_search, rank,
+from rlfleet.scripts.tools.experiment import Criteria, Experiment
+from rlfleet.scripts.tools.search import (Spec, TrialSummary, _atomic, _short, check_pbt, median_summary, parse_search, rank,
                                summarize, trial_config, write_best, write_results)
 
 
