@@ -20,7 +20,6 @@ import tree
 from rlfleet.rl.batch import num_rows, take_rows
 from rlfleet.rl.core import DEFAULT_GROUP, SampleBatch, UpdateResult, Weights
 from rlfleet.rl.optim import Adam
-from rlfleet.rl.spaces import space_family
 from rlfleet.runtime import Runtime
 
 TensorBatch = dict[str, Any]
@@ -73,12 +72,15 @@ class Learner(abc.ABC):
 
     def __init__(self, *, module_spec: Any, config: Any, rank: int = 0) -> None:
         """``module_spec.build()`` makes the module; the optimiser settings (lr,
-        lr_schedule, grad_clip, weight_decay, device, seed) come from ``config``. A config
-        built by hand whose fields are still left to the spaces takes them from the spec's,
-        as a run's does."""
-        if hasattr(config, "with_family_defaults") and hasattr(module_spec, "action_space"):
-            config, _ = config.with_family_defaults(space_family(module_spec.observation_space,
-                                                                 module_spec.action_space))
+        lr_schedule, grad_clip, weight_decay, device, seed) come from ``config``, resolved:
+        a run resolves it once, before any runner or learner reads it (the fields left to
+        the spaces filled by the runner factory); a learner built by hand is given
+        ``config.with_family_defaults(family)[0]``."""
+        unresolved = [key for key in getattr(config, "family_defaults", {}).get("discrete", {})
+                      if getattr(config, key, 0) is None]
+        if unresolved:
+            raise ValueError(f"{type(self).__name__}: config field {unresolved[0]!r} is still left to the spaces; "
+                             "resolve the config first (config.with_family_defaults(family))")
         self.config = config
         self.rank, self.world_size = rank, 1
         self.device = resolve_device(config.device)

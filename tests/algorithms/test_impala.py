@@ -174,7 +174,7 @@ TRUNCATED = [(2, 1), (4, 2)]  # one mid-fragment, one on the fragment's last ste
 
 def make_learner(**overrides):
     spec = ModuleSpec(spaces.Box(-10.0, 10.0, (OBS_DIM,), np.float32), spaces.Discrete(2))
-    config = IMPALAConfig(device="cpu", gamma=GAMMA, seed=0, **overrides)
+    config, _ = IMPALAConfig(device="cpu", gamma=GAMMA, seed=0, **overrides).with_family_defaults("discrete")
     torch.manual_seed(0)
     return IMPALALearner(module_spec=spec, config=config)
 

@@ -244,3 +244,18 @@ def test_an_algorithm_defining_init_is_refused_at_class_creation():
         class Bad(PPO):
             def __init__(self, config):
                 super().__init__(config)
+
+
+def test_a_learner_refuses_a_config_whose_fields_are_still_left_to_the_spaces():
+    # The config is resolved once, by the run (the runner factory), before any learner
+    # reads it; a learner built by hand must be given a resolved one, not fill it again.
+    from gymnasium import spaces as sp
+
+    from rlfleet.algorithms.ppo.learner import PPOLearner
+    from rlfleet.rl.module import ModuleSpec
+
+    spec = ModuleSpec(sp.Box(-1.0, 1.0, (3,), np.float32), sp.Discrete(2))
+    with pytest.raises(ValueError, match="config field 'num_envs_per_runner' is still left to the spaces"):
+        PPOLearner(module_spec=spec, config=PPOConfig(env="CartPole-v1"))
+    resolved, _ = PPOConfig(env="CartPole-v1").with_family_defaults("discrete")
+    assert PPOLearner(module_spec=spec, config=resolved).config.minibatch_size == 64
