@@ -131,7 +131,7 @@ class Algorithm(abc.ABC):
 
         marks = [time.perf_counter()]  # start-up, phase by phase (``startup/*`` in the first progress row)
         self.user_modules = [import_user_module(m) for m in config.user_modules]  # registers their envs
-        self.runner_factory = self.runner_factory_class(config, adapt_spec=self.adapt_module_spec)
+        self.runner_factory = type(self).runner_factory_class(config, adapt_spec=self.adapt_module_spec)
         # the fields the config left None are chosen from the env's spaces from here on
         self.config = config = self.runner_factory.config
         self.module_spec = self.runner_factory.module_spec

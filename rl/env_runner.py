@@ -11,7 +11,6 @@ loads torch (about 150 MiB and most of a second of start-up saved per runner).
 
 from __future__ import annotations
 
-import fnmatch
 import time
 from typing import Any, Callable
 
@@ -21,11 +20,11 @@ import tree
 
 from rlfleet.envs import ContractCheckWrapper, RecreateOnError, make_env_creator, probe_env
 from rlfleet.envs.vector import AsyncVectorEnv, CheckedVectorEnv
-from rlfleet.rl.config import ConfigError, ControlConfig, closest
+from rlfleet.rl.config import ConfigError, ControlConfig
 from rlfleet.rl.connectors import MeanStdFilter
 from rlfleet.envs import EnvContractError
 from rlfleet.rl.core import ACTION_MASK, Fragment
-from rlfleet.envs.multi_agent import MultiAgentCreator, is_multi_agent_name
+from rlfleet.envs.multi_agent import is_multi_agent_name
 from rlfleet.rl.module_spec import ModuleSpec
 from rlfleet.rl.spaces import (actions_to_env, check_spaces, mask_segments, mask_space, rows_without_legal_action,
                               space_family)
@@ -220,183 +219,102 @@ class EnvRunner:
         self.env.close()
 
 
-def _evaluation_mapping(c: ControlConfig) -> dict[str, str]:
-    """The evaluation patterns first (they win over the training mapping), then the rest."""
-    evaluation, training = c.evaluation_policy_mapping or {}, c.policy_mapping or {}
-    return {**evaluation, **{k: v for k, v in training.items() if k not in evaluation}}
+class ControlRunnerFactory:
+    """Picklable ``factory(index) -> runner`` of a control-RL run (the RunnerFactory of
+    rl/core.py). What every env kind shares: the config, with the fields left to the
+    spaces filled from their task family (``family``, ``defaults``), the module spec(s),
+    and disjoint seeds per runner. A kind resolves its env in ``__init__`` and builds its
+    runners in ``_runner``; :func:`control_runner_factory` picks the kind."""
 
+    kind = "gymnasium"
+    """The env kind, as named in errors."""
+    connectors = True
+    """Whether the kind's runners have observation connectors (normalisation)."""
 
-class EnvRunnerFactory:
-    """Picklable ``factory(index) -> EnvRunner`` of a control-RL run (the RunnerFactory of
-    rl/core.py): resolves the env once, checks its spaces, and holds the module spec.
-
-    The multi-agent and external runners (torch modules) are imported where they are used,
-    so that unpickling this factory in a runner process loads no torch (see the module
-    docstring)."""
-
-    def __init__(self, config: ControlConfig, *, adapt_spec: Callable[[ModuleSpec], Any] = lambda spec: spec) -> None:
-        from rlfleet.rl.external_runner import EXTERNAL_ENV, external_spaces
-        from rlfleet.rl.multi_agent_runner import RANDOM_POLICY, PolicyMapping
-
-        c = self.config = config
-        # ``env: external``: simulators connect over the network (rl/external_runner.py).
-        self.external = c.env == EXTERNAL_ENV
-        self.multi_agent = is_multi_agent_name(c.env)
-        if self.multi_agent or self.external:
+    def __init__(self, config: ControlConfig) -> None:
+        self.config = config
+        if not self.connectors:
             for key in ("normalize_obs", "normalize_rewards"):
-                if getattr(c, key):
-                    kind = "multi-agent" if self.multi_agent else "external"
-                    raise ConfigError(f"{key} is not built for {kind} envs yet; leave it out or set it false")
-        if self.multi_agent:
-            self.env_creator = MultiAgentCreator(c.env, c.env_config)
-            self.mapping = PolicyMapping(c.policy_mapping)
-            specs = self._policy_specs()
-            if not specs:
-                raise ConfigError(f"policy_mapping {c.policy_mapping} maps every agent of {c.env!r} to "
-                                  f"{RANDOM_POLICY!r}: no policy is left to train; map at least one agent to a policy")
-            self._check_mappings(specs)
-            first = next(iter(specs.values()))
-            self._pick_defaults(first.observation_space, first.action_space)
-            self.module_spec = {pid: adapt_spec(spec) for pid, spec in specs.items()}
-            if c.policies_to_train is not None and not c.policies_to_train:
-                raise ConfigError(f"policies_to_train is empty: no policy would learn (policies: "
-                                  f"{', '.join(sorted(self.module_spec))}); leave it out to train them all")
-            unknown = sorted(set(c.policies_to_train or []) - set(self.module_spec))
-            if unknown:
-                raise ConfigError(f"policies_to_train names {unknown[0]!r}, which no agent maps to "
-                                  f"(policies: {', '.join(sorted(self.module_spec))})")
-            self._check_snapshots()
-            return
-        if c.policy_snapshots:
-            raise ConfigError(f"policy_snapshots is for multi-agent envs; {c.env!r} has one agent")
-        if self.external:
-            observation_space, action_space = external_spaces(c.env_config)
-            env_name = EXTERNAL_ENV
-        else:
-            self.env_creator = make_env_creator(c.env, c.env_config)
-            probe = probe_env(self.env_creator)
-            observation_space, action_space = probe.observation_space, probe.action_space
-            probe.close()
-            env_name = self.env_creator.name
-        check_spaces(observation_space, action_space, env_name)
-        c = self._pick_defaults(observation_space, action_space)
-        self.module_spec = adapt_spec(ModuleSpec(
-            observation_space, action_space, hidden_sizes=tuple(c.hidden_sizes), activation=c.activation,
-            shared_encoder=c.shared_encoder, env_name=env_name, encode_mask=c.encode_action_mask,
-        ))
+                if getattr(config, key):
+                    raise ConfigError(f"{key} is not built for {self.kind} envs yet; leave it out or set it false")
 
     def _pick_defaults(self, observation_space: gym.Space, action_space: gym.Space) -> ControlConfig:
         """Fill the config's fields left None from the spaces' task family (kept in
         ``family`` and ``defaults``: the header and the first progress row show them)."""
         self.family = space_family(observation_space, action_space)
-        connectors = not (self.multi_agent or self.external)
-        self.config, self.defaults = self.config.with_family_defaults(self.family, connectors=connectors)
+        self.config, self.defaults = self.config.with_family_defaults(self.family, connectors=self.connectors)
         return self.config
 
-    def _check_mappings(self, specs: dict[str, ModuleSpec]) -> None:
-        """Every policy ``evaluation_policy_mapping`` names exists (a typo was a KeyError
-        in the first evaluation), and each pattern of either mapping matches an agent."""
-        from rlfleet.rl.multi_agent_runner import RANDOM_POLICY
-
-        c, policies = self.config, [*sorted(specs), RANDOM_POLICY]
-        for pattern, pid in (c.evaluation_policy_mapping or {}).items():
-            if pid not in policies:
-                hint = closest(str(pid), policies) or f" (policies: {', '.join(policies)})"
-                raise ConfigError(f"evaluation_policy_mapping maps {pattern!r} to {pid!r}, which is no policy{hint}")
-        for key in ("policy_mapping", "evaluation_policy_mapping"):
-            for pattern in getattr(c, key) or {}:
-                if not any(fnmatch.fnmatchcase(agent, pattern) for agent in self.agents):
-                    hint = closest(pattern, self.agents) or f" (agents: {', '.join(self.agents)})"
-                    raise ConfigError(f"{key}: {pattern!r} matches no agent of {c.env!r}{hint}")
-
-    def _policy_specs(self) -> dict[str, ModuleSpec]:
-        """One module spec per policy, from the spaces of the agents mapped to it (which
-        must agree: they share one network)."""
-        from rlfleet.rl.multi_agent_runner import RANDOM_POLICY
-
+    def _module_spec(self, observation_space: gym.Space, action_space: gym.Space, env_name: str) -> ModuleSpec:
         c = self.config
-        env = self.env_creator()
-        try:
-            agents = self.agents = list(env.possible_agents)
-            spaces_of = {a: (env.observation_space(a), env.action_space(a)) for a in agents}
-        finally:
-            env.close()
-        specs: dict[str, ModuleSpec] = {}
-        first: dict[str, str] = {}
-        for agent in agents:
-            pid = self.mapping(agent)
-            if pid == RANDOM_POLICY:
-                continue  # acts at random: no module
-            obs_space, act_space = spaces_of[agent]
-            if pid in specs:
-                if (specs[pid].observation_space, specs[pid].action_space) != (obs_space, act_space):
-                    raise ConfigError(f"env {c.env!r}: agents {first[pid]!r} and {agent!r} share policy {pid!r} but "
-                                      f"not their spaces ({specs[pid].observation_space} vs {obs_space}); map them "
-                                      "to separate policies (policy_mapping)")
-                continue
-            check_spaces(obs_space, act_space, f"{c.env} ({agent})")
-            first[pid] = agent
-            specs[pid] = ModuleSpec(obs_space, act_space, hidden_sizes=tuple(c.hidden_sizes), activation=c.activation,
-                                    shared_encoder=c.shared_encoder, env_name=c.env,
-                                    encode_mask=c.encode_action_mask)
-        return specs
+        return ModuleSpec(observation_space, action_space, hidden_sizes=tuple(c.hidden_sizes), activation=c.activation,
+                          shared_encoder=c.shared_encoder, env_name=env_name, encode_mask=c.encode_action_mask)
 
-    def _check_snapshots(self) -> None:
-        c, specs = self.config, self.module_spec
-        for target, source in (c.policy_snapshots or {}).items():
-            for role, pid in (("copy", target), ("source", source)):
-                if pid not in specs:
-                    hint = closest(str(pid), list(specs)) or f" (policies: {', '.join(sorted(specs))})"
-                    raise ConfigError(f"policy_snapshots: {role} {pid!r} is no policy an agent maps to{hint}")
-            if target == source:
-                raise ConfigError(f"policy_snapshots: {target!r} cannot be a snapshot of itself")
-            if target in (c.policies_to_train or []):
-                raise ConfigError(f"policy_snapshots: {target!r} is in policies_to_train; a snapshot does not learn")
-            if (specs[target].observation_space, specs[target].action_space) != \
-                    (specs[source].observation_space, specs[source].action_space):
-                raise ConfigError(f"policy_snapshots: {target!r} and {source!r} act in different spaces")
-
-    def __call__(self, index: int) -> EnvRunner:
+    def __call__(self, index: int) -> Any:
         # Runners get disjoint seed ranges: env i of runner k is seeded seed + 1000 k + i.
         return self._runner(index, self.config.num_envs_per_runner, self.config.seed + 1000 * index)
 
+    def _runner(self, index: int, num_envs: int, seed: int) -> Any:
+        raise NotImplementedError
+
     def evaluation_runner(self, num_episodes: int) -> Any:
-        if self.external:
-            from rlfleet.rl.external_runner import ExternalConfigError
-
-            raise ExternalConfigError("env 'external' has no local env to evaluate in: serve a checkpoint "
-                                     "(scripts/serve.py) and evaluate it with scripts/evaluate.py")
-        if self.multi_agent:  # its own mapping: a trained policy against random opponents, say
-            from rlfleet.rl.multi_agent_runner import MultiAgentEnvRunner, PolicyMapping
-
-            c = self.config
-            return MultiAgentEnvRunner(env_creator=self.env_creator, specs=self.module_spec,
-                                       mapping=PolicyMapping(_evaluation_mapping(c)),
-                                       num_envs=1, fragment_length=c.rollout_fragment_length, seed=c.seed + 999_983,
-                                       index=-1)
         return self._runner(-1, min(num_episodes, 8), self.config.seed + 999_983)
+
+    def make_connector(self) -> MeanStdFilter | None:
+        return None
+
+
+class EnvRunnerFactory(ControlRunnerFactory):
+    """A gymnasium env (an id, a registered name, a class or a creator), probed once for
+    its spaces; its runners are :class:`EnvRunner`s, which act without torch."""
+
+    def __init__(self, config: ControlConfig, *, adapt_spec: Callable[[ModuleSpec], Any] = lambda spec: spec) -> None:
+        super().__init__(config)
+        c = self.config
+        if c.policy_snapshots:
+            raise ConfigError(f"policy_snapshots is for multi-agent envs; {c.env!r} has one agent")
+        self.env_creator = make_env_creator(c.env, c.env_config)
+        probe = probe_env(self.env_creator)
+        observation_space, action_space = probe.observation_space, probe.action_space
+        probe.close()
+        check_spaces(observation_space, action_space, self.env_creator.name)
+        self._pick_defaults(observation_space, action_space)
+        self.module_spec = adapt_spec(self._module_spec(observation_space, action_space, self.env_creator.name))
 
     def make_connector(self) -> MeanStdFilter | None:
         return MeanStdFilter(self.module_spec.observation_space) if self.config.normalize_obs else None
 
-    def _runner(self, index: int, num_envs: int, seed: int) -> Any:
-        """An EnvRunner, or the multi-agent or external runner."""
+    def _runner(self, index: int, num_envs: int, seed: int) -> EnvRunner:
         c = self.config
-        if self.multi_agent:
-            from rlfleet.rl.multi_agent_runner import MultiAgentEnvRunner
-
-            return MultiAgentEnvRunner(env_creator=self.env_creator, specs=self.module_spec, mapping=self.mapping,
-                                       num_envs=num_envs, fragment_length=c.rollout_fragment_length, seed=seed,
-                                       index=index)
-        if self.external:
-            from rlfleet.rl.external_runner import ExternalEnvRunner
-
-            return ExternalEnvRunner(module_spec=self.module_spec, env_config=c.env_config, num_columns=num_envs,
-                                     fragment_length=c.rollout_fragment_length, seed=seed, index=index,
-                                     sample_timeout_s=c.sample_timeout_s, max_lag=c.external_max_lag)
         return EnvRunner(
             env_creator=self.env_creator, env_name=self.env_creator.name, module_spec=self.module_spec,
             num_envs=num_envs, fragment_length=c.rollout_fragment_length, seed=seed, index=index,
             vectorize_mode=c.vectorize_mode, normalize_obs=c.normalize_obs, env_error_retries=c.env_error_retries,
             max_failed_episodes=c.max_failed_episodes,
         )
+
+
+# The one table of env kinds: which factory builds a run's runners. The other kinds act
+# through torch modules and are imported only when a run uses them, so that unpickling
+# an EnvRunnerFactory in a runner process loads no torch (see the module docstring).
+RUNNER_FACTORIES = {
+    "external": "rlfleet.rl.external_runner:ExternalRunnerFactory",  # env: external (simulators connect)
+    "multi_agent": "rlfleet.rl.multi_agent_runner:MultiAgentRunnerFactory",  # env: pettingzoo:<module>
+    "gymnasium": "rlfleet.rl.env_runner:EnvRunnerFactory",  # anything else
+}
+
+
+def env_kind(env: Any) -> str:
+    """The key of ``RUNNER_FACTORIES`` for a config's ``env``."""
+    if env == "external":  # rl/external_runner.py EXTERNAL_ENV (not imported here: it loads torch)
+        return "external"
+    return "multi_agent" if is_multi_agent_name(env) else "gymnasium"
+
+
+def control_runner_factory(config: ControlConfig, *, adapt_spec: Callable[[ModuleSpec], Any] = lambda spec: spec
+                           ) -> ControlRunnerFactory:
+    """The runner factory of ``config``'s env kind (``RUNNER_FACTORIES``)."""
+    import importlib
+
+    module, cls = RUNNER_FACTORIES[env_kind(config.env)].split(":")
+    return getattr(importlib.import_module(module), cls)(config, adapt_spec=adapt_spec)

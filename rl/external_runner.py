@@ -20,7 +20,7 @@ import os
 import threading
 import time
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
@@ -30,8 +30,9 @@ import tree
 from rlfleet.envs.checks import describe
 from rlfleet.envs.external.protocol import ProtocolError
 from rlfleet.envs.external.server import LOOPBACK, ExternalServer, await_declared_spaces
-from rlfleet.rl.config import closest
+from rlfleet.rl.config import ConfigError, closest
 from rlfleet.rl.core import VALUES, Fragment, has_capability
+from rlfleet.rl.env_runner import ControlRunnerFactory
 from rlfleet.rl.module import ModuleSpec
 from rlfleet.envs.schema import space_from_schema, space_to_schema
 from rlfleet.rl.spaces import actions_to_env, check_spaces
@@ -254,3 +255,30 @@ def _same_space(theirs: dict, ours: dict) -> bool:
         return space_from_schema(theirs) == space_from_schema(ours)
     except ValueError:
         return False
+
+
+class ExternalRunnerFactory(ControlRunnerFactory):
+    """``env: external``: simulators connect over the network; the spaces come from the
+    config or from the first client's hello; runners are :class:`ExternalEnvRunner`s."""
+
+    kind = "external"
+    connectors = False
+
+    def __init__(self, config: Any, *, adapt_spec: Callable[[ModuleSpec], Any] = lambda spec: spec) -> None:
+        super().__init__(config)
+        if config.policy_snapshots:
+            raise ConfigError(f"policy_snapshots is for multi-agent envs; {config.env!r} has one agent")
+        observation_space, action_space = external_spaces(config.env_config)
+        check_spaces(observation_space, action_space, EXTERNAL_ENV)
+        self._pick_defaults(observation_space, action_space)
+        self.module_spec = adapt_spec(self._module_spec(observation_space, action_space, EXTERNAL_ENV))
+
+    def evaluation_runner(self, num_episodes: int) -> Any:
+        raise ExternalConfigError("env 'external' has no local env to evaluate in: serve a checkpoint "
+                                  "(scripts/serve.py) and evaluate it with scripts/evaluate.py")
+
+    def _runner(self, index: int, num_envs: int, seed: int) -> ExternalEnvRunner:
+        c = self.config
+        return ExternalEnvRunner(module_spec=self.module_spec, env_config=c.env_config, num_columns=num_envs,
+                                 fragment_length=c.rollout_fragment_length, seed=seed, index=index,
+                                 sample_timeout_s=c.sample_timeout_s, max_lag=c.external_max_lag)

@@ -25,9 +25,12 @@ import numpy as np
 import torch
 import tree
 
+from rlfleet.envs.multi_agent import MultiAgentCreator
+from rlfleet.rl.config import ConfigError, closest
 from rlfleet.rl.core import ACTION_MASK, Fragment
+from rlfleet.rl.env_runner import ControlRunnerFactory
 from rlfleet.rl.module import ModuleSpec
-from rlfleet.rl.spaces import actions_to_env
+from rlfleet.rl.spaces import actions_to_env, check_spaces
 
 RANDOM_POLICY = "random"
 """A built-in policy id: agents mapped to it act uniformly at random among their legal
@@ -267,3 +270,109 @@ class MultiAgentEnvRunner:
             "next_values": np.array([[s.next_value for s in row] for row in rows], np.float32),
             "bootstrap_obs": tree.map_structure(lambda x: x[None], _stack([col[-1].next_obs for col in columns])),
         }
+
+
+def _evaluation_mapping(c: Any) -> dict[str, str]:
+    """The evaluation patterns first (they win over the training mapping), then the rest."""
+    evaluation, training = c.evaluation_policy_mapping or {}, c.policy_mapping or {}
+    return {**evaluation, **{k: v for k, v in training.items() if k not in evaluation}}
+
+
+class MultiAgentRunnerFactory(ControlRunnerFactory):
+    """A PettingZoo env (``pettingzoo:<module>``): agents map to policies, one module spec
+    per policy, runners are :class:`MultiAgentEnvRunner`s."""
+
+    kind = "multi-agent"
+    connectors = False
+
+    def __init__(self, config: Any, *, adapt_spec: Callable[[ModuleSpec], Any] = lambda spec: spec) -> None:
+        super().__init__(config)
+        c = self.config
+        self.env_creator = MultiAgentCreator(c.env, c.env_config)
+        self.mapping = PolicyMapping(c.policy_mapping)
+        specs = self._policy_specs()
+        if not specs:
+            raise ConfigError(f"policy_mapping {c.policy_mapping} maps every agent of {c.env!r} to "
+                              f"{RANDOM_POLICY!r}: no policy is left to train; map at least one agent to a policy")
+        self._check_mappings(specs)
+        first = next(iter(specs.values()))
+        self._pick_defaults(first.observation_space, first.action_space)
+        self.module_spec = {pid: adapt_spec(spec) for pid, spec in specs.items()}
+        if c.policies_to_train is not None and not c.policies_to_train:
+            raise ConfigError(f"policies_to_train is empty: no policy would learn (policies: "
+                              f"{', '.join(sorted(self.module_spec))}); leave it out to train them all")
+        unknown = sorted(set(c.policies_to_train or []) - set(self.module_spec))
+        if unknown:
+            raise ConfigError(f"policies_to_train names {unknown[0]!r}, which no agent maps to "
+                              f"(policies: {', '.join(sorted(self.module_spec))})")
+        self._check_snapshots()
+
+    def _check_mappings(self, specs: dict[str, ModuleSpec]) -> None:
+        """Every policy ``evaluation_policy_mapping`` names exists (a typo was a KeyError
+        in the first evaluation), and each pattern of either mapping matches an agent."""
+        c, policies = self.config, [*sorted(specs), RANDOM_POLICY]
+        for pattern, pid in (c.evaluation_policy_mapping or {}).items():
+            if pid not in policies:
+                hint = closest(str(pid), policies) or f" (policies: {', '.join(policies)})"
+                raise ConfigError(f"evaluation_policy_mapping maps {pattern!r} to {pid!r}, which is no policy{hint}")
+        for key in ("policy_mapping", "evaluation_policy_mapping"):
+            for pattern in getattr(c, key) or {}:
+                if not any(fnmatch.fnmatchcase(agent, pattern) for agent in self.agents):
+                    hint = closest(pattern, self.agents) or f" (agents: {', '.join(self.agents)})"
+                    raise ConfigError(f"{key}: {pattern!r} matches no agent of {c.env!r}{hint}")
+
+    def _policy_specs(self) -> dict[str, ModuleSpec]:
+        """One module spec per policy, from the spaces of the agents mapped to it (which
+        must agree: they share one network)."""
+        c = self.config
+        env = self.env_creator()
+        try:
+            agents = self.agents = list(env.possible_agents)
+            spaces_of = {a: (env.observation_space(a), env.action_space(a)) for a in agents}
+        finally:
+            env.close()
+        specs: dict[str, ModuleSpec] = {}
+        first: dict[str, str] = {}
+        for agent in agents:
+            pid = self.mapping(agent)
+            if pid == RANDOM_POLICY:
+                continue  # acts at random: no module
+            obs_space, act_space = spaces_of[agent]
+            if pid in specs:
+                if (specs[pid].observation_space, specs[pid].action_space) != (obs_space, act_space):
+                    raise ConfigError(f"env {c.env!r}: agents {first[pid]!r} and {agent!r} share policy {pid!r} but "
+                                      f"not their spaces ({specs[pid].observation_space} vs {obs_space}); map them "
+                                      "to separate policies (policy_mapping)")
+                continue
+            check_spaces(obs_space, act_space, f"{c.env} ({agent})")
+            first[pid] = agent
+            specs[pid] = self._module_spec(obs_space, act_space, c.env)
+        return specs
+
+    def _check_snapshots(self) -> None:
+        c, specs = self.config, self.module_spec
+        for target, source in (c.policy_snapshots or {}).items():
+            for role, pid in (("copy", target), ("source", source)):
+                if pid not in specs:
+                    hint = closest(str(pid), list(specs)) or f" (policies: {', '.join(sorted(specs))})"
+                    raise ConfigError(f"policy_snapshots: {role} {pid!r} is no policy an agent maps to{hint}")
+            if target == source:
+                raise ConfigError(f"policy_snapshots: {target!r} cannot be a snapshot of itself")
+            if target in (c.policies_to_train or []):
+                raise ConfigError(f"policy_snapshots: {target!r} is in policies_to_train; a snapshot does not learn")
+            if (specs[target].observation_space, specs[target].action_space) != \
+                    (specs[source].observation_space, specs[source].action_space):
+                raise ConfigError(f"policy_snapshots: {target!r} and {source!r} act in different spaces")
+
+    def evaluation_runner(self, num_episodes: int) -> MultiAgentEnvRunner:
+        """With its own mapping: a trained policy against random opponents, say."""
+        c = self.config
+        return MultiAgentEnvRunner(env_creator=self.env_creator, specs=self.module_spec,
+                                   mapping=PolicyMapping(_evaluation_mapping(c)), num_envs=1,
+                                   fragment_length=c.rollout_fragment_length, seed=c.seed + 999_983, index=-1)
+
+    def _runner(self, index: int, num_envs: int, seed: int) -> MultiAgentEnvRunner:
+        c = self.config
+        return MultiAgentEnvRunner(env_creator=self.env_creator, specs=self.module_spec, mapping=self.mapping,
+                                   num_envs=num_envs, fragment_length=c.rollout_fragment_length, seed=seed,
+                                   index=index)

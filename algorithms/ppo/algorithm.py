@@ -6,7 +6,7 @@ from rlfleet.algorithms.ppo.config import PPOConfig
 from rlfleet.algorithms.ppo.learner import PPOLearner
 from rlfleet.rl.algorithm import Algorithm
 from rlfleet.rl.batch import concat_batches, flatten_time
-from rlfleet.rl.env_runner import EnvRunnerFactory
+from rlfleet.rl.env_runner import control_runner_factory
 from rlfleet.rl.postprocessing import compute_gae
 
 
@@ -14,7 +14,7 @@ class PPO(Algorithm):
     config: PPOConfig
     config_class = PPOConfig
     learner_class = PPOLearner
-    runner_factory_class = EnvRunnerFactory
+    runner_factory_class = control_runner_factory
 
     def training_step(self) -> dict[str, float]:
         fragments = self.sample()
