@@ -1,7 +1,8 @@
 """The contract between the driver, the env runners and the learners. Read this first.
 
     driver (rl/algorithm.py)                      knows no algorithm and no env kind
-      |  factory = RunnerFactory(config, ...)     one picklable factory per run
+      |  factory = RunnerFactory(config, ...)     one picklable factory per run, of the env's kind
+      |                                           (rl/env_runner.py RUNNER_FACTORIES)
       |  runners = [factory(i) for i in N]        in this process or as Ray actors
       |  algorithm.training_step():               the algorithm's one hook per iteration
       |    fragments = self.sample()              -> Fragments, stamped with their weights version
@@ -41,8 +42,9 @@ fragments whose lag is too large. Restoring a checkpoint restores the counter an
 re-sends the weights without a new version.
 
 **Adding an algorithm** is one folder under ``algorithms/`` and one line in the registry
-(``rlfleet.algorithms.ALGORITHMS``: name -> config class); the CLI's choices, ``--help``
-and the README's list come from it, and packaging finds the folder. The folder holds:
+(``rlfleet.algorithms.ALGORITHMS``: name -> config class); the CLI's choices, ``--help``,
+``--list-algorithms`` and the per-family defaults test come from it, and packaging finds
+the folder. The folder holds:
 ``config.py``, a dataclass extending :class:`~rlfleet.rl.config.ControlConfig` (on-policy)
 or :class:`~rlfleet.rl.replay.config.OffPolicyConfig` (replay), whose ``algorithm_class()``
 names the algorithm; ``learner.py``, a :class:`~rlfleet.rl.learner.Learner` subclass with
