@@ -100,6 +100,8 @@ class AlgorithmConfig:
     """Settings shared by all algorithms. Subclasses add theirs and set ``algo_name``."""
 
     algo_name: ClassVar[str] = "base"
+    renamed: ClassVar[dict[str, str]] = {}
+    """Old key -> its new name: a config that still uses one is told the new name."""
     action_space_types: ClassVar[tuple[type, ...]] = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.Dict, spaces.Tuple)
     """Action spaces the algorithm can act in (the module may narrow the leaves further)."""
 
@@ -242,6 +244,8 @@ class AlgorithmConfig:
         """A copy with ``values`` applied and validated; unknown keys name the closest one."""
         names = self.field_names()
         for key in values:
+            if key in self.renamed:
+                raise ConfigError(f"{source}: key {key!r} of {self.algo_name} is now {self.renamed[key]!r}")
             if key not in names:
                 raise ConfigError(f"{source}: unknown key {key!r} for {self.algo_name}{closest(key, names)}")
         try:  # __post_init__ checks every field; a value's error is named with its source

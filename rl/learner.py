@@ -165,7 +165,7 @@ class Learner(abc.ABC):
                 acc[0] += value
                 acc[1] += count
         out = {key: value / count for key, (value, count) in sums.items()}
-        out["learner/num_sgd_steps"] = steps
+        out["learner/num_grad_steps"] = steps
         out["learner/lr"] = lr
         # (steps, rows of this learner per step): the group interleaves the learners' rows.
         return UpdateResult(out, {k: torch.stack(v).cpu().numpy() for k, v in per_row.items() if v})

@@ -8,6 +8,7 @@
     python scripts/bench.py defaults --suite broad --pin --window 20 --sb3-python /tmp/sb3venv/bin/python
     python scripts/bench.py sampling --repeats 5
     python scripts/bench.py memory --repeats 3 --rllib
+    python scripts/bench.py sac --seeds 3 --sb3-python /tmp/sb3venv/bin/python
 
 ``fleet-scaling``: env steps/s of PPO with a local runner, 1 and 2 Ray env runners, on a
 simulator that burns 2 ms of CPU per step (``envs.testing.BusyEnv``) and on CartPole-v1,
@@ -31,6 +32,12 @@ steps), with the share of the time the runners spent sampling.
 return (means of the last ``--window`` training episodes), the random policy's, and the
 whole-process wall, appended per run to a results file that ``--table`` turns into the
 table (``scripts/bench_defaults.py``).
+
+``sac``: rlfleet's SAC against SB3's SAC, both on their defaults and one env, each pinned
+to its own core with one torch thread, on Pendulum-v1 (20k env steps) and HalfCheetah-v5
+(100k): the greedy return over 10 episodes at the budget, the whole-process wall and the
+training time per gradient step, medians over seeds (``scripts/bench_sac.py``,
+``scripts/peers/sb3_sac.py``; results in ``scripts/results/sac.jsonl``).
 
 ``sampling``: env steps/s of one local ``EnvRunner`` (CartPole-v1, 8 envs, initial policy,
 one torch thread) against the bare loop (gymnasium's ``SyncVectorEnv`` plus the actor and
@@ -280,7 +287,7 @@ def impala_vs_ppo(args: argparse.Namespace) -> None:
 
 
 SEPARATE = {"memory": "bench_memory", "sampling": "bench_sampling", "defaults": "bench_defaults",
-            "lm-async": "bench_lm", "external": "bench_external", "serve": "bench_serve"}
+            "lm-async": "bench_lm", "external": "bench_external", "serve": "bench_serve", "sac": "bench_sac"}
 
 
 def main() -> None:
@@ -346,6 +353,15 @@ def main() -> None:
     defaults.add_argument("--sb3-python", help="python of a venv with stable-baselines3 (see scripts/peers)")
     defaults.add_argument("--results", help="results file (default: scripts/results/defaults_SUITE.jsonl)")
     defaults.add_argument("--table", action="store_true", help="print the table from the results file; run nothing")
+    sac = sub.add_parser("sac", help="rlfleet's SAC vs SB3's, both on their defaults, a core each, side by side")
+    sac.add_argument("--tasks", nargs="+", default=["Pendulum-v1:20000", "HalfCheetah-v5:100000"],
+                     metavar="ENV:STEPS", help="env ids and env-step budgets")
+    sac.add_argument("--seeds", type=int, default=3)
+    sac.add_argument("--only", choices=("rlfleet", "sb3"), help="run one side only")
+    sac.add_argument("--sb3-python", default="/tmp/sb3venv/bin/python",
+                     help="python of a venv with stable-baselines3 (see scripts/peers)")
+    sac.add_argument("--results", help="results file (default: scripts/results/sac.jsonl)")
+    sac.add_argument("--table", action="store_true", help="print the table from the results file; run nothing")
     sampling = sub.add_parser("sampling", help="env steps/s of one local runner vs the bare loop")
     sampling.add_argument("--repeats", type=int, default=5)
     sampling.add_argument("--seconds", type=float, default=2.0, help="seconds per measured point")

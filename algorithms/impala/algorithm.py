@@ -94,6 +94,7 @@ class IMPALA(Algorithm):
                 self.publish_weights()
         metrics = {k: v / updates for k, v in sums.items()} if updates else {}
         metrics.update({
+            "learner/num_grad_steps": sums.get("learner/num_grad_steps", 0),  # the iteration's, over every update
             "learner/updates": updates,
             "learner/updates_total": self.num_updates,
             "learner/updates_per_s": updates / max(time.perf_counter() - t0, 1e-9),

@@ -27,7 +27,7 @@ class SACConfig(OffPolicyConfig):
     grad_clip: float | None = None
     buffer_size: int = 1_000_000
     learning_starts: int = 1_000
-    train_batch_size: int = 256
+    minibatch_size: int = 256
     replay_ratio: float = 1.0
     target_update_interval: int = 1
     tau: float = 0.005

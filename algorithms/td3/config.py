@@ -25,7 +25,7 @@ class TD3Config(OffPolicyConfig):
     grad_clip: float | None = None
     buffer_size: int = 1_000_000
     learning_starts: int = 1_000
-    train_batch_size: int = 256
+    minibatch_size: int = 256
     replay_ratio: float = 1.0
     target_update_interval: int = 2
     """The policy delay: the actor and every target network step once per this many critic

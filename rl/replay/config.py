@@ -13,6 +13,7 @@ class OffPolicyConfig(ControlConfig):
     """Settings of the shared off-policy loop (``rl/replay/loop.py``)."""
 
     multi_agent = False  # replay would need a buffer per policy (issue 36)
+    renamed = {"train_batch_size": "minibatch_size"}  # one name for rows per gradient step
 
     # Replay steps short fragments, its rewards are not rescaled, and its observations are
     # not normalised: a stored observation must mean the same thing when it is sampled
@@ -23,8 +24,9 @@ class OffPolicyConfig(ControlConfig):
     """Transitions the replay buffer holds."""
     learning_starts: int = 1_000
     """Env steps collected before the first gradient step."""
-    train_batch_size: int = 64
-    """Rows per gradient step (each drawn from the buffer)."""
+    minibatch_size: int = 64
+    """Rows per gradient step, drawn from the buffer (PPO's name for the same thing; SB3's
+    ``batch_size``). It was ``train_batch_size``, which in PPO means rows per iteration."""
     replay_ratio: float = 0.5
     """Gradient steps per env step, whatever the number of runners (SB3's ``gradient_steps
     / train_freq``)."""
@@ -51,13 +53,13 @@ class OffPolicyConfig(ControlConfig):
 
     def validate(self) -> None:
         super().validate()
-        self.require_positive("buffer_size", "train_batch_size", "target_update_interval", "n_step", "frame_stack",
+        self.require_positive("buffer_size", "minibatch_size", "target_update_interval", "n_step", "frame_stack",
                               "prioritized_replay_beta_timesteps", "replay_ratio")
         self.require_non_negative("learning_starts")
         if not 0.0 < self.tau <= 1.0:
             raise ConfigError(f"tau must be in (0, 1], got {self.tau}")
-        if self.train_batch_size > self.buffer_size:
-            raise ConfigError(f"train_batch_size {self.train_batch_size} > buffer_size {self.buffer_size}")
-        if self.train_batch_size % max(1, self.num_learners):
-            raise ConfigError(f"train_batch_size {self.train_batch_size} must divide by num_learners {self.num_learners}: "
+        if self.minibatch_size > self.buffer_size:
+            raise ConfigError(f"minibatch_size {self.minibatch_size} > buffer_size {self.buffer_size}")
+        if self.minibatch_size % max(1, self.num_learners):
+            raise ConfigError(f"minibatch_size {self.minibatch_size} must divide by num_learners {self.num_learners}: "
                               "each learner takes an equal part of every replay batch")

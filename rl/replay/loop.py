@@ -71,7 +71,7 @@ class OffPolicyAlgorithm(Algorithm):
         for frag in fragments:
             self.buffer.add(frag)
         metrics: dict[str, float] = {}
-        if self.env_steps >= c.learning_starts and len(self.buffer) >= c.train_batch_size:
+        if self.env_steps >= c.learning_starts and len(self.buffer) >= c.minibatch_size:
             self.update_budget += c.replay_ratio * sum(f.env_steps for f in fragments)
             steps = int(self.update_budget)
             self.update_budget -= steps
@@ -115,7 +115,7 @@ class OffPolicyAlgorithm(Algorithm):
         chunk = 1 if c.prioritized_replay else 16
         for start in range(0, steps, chunk):
             n = min(chunk, steps - start)
-            batches = [self.buffer.sample(c.train_batch_size) for _ in range(n)]
+            batches = [self.buffer.sample(c.minibatch_size) for _ in range(n)]
             indices = np.concatenate([b.pop("indices") for b in batches])
             result = self.learner_group.update(concat_batches(batches, axis=0), env_steps=self.env_steps)
             if c.prioritized_replay:
@@ -123,13 +123,12 @@ class OffPolicyAlgorithm(Algorithm):
             for k, v in result.metrics.items():
                 sums[k] = sums.get(k, 0.0) + v * n
         metrics = {k: v / steps for k, v in sums.items()} if steps else {}
-        metrics.pop("learner/num_sgd_steps", None)  # per call; the iteration's count is this:
-        metrics["learner/num_grad_steps"] = steps
+        metrics["learner/num_grad_steps"] = steps  # the iteration's, over every call
         return metrics
 
 
 class OffPolicyLearner(Learner):
-    """A learner on replay batches: one gradient step per batch of ``train_batch_size``
+    """A learner on replay batches: one gradient step per batch of ``minibatch_size``
     rows (the loop hands it one or more, one after the other, each already a random
     sample), this learner taking its equal, contiguous part of each. Subclasses name
     their target networks in :meth:`make_targets` and get the updates (every
@@ -157,7 +156,7 @@ class OffPolicyLearner(Learner):
         return {"module": self.module}
 
     def minibatches(self, data: TensorBatch) -> Iterator[TensorBatch]:
-        size = self.config.train_batch_size
+        size = self.config.minibatch_size
         part = size // self.world_size
         for start in range(0, num_rows(data) - size + 1, size):
             yield take_rows(data, slice(start + self.rank * part, start + (self.rank + 1) * part))

@@ -38,7 +38,7 @@ def test_no_gradient_flows_into_the_target():
 
 def small_config(**kw):
     base = dict(env="CartPole-v1", seed=0, num_envs_per_runner=4, rollout_fragment_length=16, learning_starts=64,
-                train_batch_size=16, buffer_size=2000, hidden_sizes=(16,), target_update_interval=5)
+                minibatch_size=16, buffer_size=2000, hidden_sizes=(16,), target_update_interval=5)
     return DQNConfig(**{**base, **kw})
 
 
@@ -120,7 +120,7 @@ def test_dueling_and_prioritized_dqn_learn_the_corridor():
     from rlfleet.envs.testing import CorridorEnv
 
     algo = DQNConfig(env=CorridorEnv, seed=0, num_envs_per_runner=4, rollout_fragment_length=16, learning_starts=64,
-                     train_batch_size=32, buffer_size=5000, hidden_sizes=(32,), activation="relu", lr=1e-3,
+                     minibatch_size=32, buffer_size=5000, hidden_sizes=(32,), activation="relu", lr=1e-3,
                      dueling=True, prioritized_replay=True, n_step=3, target_update_interval=50,
                      epsilon_timesteps=1000, epsilon_final=0.02, replay_ratio=0.5).build()
     try:
@@ -129,3 +129,10 @@ def test_dueling_and_prioritized_dqn_learn_the_corridor():
         assert algo.evaluate()["evaluation/episode_return_mean"] == pytest.approx(0.96, abs=1e-6)
     finally:
         algo.stop()
+
+
+def test_the_old_name_of_minibatch_size_is_answered_with_the_new_one():
+    from rlfleet.rl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="key 'train_batch_size' of dqn is now 'minibatch_size'"):
+        DQNConfig.from_dict({"train_batch_size": 32}, source="my.yaml")

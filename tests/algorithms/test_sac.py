@@ -57,7 +57,7 @@ def test_squashed_log_prob_equals_torch_tanh_transform():
 
 
 def small_config(**kw):
-    base = dict(env="Pendulum-v1", seed=0, learning_starts=64, train_batch_size=32, buffer_size=2000)
+    base = dict(env="Pendulum-v1", seed=0, learning_starts=64, minibatch_size=32, buffer_size=2000)
     return SACConfig(**{**base, **kw})
 
 
@@ -142,7 +142,7 @@ def test_sac_refuses_actions_it_cannot_squash_naming_the_algorithms_that_fit(spa
 
 
 def test_discrete_sac_trains_and_acts_legally_on_a_masked_env():
-    algo = SACConfig(env="rlfleet/MaskedMaze-v0", seed=0, learning_starts=64, train_batch_size=32,
+    algo = SACConfig(env="rlfleet/MaskedMaze-v0", seed=0, learning_starts=64, minibatch_size=32,
                      buffer_size=2000).build()
     try:
         for _ in range(3):
@@ -176,7 +176,7 @@ def test_pendulum_cli_run_with_defaults(tmp_path):
     from tests.scripts.test_train_cli import TRAIN
 
     proc = subprocess.run([sys.executable, TRAIN, "--algo", "sac", "--env", "Pendulum-v1", "--defaults",
-                           "--stop-timesteps", "256", "--set", "learning_starts=64", "--set", "train_batch_size=32",
+                           "--stop-timesteps", "256", "--set", "learning_starts=64", "--set", "minibatch_size=32",
                            "--logdir", str(tmp_path / "run"), "--quiet", "--eval"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -33,7 +33,7 @@ def test_critic_loss_against_hand_computed_values():
 
 
 def small_config(**kw):
-    return TD3Config(**{**dict(env="Pendulum-v1", seed=0, learning_starts=64, train_batch_size=32,
+    return TD3Config(**{**dict(env="Pendulum-v1", seed=0, learning_starts=64, minibatch_size=32,
                                buffer_size=2000, replay_ratio=1 / 64), **kw})
 
 
@@ -136,7 +136,7 @@ def test_two_learners_equal_one_on_the_tuned_batch(shared_ray):
         rank0, rank1 = [r.value for r in two.group.call("get_weights")]
     finally:
         two.stop()
-    assert one_result.metrics["learner/num_sgd_steps"] == two_result.metrics["learner/num_sgd_steps"] >= 2
+    assert one_result.metrics["learner/num_grad_steps"] == two_result.metrics["learner/num_grad_steps"] >= 2
     assert max(float(np.abs(after[k] - before[k]).max(initial=0.0)) for k in after) > 1e-4
     for k in after:
         assert np.array_equal(rank0[k], rank1[k]), k

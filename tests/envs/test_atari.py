@@ -201,7 +201,7 @@ def test_dqn_trains_on_pong():
     from rlfleet.algorithms.dqn import DQNConfig
 
     config = DQNConfig(
-        env=make_pong, seed=0, frame_stack=4, buffer_size=2000, learning_starts=200, train_batch_size=32,
+        env=make_pong, seed=0, frame_stack=4, buffer_size=2000, learning_starts=200, minibatch_size=32,
         num_envs_per_runner=2, rollout_fragment_length=50, hidden_sizes=(64,), replay_ratio=0.05,
         target_update_interval=10,
     )

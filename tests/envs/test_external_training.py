@@ -137,8 +137,8 @@ def test_one_declared_space_without_the_other_is_a_config_error():
 
 @pytest.mark.parametrize("config_class, extra", [
     (IMPALAConfig, {"train_batch_fragments": 1}),
-    (DQNConfig, {"learning_starts": 16, "train_batch_size": 8, "replay_ratio": 0.5}),
-    (SACConfig, {"learning_starts": 16, "train_batch_size": 8, "replay_ratio": 0.5}),
+    (DQNConfig, {"learning_starts": 16, "minibatch_size": 8, "replay_ratio": 0.5}),
+    (SACConfig, {"learning_starts": 16, "minibatch_size": 8, "replay_ratio": 0.5}),
 ], ids=["impala", "dqn", "sac"])
 def test_impala_and_dqn_train_from_external_simulators(config_class, extra):
     port = free_port()

@@ -206,7 +206,7 @@ def make(algo: str, env: str, env_config: dict, **extra):
     configs = {
         "ppo": lambda: PPOConfig(minibatch_size=64, num_epochs=2, **QUICK, **extra),
         "impala": lambda: IMPALAConfig(**QUICK, **extra),
-        "dqn": lambda: DQNConfig(learning_starts=256, train_batch_size=32, replay_ratio=0.25,
+        "dqn": lambda: DQNConfig(learning_starts=256, minibatch_size=32, replay_ratio=0.25,
                                  epsilon_timesteps=2000, **QUICK, **extra),
     }
     config = configs[algo]()

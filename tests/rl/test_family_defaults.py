@@ -197,7 +197,7 @@ def test_each_algorithm_uses_the_defaults_its_header_names(algo, env, family, tm
 
     cls = get_config_class(algo, env)
     # so that two iterations learn
-    extra = {"learning_starts": 64, "train_batch_size": 32} if issubclass(cls, OffPolicyConfig) else {}
+    extra = {"learning_starts": 64, "minibatch_size": 32} if issubclass(cls, OffPolicyConfig) else {}
     cfg = cls(env=env, logdir=str(tmp_path), log_to_console=True, **extra)
     assert cfg.num_envs_per_runner is None and cfg.normalize_obs is None
     shapes, deltas = [], []

@@ -166,7 +166,7 @@ def test_a_runner_killed_with_sigkill_is_restarted_and_training_goes_on(shared_r
         assert hit["env_steps"] - results[1]["env_steps"] == FRAGMENT_STEPS
         assert runner_steps(hit, 0) == runner_steps(results[1], 0)
         assert runner_steps(hit, 1) - runner_steps(results[1], 1) == FRAGMENT_STEPS
-        assert all(r["learner/num_sgd_steps"] >= 1 for r in results)
+        assert all(r["learner/num_grad_steps"] >= 1 for r in results)
         # Afterwards both runners deliver again, sampling with the current weights.
         for prev, r in zip(results[2:], after):
             assert [runner_steps(r, i) - runner_steps(prev, i) for i in (0, 1)] == [FRAGMENT_STEPS] * 2
@@ -223,7 +223,7 @@ def test_an_iteration_that_lost_a_runner_still_learns(shared_ray):
     finally:
         algo.stop()
     assert result["num_fragments_dropped"] == 1 and result["env_steps"] == 3 * FRAGMENT_STEPS
-    assert result["learner/num_sgd_steps"] >= 1, "the fragment that arrived was not learned from"
+    assert result["learner/num_grad_steps"] >= 1, "the fragment that arrived was not learned from"
     assert any(not np.array_equal(before[k], after[k]) for k in before)
 
 

@@ -95,8 +95,8 @@ def test_two_learners_equal_one_learner_and_each_other(shared_ray, name):
     finally:
         two.stop()
 
-    assert result_one.metrics["learner/num_sgd_steps"] == result_two.metrics["learner/num_sgd_steps"]
-    assert result_one.metrics["learner/num_sgd_steps"] >= (1 if name == "dqn-prioritized" else 2), result_one.metrics
+    assert result_one.metrics["learner/num_grad_steps"] == result_two.metrics["learner/num_grad_steps"]
+    assert result_one.metrics["learner/num_grad_steps"] >= (1 if name == "dqn-prioritized" else 2), result_one.metrics
     moved = max(float(np.abs(after[k] - before[k]).max(initial=0.0)) for k in after)
     assert moved > 1e-4, "the update must change the weights for the comparison to mean anything"
     for k in after:

@@ -82,7 +82,7 @@ class Reach(gym.Env):
 def config(**kw):
     # one episode per iteration, so a restored run's fresh episodes are the ones it would have had
     return SACConfig(**{**dict(env=Reach, seed=0, num_envs_per_runner=1, rollout_fragment_length=16,
-                               learning_starts=32, train_batch_size=16, buffer_size=1000, hidden_sizes=(32, 32),
+                               learning_starts=32, minibatch_size=16, buffer_size=1000, hidden_sizes=(32, 32),
                                checkpoint_replay=True), **kw})
 
 

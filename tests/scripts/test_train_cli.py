@@ -160,7 +160,7 @@ def test_progress_file_has_one_json_line_per_iteration(first_run):
         assert ret is None or (isinstance(ret, float) and 8 <= ret <= 500)  # CartPole returns
     assert rows[-1]["episode_return_mean"] is not None
     # --set num_epochs=2 took effect: 2 epochs x (128 rows / minibatch 64) gradient steps.
-    assert {r["learner/num_sgd_steps"] for r in rows} == {4}
+    assert {r["learner/num_grad_steps"] for r in rows} == {4}
     # the first row breaks the start-up down, phase by phase (scripts/bench.py startup reads it)
     startup = {k: v for k, v in rows[0].items() if k.startswith("startup/")}
     assert list(startup) == ["startup/imports_and_config_s", "startup/algorithm_imports_s", "startup/env_probe_s",
