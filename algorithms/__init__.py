@@ -33,6 +33,17 @@ def algorithms_supporting(space_type: type) -> list[str]:
     return [name for name in sorted(ALGORITHMS) if space_type in get_config_class(name).action_space_types]
 
 
+def refusal(algo: str, spec: object, need: str) -> Exception:
+    """The one-line error for an env whose action space ``algo`` cannot act in: what it
+    needs, what the env has, and the registry's algorithms that can."""
+    from rlfleet.rl.spaces import UnsupportedSpaceError
+
+    space = spec.action_space  # type: ignore[attr-defined]
+    others = [name for name in algorithms_supporting(type(space)) if name != algo.lower()]
+    return UnsupportedSpaceError(f"{algo} needs {need}; env {spec.env_name!r} has {space}. "  # type: ignore[attr-defined]
+                                 f"Algorithms for {type(space).__name__} actions: {', '.join(others)}")
+
+
 def get_config_class(name: str, env: object = None) -> type[AlgorithmConfig]:
     """The config class of algorithm ``name``; its LM variant when ``env`` is a text env."""
     key = name.lower()

@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 from gymnasium import spaces
 
+from rlfleet.algorithms import refusal
 from rlfleet.algorithms.dqn.config import DQNConfig
 from rlfleet.algorithms.dqn.learner import DQNLearner
 from rlfleet.algorithms.dqn.module import QModuleSpec
@@ -14,7 +15,6 @@ from rlfleet.rl.core import Weights
 from rlfleet.rl.learner import piecewise_linear
 from rlfleet.rl.module import ModuleSpec
 from rlfleet.rl.replay.loop import OffPolicyAlgorithm
-from rlfleet.rl.spaces import UnsupportedSpaceError
 
 
 class DQN(OffPolicyAlgorithm):
@@ -24,13 +24,7 @@ class DQN(OffPolicyAlgorithm):
 
     def adapt_module_spec(self, spec: ModuleSpec) -> QModuleSpec:
         if not isinstance(spec.action_space, spaces.Discrete):
-            from rlfleet.algorithms import algorithms_supporting  # the registry, beside this package
-
-            kind = type(spec.action_space)
-            raise UnsupportedSpaceError(
-                f"DQN needs a Discrete action space; env {spec.env_name!r} has {spec.action_space}. "
-                f"Algorithms for {kind.__name__} actions: {', '.join(algorithms_supporting(kind))}"
-            )
+            raise refusal("DQN", spec, "a Discrete action space")
         return QModuleSpec(**{f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}, dueling=self.config.dueling)
 
     def epsilon(self) -> float:

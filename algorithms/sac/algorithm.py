@@ -6,13 +6,13 @@ import dataclasses
 
 from gymnasium import spaces
 
+from rlfleet.algorithms import refusal
 from rlfleet.algorithms.sac.config import SACConfig
 from rlfleet.algorithms.sac.learner import SACLearner
 from rlfleet.algorithms.sac.module import SACModuleSpec
 from rlfleet.rl.critics import is_bounded_box
 from rlfleet.rl.module import ModuleSpec
 from rlfleet.rl.replay.loop import OffPolicyAlgorithm
-from rlfleet.rl.spaces import UnsupportedSpaceError
 
 
 class SAC(OffPolicyAlgorithm):
@@ -23,12 +23,6 @@ class SAC(OffPolicyAlgorithm):
     def adapt_module_spec(self, spec: ModuleSpec) -> SACModuleSpec:
         space = spec.action_space
         if not (is_bounded_box(space) or isinstance(space, spaces.Discrete)):
-            from rlfleet.algorithms import algorithms_supporting  # the registry, beside this package
-
-            raise UnsupportedSpaceError(
-                f"SAC needs a Discrete or a bounded 1-D Box action space; env {spec.env_name!r} has {space}. "
-                f"Algorithms for {type(space).__name__} actions: "
-                f"{', '.join(a for a in algorithms_supporting(type(space)) if a != 'sac')}"
-            )
+            raise refusal("SAC", spec, "a Discrete or a bounded 1-D Box action space")
         fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
         return SACModuleSpec(**fields, initial_alpha=self.config.initial_alpha)

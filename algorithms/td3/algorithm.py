@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 
+from rlfleet.algorithms import refusal
 from rlfleet.algorithms.td3.config import TD3Config
 from rlfleet.algorithms.td3.learner import TD3Learner
 from rlfleet.algorithms.td3.module import TD3ModuleSpec
 from rlfleet.rl.critics import is_bounded_box
 from rlfleet.rl.module import ModuleSpec
 from rlfleet.rl.replay.loop import OffPolicyAlgorithm
-from rlfleet.rl.spaces import UnsupportedSpaceError
 
 
 class TD3(OffPolicyAlgorithm):
@@ -21,12 +21,6 @@ class TD3(OffPolicyAlgorithm):
     def adapt_module_spec(self, spec: ModuleSpec) -> TD3ModuleSpec:
         space = spec.action_space
         if not is_bounded_box(space):
-            from rlfleet.algorithms import algorithms_supporting  # the registry, beside this package
-
-            raise UnsupportedSpaceError(
-                f"TD3 needs a bounded 1-D Box action space; env {spec.env_name!r} has {space}. "
-                f"Algorithms for {type(space).__name__} actions: "
-                f"{', '.join(a for a in algorithms_supporting(type(space)) if a != 'td3')}"
-            )
+            raise refusal("TD3", spec, "a bounded 1-D Box action space")
         fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
         return TD3ModuleSpec(**fields, exploration_noise=self.config.exploration_noise)

@@ -63,3 +63,27 @@ class OffPolicyConfig(ControlConfig):
         if self.minibatch_size % max(1, self.num_learners):
             raise ConfigError(f"minibatch_size {self.minibatch_size} must divide by num_learners {self.num_learners}: "
                               "each learner takes an equal part of every replay batch")
+
+
+@dataclasses.dataclass
+class ActorCriticReplayConfig(OffPolicyConfig):
+    """What SAC and TD3 share (SB3's and CleanRL's settings for both): 256x256 ReLU
+    networks, lr 3e-4, batches of 256 from a 1M buffer, a gradient step per env step, soft
+    target updates, no gradient clipping."""
+
+    # One env per runner, 64 steps per sample call: a gradient step per env step (replay
+    # ratio 1) as in SB3 and CleanRL, with weights broadcast every 64 steps rather than
+    # every step (the broadcast costs more than a step's acting).
+    family_defaults = {family: {**ControlConfig.family_defaults["discrete"], "num_envs_per_runner": 1,
+                                "rollout_fragment_length": 64} for family in ControlConfig.family_defaults}
+
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    activation: str = "relu"
+    lr: float = 3e-4
+    grad_clip: float | None = None
+    buffer_size: int = 1_000_000
+    learning_starts: int = 1_000
+    minibatch_size: int = 256
+    replay_ratio: float = 1.0
+    target_update_interval: int = 1
+    tau: float = 0.005
