@@ -1,7 +1,7 @@
 """Multi-agent envs: PettingZoo's Parallel API is the native form (dicts keyed by agent id);
 turn-based (AEC) envs are seen through :class:`TurnBased`, which speaks the same API.
 
-One step of a multi-agent env, as the runner (rl/multi_agent_runner.py) reads it::
+One step of a multi-agent env, as the runner (rl/runners/multi_agent_runner.py) reads it::
 
     obs, rewards, terminations, truncations, infos = env.step({agent: action, ...})
 

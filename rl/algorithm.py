@@ -23,10 +23,10 @@ from rlfleet.rl.checkpoint import CheckpointError, load_checkpoint, save_checkpo
 from rlfleet.rl.config import AlgorithmConfig
 from rlfleet.rl.connectors import RewardNormalizer
 from rlfleet.rl.core import Fragment, Runner, RunnerFactory, Weights
-from rlfleet.rl.env_runner_group import EnvRunnerGroup
+from rlfleet.rl.runners.env_runner_group import EnvRunnerGroup
 from rlfleet.rl.learner import Learner, LearnerFactory, LearnerGroup, MultiLearnerGroup
 from rlfleet.rl.metrics import MetricsLogger
-from rlfleet.rl.module import ModuleSpec, spec_to_dict
+from rlfleet.rl.models.module import ModuleSpec, spec_to_dict
 from rlfleet.rl.spaces import FAMILIES
 from rlfleet.runtime import Runtime, make_runtime
 

@@ -2,7 +2,7 @@
 
     driver (rl/algorithm.py)                      knows no algorithm and no env kind
       |  factory = RunnerFactory(config, ...)     one picklable factory per run, of the env's kind
-      |                                           (rl/env_runner.py RUNNER_FACTORIES)
+      |                                           (rl/runners/env_runner.py RUNNER_FACTORIES)
       |  runners = [factory(i) for i in N]        in this process or as Ray actors
       |  algorithm.training_step():               the algorithm's one hook per iteration
       |    fragments = self.sample()              -> Fragments, stamped with their weights version
@@ -14,7 +14,7 @@
 fragment is time-major, ``(T, B, ...)``; what reaches a learner is whatever the algorithm
 builds from fragments: rows ``(N, ...)`` for PPO, DQN and LM post-training, time-major
 ``(T, B, ...)`` for IMPALA. Every column is documented where it is made: control fragments
-in :mod:`rlfleet.rl.env_runner` (obs, actions, rewards, terminated, truncated, is_first,
+in :mod:`rlfleet.rl.runners.env_runner` (obs, actions, rewards, terminated, truncated, is_first,
 bootstrap_obs, logp, values, next_values), completions in :mod:`rlfleet.rl.lm.generator`
 (sequences, attention_mask, completion_mask, logprobs, rewards). Several policies
 (multi-agent) are a :data:`MultiBatch`, one ``SampleBatch`` per policy id; a single-policy

@@ -22,9 +22,9 @@ import tree
 from torch import nn
 
 from rlfleet.rl.core import DISTRIBUTION, Q_VALUES, has_capability
-from rlfleet.rl.distributions import mask_logits
+from rlfleet.rl.models.distributions import mask_logits
 from rlfleet.rl.inference import Policy, to_json
-from rlfleet.rl.module import legal_actions
+from rlfleet.rl.models.module import legal_actions
 from rlfleet.envs.schema import space_from_schema, space_to_schema
 from rlfleet.rl.spaces import leaf_spaces, space_structure
 

@@ -21,7 +21,7 @@ from rlfleet.rl.checkpoint import CheckpointError, checkpoint_file, checkpoint_f
 from rlfleet.rl.config import closest
 from rlfleet.rl.connectors import MeanStdFilter
 from rlfleet.rl.core import ACTION_MASK
-from rlfleet.rl.module import spec_from_dict
+from rlfleet.rl.models.module import spec_from_dict
 from rlfleet.envs.schema import space_to_schema
 from rlfleet.rl.spaces import actions_to_env, mask_segments, rows_without_legal_action, space_structure
 from rlfleet.runtime.base import BadRequest

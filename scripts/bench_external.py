@@ -113,8 +113,8 @@ def _schemas() -> tuple[Any, dict]:
 
 
 def _runner(env: Any, port: int) -> Any:
-    from rlfleet.rl.external_runner import ExternalEnvRunner
-    from rlfleet.rl.module import ModuleSpec
+    from rlfleet.rl.runners.external_runner import ExternalEnvRunner
+    from rlfleet.rl.models.module import ModuleSpec
 
     return ExternalEnvRunner(module_spec=ModuleSpec(env.observation_space, env.action_space),
                              env_config={"port": port}, num_columns=1, fragment_length=10**9, seed=0,

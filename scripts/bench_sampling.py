@@ -64,7 +64,7 @@ class BareLoop:
 class Ours:
     def __init__(self, env: str, num_envs: int, fragment_length: int, seed: int) -> None:
         from rlfleet.algorithms.ppo import PPOConfig
-        from rlfleet.rl.env_runner import EnvRunnerFactory
+        from rlfleet.rl.runners.env_runner import EnvRunnerFactory
 
         config = PPOConfig(env=env, seed=seed, num_envs_per_runner=num_envs, rollout_fragment_length=fragment_length)
         self.runner = EnvRunnerFactory(config)(0)

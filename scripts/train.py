@@ -137,8 +137,8 @@ def exit_code_of(error: Exception) -> int | None:
     from rlfleet.envs.text import RewardError
     from rlfleet.rl.checkpoint import CheckpointError, CheckpointWriteError
     from rlfleet.rl.config import ConfigError
-    from rlfleet.rl.env_runner_group import RunnerFailureError
-    from rlfleet.rl.external_runner import ExternalConfigError, ExternalTimeoutError
+    from rlfleet.rl.runners.env_runner_group import RunnerFailureError
+    from rlfleet.rl.runners.external_runner import ExternalConfigError, ExternalTimeoutError
     from rlfleet.rl.spaces import UnsupportedSpaceError
     from rlfleet.runtime import ClusterUnreachableError, InsufficientResourcesError
 

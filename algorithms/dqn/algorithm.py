@@ -13,7 +13,7 @@ from rlfleet.algorithms.dqn.learner import DQNLearner
 from rlfleet.algorithms.dqn.module import QModuleSpec
 from rlfleet.rl.core import Weights
 from rlfleet.rl.learner import piecewise_linear
-from rlfleet.rl.module import ModuleSpec
+from rlfleet.rl.models.module import ModuleSpec
 from rlfleet.rl.replay.loop import OffPolicyAlgorithm
 
 

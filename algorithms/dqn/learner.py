@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from rlfleet.algorithms.dqn.config import DQNConfig
-from rlfleet.rl.distributions import mask_logits
+from rlfleet.rl.models.distributions import mask_logits
 from rlfleet.rl.learner import TensorBatch
-from rlfleet.rl.module import legal_actions
+from rlfleet.rl.models.module import legal_actions
 from rlfleet.rl.replay.loop import OffPolicyLearner
 
 

@@ -16,8 +16,8 @@ from gymnasium import spaces
 from torch import nn
 
 from rlfleet.rl.core import Q_VALUES
-from rlfleet.rl.distributions import mask_logits
-from rlfleet.rl.module import ModuleSpec, ObsEncoder, _init, legal_actions, mlp, run_layers
+from rlfleet.rl.models.distributions import mask_logits
+from rlfleet.rl.models.module import ModuleSpec, ObsEncoder, _init, legal_actions, mlp, run_layers
 from rlfleet.rl.spaces import UnsupportedSpaceError, check_spaces
 
 

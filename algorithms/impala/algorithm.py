@@ -14,7 +14,7 @@ from rlfleet.algorithms.impala.learner import IMPALALearner
 from rlfleet.rl.algorithm import Algorithm
 from rlfleet.rl.batch import concat_batches
 from rlfleet.rl.core import Fragment, SampleBatch
-from rlfleet.rl.env_runner import control_runner_factory
+from rlfleet.rl.runners.env_runner import control_runner_factory
 from rlfleet.rl.checkpoint import load_checkpoint
 
 LEARNER_KEYS = ("obs", "actions", "logp", "rewards", "terminated", "truncated", "bootstrap_obs")

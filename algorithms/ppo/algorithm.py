@@ -6,7 +6,7 @@ from rlfleet.algorithms.ppo.config import PPOConfig
 from rlfleet.algorithms.ppo.learner import PPOLearner
 from rlfleet.rl.algorithm import Algorithm
 from rlfleet.rl.batch import concat_batches, flatten_time
-from rlfleet.rl.env_runner import control_runner_factory
+from rlfleet.rl.runners.env_runner import control_runner_factory
 from rlfleet.rl.postprocessing import compute_gae
 
 

@@ -10,8 +10,8 @@ from rlfleet.algorithms import refusal
 from rlfleet.algorithms.sac.config import SACConfig
 from rlfleet.algorithms.sac.learner import SACLearner
 from rlfleet.algorithms.sac.module import SACModuleSpec
-from rlfleet.rl.critics import is_bounded_box
-from rlfleet.rl.module import ModuleSpec
+from rlfleet.rl.models.critics import is_bounded_box
+from rlfleet.rl.models.module import ModuleSpec
 from rlfleet.rl.replay.loop import OffPolicyAlgorithm
 
 

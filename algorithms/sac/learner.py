@@ -10,7 +10,7 @@ from gymnasium import spaces
 
 from rlfleet.algorithms.sac.config import SACConfig
 from rlfleet.rl.learner import TensorBatch
-from rlfleet.rl.module import legal_actions
+from rlfleet.rl.models.module import legal_actions
 from rlfleet.rl.replay.loop import OffPolicyLearner
 
 

@@ -12,10 +12,10 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from rlfleet.rl.critics import ActionBounds, Critic, is_bounded_box
-from rlfleet.rl.critics import frozen as frozen_call
-from rlfleet.rl.distributions import mask_logits
-from rlfleet.rl.module import ModuleSpec, ObsEncoder, _init, legal_actions, mlp, run_layers
+from rlfleet.rl.models.critics import ActionBounds, Critic, is_bounded_box
+from rlfleet.rl.models.critics import frozen as frozen_call
+from rlfleet.rl.models.distributions import mask_logits
+from rlfleet.rl.models.module import ModuleSpec, ObsEncoder, _init, legal_actions, mlp, run_layers
 from rlfleet.rl.spaces import UnsupportedSpaceError, check_spaces
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # SB3's and the paper's clamp on the actor's log-std

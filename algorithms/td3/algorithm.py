@@ -8,8 +8,8 @@ from rlfleet.algorithms import refusal
 from rlfleet.algorithms.td3.config import TD3Config
 from rlfleet.algorithms.td3.learner import TD3Learner
 from rlfleet.algorithms.td3.module import TD3ModuleSpec
-from rlfleet.rl.critics import is_bounded_box
-from rlfleet.rl.module import ModuleSpec
+from rlfleet.rl.models.critics import is_bounded_box
+from rlfleet.rl.models.module import ModuleSpec
 from rlfleet.rl.replay.loop import OffPolicyAlgorithm
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from rlfleet.algorithms.td3.config import TD3Config
-from rlfleet.rl.critics import frozen
+from rlfleet.rl.models.critics import frozen
 from rlfleet.rl.learner import TensorBatch
 from rlfleet.rl.replay.loop import OffPolicyLearner
 

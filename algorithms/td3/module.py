@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlfleet.rl.critics import ActionBounds, Critic
-from rlfleet.rl.module import ModuleSpec, ObsEncoder, _init, mlp, run_layers
+from rlfleet.rl.models.critics import ActionBounds, Critic
+from rlfleet.rl.models.module import ModuleSpec, ObsEncoder, _init, mlp, run_layers
 from rlfleet.rl.spaces import check_spaces
 
 

@@ -5,7 +5,7 @@ columns of a fragment. Also the one-shot wait for the first hello's spaces
 (``await_declared_spaces``).
 
 Knows no policy: ``act(observations) -> (actions, extras)`` and ``value(observations)``
-are given by the env runner that owns the server (rl/external_runner.py). A step is
+are given by the env runner that owns the server (rl/runners/external_runner.py). A step is
 complete once its reward and its next observation are known (the next ``get_action``, or
 ``end_episode``); ``take_columns`` hands out runs of T complete steps of one connection.
 

@@ -21,7 +21,7 @@ from gymnasium import spaces
 from rlfleet.rl.algorithm import Algorithm
 from rlfleet.rl.batch import concat_batches, num_rows, take_rows
 from rlfleet.rl.checkpoint import CheckpointError
-from rlfleet.rl.env_runner import control_runner_factory
+from rlfleet.rl.runners.env_runner import control_runner_factory
 from rlfleet.rl.learner import Learner, TensorBatch, piecewise_linear
 from rlfleet.rl.replay.buffer import ReplayBuffer
 from rlfleet.rl.replay.config import OffPolicyConfig

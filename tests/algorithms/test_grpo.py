@@ -265,7 +265,7 @@ def test_a_restored_run_sends_the_checkpoints_reference_to_the_runners(tmp_path)
 
 def test_a_stalled_weight_sync_ends_the_run_naming_the_runner(shared_ray):
     from rlfleet.algorithms.grpo.algorithm import GRPO
-    from rlfleet.rl.env_runner_group import RunnerFailureError, WeightSyncTimeoutError
+    from rlfleet.rl.runners.env_runner_group import RunnerFailureError, WeightSyncTimeoutError
     from tests.fleet_envs import StallingGeneratorFactory as StallingFactory
 
     class StallingGRPO(GRPO):

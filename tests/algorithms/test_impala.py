@@ -29,7 +29,7 @@ from gymnasium import spaces
 from rlfleet.rl.core import Fragment
 from rlfleet.rl.config import ConfigError
 from rlfleet.scripts.tools.experiment import load_experiment
-from rlfleet.rl.module import ModuleSpec
+from rlfleet.rl.models.module import ModuleSpec
 from rlfleet.rl.postprocessing import compute_gae
 from tests.fleet_envs import processes, remote_calls_of, start_shared_ray, stop_shared_ray
 

@@ -14,7 +14,7 @@ from gymnasium import spaces
 
 from rlfleet.algorithms.sac import SACConfig, sac_losses
 from rlfleet.algorithms.sac.module import squash_log_prob
-from rlfleet.rl.module import ModuleSpec
+from rlfleet.rl.models.module import ModuleSpec
 from rlfleet.rl.spaces import UnsupportedSpaceError
 
 

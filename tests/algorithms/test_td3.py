@@ -14,7 +14,7 @@ from gymnasium import spaces
 from rlfleet.algorithms.td3 import TD3, TD3Config, td3_critic_loss
 from rlfleet.algorithms.td3.module import TD3ModuleSpec
 from rlfleet.rl.learner import LearnerFactory, LearnerGroup
-from rlfleet.rl.module import ModuleSpec
+from rlfleet.rl.models.module import ModuleSpec
 from rlfleet.rl.spaces import UnsupportedSpaceError
 from rlfleet.runtime import LocalRuntime
 from rlfleet.runtime.ray_backend import RayRuntime

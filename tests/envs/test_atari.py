@@ -46,7 +46,7 @@ def test_observations_are_channel_first_uint8_stacks():
     assert make_atari("ALE/Pong-v5", frame_stack=1).observation_space.shape == (1, 84, 84)
 
     # The CNN reads (4, 84, 84) as CHW, with the Nature-DQN trunk for 84x84 frames.
-    from rlfleet.rl.module import LeafEncoder
+    from rlfleet.rl.models.module import LeafEncoder
 
     encoder = LeafEncoder(env.observation_space)
     assert encoder.channels_last is False

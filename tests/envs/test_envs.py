@@ -297,8 +297,8 @@ def test_nan_reward_from_a_vector_env_is_caught():
 
 
 def runner_for(env_cls, name):
-    from rlfleet.rl.env_runner import EnvRunner
-    from rlfleet.rl.module import ModuleSpec
+    from rlfleet.rl.runners.env_runner import EnvRunner
+    from rlfleet.rl.models.module import ModuleSpec
 
     probe = env_cls()
     return EnvRunner(

@@ -19,8 +19,8 @@ from gymnasium import spaces
 
 from rlfleet.envs.external import PolicyClient, ProtocolError
 from rlfleet.envs.external.protocol import decode, encode, pack, unpack
-from rlfleet.rl.external_runner import ExternalEnvRunner
-from rlfleet.rl.module import ModuleSpec
+from rlfleet.rl.runners.external_runner import ExternalEnvRunner
+from rlfleet.rl.models.module import ModuleSpec
 from rlfleet.rl.postprocessing import compute_gae
 from rlfleet.envs.schema import space_to_schema
 from tests.extras import require_extra

@@ -128,7 +128,7 @@ def test_a_run_without_spaces_in_its_config_takes_them_from_the_first_hello():
 
 
 def test_one_declared_space_without_the_other_is_a_config_error():
-    from rlfleet.rl.external_runner import ExternalConfigError
+    from rlfleet.rl.runners.external_runner import ExternalConfigError
 
     with pytest.raises(ExternalConfigError, match="has env_config observation_space but no action_space"):
         PPOConfig.from_dict({**SMALL, "minibatch_size": 8, "env": "external",

@@ -21,8 +21,8 @@ from rlfleet.algorithms.ppo import PPOConfig
 from rlfleet.envs import EnvContractError
 from rlfleet.envs.masked import IllegalActionError, MaskedChoiceEnv, MaskedMazeEnv
 from rlfleet.rl.connectors import MeanStdFilter
-from rlfleet.rl.distributions import ActionDistribution
-from rlfleet.rl.module import ModuleSpec
+from rlfleet.rl.models.distributions import ActionDistribution
+from rlfleet.rl.models.module import ModuleSpec
 from rlfleet.rl.spaces import UnsupportedSpaceError
 
 LN2, LN3 = math.log(2.0), math.log(3.0)

@@ -6,7 +6,7 @@ import torch
 from gymnasium import spaces
 from torch import distributions as td
 
-from rlfleet.rl.distributions import ActionDistribution, Categorical, DiagGaussian, MultiCategorical, dist_input_size
+from rlfleet.rl.models.distributions import ActionDistribution, Categorical, DiagGaussian, MultiCategorical, dist_input_size
 
 LN2, LN3, LN_2PI = math.log(2.0), math.log(3.0), math.log(2.0 * math.pi)
 

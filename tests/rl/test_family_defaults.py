@@ -252,7 +252,7 @@ def test_a_learner_refuses_a_config_whose_fields_are_still_left_to_the_spaces():
     from gymnasium import spaces as sp
 
     from rlfleet.algorithms.ppo.learner import PPOLearner
-    from rlfleet.rl.module import ModuleSpec
+    from rlfleet.rl.models.module import ModuleSpec
 
     spec = ModuleSpec(sp.Box(-1.0, 1.0, (3,), np.float32), sp.Discrete(2))
     with pytest.raises(ValueError, match="config field 'num_envs_per_runner' is still left to the spaces"):

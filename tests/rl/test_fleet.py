@@ -24,7 +24,7 @@ from rlfleet.algorithms.ppo import PPOConfig
 from rlfleet.envs import EnvFailedError
 from rlfleet.envs.testing import CorridorEnv, FlakyEnv
 from rlfleet.rl.checkpoint import load_checkpoint
-from rlfleet.rl.env_runner_group import EnvRunnerGroup, RunnerFailureError
+from rlfleet.rl.runners.env_runner_group import EnvRunnerGroup, RunnerFailureError
 from rlfleet.scripts.tools.experiment import load_experiment
 from rlfleet.runtime.ray_backend import RayRuntime
 from tests.fleet_envs import (
@@ -137,7 +137,7 @@ def test_runner_processes_are_named_env_runner(cartpole_fleet):
 
 
 def test_runners_of_the_default_policy_never_load_torch(cartpole_fleet):
-    # They act in numpy (rl/numpy_policy.py): torch would cost each about 150 MiB.
+    # They act in numpy (rl/models/numpy_policy.py): torch would cost each about 150 MiB.
     cartpole_fleet.train()
     for pid in cartpole_fleet.env_runner_group.group.pids():
         with open(f"/proc/{pid}/maps") as f:
@@ -195,7 +195,7 @@ def test_a_runner_killed_with_sigkill_is_restarted_and_training_goes_on(shared_r
 def test_runners_whose_constructor_raises_end_the_run_at_once_naming_the_error(shared_ray):
     """Issue 30: runners that could not import the user's module were restarted until
     restart_timeout_s ran out and the run ended naming Ray's preamble, not the import."""
-    from rlfleet.rl.env_runner_group import RunnerFailureError
+    from rlfleet.rl.runners.env_runner_group import RunnerFailureError
     from tests.fleet_envs import ImportsInRunnersEnv
 
     with pytest.raises(RunnerFailureError) as failed:

@@ -6,7 +6,7 @@ import tree
 from gymnasium import spaces
 
 from rlfleet.envs.testing import ImageEnv, NestedObsEnv
-from rlfleet.rl.module import ModuleSpec, RLModule
+from rlfleet.rl.models.module import ModuleSpec, RLModule
 from rlfleet.rl.spaces import UnsupportedSpaceError, actions_to_env, leaf_spaces
 
 B = 5
@@ -95,7 +95,7 @@ def test_sampled_logp_equals_forward_train_logp(case):
 def test_side_by_side_stacks_the_first_layer_and_block_diagonalises_the_rest():
     from torch import nn
 
-    from rlfleet.rl.module import side_by_side
+    from rlfleet.rl.models.module import side_by_side
 
     def linear(weight, bias):
         layer = nn.Linear(len(weight[0]), len(weight))
@@ -315,10 +315,22 @@ def test_actions_to_env_shifts_discrete_actions_by_start():
     ((4, 84, 84), False), ((6, 10, 10), False), ((3, 16, 16), False),
 ])
 def test_channels_axis_of_an_image(shape, last):
-    from rlfleet.rl.module import is_channels_last
+    from rlfleet.rl.models.module import is_channels_last
 
     assert is_channels_last(shape) is last
     module = build(spaces.Box(0, 1, shape, np.bool_ if shape[-1] == 6 else np.float32), spaces.Discrete(3))
     first_conv = module.encoder.encoders[0].cnn[0][0]
     assert first_conv.in_channels == (shape[-1] if last else shape[0])
     assert module.forward_exploration(torch.zeros(2, *shape))["actions"][0].shape == (2,)
+
+
+def test_a_spec_named_where_it_lived_before_rl_models_still_loads():
+    # Checkpoints written before the move name rlfleet.rl.module_spec / rlfleet.rl.module.
+    from gymnasium import spaces as sp
+
+    from rlfleet.rl.models.module import spec_from_dict, spec_to_dict
+    from rlfleet.rl.models.spec import ModuleSpec
+
+    spec = ModuleSpec(sp.Box(-1.0, 1.0, (3,), np.float32), sp.Discrete(2), hidden_sizes=(8,))
+    for old in ("rlfleet.rl.module_spec:ModuleSpec", "rlfleet.rl.module:ModuleSpec"):
+        assert spec_from_dict({**spec_to_dict(spec), "class": old}) == spec

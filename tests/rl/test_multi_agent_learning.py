@@ -22,7 +22,7 @@ def test_simple_spread_pass_bar_is_past_halfway_from_random_to_the_best_return()
     from rlfleet.algorithms.ppo import PPOConfig
     from rlfleet.envs.multi_agent import MultiAgentCreator
     from rlfleet.scripts.tools.experiment import load_experiment
-    from rlfleet.rl.multi_agent_runner import RANDOM_POLICY, MultiAgentEnvRunner, PolicyMapping
+    from rlfleet.rl.runners.multi_agent_runner import RANDOM_POLICY, MultiAgentEnvRunner, PolicyMapping
 
     exp = load_experiment(EXAMPLE)
     threshold = exp.pass_criteria.episode_return_mean

@@ -1,4 +1,4 @@
-"""The multi-agent runner (rl/multi_agent_runner.py) on a scripted env whose agents join
+"""The multi-agent runner (rl/runners/multi_agent_runner.py) on a scripted env whose agents join
 late, leave early and are cut by a time limit: every column, reward, episode end and
 bootstrap value by hand, and GAE per agent against hand-computed advantages."""
 
@@ -12,8 +12,8 @@ import torch
 from gymnasium import spaces
 
 from rlfleet.envs.multi_agent import MultiAgentCreator, MultiAgentEnvError, TurnBased
-from rlfleet.rl.module import ModuleSpec
-from rlfleet.rl.multi_agent_runner import MultiAgentEnvRunner, PolicyMapping
+from rlfleet.rl.models.module import ModuleSpec
+from rlfleet.rl.runners.multi_agent_runner import MultiAgentEnvRunner, PolicyMapping
 from rlfleet.rl.postprocessing import compute_gae
 from tests.extras import require_extra
 

@@ -1,4 +1,4 @@
-"""The numpy acting path (rl/numpy_policy.py) computes what the torch module computes."""
+"""The numpy acting path (rl/models/numpy_policy.py) computes what the torch module computes."""
 
 import math
 
@@ -11,8 +11,8 @@ from gymnasium import spaces
 
 from rlfleet.algorithms.dqn.module import QModuleSpec
 from rlfleet.envs.testing import ImageEnv, NestedObsEnv
-from rlfleet.rl.module import ModuleSpec, TorchActing
-from rlfleet.rl.numpy_policy import NumpyPolicy, numpy_covers
+from rlfleet.rl.models.module import ModuleSpec, TorchActing
+from rlfleet.rl.models.numpy_policy import NumpyPolicy, numpy_covers
 
 B = 64
 

@@ -35,7 +35,7 @@ PRIVATE = {
     "torch._foreach_addcdiv_": "rl/optim.py Adam",
     "torch._fused_adam_": "rl/optim.py Adam's fused step (the foreach path without it)",
     "torch._foreach_norm": "rl/learner.py gradient clipping",
-    "torch.Tensor._version": "rl/module.py acting_layers: a parameter changed in place",
+    "torch.Tensor._version": "rl/models/module.py acting_layers: a parameter changed in place",
 }
 # the library's own code; scripts/peers/ runs other libraries for comparison
 SOURCES = ["rl", "runtime", "algorithms", "envs", "scripts"]

@@ -198,16 +198,3 @@ def test_served_and_in_process_evaluation_give_the_same_returns(cartpole_server)
     assert served["requests"] == local["requests"] == sum(int(r) for r in local["returns"])  # CartPole: 1 a step
     assert served["latency_ms_p50"] > 0 and served["latency_ms_p99"] >= served["latency_ms_p50"]
 
-
-def test_a_served_sac_policy_plays_the_checkpoints_episodes(checkpoints):
-    # A module with no capabilities but acting (SAC's squashed Gaussian): served greedily.
-    checkpoint = checkpoints("sac-pendulum")
-    server, client = start(checkpoint)
-    try:
-        status, meta = client.request("GET", "/metadata")
-        served = evaluate("--endpoint", f"http://127.0.0.1:{client.port}")
-    finally:
-        server.stop()
-    assert status == 200 and meta["algorithm"] == "sac", meta
-    local = evaluate("--checkpoint", checkpoint)
-    np.testing.assert_allclose(served["returns"], local["returns"], rtol=1e-5)

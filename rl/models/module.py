@@ -23,8 +23,8 @@ from gymnasium import spaces
 from torch import nn
 
 from rlfleet.rl.core import ACTION_MASK, DISTRIBUTION, VALUES
-from rlfleet.rl.module_spec import ModuleSpec  # noqa: F401 (its home before it moved; checkpoints name it here)
-from rlfleet.rl.distributions import ActionDistribution, Categorical, DiagGaussian, MultiCategorical, dist_input_size
+from rlfleet.rl.models.spec import ModuleSpec
+from rlfleet.rl.models.distributions import ActionDistribution, Categorical, DiagGaussian, MultiCategorical, dist_input_size
 from rlfleet.envs.schema import space_from_schema, space_to_schema
 from rlfleet.rl.spaces import check_spaces, is_image, leaf_spaces
 
@@ -42,9 +42,14 @@ def spec_to_dict(spec: ModuleSpec) -> dict[str, Any]:
     return {"class": f"{type(spec).__module__}:{type(spec).__qualname__}", "fields": fields}
 
 
+# Where spec classes lived when older checkpoints named them (before rl/models/).
+MOVED = {"rlfleet.rl.module": "rlfleet.rl.models.module", "rlfleet.rl.module_spec": "rlfleet.rl.models.spec"}
+
+
 def spec_from_dict(data: dict[str, Any]) -> ModuleSpec:
     """Inverse of :func:`spec_to_dict`; only spec classes of this library are imported."""
     module_name, _, class_name = str(data.get("class", "")).partition(":")
+    module_name = MOVED.get(module_name, module_name)
     if not module_name.startswith("rlfleet."):
         raise ValueError(f"module spec class {data.get('class')!r} is not one of rlfleet's")
     cls = getattr(importlib.import_module(module_name), class_name, None)
@@ -331,7 +336,7 @@ def to_tensor(obs: Any) -> Any:
 
 
 class TorchActing:
-    """The acting interface of env runners (numpy in, numpy out; see rl/numpy_policy.py)
+    """The acting interface of env runners (numpy in, numpy out; see rl/models/numpy_policy.py)
     over a torch module: ``forward_exploration``, ``compute_values``, ``forward_inference``."""
 
     def __init__(self, module: nn.Module) -> None:

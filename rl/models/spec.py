@@ -1,7 +1,7 @@
 """ModuleSpec: everything needed to build a policy anywhere, as plain data.
 
-It lives apart from the torch module (rl/module.py) so that unpickling one, in an env
-runner that acts in numpy (rl/numpy_policy.py), loads no torch.
+It lives apart from the torch module (rl/models/module.py) so that unpickling one, in an env
+runner that acts in numpy (rl/models/numpy_policy.py), loads no torch.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from rlfleet.rl.numpy_policy import NumpyPolicy, numpy_covers
+from rlfleet.rl.models.numpy_policy import NumpyPolicy, numpy_covers
 from rlfleet.rl.spaces import encoder_space
 
 
@@ -34,19 +34,19 @@ class ModuleSpec:
 
     def build(self) -> Any:
         """The actor-critic (PPO, IMPALA); other module kinds subclass the spec."""
-        from rlfleet.rl.module import RLModule
+        from rlfleet.rl.models.module import RLModule
 
         return RLModule(self)
 
     def build_acting(self, seed: int) -> Any:
         """What an env runner acts with (numpy in, numpy out): the numpy policy where it
         computes this very module (a subclass builds another module), else the torch
-        module behind the same interface (``rl/module.py`` ``TorchActing``)."""
+        module behind the same interface (``rl/models/module.py`` ``TorchActing``)."""
         if type(self) is ModuleSpec and numpy_covers(self):
             return NumpyPolicy(self, seed)
         import torch
 
-        from rlfleet.rl.module import TorchActing
+        from rlfleet.rl.models.module import TorchActing
 
         torch.manual_seed(seed)
         return TorchActing(self.build())

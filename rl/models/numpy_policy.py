@@ -1,11 +1,11 @@
 """Acting without torch: the default actor-critic's forward pass in numpy, for env runners.
 
-A runner only acts. For the default MLP actor-critic (rl/module.py) acting is a few small
+A runner only acts. For the default MLP actor-critic (rl/models/module.py) acting is a few small
 matrix products and a draw, which numpy does as fast as torch; doing it here keeps torch
 out of runner processes, which saves about 150 MiB and most of a second of start-up per
 runner (``scripts/bench.py memory`` and ``startup``). The weights arrive as the numpy
 state dict the learner broadcasts. Anything this file does not cover (image encoders,
-Q-networks, user modules) acts through torch (``rl/module.py`` ``TorchActing``).
+Q-networks, user modules) acts through torch (``rl/models/module.py`` ``TorchActing``).
 
 This module must not import torch, directly or through what it imports.
 """
@@ -98,7 +98,7 @@ class NumpyPolicy:
         return weights
 
     def load(self, weights: dict[str, np.ndarray]) -> None:
-        """The policy and value MLPs side by side (as ``rl/module.py`` ``side_by_side``):
+        """The policy and value MLPs side by side (as ``rl/models/module.py`` ``side_by_side``):
         a shared layer as it is, the first separate layer stacked, later ones block-diagonal.
         Stored transposed, for ``x @ W``."""
         missing = [f"{name}.weight" for pair in self._keys() for name in pair

@@ -4,7 +4,7 @@ Built from factories (an env creator and a module spec), so the same class runs 
 process and as a remote actor. Weights arrive by value here, after the runtime resolved
 the object-store reference once per actor.
 
-The default actor-critic acts in numpy (rl/numpy_policy.py), and this module imports
+The default actor-critic acts in numpy (rl/models/numpy_policy.py), and this module imports
 torch only for the modules that need it: a remote runner of the default policy never
 loads torch (about 150 MiB and most of a second of start-up saved per runner).
 """
@@ -25,7 +25,7 @@ from rlfleet.rl.connectors import MeanStdFilter
 from rlfleet.envs import EnvContractError
 from rlfleet.rl.core import ACTION_MASK, Fragment
 from rlfleet.envs.multi_agent import is_multi_agent_name
-from rlfleet.rl.module_spec import ModuleSpec
+from rlfleet.rl.models.spec import ModuleSpec
 from rlfleet.rl.spaces import (actions_to_env, check_spaces, mask_segments, mask_space, rows_without_legal_action,
                               space_family)
 
@@ -298,15 +298,15 @@ class EnvRunnerFactory(ControlRunnerFactory):
 # through torch modules and are imported only when a run uses them, so that unpickling
 # an EnvRunnerFactory in a runner process loads no torch (see the module docstring).
 RUNNER_FACTORIES = {
-    "external": "rlfleet.rl.external_runner:ExternalRunnerFactory",  # env: external (simulators connect)
-    "multi_agent": "rlfleet.rl.multi_agent_runner:MultiAgentRunnerFactory",  # env: pettingzoo:<module>
-    "gymnasium": "rlfleet.rl.env_runner:EnvRunnerFactory",  # anything else
+    "external": "rlfleet.rl.runners.external_runner:ExternalRunnerFactory",  # env: external (simulators connect)
+    "multi_agent": "rlfleet.rl.runners.multi_agent_runner:MultiAgentRunnerFactory",  # env: pettingzoo:<module>
+    "gymnasium": "rlfleet.rl.runners.env_runner:EnvRunnerFactory",  # anything else
 }
 
 
 def env_kind(env: Any) -> str:
     """The key of ``RUNNER_FACTORIES`` for a config's ``env``."""
-    if env == "external":  # rl/external_runner.py EXTERNAL_ENV (not imported here: it loads torch)
+    if env == "external":  # rl/runners/external_runner.py EXTERNAL_ENV (not imported here: it loads torch)
         return "external"
     return "multi_agent" if is_multi_agent_name(env) else "gymnasium"
 

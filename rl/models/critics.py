@@ -12,7 +12,7 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from rlfleet.rl.module import ModuleSpec, ObsEncoder, _init, mlp, run_layers
+from rlfleet.rl.models.module import ModuleSpec, ObsEncoder, _init, mlp, run_layers
 
 
 def is_bounded_box(space: gym.Space) -> bool:

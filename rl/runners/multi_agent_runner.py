@@ -7,7 +7,7 @@ follows. A step is complete once the agent's next observation is known (it acts 
 V(next obs) comes from that forward pass) or it ended (terminated: no future; truncated:
 V(its last observation)). Complete steps of one agent are cut into columns of
 ``fragment_length`` steps, and a policy's batch is the columns of every agent mapped to
-it, with the single-agent layout (rl/env_runner.py): so PPO's GAE runs on it unchanged,
+it, with the single-agent layout (rl/runners/env_runner.py): so PPO's GAE runs on it unchanged,
 and agents that join late, leave early or act in turns need no special case. Leftover
 steps wait for the next ``sample``.
 """
@@ -28,8 +28,8 @@ import tree
 from rlfleet.envs.multi_agent import MultiAgentCreator
 from rlfleet.rl.config import ConfigError, closest
 from rlfleet.rl.core import ACTION_MASK, Fragment
-from rlfleet.rl.env_runner import ControlRunnerFactory
-from rlfleet.rl.module import ModuleSpec
+from rlfleet.rl.runners.env_runner import ControlRunnerFactory
+from rlfleet.rl.models.module import ModuleSpec
 from rlfleet.rl.spaces import actions_to_env, check_spaces
 
 RANDOM_POLICY = "random"

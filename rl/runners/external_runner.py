@@ -1,7 +1,7 @@
 """An env runner whose envs are simulators that own their loop and connect over the
 network (envs/external/PROTOCOL.md): it listens on ``port + index``, acts for every
 connected simulator in batched forward passes (server-side inference), and turns their
-steps into fragments with the layout of :class:`rlfleet.rl.env_runner.EnvRunner`'s, so
+steps into fragments with the layout of :class:`rlfleet.rl.runners.env_runner.EnvRunner`'s, so
 PPO, IMPALA and DQN train from them unchanged.
 
 ``env: external`` with ``env_config``:
@@ -32,8 +32,8 @@ from rlfleet.envs.external.protocol import ProtocolError
 from rlfleet.envs.external.server import LOOPBACK, ExternalServer, await_declared_spaces
 from rlfleet.rl.config import ConfigError, closest
 from rlfleet.rl.core import VALUES, Fragment, has_capability
-from rlfleet.rl.env_runner import ControlRunnerFactory
-from rlfleet.rl.module import ModuleSpec
+from rlfleet.rl.runners.env_runner import ControlRunnerFactory
+from rlfleet.rl.models.module import ModuleSpec
 from rlfleet.envs.schema import space_from_schema, space_to_schema
 from rlfleet.rl.spaces import actions_to_env, check_spaces
 
