@@ -379,7 +379,11 @@ def main() -> None:
     memory.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args()
     if args.bench in SEPARATE:  # benchmarks in modules of their own, imported only when run
-        importlib.import_module(f"rlfleet.scripts.{SEPARATE[args.bench]}").main(args)
+        # They run from a checkout and are not installed (setup.py): they sit beside this file.
+        here = os.path.dirname(os.path.abspath(__file__))
+        if here not in sys.path:
+            sys.path.insert(0, here)
+        importlib.import_module(SEPARATE[args.bench]).main(args)
         return
     {"cartpole-race": cartpole_race, "fleet-scaling": fleet_scaling, "startup": startup,
      "impala-vs-ppo": impala_vs_ppo}[args.bench](args)
