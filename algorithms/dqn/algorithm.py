@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 from gymnasium import spaces
 
@@ -25,7 +23,7 @@ class DQN(OffPolicyAlgorithm):
     def adapt_module_spec(self, spec: ModuleSpec) -> QModuleSpec:
         if not isinstance(spec.action_space, spaces.Discrete):
             raise refusal("DQN", spec, "a Discrete action space")
-        return QModuleSpec(**{f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}, dueling=self.config.dueling)
+        return spec.as_kind(QModuleSpec, dueling=self.config.dueling)
 
     def epsilon(self) -> float:
         c = self.config

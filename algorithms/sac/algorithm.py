@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from gymnasium import spaces
 
 from rlfleet.algorithms import refusal
@@ -24,5 +22,4 @@ class SAC(OffPolicyAlgorithm):
         space = spec.action_space
         if not (is_bounded_box(space) or isinstance(space, spaces.Discrete)):
             raise refusal("SAC", spec, "a Discrete or a bounded 1-D Box action space")
-        fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
-        return SACModuleSpec(**fields, initial_alpha=self.config.initial_alpha)
+        return spec.as_kind(SACModuleSpec, initial_alpha=self.config.initial_alpha)

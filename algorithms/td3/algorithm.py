@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from rlfleet.algorithms import refusal
 from rlfleet.algorithms.td3.config import TD3Config
 from rlfleet.algorithms.td3.learner import TD3Learner
@@ -22,5 +20,4 @@ class TD3(OffPolicyAlgorithm):
         space = spec.action_space
         if not is_bounded_box(space):
             raise refusal("TD3", spec, "a bounded 1-D Box action space")
-        fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
-        return TD3ModuleSpec(**fields, exploration_noise=self.config.exploration_noise)
+        return spec.as_kind(TD3ModuleSpec, exploration_noise=self.config.exploration_noise)

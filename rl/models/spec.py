@@ -32,6 +32,11 @@ class ModuleSpec:
     def encoder_space(self) -> gym.Space:
         return encoder_space(self.observation_space, encode_mask=self.encode_mask)
 
+    def as_kind(self, cls: type["ModuleSpec"], **extra: Any) -> "ModuleSpec":
+        """This spec's fields in a subclass that builds another module (a Q-network, SAC's
+        actor and critics), with the subclass's own fields ``extra``."""
+        return cls(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, **extra)
+
     def build(self) -> Any:
         """The actor-critic (PPO, IMPALA); other module kinds subclass the spec."""
         from rlfleet.rl.models.module import RLModule

@@ -139,7 +139,13 @@ class OffPolicyLearner(Learner):
 
     def __init__(self, *, module_spec: Any, config: OffPolicyConfig, rank: int = 0) -> None:
         super().__init__(module_spec=module_spec, config=config, rank=rank)
-        self.targets = {name: copy.deepcopy(online).requires_grad_(False) for name, online in self.make_targets().items()}
+        online = self.make_targets()
+        self.targets = {name: copy.deepcopy(net).requires_grad_(False) for name, net in online.items()}
+        # (target, online) tensor pairs, listed once: walking both state dicts cost more
+        # than the lerp at every step of SAC's soft updates. Loading state copies into
+        # these same tensors, so the pairs stay valid.
+        self._target_pairs = [(t, o) for name, target in self.targets.items()
+                              for t, o in zip(target.state_dict().values(), online[name].state_dict().values())]
         self.num_grad_steps = 0
         # Noise a loss draws (SAC's actions, TD3's target smoothing) is drawn for the whole
         # replay batch by every learner, each taking its rows' part: N learners draw what
@@ -175,10 +181,8 @@ class OffPolicyLearner(Learner):
     @torch.no_grad()
     def update_targets(self, tau: float) -> None:
         """target <- tau * online + (1 - tau) * target, for every target network."""
-        online = self.make_targets()
-        for name, target in self.targets.items():
-            for t, o in zip(target.state_dict().values(), online[name].state_dict().values()):
-                t.copy_(o) if tau == 1.0 or not t.is_floating_point() else t.lerp_(o, tau)
+        for t, o in self._target_pairs:
+            t.copy_(o) if tau == 1.0 or not t.is_floating_point() else t.lerp_(o, tau)
 
     def get_state(self) -> dict[str, Any]:
         state = super().get_state()
