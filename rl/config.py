@@ -249,12 +249,27 @@ class AlgorithmConfig:
             if key not in names:
                 raise ConfigError(f"{source}: unknown key {key!r} for {self.algo_name}{closest(key, names)}")
         try:  # __post_init__ checks every field; a value's error is named with its source
-            new = dataclasses.replace(self, **values)
+            layer = lr_over_schedule(self.lr_schedule, values, source=source)
+            new = dataclasses.replace(self, **layer)
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}") from None
         # Each key remembers the layer its value came from (``train.py --print-config``).
         new._sources = {**getattr(self, "_sources", {}), **dict.fromkeys(values, source)}
+        if layer is not values:
+            new._sources["lr_schedule"] = scaled_by(source)
         return new
+
+    @classmethod
+    def layered(cls, layers: typing.Iterable[tuple[str, dict[str, Any]]]) -> "AlgorithmConfig":
+        """The one merge: the dataclass's defaults, then each ``(source, values)`` layer in
+        order (a tuned example, the command-line flags, ``--set``); a later layer wins, and
+        each key remembers the layer it came from. The family defaults come in where the
+        env's spaces are known (the runner factory, ``with_family_defaults``); they fill
+        only fields no layer set, so they act as the layer right after the defaults."""
+        config = cls()
+        for source, values in layers:
+            config = config.updated(values, source=source)
+        return config
 
     def source_of(self, key: str) -> str:
         """Where ``key``'s value came from: a tuned example's path, ``command line``,
@@ -414,17 +429,26 @@ class ControlConfig(AlgorithmConfig):
             raise ConfigError(f"activation must be one of tanh, relu, elu, silu; got {self.activation!r}")
 
 
-def scaled_lr_schedule(schedule: list, lr: float, *, culprit: str) -> list[list]:
-    """The one rule for an ``lr`` given over an ``lr_schedule`` that is kept (``--set lr=``
-    on a tuned example, a searched ``lr``): the schedule, not ``lr``, sets the learner's
-    rate, so the whole schedule is scaled to start at ``lr``, keeping its shape (a decay a
-    tuned example relies on stays). A schedule that starts at 0 (a warm-up) has no scale:
-    ``culprit`` is told to set ``lr_schedule`` instead."""
+def lr_over_schedule(schedule: list | None, values: dict[str, Any], *, source: str) -> dict[str, Any]:
+    """The one rule for an ``lr`` given over an ``lr_schedule`` that an earlier layer set
+    and this one keeps (``--set lr=`` on a tuned example, a searched ``lr``): the schedule,
+    not ``lr``, sets the learner's rate, so ``values`` come back with the whole schedule
+    scaled to start at ``lr``, keeping its shape (a decay a tuned example relies on stays).
+    A schedule that starts at 0 (a warm-up) has no scale: the layer is told to set
+    ``lr_schedule`` instead. Any other ``values`` come back as they are."""
+    if "lr" not in values or "lr_schedule" in values or not schedule:
+        return values
+    lr = _coerce(values["lr"], float, "lr")
     start = float(schedule[0][1])
     if start <= 0:
-        raise ConfigError(f"{culprit}: the lr_schedule starts at 0, so it cannot be scaled to start at lr {lr}; "
-                          "set lr_schedule instead")
-    return [[t, float(v) * float(lr) / start] for t, v in schedule]
+        raise ConfigError(f"lr={values['lr']}: the lr_schedule starts at 0, so it cannot be scaled to start at "
+                          f"lr {lr}; set lr_schedule instead")
+    return {**values, "lr_schedule": [[t, float(v) * lr / start] for t, v in schedule]}
+
+
+def scaled_by(source: str) -> str:
+    """The source of an ``lr_schedule`` that ``source``'s ``lr`` scaled."""
+    return f"{source} (lr scales the schedule)"
 
 
 def parse_key_values(pairs: list[str], *, flag: str, value_name: str = "VALUE") -> dict[str, Any]:

@@ -197,7 +197,7 @@ def prepare_logdir(logdir: str, *, restoring: bool, default: bool) -> str:
 def run(args: argparse.Namespace) -> int:
     from rlfleet.algorithms import get_config_class
     from rlfleet.rl.checkpoint import CheckpointError, load_checkpoint
-    from rlfleet.rl.config import ConfigError, scaled_lr_schedule
+    from rlfleet.rl.config import ConfigError, scaled_by
     from rlfleet.scripts.tools.experiment import RETURN, Criteria, load_experiment, run_until
     from rlfleet.tuned_examples import ROOT as TUNED
 
@@ -235,10 +235,8 @@ def run(args: argparse.Namespace) -> int:
     if no_stop:
         stop.env_steps = 100_000
 
-    # Each source of values is checked under its own name: the example's YAML, the
-    # command-line flags, then --set.
-    example = dict(experiment.config) if experiment else {}
-    config = config_cls.from_dict({**example, "env": env}, source=experiment.path if experiment else "config")
+    # One layered merge (rl/config.py AlgorithmConfig.layered); each layer's values are
+    # checked under its own name.
     flags: dict[str, object] = {"log_to_console": not args.quiet}
     if args.imports:
         flags["user_modules"] = [os.path.abspath(m) if m.endswith(".py") else m for m in args.imports]
@@ -248,14 +246,11 @@ def run(args: argparse.Namespace) -> int:
                 "num_gpus_per_learner", "address"):
         if getattr(args, key) is not None:
             flags[key] = getattr(args, key)
-    config = config.updated(flags, source="command line")
-    sets = parse_sets(args.set)
-    if "lr" in sets and "lr_schedule" not in sets and config.lr_schedule is not None:
-        # The schedule would silently win over the new lr: it is scaled to start there.
-        lr = config.updated({"lr": sets["lr"]}, source="--set").lr  # a bad value is named as the key it is
-        sets["lr_schedule"] = scaled_lr_schedule(config.lr_schedule, lr, culprit=f"--set lr={sets['lr']}")
-        print(f"--set lr={sets['lr']} scales the example's lr_schedule to {sets['lr_schedule']}", flush=True)
-    config = config.updated(sets, source="--set")
+    example = dict(experiment.config) if experiment else {}
+    config = config_cls.layered([(experiment.path if experiment else "config", {**example, "env": env}),
+                                 ("command line", flags), ("--set", parse_sets(args.set))])
+    if config.source_of("lr_schedule") == scaled_by("--set"):
+        print(f"--set lr={config.lr} scales the example's lr_schedule to {config.lr_schedule}", flush=True)
     if args.print_config:
         print_config(config)
         return 0

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import yaml
 
-from rlfleet.rl.config import AlgorithmConfig, ConfigError, closest, parse_key_values, scaled_lr_schedule
+from rlfleet.rl.config import AlgorithmConfig, ConfigError, closest, lr_over_schedule, parse_key_values
 from rlfleet.scripts.tools.experiment import Criteria
 
 SPEC_KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
@@ -135,11 +135,10 @@ def trial_config(base: dict[str, Any], params: dict[str, Any], specs: dict[str, 
     """The config a trial runs: the base with the searched values. A searched ``lr`` under
     an ``lr_schedule`` scales the whole schedule (its first point becomes ``lr``), since the
     schedule, not ``lr``, sets the learner's rate."""
-    config = {**base, **{k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}}
-    schedule = base.get("lr_schedule")
-    if "lr" in params and schedule and "lr_schedule" not in specs:
-        config["lr_schedule"] = scaled_lr_schedule(schedule, params["lr"], culprit="search key 'lr'")
-    return config
+    params = {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
+    if "lr_schedule" in specs:  # a searched schedule is taken as sampled, even at an lr-only corner
+        return {**base, **params}
+    return {**base, **lr_over_schedule(base.get("lr_schedule"), params, source="search key")}
 
 
 def schedule_note(base: dict[str, Any], specs: dict[str, Spec]) -> str | None:

@@ -262,3 +262,28 @@ def test_piecewise_linear_holds_the_end_values_outside_the_range():
 def test_piecewise_linear_single_point_is_constant():
     assert piecewise_linear([[0, 3e-4]], 0) == 3e-4
     assert piecewise_linear([[0, 3e-4]], 10**6) == 3e-4
+
+
+def test_layers_merge_in_order_and_each_key_names_its_layer():
+    config = PPOConfig.layered([("example.yaml", {"gamma": 0.9, "lr": 1e-3, "num_epochs": 4}),
+                                ("command line", {"seed": 7}), ("--set", {"gamma": 0.95})])
+    assert (config.gamma, config.lr, config.num_epochs, config.seed) == (0.95, 1e-3, 4, 7)
+    assert [config.source_of(k) for k in ("gamma", "lr", "seed", "vf_coef")] == [
+        "--set", "example.yaml", "command line", "default"]
+
+
+def test_lr_over_an_earlier_schedule_scales_the_whole_schedule():
+    # The one lr/lr_schedule rule: 2e-3 -> 0 over 100k, given lr 5e-4 in a later layer,
+    # becomes 5e-4 -> 0 (every point times 5e-4 / 2e-3 = 0.25), and says which layer did it.
+    config = PPOConfig.layered([("example.yaml", {"lr_schedule": [[0, 2e-3], [50_000, 1e-3], [100_000, 0.0]]}),
+                                ("--set", {"lr": "5e-4"})])
+    assert config.lr_schedule == [[0, 5e-4], [50_000, 2.5e-4], [100_000, 0.0]]
+    assert config.source_of("lr_schedule") == "--set (lr scales the schedule)"
+    # lr and a schedule in the same layer, or no schedule at all: taken as given
+    same = PPOConfig.layered([("x", {"lr": 5e-4, "lr_schedule": [[0, 2e-3], [10, 0.0]]})])
+    assert same.lr_schedule == [[0, 2e-3], [10, 0.0]] and same.source_of("lr_schedule") == "x"
+    assert PPOConfig.layered([("x", {"lr": 5e-4})]).lr_schedule is None
+    with pytest.raises(ConfigError, match=r"^--set: lr=0.001: the lr_schedule starts at 0"):
+        PPOConfig.layered([("x", {"lr_schedule": [[0, 0.0], [10, 1e-3]]}), ("--set", {"lr": 1e-3})])
+    with pytest.raises(ConfigError, match=r"^--set: config key 'lr': cannot use 'fast' as float"):
+        PPOConfig.layered([("x", {"lr_schedule": [[0, 1e-3], [10, 0.0]]}), ("--set", {"lr": "fast"})])

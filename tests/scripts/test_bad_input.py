@@ -338,7 +338,7 @@ def test_an_env_registered_in_the_users_module_trains_on_ray_runners_from_anothe
 
 def test_set_lr_on_an_example_with_an_lr_schedule_scales_the_schedule(tmp_path):
     # The PPO CartPole example anneals lr with lr_schedule [[0, 2e-3], [100000, 0]], which
-    # would silently win over lr: the one rule (rl/config.py scaled_lr_schedule) scales it.
+    # would silently win over lr: the one rule (rl/config.py lr_over_schedule) scales it.
     logdir = tmp_path / "logs"
     run = train(*TINY, "--set", "lr=0.00123", "--stop-timesteps", "64", "--quiet", "--logdir", str(logdir))
     finished(run)
@@ -351,7 +351,7 @@ def test_set_lr_over_a_warm_up_schedule_is_refused(tmp_path):
     example = tmp_path / "warm.yaml"
     example.write_text("algo: ppo\nenv: CartPole-v1\nconfig:\n  lr_schedule: [[0, 0.0], [1000, 1.0e-3]]\n")
     run = train("--config", str(example), "--set", "lr=0.002", "--quiet", "--logdir", str(tmp_path / "logs"))
-    one_line_error(run, "--set lr=0.002: the lr_schedule starts at 0")
+    one_line_error(run, "--set: lr=0.002: the lr_schedule starts at 0")
     assert not (tmp_path / "logs").exists()
 
 

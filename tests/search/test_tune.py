@@ -6,6 +6,7 @@ trial twice."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -169,3 +170,30 @@ def test_optuna_tpe_samples_the_space(tmp_path):
     assert proc.returncode == 1, proc.stderr[-3000:]
     params = [rows(os.path.join(d, "starts.jsonl"))[0]["params"] for d in trials(logdir).values()]
     assert len(params) == 2 and all(1.0e-4 <= p["lr"] <= 3.0e-3 and p["num_epochs"] in (2, 5) for p in params)
+
+
+@pytest.mark.parametrize("algo", ["sac", "td3"])
+def test_an_off_policy_search_trains_each_trial_and_writes_a_tuned_example(tmp_path, algo):
+    # SAC and TD3 on Ray Tune as PPO is: each grid point a trial that trains (its critic
+    # loss logged), the table ranked, the winner written back as an example that loads.
+    example = tmp_path / "pendulum.yaml"
+    example.write_text(f"algo: {algo}\nenv: Pendulum-v1\nconfig:\n  learning_starts: 128\n  minibatch_size: 32\n"
+                       "  hidden_sizes: [32, 32]\nstop:\n  episode_return_mean: -200\n  env_steps: 512\n"
+                       "pass:\n  episode_return_mean: -200\n  env_steps: 512\n")
+    logdir = str(tmp_path / "search")
+    proc = subprocess.run([*TUNE, "--config", str(example), "--search", "tau={grid: [0.005, 0.05]}",
+                           "--num-samples", "1", "--num-cpus", "2", "--logdir", logdir],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]  # 512 steps reach no -200: the run says so
+    with open(os.path.join(logdir, "results.csv"), encoding="utf-8") as f:
+        table = f.read().splitlines()
+    assert len(table) == 3 and ",failed," not in "\n".join(table)
+    assert {",tau=0.005," in line or ",tau=0.05," in line for line in table[1:]} == {True}
+    for directory in trials(logdir).values():
+        progress = rows(os.path.join(directory, "run", "progress.jsonl"))
+        assert progress[-1]["env_steps"] >= 512 and progress[-1]["learner/num_grad_steps"] > 0
+        assert math.isfinite(progress[-1]["losses/critic_loss"])
+    from rlfleet.algorithms import get_config_class
+
+    best = validate(os.path.join(logdir, "best.yaml"), get_config_class)
+    assert best.algo == algo and best.config["tau"] in (0.005, 0.05) and best.config["minibatch_size"] == 32
