@@ -143,6 +143,37 @@ class FlakyEnv(CorridorEnv):
         return super().step(action)
 
 
+class CueEnv(gym.Env):
+    """A memory test: the first observation shows a cue (one of ``num_cues``), the next
+    ``delay`` show nothing, and the action at the last step is rewarded +1 when it names the
+    cue, else -1 (earlier actions: 0). Without memory the best policy guesses: expected
+    return 2 / num_cues - 1; with memory it is 1. Observations: the cue one-hot and a
+    "now answer" flag."""
+
+    def __init__(self, delay: int = 4, num_cues: int = 2) -> None:
+        self.delay, self.num_cues = delay, num_cues
+        self.observation_space = spaces.Box(0.0, 1.0, (num_cues + 1,), np.float32)
+        self.action_space = spaces.Discrete(num_cues)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.cue, self.t = int(self.np_random.integers(self.num_cues)), 0
+        return self._obs(), {}
+
+    def _obs(self) -> np.ndarray:
+        obs = np.zeros(self.num_cues + 1, np.float32)
+        if self.t == 0:
+            obs[self.cue] = 1.0
+        obs[-1] = float(self.t == self.delay)
+        return obs
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        answer = self.t == self.delay
+        reward = (1.0 if int(action) == self.cue else -1.0) if answer else 0.0
+        self.t += 1
+        return self._obs(), reward, answer, False, {}
+
+
 TEST_ENVS = {
     "rlfleet/Corridor-v0": CorridorEnv,
     "rlfleet/NestedObs-v0": NestedObsEnv,
@@ -152,8 +183,10 @@ TEST_ENVS = {
     "rlfleet/OutOfSpace-v0": OutOfSpaceEnv,
     "rlfleet/MaskedChoice-v0": MaskedChoiceEnv,
     "rlfleet/MaskedMaze-v0": MaskedMazeEnv,
+    "rlfleet/Cue-v0": CueEnv,
 }
 
 
 def make_test_env(name: str, env_config: dict) -> gym.Env:
     return TEST_ENVS[name](**env_config)
+

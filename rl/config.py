@@ -381,6 +381,21 @@ class ControlConfig(AlgorithmConfig):
     encode_action_mask: bool = False
     """Feed an observation's ``action_mask`` to the encoder too; it masks the policy (or
     the Q-values) either way (rl/core.py, "Action masks")."""
+    memory: str | None = None
+    """A recurrent core after the encoder, ``gru`` or ``lstm`` (None: none). Off by
+    default, since spaces cannot tell that a task needs it: turn it on when one
+    observation is not the state (a partially observed task, a velocity left out)."""
+    memory_size: int = 128
+    """Units of the recurrent core."""
+    max_seq_len: int = 32
+    """With memory: training runs on chunks of this many steps, each from the state the
+    runner stored at its start; ``minibatch_size`` then holds ``minibatch_size //
+    max_seq_len`` whole chunks (at least one)."""
+    burn_in: int = 0
+    """With memory: steps before each chunk replayed only to refresh its start state (no
+    loss on them), for a state stored under older weights."""
+    supports_memory: ClassVar[bool] = False
+    """Whether the algorithm trains recurrent policies (``memory``)."""
 
     # --- returns ---
     gamma: float = 0.99
@@ -427,6 +442,14 @@ class ControlConfig(AlgorithmConfig):
             raise ConfigError(f"vectorize_mode must be 'sync' or 'async', got {self.vectorize_mode!r}")
         if self.activation not in ("tanh", "relu", "elu", "silu"):
             raise ConfigError(f"activation must be one of tanh, relu, elu, silu; got {self.activation!r}")
+        if self.memory is not None:
+            if self.memory not in ("gru", "lstm"):
+                raise ConfigError(f"memory must be 'gru', 'lstm' or null; got {self.memory!r}{closest(self.memory, ('gru', 'lstm'))}")
+            if not self.supports_memory:
+                raise ConfigError(f"memory is not built for {self.algo_name} yet; use ppo or impala, or leave memory out")
+        self.require_positive("memory_size", "max_seq_len")
+        if not 0 <= self.burn_in < self.max_seq_len:
+            raise ConfigError(f"burn_in must be in [0, max_seq_len {self.max_seq_len}), got {self.burn_in}")
 
 
 def lr_over_schedule(schedule: list | None, values: dict[str, Any], *, source: str) -> dict[str, Any]:

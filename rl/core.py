@@ -60,6 +60,20 @@ entries of :class:`ModuleProtocol`; what else it can do it declares in ``capabil
 ``hasattr``. A module that declares none acts, evaluates, serves and exports its greedy
 policy; what needs a capability it lacks is refused in one line.
 
+**Memory.** A module with a recurrent core (``memory: gru | lstm``, rl/models/memory.py)
+declares :data:`MEMORY` and a ``state_size`` S. Its state for B envs is one float32 array
+(B, S); every acting entry takes it and returns the next one (``explore``'s ``state``
+entry; ``greedy`` returns (actions, state)). The env runner keeps it per sub-env, zeroes it
+where an episode starts, carries it across fragment boundaries, and stores the state each
+step was acted from as the fragment's ``state_in`` (T, B, S), so a chunk that starts
+mid-episode starts from its stored state (a restarted runner starts its episodes afresh).
+The learner trains on sequences (rl/batch.py ``to_sequences``: chunks of ``max_seq_len``
+steps, optional ``burn_in``, a ``loss_mask``); minibatches and learner groups split whole
+sequences, never through one (IMPALA runs whole fragments, restarting from the stored
+state every ``max_seq_len`` steps). PPO and IMPALA train memory, and ONNX export carries the
+state as an input and an output; the other algorithms, external and multi-agent envs and
+serving refuse it in one line.
+
 **Optimiser groups.** A learner's parameters are split into named groups
 (``Learner.parameter_groups``; one, :data:`DEFAULT_GROUP`, by default), each with its own
 Adam on the shared learning-rate schedule. ``compute_loss`` returns one loss for one group,
@@ -110,6 +124,9 @@ external simulators may ask for values."""
 DISTRIBUTION = "distribution"
 """``features(obs)``, ``dist_inputs(features)``, ``values(features)``: the action
 distribution's inputs (client-side sampling exports them)."""
+MEMORY = "memory"
+"""A recurrent core: every acting entry takes the state (B, S) and returns the next one
+(see "Memory" in the module docstring); ``forward_train`` takes sequences."""
 Q_VALUES = "q_values"
 """``forward_train(obs) -> Q(s, .)`` (B, A) and an ``epsilon`` buffer: epsilon-greedy acting."""
 

@@ -41,6 +41,7 @@ class DeployedPolicy(nn.Module):
     def __init__(self, policy: Policy) -> None:
         super().__init__()
         self.module = policy.module
+        self.memory = bool(policy.state_size)  # the state is the last input and the last output
         self.structure = space_structure(policy.observation_space)
         stats = policy.filter.statistics() if policy.filter is not None else [None] * len(leaf_spaces(policy.observation_space))
         self.clip = policy.filter.clip if policy.filter is not None else 0.0
@@ -56,6 +57,9 @@ class DeployedPolicy(nn.Module):
                 self.post.append(None)
 
     def forward(self, *leaves: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        state = None
+        if self.memory:
+            *leaves, state = leaves
         normalised = []
         for x, stat in zip(leaves, self.stats):
             if stat is not None:
@@ -63,14 +67,17 @@ class DeployedPolicy(nn.Module):
                 x = ((x.double() - mean) / std).clamp(-self.clip, self.clip).float()
             normalised.append(x)
         obs = tree.unflatten_as(self.structure, normalised)
+        greedy = self.module.greedy_actions(obs, state) if self.memory else self.module.greedy_actions(obs)
+        if self.memory:
+            greedy, state = greedy
         actions = []
-        for action, post in zip(self.module.greedy_actions(obs), self.post):
+        for action, post in zip(greedy, self.post):
             if post is not None and post[0] == "clip":
                 action = torch.maximum(torch.minimum(action, post[2]), post[1])
             elif post is not None:
                 action = action + post[1]
             actions.append(action)
-        return tuple(actions)
+        return (*actions, state) if self.memory else tuple(actions)
 
 
 def _leaf_names(prefix: str, structure: Any) -> list[str]:
@@ -88,6 +95,12 @@ def export_onnx(policy: Policy, path: str) -> dict[str, Any]:
     input_names = _leaf_names("obs", space_structure(policy.observation_space))
     output_names = _leaf_names("action", space_structure(policy.action_space))
     example = tuple(torch.from_numpy(np.stack([s.sample(), s.sample()])) for s in obs_spaces)
+    memory = None
+    if policy.state_size:  # the recurrent state in and out, explicit (rl/core.py, "Memory")
+        memory = {"input": "state", "output": "state_out", "size": policy.state_size, "kind": policy.spec.memory,
+                  "initial": "zeros", "reset": "zeros at every episode start; feed state_out back as state"}
+        example += (torch.zeros(2, policy.state_size),)
+        input_names, output_names = input_names + ["state"], output_names + ["state_out"]
     dynamic = {name: {0: "batch"} for name in input_names + output_names}
     tmp = path + ".tmp"
     with warnings.catch_warnings():
@@ -99,9 +112,12 @@ def export_onnx(policy: Policy, path: str) -> dict[str, Any]:
         "algorithm": policy.algo, "env": policy.env, "env_config": to_json(policy.env_config),
         "weights_version": policy.weights_version,
         "env_steps": policy.env_steps, "deterministic": True,
-        "inputs": [{"name": n, "shape": ["batch", *s.shape], "dtype": str(s.dtype)} for n, s in zip(input_names, obs_spaces)],
+        "inputs": [{"name": n, "shape": ["batch", *s.shape], "dtype": str(s.dtype)} for n, s in zip(input_names, obs_spaces)]
+        + ([{"name": "state", "shape": ["batch", policy.state_size], "dtype": "float32"}] if memory else []),
         "outputs": [{"name": n, "shape": ["batch", *_action_shape(s)], "dtype": _action_dtype(s)}
-                    for n, s in zip(output_names, act_spaces)],
+                    for n, s in zip(output_names, act_spaces)]
+        + ([{"name": "state_out", "shape": ["batch", policy.state_size], "dtype": "float32"}] if memory else []),
+        **({"memory": memory} if memory else {}),
         "observation_space": space_to_schema(policy.observation_space),
         "action_space": space_to_schema(policy.action_space),
         "normalization": "inside the model" if policy.filter is not None else "none",
@@ -175,6 +191,8 @@ def export_torchscript(policy: Policy, path: str) -> None:
     _check_out(path, ".pt")
     model = DeployedPolicy(policy).eval()
     example = tuple(torch.from_numpy(np.stack([s.sample(), s.sample()])) for s in leaf_spaces(policy.observation_space))
+    if policy.state_size:  # the state as the last input and output, as in the ONNX graph
+        example += (torch.zeros(2, policy.state_size),)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model, example, check_trace=False)

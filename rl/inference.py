@@ -45,6 +45,8 @@ class Policy:
         self.module = self.spec.build()
         self.module.load_state_dict(weights)
         self.module.eval()
+        self.state_size = getattr(self.module, "state_size", 0)
+        """Floats of recurrent state per observation (0: no memory; rl/core.py, "Memory")."""
         self.filter: MeanStdFilter | None = None
         if state["connector"] is not None:
             self.filter = MeanStdFilter(self.observation_space)
@@ -81,21 +83,33 @@ class Policy:
             return {None: cls(state, source=file)}
         return {pid: cls(state, source=file, policy_id=pid) for pid in ids}
 
-    def act(self, obs: Any, *, explore: bool = False, details: bool = False) -> dict[str, Any]:
+    def act(self, obs: Any, *, explore: bool = False, details: bool = False,
+            state: np.ndarray | None = None) -> dict[str, Any]:
         """Actions for a batch of observations (B, ...), in the env's form (Box actions
         clipped to the space, Discrete offset by ``start``): greedy unless ``explore``.
-        ``details`` adds the module's ``forward_details`` (probabilities, value, Q)."""
+        ``details`` adds the module's ``forward_details`` (probabilities, value, Q).
+        A policy with memory acts from ``state`` (B, S) (None: episodes that start now)
+        and returns the next one as ``state``."""
         if self.filter is not None:
             obs = self.filter(obs, update=False)
         tensors = tree.map_structure(torch.from_numpy, obs)
+        memory = {}
+        if self.state_size:
+            rows = len(tree.flatten(obs)[0])
+            memory["state"] = torch.from_numpy(np.zeros((rows, self.state_size), np.float32) if state is None
+                                               else np.ascontiguousarray(state, np.float32))
         with torch.inference_mode():
             if explore:
-                leaves = self.module.forward_exploration(tensors)["actions"]
+                acted = self.module.forward_exploration(tensors, **memory)
+                leaves, next_state = acted["actions"], acted.get("state")
             else:
-                leaves = self.module.forward_inference(tensors)
+                acted = self.module.forward_inference(tensors, **memory)
+                leaves, next_state = acted if memory else (acted, None)
             out: dict[str, Any] = {"actions": actions_to_env([a.numpy() for a in leaves], self.action_space)}
             if details:
-                out.update({k: v.numpy() for k, v in self.module.forward_details(tensors).items()})
+                out.update({k: v.numpy() for k, v in self.module.forward_details(tensors, **memory).items()})
+        if next_state is not None:
+            out["state"] = next_state.numpy()
         return out
 
     def metadata(self) -> dict[str, Any]:
@@ -106,6 +120,7 @@ class Policy:
             "action_space": space_to_schema(self.action_space),
             "normalizes_observations": self.filter is not None,
             **({"policy_id": self.policy_id} if self.policy_id is not None else {}),
+            **({"memory": {"kind": self.spec.memory, "state_size": self.state_size}} if self.state_size else {}),
         }
 
 

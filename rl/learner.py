@@ -120,9 +120,12 @@ class Learner(abc.ABC):
         """``num_epochs`` passes over the rows in shuffled minibatches of
         ``minibatch_size``; this learner takes its equal part of each minibatch."""
         n = num_rows(data)
+        size = self.config.minibatch_size
+        if getattr(self.config, "memory", None):  # rows are sequences (rl/batch.py to_sequences)
+            size = max(1, size // self.config.max_seq_len)
         # A batch short of a failed runner's fragment can be smaller than a minibatch:
         # learn from what arrived rather than take no step at all.
-        size = min(self.config.minibatch_size, n)
+        size = min(size, n)
         size -= size % self.world_size  # equal parts: the mean of their losses is the minibatch's
         if size == 0:  # fewer rows than learners: nothing to split
             return

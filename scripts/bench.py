@@ -368,6 +368,8 @@ def main() -> None:
     sampling.add_argument("--env", default="CartPole-v1")
     sampling.add_argument("--num-envs", type=int, default=8)
     sampling.add_argument("--fragment-length", type=int, default=64)
+    sampling.add_argument("--memory", action="store_true",
+                          help="also the runner with a GRU and an LSTM (128 units): the acting cost of memory")
     memory = sub.add_parser("memory", help="PSS of the process tree of PPO with 2 Ray runners vs RLlib's")
     memory.add_argument("--repeats", type=int, default=3)
     memory.add_argument("--iterations", type=int, default=5, help="measure after this iteration's console line")

@@ -62,11 +62,12 @@ class BareLoop:
 
 
 class Ours:
-    def __init__(self, env: str, num_envs: int, fragment_length: int, seed: int) -> None:
+    def __init__(self, env: str, num_envs: int, fragment_length: int, seed: int, memory: str | None = None) -> None:
         from rlfleet.algorithms.ppo import PPOConfig
         from rlfleet.rl.runners.env_runner import EnvRunnerFactory
 
-        config = PPOConfig(env=env, seed=seed, num_envs_per_runner=num_envs, rollout_fragment_length=fragment_length)
+        config = PPOConfig(env=env, seed=seed, num_envs_per_runner=num_envs, rollout_fragment_length=fragment_length,
+                           memory=memory)
         self.runner = EnvRunnerFactory(config)(0)
 
     def sample(self) -> int:
@@ -87,17 +88,25 @@ def main(args: Any) -> None:
     torch.set_num_threads(1)
     samplers = {"bare loop": BareLoop(args.env, args.num_envs, args.fragment_length, 0),
                 "rlfleet EnvRunner": Ours(args.env, args.num_envs, args.fragment_length, 0)}
+    if args.memory:  # the same runner acting through a recurrent core of the default 128 units
+        for kind in ("gru", "lstm"):
+            samplers[f"rlfleet {kind}"] = Ours(args.env, args.num_envs, args.fragment_length, 0, memory=kind)
     for sampler in samplers.values():
         sampler.sample()  # warm-up
     rates: dict[str, list[float]] = {name: [] for name in samplers}
     for rep in range(args.repeats):
-        order = list(samplers) if rep % 2 == 0 else list(reversed(samplers))
+        order = list(samplers) if rep % 2 == 0 else list(reversed(samplers))  # neither always first
         for name in order:
             rates[name].append(rate(samplers[name], args.seconds))
         print(f"repeat {rep}: " + ", ".join(f"{name} {rates[name][-1]:8.0f}" for name in samplers) + " env steps/s",
               flush=True)
-    bare, ours = (statistics.median(rates[name]) for name in samplers)
+    medians = {name: statistics.median(r) for name, r in rates.items()}
+    bare, ours = medians["bare loop"], medians["rlfleet EnvRunner"]
     print(f"{args.env}, {args.num_envs} envs x {args.fragment_length} steps, one torch thread, medians of "
           f"{args.repeats}: bare loop {bare:.0f} env steps/s [{min(rates['bare loop']):.0f}, "
           f"{max(rates['bare loop']):.0f}], rlfleet {ours:.0f} [{min(rates['rlfleet EnvRunner']):.0f}, "
           f"{max(rates['rlfleet EnvRunner']):.0f}]: {ours / bare:.2f} of the bare loop")
+    for kind in ("gru", "lstm") if args.memory else ():
+        name = f"rlfleet {kind}"
+        print(f"memory: {kind} (128 units) {medians[name]:.0f} env steps/s [{min(rates[name]):.0f}, "
+              f"{max(rates[name]):.0f}]: {medians[name] / ours:.2f} of the MLP runner's")

@@ -15,13 +15,15 @@ Exit codes: 0 evaluated, 2 bad input (one line), 3 the endpoint failed mid-run.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import http.client
 import json
 import os
 import sys
 import time
 import urllib.parse
-from typing import Any, Callable
+import uuid
+from typing import Any, Callable, Iterable
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -40,6 +42,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="your module (import name or .py path) that registers the env")
     p.add_argument("--json", action="store_true", help="print one JSON object (per-episode returns included)")
+    p.add_argument("--sessions", type=int, default=1,
+                   help="with --endpoint: clients acting side by side (a policy with memory: one session each)")
     return p.parse_args(argv)
 
 
@@ -69,19 +73,28 @@ class HttpPolicy:
             raise EndpointError(f"{method} {path}: HTTP {response.status}: {data.decode(errors='replace')[:200]}")
         return json.loads(data)
 
-    def act(self, obs: Any) -> Any:
-        return self._request("POST", "/act", {"obs": obs})["actions"]
+    def act(self, obs: Any, first: bool) -> Any:
+        if "memory" not in self.metadata:
+            return self._request("POST", "/act", {"obs": obs})["actions"]
+        # a policy with memory: the server keeps this client's state under its session id
+        if first and not hasattr(self, "session"):
+            self.session = uuid.uuid4().hex
+        return self._request("POST", "/act", {"obs": obs, "session": self.session, "reset": first})["actions"]
 
 
-def run_episodes(env: Any, act: Callable[[Any], Any], episodes: int, seed: int) -> tuple[list[float], list[float]]:
-    """(returns, seconds per action request) of ``episodes`` episodes, seeded seed + i."""
+def run_episodes(env: Any, act: Callable[[Any, bool], Any], episodes: Iterable[int],
+                 seed: int) -> tuple[list[float], list[float]]:
+    """(returns, seconds per action request) of the episodes numbered ``episodes``, episode
+    i seeded seed + i; ``act(obs, first)`` is told where an episode starts (a policy with
+    memory starts afresh)."""
     returns, latencies = [], []
-    for i in range(episodes):
+    for i in episodes:
         obs, _ = env.reset(seed=seed + i)
-        total, done = 0.0, False
+        total, done, first = 0.0, False, True
         while not done:
             started = time.perf_counter()
-            action = act(obs)
+            action = act(obs, first)
+            first = False
             latencies.append(time.perf_counter() - started)
             obs, reward, terminated, truncated, _ = env.step(action)
             total += float(reward)
@@ -109,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.episodes <= 0:
         return fail(f"--episodes must be > 0, got {args.episodes}")
+    if args.sessions <= 0 or (args.sessions > 1 and not args.endpoint):
+        return fail(f"--sessions {args.sessions}: give a count > 0, and more than 1 only with --endpoint")
     try:
         for module in args.imports:
             import_user_module(module)
@@ -117,9 +132,13 @@ def main(argv: list[str] | None = None) -> int:
             meta = policy.metadata()
             action_space = policy.action_space
 
-            def act(obs: Any) -> Any:
+            memory: dict[str, Any] = {"state": None}  # a recurrent policy's state, None at episode starts
+
+            def act(obs: Any, first: bool) -> Any:
                 batched = tree.map_structure(lambda x: np.asarray(x)[None], obs)
-                return tree.map_structure(lambda x: x[0], policy.act(batched)["actions"])
+                out = policy.act(batched, state=None if first else memory["state"])
+                memory["state"] = out.get("state")
+                return tree.map_structure(lambda x: x[0], out["actions"])
         elif args.onnx:
             meta, act = onnx_policy(args.onnx)
         else:
@@ -129,11 +148,16 @@ def main(argv: list[str] | None = None) -> int:
             structure = space_structure(action_space)
             leaves = tree.flatten(structure)
 
-            def act(obs: Any) -> Any:
-                answer = remote.act(to_json(obs))
-                parts = [answer] if len(leaves) == 1 else tree.flatten_up_to(structure, _tuples(answer, structure))
-                values = [int(a) if isinstance(s, Discrete) else np.asarray(a, s.dtype) for a, s in zip(parts, leaves)]
-                return values[0] if len(leaves) == 1 else tree.unflatten_as(structure, values)
+            def http_act(remote: HttpPolicy) -> Callable[[Any, bool], Any]:
+                def act(obs: Any, first: bool) -> Any:
+                    answer = remote.act(to_json(obs), first)
+                    parts = [answer] if len(leaves) == 1 else tree.flatten_up_to(structure, _tuples(answer, structure))
+                    values = [int(a) if isinstance(s, Discrete) else np.asarray(a, s.dtype)
+                              for a, s in zip(parts, leaves)]
+                    return values[0] if len(leaves) == 1 else tree.unflatten_as(structure, values)
+                return act
+
+            act = http_act(remote)
         env_name = args.env or meta["env"]
         env_config = yaml.safe_load(args.env_config) if args.env_config else (meta.get("env_config") or {})
         env = probe_env(make_env_creator(env_name, env_config))
@@ -142,7 +166,20 @@ def main(argv: list[str] | None = None) -> int:
     except EndpointError as e:
         return fail(f"cannot reach the endpoint: {e}")
     try:
-        returns, latencies = run_episodes(env, act, args.episodes, args.seed)
+        if args.sessions == 1:
+            returns, latencies = run_episodes(env, act, range(args.episodes), args.seed)
+        else:  # clients side by side, each with its own env and connection; episode i still seeded seed + i
+            clients = [(env, act)] + [(probe_env(make_env_creator(env_name, env_config)),
+                                       http_act(HttpPolicy(args.endpoint, args.token))) for _ in range(args.sessions - 1)]
+            with concurrent.futures.ThreadPoolExecutor(len(clients)) as pool:
+                done = list(pool.map(lambda k: run_episodes(*clients[k], range(k, args.episodes, len(clients)),
+                                                            args.seed), range(len(clients))))
+            returns = [0.0] * args.episodes
+            for k, (part, _) in enumerate(done):
+                returns[k::len(clients)] = part
+            latencies = [x for _, part in done for x in part]
+            for extra, _ in clients[1:]:
+                extra.close()
     except EndpointError as e:
         return fail(f"the endpoint failed mid-run: {e}", 3)
     finally:
@@ -195,14 +232,22 @@ def onnx_policy(path: str) -> tuple[dict, Callable[[Any], Any]]:
         raise ValueError(f"--onnx {path!r}: its contract {path}.json names inputs {names}, the model's are "
                          f"{model_names}: the contract of another model")
     action_structure = space_structure(space_from_schema(contract["action_space"]))
-    if len(session.get_outputs()) != len(tree.flatten(action_structure)):
+    memory = contract.get("memory")  # a recurrent policy: its state is the last input and output
+    if len(session.get_outputs()) != len(tree.flatten(action_structure)) + bool(memory):
         raise ValueError(f"--onnx {path!r}: {len(session.get_outputs())} outputs, its contract {path}.json has "
                          f"{len(tree.flatten(action_structure))} action leaves: the contract of another model")
-    inputs = [(i["name"], np.dtype(i["dtype"])) for i in contract["inputs"]]
+    inputs = [(i["name"], np.dtype(i["dtype"])) for i in contract["inputs"] if not memory or i["name"] != memory["input"]]
+    carried: dict[str, Any] = {}
 
-    def act(obs: Any) -> Any:
+    def act(obs: Any, first: bool) -> Any:
         feed = {name: np.asarray(x, dtype)[None] for (name, dtype), x in zip(inputs, tree.flatten(obs))}
-        outputs = [o[0] for o in session.run(None, feed)]
+        if memory:
+            feed[memory["input"]] = (np.zeros((1, int(memory["size"])), np.float32) if first
+                                     else carried["state"])
+        outputs = session.run(None, feed)
+        if memory:
+            carried["state"] = outputs.pop()
+        outputs = [o[0] for o in outputs]
         leaves = [int(o) if isinstance(s, Discrete) else o for o, s in zip(outputs, tree.flatten(action_structure))]
         return tree.unflatten_as(action_structure, leaves)
 

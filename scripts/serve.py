@@ -46,6 +46,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-batching", action="store_true", help="one forward pass per request")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20)
     p.add_argument("--watch", action="store_true", help="load the checkpoint again whenever its file changes")
+    p.add_argument("--max-sessions", type=int, default=1024,
+                   help="a policy with memory: session states a replica keeps at most")
+    p.add_argument("--session-ttl", type=float, default=600.0,
+                   help="seconds after its last request that a session's state is dropped")
     p.add_argument("--address", help="join a running Ray cluster ('auto' or host:port)")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="your module (import name or .py path) to import first; shipped to the replicas")
@@ -67,7 +71,8 @@ def build_service(args: argparse.Namespace) -> functools.partial:
         return functools.partial(CompletionService, args.checkpoint, algo_class.from_checkpoint,
                                  max_batch_rows=args.max_batch_rows)
     service = functools.partial(PolicyService, args.checkpoint, max_batch_rows=args.max_batch_rows,
-                                policy_id=args.policy_id)
+                                policy_id=args.policy_id, num_replicas=args.num_replicas,
+                                max_sessions=args.max_sessions, session_ttl_s=args.session_ttl)
     service()  # refuse a checkpoint without a module spec here, in one line, not in every replica
     return service
 
@@ -88,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.host not in LOOPBACK and not args.token:
         return fail(f"--host {args.host} is reachable from other machines: give --token (or RLFLEET_SERVE_TOKEN)")
     for name, value in (("--num-replicas", args.num_replicas), ("--max-batch-rows", args.max_batch_rows),
-                        ("--max-body-bytes", args.max_body_bytes)):
+                        ("--max-body-bytes", args.max_body_bytes), ("--max-sessions", args.max_sessions),
+                        ("--session-ttl", args.session_ttl)):
         if value <= 0:
             return fail(f"{name} must be > 0, got {value}")
     if not 0 < args.port < 65536:

@@ -18,6 +18,12 @@ from rlfleet.rl.runners.env_runner import control_runner_factory
 from rlfleet.rl.checkpoint import load_checkpoint
 
 LEARNER_KEYS = ("obs", "actions", "logp", "rewards", "terminated", "truncated", "bootstrap_obs")
+MEMORY_KEYS = ("is_first", "state_in")
+"""Also sent with a recurrent policy (rl/core.py, "Memory")."""
+
+
+def learner_keys(batch: SampleBatch) -> tuple[str, ...]:
+    return LEARNER_KEYS + (MEMORY_KEYS if "state_in" in batch else ())
 
 
 def learner_batch(fragments: list[Fragment]) -> SampleBatch:
@@ -26,7 +32,7 @@ def learner_batch(fragments: list[Fragment]) -> SampleBatch:
     parts = []
     for f in fragments:
         finals = [obs for _, _, obs in f.final_obs]
-        parts.append({**{k: f.batch[k] for k in LEARNER_KEYS},
+        parts.append({**{k: f.batch[k] for k in learner_keys(f.batch)},
                       "final_tb": np.asarray([(t, b) for t, b, _ in f.final_obs], np.int64).reshape(-1, 2),
                       "final_obs": (tree.map_structure(lambda *xs: np.stack(xs), *finals) if finals
                                     else tree.map_structure(lambda x: x[0, :0], f.batch["bootstrap_obs"]))})
@@ -36,7 +42,7 @@ def learner_batch(fragments: list[Fragment]) -> SampleBatch:
 def join_columns(parts: list[SampleBatch]) -> SampleBatch:
     """Batches with their truncations' ``final_tb``/``final_obs`` side by side: the env
     positions of each part's truncations move by the columns before it."""
-    batch = concat_batches([{k: p[k] for k in LEARNER_KEYS} for p in parts])
+    batch = concat_batches([{k: p[k] for k in learner_keys(parts[0])} for p in parts])
     offsets = np.cumsum([0] + [p["rewards"].shape[1] for p in parts[:-1]])
     batch["final_tb"] = np.concatenate([p["final_tb"] + np.array([0, o], np.int64) for p, o in zip(parts, offsets)])
     batch["final_obs"] = tree.map_structure(lambda *xs: np.concatenate(xs), *[p["final_obs"] for p in parts])

@@ -10,6 +10,7 @@ from rlfleet.rl.config import ConfigError, ControlConfig
 @dataclasses.dataclass
 class IMPALAConfig(ControlConfig):
     algo_name = "impala"
+    supports_memory = True
 
     rollout_fragment_length: int = 50
     """Steps per env per sample request."""
@@ -48,6 +49,9 @@ class IMPALAConfig(ControlConfig):
     def validate(self) -> None:
         super().validate()
         self.require_positive("train_batch_fragments", "num_epochs", "broadcast_interval", "max_queue_fragments")
+        if self.memory and self.burn_in:
+            raise ConfigError(f"burn_in {self.burn_in}: impala runs each fragment through the core whole, restarting "
+                              "from the stored state every max_seq_len steps, so it has no burn-in; leave it 0")
         self.require_non_negative("max_policy_lag")
         if self.vtrace_rho_bar <= 0 or self.vtrace_c_bar <= 0:
             raise ConfigError(f"vtrace_rho_bar and vtrace_c_bar must be > 0, got {self.vtrace_rho_bar}, {self.vtrace_c_bar}")

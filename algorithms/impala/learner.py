@@ -45,6 +45,10 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])  # (T, B, ...) -> (T*B, ...)
 
 
+def _swap(x: torch.Tensor) -> torch.Tensor:
+    return x.transpose(0, 1)  # (T, B, ...) <-> (B, T, ...)
+
+
 class IMPALALearner(Learner):
     config: IMPALAConfig
 
@@ -53,16 +57,7 @@ class IMPALALearner(Learner):
         truncations' final observations ``final_obs`` (K, ...) at ``final_tb`` (K, 2)."""
         c = self.config
         T, B = batch["rewards"].shape
-        dist, values = self.module.forward_train(tree.map_structure(_rows, batch["obs"]))
-        target_logp = dist.logp([_rows(a) for a in batch["actions"]]).reshape(T, B)
-        values = values.reshape(T, B)
-        with torch.no_grad():
-            # V of the true next state under the current weights: the next step's value, the
-            # bootstrap observation after the last step, the final observation at truncations.
-            next_values = torch.cat([values[1:], self.module.compute_values(tree.map_structure(lambda x: x[0], batch["bootstrap_obs"]))[None]])
-            if batch["final_tb"].shape[0]:
-                t, b = batch["final_tb"][:, 0], batch["final_tb"][:, 1]
-                next_values[t, b] = self.module.compute_values(batch["final_obs"])
+        target_logp, values, entropy, next_values = self.forward(batch)
         vs, pg_advantages = vtrace(
             batch["logp"], target_logp.detach(), batch["rewards"] * c.reward_scale, values.detach(), next_values,
             batch["terminated"], batch["truncated"],
@@ -70,12 +65,47 @@ class IMPALALearner(Learner):
         )
         count = self.mean_count(torch.tensor(T * B, device=values.device))
         loss, metrics = impala_loss(
-            target_logp, values, dist.entropy().reshape(T, B), vs, pg_advantages,
+            target_logp, values, entropy, vs, pg_advantages,
             vf_coef=c.vf_coef, entropy_coef=c.entropy_coef, count=count,
         )
         with torch.no_grad():
             metrics["losses/mean_rho"] = (target_logp - batch["logp"]).exp().clamp(max=c.vtrace_rho_bar).sum() / count
         return loss, metrics
+
+    def forward(self, batch: TensorBatch) -> tuple[torch.Tensor, ...]:
+        """(target log-probs, values, entropies, V of the true next state without
+        gradient), each (T, B). V of the next state under the current weights: the next
+        step's value, the bootstrap observation's after the last step, the final
+        observation's at truncations. With memory, each env's fragment runs through the
+        core in one pass, restarting from the stored state every ``max_seq_len`` steps."""
+        T, B = batch["rewards"].shape
+        bootstrap = tree.map_structure(lambda x: x[0], batch["bootstrap_obs"])
+        t, b = batch["final_tb"][:, 0], batch["final_tb"][:, 1]
+        if not self.config.memory:
+            dist, values = self.module.forward_train(tree.map_structure(_rows, batch["obs"]))
+            target_logp = dist.logp([_rows(a) for a in batch["actions"]]).reshape(T, B)
+            values, entropy = values.reshape(T, B), dist.entropy().reshape(T, B)
+            with torch.no_grad():
+                last = self.module.compute_values(bootstrap)
+                final = self.module.compute_values(batch["final_obs"]) if len(t) else None
+        else:
+            stored = _swap(batch["state_in"])  # (B, T, S)
+            rows, feats, states = self.module.sequence_features(
+                tree.map_structure(_swap, batch["obs"]), stored[:, 0], _swap(batch["is_first"]),
+                stored=stored, restart_every=self.config.max_seq_len)  # rows in (b, t) order
+            dist = self.module.dist(self.module.dist_inputs(feats), rows)
+            target_logp = _swap(dist.logp([_rows(_swap(a)) for a in batch["actions"]]).reshape(B, T))
+            values = _swap(self.module.values(feats).reshape(B, T))
+            entropy = _swap(dist.entropy().reshape(B, T))
+            with torch.no_grad():
+                states = _swap(states)  # (T, B, S): the state after each step
+                last = self.module.compute_values(bootstrap, states[-1])
+                final = self.module.compute_values(batch["final_obs"], states[t, b]) if len(t) else None
+        with torch.no_grad():
+            next_values = torch.cat([values[1:].detach(), last[None]])
+            if final is not None:
+                next_values[t, b] = final
+        return target_logp, values, entropy, next_values
 
     def minibatches(self, data: TensorBatch) -> Iterator[TensorBatch]:
         """``num_epochs`` gradient steps on the whole time-major batch; with several

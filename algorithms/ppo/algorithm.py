@@ -5,7 +5,7 @@ from __future__ import annotations
 from rlfleet.algorithms.ppo.config import PPOConfig
 from rlfleet.algorithms.ppo.learner import PPOLearner
 from rlfleet.rl.algorithm import Algorithm
-from rlfleet.rl.batch import concat_batches, flatten_time
+from rlfleet.rl.batch import concat_batches, flatten_time, to_sequences
 from rlfleet.rl.runners.env_runner import control_runner_factory
 from rlfleet.rl.postprocessing import compute_gae
 
@@ -34,6 +34,8 @@ class PPO(Algorithm):
             return {}
         c = self.config
         keys = ("obs", "actions", "logp", "values", "next_values", "rewards", "terminated", "truncated")
+        if c.memory:
+            keys += ("is_first", "state_in")
         batch = concat_batches([{k: f[k] for k in keys} for f in fragments])  # (T, B_total)
         batch["advantages"], batch["value_targets"] = compute_gae(
             batch["rewards"] * c.reward_scale,
@@ -44,4 +46,8 @@ class PPO(Algorithm):
             gamma=c.gamma,
             lam=c.gae_lambda,
         )
-        return flatten_time({k: batch[k] for k in ("obs", "actions", "logp", "values", "advantages", "value_targets")})
+        keys = ("obs", "actions", "logp", "values", "advantages", "value_targets")
+        if c.memory:  # whole chunks of max_seq_len steps (N, W, ...), never cut through
+            return to_sequences({k: batch[k] for k in (*keys, "is_first", "state_in")},
+                                max_seq_len=c.max_seq_len, burn_in=c.burn_in)
+        return flatten_time({k: batch[k] for k in keys})

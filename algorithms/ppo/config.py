@@ -11,6 +11,7 @@ from rlfleet.rl.config import ConfigError, ControlConfig
 class PPOConfig(ControlConfig):
     algo_name = "ppo"
     external_max_lag = 8  # on-policy: clipping alone cannot correct older data
+    supports_memory = True
 
     gae_lambda: float = 0.95
     """GAE lambda: 0 is one-step TD, 1 is Monte Carlo."""
@@ -71,6 +72,12 @@ class PPOConfig(ControlConfig):
             )
 
         n = max(1, self.num_learners)
+        if self.memory and max(1, self.minibatch_size // self.max_seq_len) % n:
+            raise ConfigError(
+                f"minibatch_size {self.minibatch_size} holds {max(1, self.minibatch_size // self.max_seq_len)} "
+                f"sequences of max_seq_len {self.max_seq_len}, which must divide by num_learners {n}: "
+                "each learner takes whole sequences"
+            )
         if self.minibatch_size % n:
             raise ConfigError(
                 f"minibatch_size {self.minibatch_size} must divide by num_learners {n}: "

@@ -56,20 +56,37 @@ class PPOLearner(Learner):
 
     def compute_loss(self, batch: TensorBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         c = self.config
-        dist, values = self.module.forward_train(batch["obs"])
+        count = None
+        if c.memory:  # sequences (N, W): the loss is over the steps of their loss mask
+            dist, values = self.module.forward_train(batch["obs"], batch["state_in"], batch["is_first"])
+            steps = batch["loss_mask"].reshape(-1) > 0  # (N * W,)
+            logp, entropy, values = dist.logp(rows(batch["actions"]))[steps], dist.entropy()[steps], values[steps]
+            batch = {k: rows(batch[k])[steps] for k in ("logp", "advantages", "values", "value_targets")}
+            count = self.mean_count(steps.sum())  # learners hold unequal numbers of steps
+        else:
+            dist, values = self.module.forward_train(batch["obs"])
+            logp, entropy = dist.logp(batch["actions"]), dist.entropy()
         advantages = batch["advantages"]
         if c.normalize_advantages:  # per minibatch, over every learner's part of it
             advantages = self.normalize(advantages)
         return ppo_loss(
-            dist.logp(batch["actions"]),
+            logp,
             batch["logp"],
             advantages,
             values,
             batch["values"],
             batch["value_targets"],
-            dist.entropy(),
+            entropy,
             clip_param=c.clip_param,
             vf_clip_param=c.vf_clip_param,
             vf_coef=c.vf_coef,
             entropy_coef=c.entropy_coef,
+            count=count,
         )
+
+
+def rows(x):
+    """(N, W, ...) sequence columns (a tensor or a list of action leaves) -> (N * W, ...)."""
+    if isinstance(x, (list, tuple)):
+        return [rows(leaf) for leaf in x]
+    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])

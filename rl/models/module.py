@@ -22,7 +22,8 @@ import tree
 from gymnasium import spaces
 from torch import nn
 
-from rlfleet.rl.core import ACTION_MASK, DISTRIBUTION, VALUES
+from rlfleet.rl.core import ACTION_MASK, DISTRIBUTION, MEMORY, VALUES
+from rlfleet.rl.models.memory import MemoryCore, state_size
 from rlfleet.rl.models.spec import ModuleSpec
 from rlfleet.rl.models.distributions import ActionDistribution, Categorical, DiagGaussian, MultiCategorical, dist_input_size
 from rlfleet.envs.schema import space_from_schema, space_to_schema
@@ -223,6 +224,12 @@ class RLModule(nn.Module):
         self.action_space = spec.action_space
         self.encoder = ObsEncoder(spec)
         feat_dim = self.encoder.out_dim
+        # With memory, the policy and value MLPs read the recurrent core's output.
+        self.core = MemoryCore(spec.memory, feat_dim, spec.memory_size) if spec.memory else None
+        self.state_size = state_size(spec.memory, spec.memory_size)
+        if self.core is not None:
+            feat_dim = spec.memory_size
+            self.capabilities = self.capabilities | {MEMORY}
         self.pi_mlp, pi_dim = mlp(feat_dim, spec.hidden_sizes, spec.activation)
         if spec.shared_encoder:
             self.vf_mlp, vf_dim = self.pi_mlp, pi_dim
@@ -267,16 +274,47 @@ class RLModule(nn.Module):
         """The action distribution, restricted to the legal actions where ``obs`` has a mask."""
         return ActionDistribution(inputs, self.action_space, legal_actions(obs))
 
-    # -- training path ---------------------------------------------------------------
-    def forward_train(self, obs: Any) -> tuple[ActionDistribution, torch.Tensor]:
+    def initial_state(self, n: int) -> torch.Tensor:
+        """The state of ``n`` envs at their episodes' start: zeros (n, S)."""
+        return torch.zeros(n, self.state_size)
+
+    def step_features(self, obs: Any, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Acting: (features (B, F'), next state) with the core stepped once (no memory: as is)."""
         feats = self.features(obs)
-        return self.dist(self.dist_inputs(feats), obs), self.values(feats)
+        if self.core is None:
+            return feats, None
+        return self.core.forward_step(feats, state)
+
+    # -- training path ---------------------------------------------------------------
+    def forward_train(self, obs: Any, state: torch.Tensor | None = None,
+                      is_first: torch.Tensor | None = None) -> tuple[ActionDistribution, torch.Tensor]:
+        """The action distribution and values of a batch of rows. With memory, ``obs`` is
+        N sequences (N, L, ...) run from their start states (N, S) with the state zeroed at
+        ``is_first`` (N, L); the distribution and values are then over their N * L steps,
+        sequence by sequence (rows n * L + t)."""
+        if self.core is None:
+            feats = self.features(obs)
+            return self.dist(self.dist_inputs(feats), obs), self.values(feats)
+        rows, feats, _ = self.sequence_features(obs, state, is_first)
+        return self.dist(self.dist_inputs(feats), rows), self.values(feats)
+
+    def sequence_features(self, obs: Any, state: torch.Tensor, is_first: torch.Tensor,
+                          **restarts: Any) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """N sequences (N, L, ...) through the encoder and the core (``restarts``: see
+        ``MemoryCore.forward_sequence``): (their observations as rows (N * L, ...), the
+        features of those rows (N * L, H), the state after each step (N, L, S))."""
+        n, length = is_first.shape
+        rows = tree.map_structure(lambda x: x.reshape(n * length, *x.shape[2:]), obs)
+        feats = self.features(rows).reshape(n, length, -1)
+        feats, states = self.core.forward_sequence(feats, state, is_first, **restarts)
+        return rows, feats.reshape(n * length, -1), states
 
     # -- acting paths (no autograd) ----------------------------------------------------
     @torch.inference_mode()
-    def forward_exploration(self, obs: Any) -> dict[str, Any]:
-        """Sample actions: {"actions": leaves, "logp": (B,), "values": (B,)}."""
-        out = self.features(obs)
+    def forward_exploration(self, obs: Any, state: torch.Tensor | None = None) -> dict[str, Any]:
+        """Sample actions: {"actions": leaves, "logp": (B,), "values": (B,)}, and with
+        memory the next ``state`` (B, S)."""
+        out, state = self.step_features(obs, state)
         layers = self.acting_layers()
         act = ACTIVATION_FNS[self.spec.activation]
         for weight, bias in layers[:-1]:
@@ -284,7 +322,10 @@ class RLModule(nn.Module):
         out = nn.functional.linear(out, *layers[-1])  # (B, policy head + 1)
         dist = self.dist(self.head_to_dist_inputs(out[:, :-1]), obs)
         actions = dist.sample()
-        return {"actions": actions, "logp": dist.logp(actions), "values": out[:, -1]}
+        result = {"actions": actions, "logp": dist.logp(actions), "values": out[:, -1]}
+        if state is not None:
+            result["state"] = state
+        return result
 
     def acting_layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The policy and value MLPs side by side (:func:`side_by_side`), rebuilt when a
@@ -299,25 +340,27 @@ class RLModule(nn.Module):
         return self._acting[1]
 
     @torch.inference_mode()
-    def forward_inference(self, obs: Any) -> list[torch.Tensor]:
-        """Greedy actions, for evaluation and deployment."""
-        return self.greedy_actions(obs)
+    def forward_inference(self, obs: Any, state: torch.Tensor | None = None) -> Any:
+        """Greedy actions, for evaluation and deployment; with memory (actions, next state)."""
+        return self.greedy_actions(obs, state)
 
-    def greedy_actions(self, obs: Any) -> list[torch.Tensor]:
+    def greedy_actions(self, obs: Any, state: torch.Tensor | None = None) -> Any:
         """The distribution's mode (the legal argmax where masked), with autograd as the
-        caller has it (an ONNX export traces this)."""
-        return self.dist(self.dist_inputs(self.features(obs)), obs).deterministic()
+        caller has it (an ONNX export traces this); with memory (actions, next state)."""
+        feats, state = self.step_features(obs, state)
+        actions = self.dist(self.dist_inputs(feats), obs).deterministic()
+        return actions if self.core is None else (actions, state)
 
     @torch.inference_mode()
-    def compute_values(self, obs: Any) -> torch.Tensor:
-        return self.values(self.features(obs))
+    def compute_values(self, obs: Any, state: torch.Tensor | None = None) -> torch.Tensor:
+        return self.values(self.step_features(obs, state)[0])
 
     @torch.inference_mode()
-    def forward_details(self, obs: Any) -> dict[str, torch.Tensor]:
+    def forward_details(self, obs: Any, state: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """What serving returns on request besides the action: the probabilities of
         discrete actions (their leaves side by side, 0 where masked), the mean and log-std
         of continuous ones, and the value."""
-        feats = self.features(obs)
+        feats = self.step_features(obs, state)[0]
         dist = self.dist(self.dist_inputs(feats), obs)
         probs = [d.logits.exp() for d in dist.leaves if isinstance(d, Categorical)]
         probs += [c.logits.exp() for d in dist.leaves if isinstance(d, MultiCategorical) for c in d.cats]
@@ -341,16 +384,24 @@ class TorchActing:
 
     def __init__(self, module: nn.Module) -> None:
         self.module = module.eval()
+        self.state_size = getattr(module, "state_size", 0)
+        """Floats of recurrent state per env (0: no memory; rl/core.py, "Memory")."""
 
-    def explore(self, obs: Any) -> dict[str, Any]:
-        out = self.module.forward_exploration(to_tensor(obs))
+    def _state(self, state: np.ndarray | None) -> dict[str, Any]:
+        return {} if state is None else {"state": torch.from_numpy(np.ascontiguousarray(state, np.float32))}
+
+    def explore(self, obs: Any, state: np.ndarray | None = None) -> dict[str, Any]:
+        out = self.module.forward_exploration(to_tensor(obs), **self._state(state))
         return {"actions": [a.numpy() for a in out.pop("actions")], **{k: v.numpy() for k, v in out.items()}}
 
-    def values(self, obs: Any) -> np.ndarray:
-        return self.module.compute_values(to_tensor(obs)).numpy()
+    def values(self, obs: Any, state: np.ndarray | None = None) -> np.ndarray:
+        return self.module.compute_values(to_tensor(obs), **self._state(state)).numpy()
 
-    def greedy(self, obs: Any) -> list[np.ndarray]:
-        return [a.numpy() for a in self.module.forward_inference(to_tensor(obs))]
+    def greedy(self, obs: Any, state: np.ndarray | None = None) -> Any:
+        out = self.module.forward_inference(to_tensor(obs), **self._state(state))
+        if state is None:
+            return [a.numpy() for a in out]
+        return [a.numpy() for a in out[0]], out[1].numpy()
 
     def load(self, weights: dict[str, np.ndarray]) -> None:
         # From Ray's object store the arrays are read-only views (zero-copy); load_state_dict

@@ -66,6 +66,10 @@ class NumpyPolicy:
         self.head_sizes = [int(s.n) if isinstance(s, spaces.Discrete) else int(s.nvec.sum())
                            if isinstance(s, spaces.MultiDiscrete) else int(s.shape[0]) for s in self.act_leaves]
         self.head_at = np.cumsum([0] + self.head_sizes).tolist()
+        self.memory, self.memory_size = spec.memory, spec.memory_size
+        self.state_size = 0 if spec.memory is None else spec.memory_size * (2 if spec.memory == "lstm" else 1)
+        """Floats of recurrent state per env (rl/models/memory.py; 0: no memory)."""
+        self.core: tuple[np.ndarray, ...] | None = None  # (W_ih.T, b_ih, W_hh.T, b_hh)
         self.rng = np.random.default_rng(seed)  # draws the initial weights, then the actions
         self.layers: list[tuple[np.ndarray, np.ndarray]] = []
         self.log_std = np.zeros(0, np.float32)
@@ -84,6 +88,12 @@ class NumpyPolicy:
         biases and log-std), for acting before the learner's first broadcast."""
         width = sum(self._encoded_width(s) for s in self.obs_leaves)
         weights: dict[str, np.ndarray] = {}
+        if self.memory is not None:
+            gates = (3 if self.memory == "gru" else 4) * self.memory_size
+            weights["core.weight_ih"] = _orthogonal(gates, width, 1.0, rng)
+            weights["core.weight_hh"] = _orthogonal(gates, self.memory_size, 1.0, rng)
+            weights["core.bias_ih"] = weights["core.bias_hh"] = np.zeros(gates, np.float32)
+            width = self.memory_size
         for key in ("pi", "vf"):
             fan_in = width
             for i, size in enumerate(self.spec.hidden_sizes):
@@ -121,6 +131,12 @@ class NumpyPolicy:
             layers.append((np.ascontiguousarray(w.T), b))
         self.layers = layers
         self.log_std = np.asarray(weights["log_std"], np.float32).copy()
+        if self.memory is not None:
+            if "core.weight_ih" not in weights:
+                raise ValueError(f"weights for {self.spec.env_name!r} lack 'core.weight_ih': not a {self.memory} policy's")
+            w_ih, w_hh = (np.asarray(weights[f"core.weight_{k}"], np.float32) for k in ("ih", "hh"))
+            self.core = (np.ascontiguousarray(w_ih.T), np.asarray(weights["core.bias_ih"], np.float32),
+                         np.ascontiguousarray(w_hh.T), np.asarray(weights["core.bias_hh"], np.float32))
 
     # -- acting --------------------------------------------------------------------------
     @staticmethod
@@ -147,9 +163,32 @@ class NumpyPolicy:
                 parts.append(x.reshape(x.shape[0], -1).astype(np.float32, copy=False))
         return parts[0] if len(parts) == 1 else np.concatenate(parts, -1)
 
-    def _forward(self, obs: Any) -> tuple[np.ndarray, np.ndarray]:
-        """(policy head output (B, heads) with illegal logits at the lowest float, values (B,))."""
+    def _step_core(self, x: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The recurrent core's step, as rl/models/memory.py ``MemoryCore.step``."""
+        w_ih, b_ih, w_hh, b_hh = self.core
+        H = self.memory_size
+        proj = x @ w_ih + b_ih
+        if self.memory == "gru":
+            hh = state @ w_hh + b_hh
+            r = _sigmoid(proj[:, :H] + hh[:, :H])
+            z = _sigmoid(proj[:, H : 2 * H] + hh[:, H : 2 * H])
+            n = np.tanh(proj[:, 2 * H :] + r * hh[:, 2 * H :])
+            h = (1.0 - z) * n + z * state
+            return h, h
+        h, c = state[:, :H], state[:, H:]
+        gates = proj + h @ w_hh + b_hh
+        i, f = _sigmoid(gates[:, :H]), _sigmoid(gates[:, H : 2 * H])
+        g, o = np.tanh(gates[:, 2 * H : 3 * H]), _sigmoid(gates[:, 3 * H :])
+        c = f * c + i * g
+        h = o * np.tanh(c)
+        return h, np.concatenate([h, c], -1)
+
+    def _forward(self, obs: Any, state: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(policy head output (B, heads) with illegal logits at the lowest float, values
+        (B,), the next recurrent state or None)."""
         out = self._features(obs)
+        if self.core is not None:
+            out, state = self._step_core(out, np.asarray(state, np.float32))
         for w, b in self.layers[:-1]:
             out = self.act(out @ w + b)
         w, b = self.layers[-1]
@@ -157,7 +196,7 @@ class NumpyPolicy:
         head = out[:, :-1]
         if isinstance(obs, dict) and ACTION_MASK in obs:
             head = np.where(np.asarray(obs[ACTION_MASK]) != 0, head, _LOWEST)
-        return head, out[:, -1]
+        return head, out[:, -1], state
 
     def _leaves(self, head: np.ndarray):
         """(space, head chunk, log-std or None) per action leaf."""
@@ -169,9 +208,10 @@ class NumpyPolicy:
                 std_at += hi - lo
             yield space, chunk, log_std
 
-    def explore(self, obs: Any) -> dict[str, Any]:
-        """Sampled actions: {"actions": leaves, "logp": (B,), "values": (B,)}."""
-        head, values = self._forward(obs)
+    def explore(self, obs: Any, state: np.ndarray | None = None) -> dict[str, Any]:
+        """Sampled actions: {"actions": leaves, "logp": (B,), "values": (B,)}, and with
+        memory the next ``state`` (B, S)."""
+        head, values, state = self._forward(obs, state)
         actions, logp = [], np.zeros(len(head), np.float32)
         for space, chunk, log_std in self._leaves(head):
             if log_std is None:
@@ -188,14 +228,18 @@ class NumpyPolicy:
                 noise = self.rng.standard_normal(chunk.shape, dtype=np.float32)
                 actions.append(chunk + np.exp(log_std) * noise)
                 logp += (-0.5 * noise * noise - log_std - np.float32(0.5 * _LOG_2PI)).sum(-1)
-        return {"actions": actions, "logp": logp, "values": values}
+        out = {"actions": actions, "logp": logp, "values": values}
+        if state is not None:
+            out["state"] = state
+        return out
 
-    def values(self, obs: Any) -> np.ndarray:
-        return self._forward(obs)[1]
+    def values(self, obs: Any, state: np.ndarray | None = None) -> np.ndarray:
+        return self._forward(obs, state)[1]
 
-    def greedy(self, obs: Any) -> list[np.ndarray]:
-        """The distribution's mode: the legal argmax, the Gaussian's mean."""
-        head, _ = self._forward(obs)
+    def greedy(self, obs: Any, state: np.ndarray | None = None) -> Any:
+        """The distribution's mode: the legal argmax, the Gaussian's mean; with memory
+        (actions, next state)."""
+        head, _, state = self._forward(obs, state)
         actions = []
         for space, chunk, log_std in self._leaves(head):
             if log_std is not None:
@@ -205,7 +249,11 @@ class NumpyPolicy:
             else:
                 parts = np.split(chunk, np.cumsum(space.nvec.tolist())[:-1], -1)
                 actions.append(np.stack([np.argmax(p, -1) for p in parts], -1))
-        return actions
+        return actions if state is None else (actions, state)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (np.tanh(0.5 * x) + 1.0)  # no overflow warning for large |x|
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:

@@ -27,6 +27,10 @@ class ModuleSpec:
     env_name: str = "env"
     encode_mask: bool = False
     """Feed the observation's action mask to the encoder too (it always masks the logits)."""
+    memory: str | None = None
+    """A recurrent core after the encoder: ``gru``, ``lstm`` or None (rl/core.py, "Memory")."""
+    memory_size: int = 128
+    """Units of the recurrent core."""
 
     @property
     def encoder_space(self) -> gym.Space:

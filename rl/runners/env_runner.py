@@ -88,6 +88,9 @@ class EnvRunner:
         self.ep_length = np.zeros(num_envs, np.int64)
         self.obs = self._connect(self._check_mask(self.env.reset(seed=seed), self.ep_length))
         self.is_first = np.ones(num_envs, bool)  # the next observation starts an episode
+        # A policy with memory: each sub-env's recurrent state, carried from one fragment
+        # to the next and zeroed where an episode starts (rl/core.py, "Memory").
+        self.state = np.zeros((num_envs, self.policy.state_size), np.float32) if self.policy.state_size else None
 
     def _check_mask(self, obs: Any, episode_steps: np.ndarray) -> Any:
         """Refuse an observation to act in whose action mask leaves no legal action."""
@@ -126,12 +129,21 @@ class EnvRunner:
         truncated = np.zeros((T, B), bool)
         is_first = np.zeros((T, B), bool)
         final_obs: list[tuple[int, int, Any]] = []  # (t, env, last observation) at truncations
+        final_states: list[np.ndarray] = []  # with memory: the state after each of those last steps
+        memory = self.state is not None
+        state_in = np.zeros((T, B, self.state.shape[1]), np.float32) if memory else None
         returns, lengths = [], []
         num_env_errors = 0
         for t in range(T):
             obs_list.append(self.obs)
             is_first[t] = self.is_first
-            out = self.policy.explore(self.obs)
+            if memory:
+                self.state[self.is_first] = 0.0
+                state_in[t] = self.state
+                out = self.policy.explore(self.obs, self.state)
+                self.state = out.pop("state")
+            else:
+                out = self.policy.explore(self.obs)
             actions_np = out.pop("actions")
             action_list.append(actions_np)
             for key, value in out.items():
@@ -158,6 +170,8 @@ class EnvRunner:
                 if len(cut):
                     final = self._connect(_stack([step.final_obs[i] for i in cut]), update=False)
                     final_obs += [(t, int(b), tree.map_structure(lambda x, k=k: x[k], final)) for k, b in enumerate(cut)]
+                    if memory:
+                        final_states += list(self.state[cut])
             self.obs = self._connect(self._check_mask(step.obs, self.ep_length))
         batch = {
             "obs": _stack(obs_list),
@@ -169,20 +183,27 @@ class EnvRunner:
             "bootstrap_obs": tree.map_structure(lambda x: x[None], self.obs),  # (1, B, ...): after the last step
             **extras,
         }
+        if memory:
+            batch["state_in"] = state_in  # (T, B, S): the state each step was acted from
+            self.state[self.is_first] = 0.0
         if "values" in extras:
-            batch["next_values"] = self._next_values(extras["values"], terminated, final_obs)
+            batch["next_values"] = self._next_values(extras["values"], terminated, final_obs, final_states)
         return Fragment(batch, returns, lengths, T * B, self.weights_version, self.index, num_env_errors, final_obs,
                         sample_time_s=time.perf_counter() - started,
                         connector_delta=self.filter.pop_delta() if self.filter is not None else None)
 
-    def _next_values(self, values: np.ndarray, terminated: np.ndarray, final_obs: list) -> np.ndarray:
-        """V(s_{t+1}) of the true next state, (T, B)."""
+    def _next_values(self, values: np.ndarray, terminated: np.ndarray, final_obs: list,
+                     final_states: list) -> np.ndarray:
+        """V(s_{t+1}) of the true next state, (T, B); with memory, each from the state
+        after the step that led there."""
+        memory = self.state is not None
         next_values = np.empty_like(values)
         next_values[:-1] = values[1:]
-        next_values[-1] = self.policy.values(self.obs)
+        next_values[-1] = self.policy.values(self.obs, self.state) if memory else self.policy.values(self.obs)
         if final_obs:
             ts, bs = [f[0] for f in final_obs], [f[1] for f in final_obs]
-            next_values[ts, bs] = self.policy.values(_stack([f[2] for f in final_obs]))
+            last = _stack([f[2] for f in final_obs])
+            next_values[ts, bs] = self.policy.values(last, np.stack(final_states)) if memory else self.policy.values(last)
         next_values[terminated] = 0.0
         return next_values
 
@@ -196,14 +217,20 @@ class EnvRunner:
         obs = self._connect(self._check_mask(self.env.reset(), np.zeros(self.num_envs, np.int64)), update=False)
         ep_return = np.zeros(self.num_envs)
         done_returns: list[list[float]] = [[] for _ in range(self.num_envs)]
+        state = np.zeros_like(self.state) if self.state is not None else None
         while any(len(r) < per_env for r in done_returns):
-            actions = self.policy.greedy(obs)
+            if state is None:
+                actions = self.policy.greedy(obs)
+            else:
+                actions, state = self.policy.greedy(obs, state)
             step = self.env.step(actions_to_env(actions, self.action_space))
             obs = self._connect(self._check_mask(step.obs, np.ones(self.num_envs, np.int64)), update=False)
             ep_return += step.rewards
             for i in np.flatnonzero(step.terminated | step.truncated):
                 done_returns[i].append(float(ep_return[i]))
                 ep_return[i] = 0.0
+                if state is not None:
+                    state[i] = 0.0
         returns = [r[k] for k in range(per_env) for r in done_returns][:num_episodes]
         return {
             "evaluation/episode_return_mean": float(np.mean(returns)),
@@ -230,9 +257,13 @@ class ControlRunnerFactory:
     """The env kind, as named in errors."""
     connectors = True
     """Whether the kind's runners have observation connectors (normalisation)."""
+    memory = False
+    """Whether the kind's runners carry a recurrent policy's state (rl/core.py, "Memory")."""
 
     def __init__(self, config: ControlConfig) -> None:
         self.config = config
+        if config.memory and not self.memory:
+            raise ConfigError(f"memory is not built for {self.kind} envs yet; leave it out (memory: null)")
         if not self.connectors:
             for key in ("normalize_obs", "normalize_rewards"):
                 if getattr(config, key):
@@ -248,7 +279,8 @@ class ControlRunnerFactory:
     def _module_spec(self, observation_space: gym.Space, action_space: gym.Space, env_name: str) -> ModuleSpec:
         c = self.config
         return ModuleSpec(observation_space, action_space, hidden_sizes=tuple(c.hidden_sizes), activation=c.activation,
-                          shared_encoder=c.shared_encoder, env_name=env_name, encode_mask=c.encode_action_mask)
+                          shared_encoder=c.shared_encoder, env_name=env_name, encode_mask=c.encode_action_mask,
+                          memory=c.memory, memory_size=c.memory_size)
 
     def __call__(self, index: int) -> Any:
         # Runners get disjoint seed ranges: env i of runner k is seeded seed + 1000 k + i.
@@ -267,6 +299,8 @@ class ControlRunnerFactory:
 class EnvRunnerFactory(ControlRunnerFactory):
     """A gymnasium env (an id, a registered name, a class or a creator), probed once for
     its spaces; its runners are :class:`EnvRunner`s, which act without torch."""
+
+    memory = True
 
     def __init__(self, config: ControlConfig, *, adapt_spec: Callable[[ModuleSpec], Any] = lambda spec: spec) -> None:
         super().__init__(config)

@@ -13,6 +13,13 @@ Request bodies:
                     a multi-agent checkpoint served whole (no --policy-id) needs
                     "policy_id": the policy that acts (``/metadata`` lists them and the
                     agent -> policy mapping the run trained with)
+                    a policy with memory (``/metadata``'s "memory") takes the state:
+                    "state": the opaque value the last reply gave (one per observation
+                    of a batch; null or absent: an episode starts) and replies the next
+                    one, stateless as ever; or "session": an id whose state this server
+                    keeps (one observation a request, "reset": true at an episode start;
+                    idle sessions expire after --session-ttl, at most --max-sessions;
+                    one replica only, since a session's state lives in its replica)
     POST /complete  {"prompts": ["12+7=", ...]} or {"prompt": "12+7="}, "temperature": 0.0
                     -> {"completions": [...]} or {"completion": ...}, "weights_version": v
 """
@@ -20,9 +27,12 @@ Request bodies:
 from __future__ import annotations
 
 
+import base64
+import binascii
 import logging
 import os
 import threading
+import time
 from typing import Any, Callable
 
 import numpy as np
@@ -134,15 +144,106 @@ class _FollowingService:
         self.followed.poll()
 
 
-class PolicyService(_FollowingService):
-    USAGE = '{"obs": <observation or batch>, "explore": false, "details": false}'
+def encode_state(state: np.ndarray) -> str:
+    """A recurrent state (S,) as the opaque value a reply carries: base64 of float32 bytes
+    (exact, and a third of the JSON of its numbers)."""
+    return base64.b64encode(np.ascontiguousarray(state, "<f4").tobytes()).decode("ascii")
 
-    def __init__(self, checkpoint: str, *, max_batch_rows: int = 256, policy_id: str | None = None) -> None:
+
+def decode_states(value: Any, rows: int, single: bool, size: int) -> np.ndarray:
+    """The request's ``state``: one value (a single observation) or one per row, each null
+    (an episode starts: zeros) or what a reply gave. (rows, size) float32."""
+    values = [value] if single and not isinstance(value, list) else value
+    if not isinstance(values, list) or len(values) != rows:
+        raise BadRequest(f"state must be one value per observation ({rows}), each null or a reply's state")
+    out = np.zeros((rows, size), np.float32)
+    for i, v in enumerate(values):
+        if v is None:
+            continue
+        try:
+            decoded = np.frombuffer(base64.b64decode(v, validate=True), "<f4") if isinstance(v, str) else None
+        except (binascii.Error, ValueError):
+            decoded = None
+        if decoded is None or decoded.size != size or not np.isfinite(decoded).all():
+            raise BadRequest(f"state of observation {i} is not a state this policy replied (base64 of {size} "
+                             "float32s); send null to start an episode")
+        out[i] = decoded
+    return out
+
+
+class Sessions:
+    """Recurrent states kept for clients that send a session id: at most ``limit``, each
+    dropped ``ttl_s`` seconds after its last request."""
+
+    def __init__(self, limit: int, ttl_s: float) -> None:
+        self.limit, self.ttl_s = limit, ttl_s
+        self.states: dict[str, tuple[np.ndarray, float]] = {}  # id -> (state (S,), last used)
+        self.lock = threading.Lock()
+
+    def _expire(self, now: float) -> None:
+        for sid in [sid for sid, (_, used) in self.states.items() if now - used > self.ttl_s]:
+            del self.states[sid]
+
+    def admit(self, sid: str) -> None:
+        """Refuse a new session when ``limit`` are open and none has expired."""
+        with self.lock:
+            now = time.monotonic()
+            if sid in self.states:
+                return
+            self._expire(now)
+            if len(self.states) >= self.limit:
+                raise BadRequest(f"{len(self.states)} sessions are open, the limit (--max-sessions); one expires "
+                                 f"{self.ttl_s:g} s after its last request, or send 'state' instead of 'session'")
+
+    def get(self, sid: str, reset: bool, size: int) -> np.ndarray:
+        with self.lock:
+            kept = None if reset else self.states.get(sid)
+            if kept is not None and time.monotonic() - kept[1] <= self.ttl_s:
+                return kept[0]
+            return np.zeros(size, np.float32)
+
+    def put(self, sid: str, state: np.ndarray) -> None:
+        with self.lock:
+            self.states[sid] = (state.copy(), time.monotonic())
+
+
+class PolicyService(_FollowingService):
+    USAGE = ('{"obs": <observation or batch>, "explore": false, "details": false, '
+             'with memory "state": <the last reply\'s> or "session": "<id>", "reset": false}')
+
+    def __init__(self, checkpoint: str, *, max_batch_rows: int = 256, policy_id: str | None = None,
+                 num_replicas: int = 1, max_sessions: int = 1024, session_ttl_s: float = 600.0) -> None:
         # {None: the one policy served} or, for a multi-agent checkpoint served whole, {policy id: policy}
         load = (Policy.load_all if policy_id is None
                 else lambda path: {None: Policy.load(path, policy_id=policy_id)})
         self.followed = _Followed(checkpoint, load)
         self.max_batch_rows = max_batch_rows
+        self.num_replicas = num_replicas
+        self.sessions = Sessions(max_sessions, session_ttl_s)
+
+    def _memory(self, body: dict, policy: Policy, rows: int, single: bool) -> tuple[np.ndarray | None, str | None]:
+        """(the rows' states, the session id) of a request, checked."""
+        given = [key for key in ("state", "session", "reset") if key in body]
+        if not policy.state_size:
+            if given:
+                raise BadRequest(f"{given[0]!r}: this policy has no memory; send only the observation")
+            return None, None
+        if "session" not in body:
+            if "reset" in body:
+                raise BadRequest("'reset' goes with 'session'; without one, send \"state\": null to start an episode")
+            return decode_states(body.get("state"), rows, single, policy.state_size), None
+        sid, reset = body["session"], _flag(body, "reset")
+        if "state" in body:
+            raise BadRequest("give 'state' or 'session', not both")
+        if not isinstance(sid, str) or not 0 < len(sid) <= 128:
+            raise BadRequest(f"session must be an id of 1 to 128 characters, got {sid!r}")
+        if not single:
+            raise BadRequest("a session is one env: send one observation per request (or a batch with 'state')")
+        if self.num_replicas > 1:
+            raise BadRequest(f"sessions need one replica (a session's state lives in its replica), this server runs "
+                             f"{self.num_replicas}: send 'state' with each request instead")
+        self.sessions.admit(sid)
+        return self.sessions.get(sid, reset, policy.state_size)[None], sid
 
     def _policy(self, body: dict) -> tuple[str | None, Policy]:
         policies, pid = self.followed.current, body.get("policy_id")
@@ -163,34 +264,45 @@ class PolicyService(_FollowingService):
     def parse(self, route: str, body: Any) -> tuple[Any, int]:
         if route != "/act":
             raise BadRequest(f"this server serves a control policy: POST /act {self.USAGE}")
-        _check_keys(body, ("obs", "explore", "details", "policy_id"), ("obs",), self.USAGE)
+        _check_keys(body, ("obs", "explore", "details", "policy_id", "state", "session", "reset"), ("obs",), self.USAGE)
         pid, policy = self._policy(body)
         obs, single = parse_observations(body["obs"], policy.observation_space, policy.action_space,
                                          max_batch=self.max_batch_rows)
         rows = len(tree.flatten(obs)[0])
-        return (obs, single, _flag(body, "explore"), _flag(body, "details"), pid, policy), rows
+        states, session = self._memory(body, policy, rows, single)
+        return (obs, single, _flag(body, "explore"), _flag(body, "details"), pid, policy, states, session), rows
 
     def run(self, route: str, items: list[tuple[Any, int]]) -> list[dict[str, Any]]:
         """One forward pass per policy and kind of request (greedy/explore, with/without
         details) for all the requests Serve batched together."""
         policies = self.followed.current  # one set of weights for the whole batch
         results: list[dict[str, Any] | None] = [None] * len(items)
-        kinds: dict[tuple[str | None, bool, bool], list[int]] = {}
-        for i, ((_, _, explore, details, pid, _), _) in enumerate(items):
-            kinds.setdefault((pid, explore, details), []).append(i)
-        for (pid, explore, details), indices in kinds.items():
+        kinds: dict[tuple[str | None, bool, bool, bool], list[int]] = {}
+        for i, ((_, _, explore, details, pid, _, states, _), _) in enumerate(items):
+            kinds.setdefault((pid, explore, details, states is not None), []).append(i)
+        for (pid, explore, details, memory), indices in kinds.items():
             # a reload between parse and run that took the policy away: the one it was parsed for
             policy = policies.get(pid) or items[indices[0]][0][5]
+            if memory and not policy.state_size:  # reloaded into a policy without memory
+                policy = items[indices[0]][0][5]
             parts = [items[i][0][0] for i in indices]
             obs = tree.map_structure(lambda *xs: np.concatenate(xs), *parts) if len(parts) > 1 else parts[0]
-            out = policy.act(obs, explore=explore, details=details)
+            state = np.concatenate([items[i][0][6] for i in indices]) if memory else None
+            out = policy.act(obs, explore=explore, details=details, state=state)
+            next_states = out.pop("state", None)
             start = 0
             for i in indices:
-                rows, single = items[i][1], items[i][0][1]
+                rows, single, session = items[i][1], items[i][0][1], items[i][0][7]
                 part = tree.map_structure(lambda x: x[start:start + rows], out)
                 if single:
                     part = tree.map_structure(lambda x: x[0], part)
                 results[i] = {**to_json(part), "weights_version": policy.weights_version}
+                if session is not None:
+                    self.sessions.put(session, next_states[start])
+                    results[i]["session"] = session
+                elif next_states is not None:
+                    encoded = [encode_state(x) for x in next_states[start:start + rows]]
+                    results[i]["state"] = encoded[0] if single else encoded
                 start += rows
         return results  # type: ignore[return-value]
 

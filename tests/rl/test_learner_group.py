@@ -61,11 +61,17 @@ def first_update(config):
 
 CASES = {
     "ppo": lambda: tuned(PPOConfig, "ppo/CartPole-v1.yaml", num_envs_per_runner=8, rollout_fragment_length=32),
+    # Sequences: chunks of 8 steps from stored states with 2 of burn-in; a 30-step fragment
+    # pads its last chunk, so the learners hold unequal numbers of loss steps.
+    "ppo-gru": lambda: tuned(PPOConfig, "ppo/CartPole-v1.yaml", num_envs_per_runner=8, rollout_fragment_length=30,
+                             memory="gru", memory_size=16, max_seq_len=8, burn_in=2, minibatch_size=64),
     "dqn-prioritized": lambda: tuned(DQNConfig, "dqn/CartPole-v1.yaml", learning_starts=256, prioritized_replay=True,
                                      double_q=True),
     # Uniform replay: an iteration's replay batches in one call, a gradient step each.
     "dqn-uniform": lambda: tuned(DQNConfig, "dqn/CartPole-v1.yaml", learning_starts=256),
     "impala": lambda: tuned(IMPALAConfig, "impala/CartPole-v1.yaml"),
+    # each env's fragment through an LSTM, restarting from stored states every 8 steps
+    "impala-lstm": lambda: tuned(IMPALAConfig, "impala/CartPole-v1.yaml", memory="lstm", memory_size=16, max_seq_len=8),
     # Three optimiser groups, soft target updates, and noise drawn for the whole batch.
     "sac": lambda: tuned(SACConfig, "sac/Pendulum-v1.yaml", learning_starts=256),
     "grpo": lambda: tuned(GRPOConfig, "grpo/text-addition.yaml", warmup_steps=30, minibatch_size=32),

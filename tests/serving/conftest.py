@@ -28,6 +28,14 @@ CONFIGS = {
     "sac-pendulum": lambda: SACConfig(env="Pendulum-v1", learning_starts=128, minibatch_size=64, seed=1),
     "sac-maze": lambda: SACConfig(env="rlfleet/MaskedMaze-v0", learning_starts=128, minibatch_size=64, seed=1,
                                   env_error_retries=0),
+    # memory: an LSTM over a Dict observation with masks; a GRU with normalised
+    # observations and clipped Box actions
+    "ppo-lstm-maze": lambda: PPOConfig(env="rlfleet/MaskedMaze-v0", memory="lstm", memory_size=16, max_seq_len=16,
+                                       num_envs_per_runner=8, rollout_fragment_length=64, minibatch_size=128, seed=1,
+                                       env_error_retries=0),
+    "ppo-gru-pendulum": lambda: PPOConfig(env="Pendulum-v1", normalize_obs=True, memory="gru", memory_size=16,
+                                          max_seq_len=16, num_envs_per_runner=8, rollout_fragment_length=64,
+                                          minibatch_size=128, num_epochs=2, seed=1),
     "ppo-nested": lambda: PPOConfig(env="rlfleet/NestedObs-v0", num_envs_per_runner=8, rollout_fragment_length=32,
                                     minibatch_size=64, normalize_obs=True, seed=1),
 }

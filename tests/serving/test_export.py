@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tree
 
+from rlfleet.envs import make_env_creator
 from rlfleet.rl.inference import Policy
 from tests.extras import require_extra
 from tests.serving.conftest import rollout_observations
@@ -101,7 +102,42 @@ def test_torchscript_export_acts_like_the_library(checkpoints, tmp_path):
     assert np.abs(got - Policy.load(checkpoint).act(obs)["actions"]).max() <= 1e-5
 
 
-@pytest.mark.parametrize("name", ["ppo-pendulum", "ppo-cartpole", "sac-pendulum"])
+@pytest.mark.parametrize("name", ["ppo-lstm-maze", "ppo-gru-pendulum"])
+def test_a_recurrent_onnx_model_stepped_through_episodes_equals_the_torch_module(name, checkpoints, tmp_path):
+    # The state is an explicit input and output: fed back step by step (zeros at each
+    # episode start), the exported model acts as the library's policy and carries the
+    # same state, to 1e-5.
+    import onnxruntime
+
+    checkpoint = checkpoints(name)
+    model = str(tmp_path / "policy.onnx")
+    subprocess.run([sys.executable, "scripts/export.py", "--checkpoint", checkpoint, "--out", model], check=True,
+                   capture_output=True)
+    contract = json.load(open(model + ".json"))
+    policy = Policy.load(checkpoint)
+    assert contract["memory"]["input"] == "state" and contract["memory"]["size"] == policy.state_size
+    assert contract["inputs"][-1]["name"] == "state" and contract["outputs"][-1]["name"] == "state_out"
+    session = onnxruntime.InferenceSession(model)
+    env = make_env_creator(policy.env, policy.env_config)()
+    steps, largest = 0, 0.0
+    for episode in range(3):
+        obs, _ = env.reset(seed=episode)
+        state, onnx_state, done = None, np.zeros((1, policy.state_size), np.float32), False
+        while not done and steps < 300:
+            batch = tree.map_structure(lambda x: np.asarray(x)[None], obs)
+            ours = policy.act(batch, state=state)
+            feed = {i["name"]: x.astype(i["dtype"]) for i, x in zip(contract["inputs"], tree.flatten(batch))}
+            *actions, onnx_state = session.run(None, {**feed, "state": onnx_state})
+            np.testing.assert_allclose(onnx_state, ours["state"], atol=1e-5)
+            for got, want in zip(actions, tree.flatten(ours["actions"])):
+                np.testing.assert_allclose(got, want, atol=1e-5)
+            state, largest = ours["state"], max(largest, float(np.abs(ours["state"]).max()))
+            obs, _, terminated, truncated, _ = env.step(tree.map_structure(lambda x: x[0], ours["actions"]))
+            done, steps = terminated or truncated, steps + 1
+    assert steps >= 100 and largest > 1e-2  # a real state was carried
+
+
+@pytest.mark.parametrize("name", ["ppo-pendulum", "ppo-cartpole", "sac-pendulum", "ppo-lstm-maze", "ppo-gru-pendulum"])
 def test_evaluating_the_onnx_file_gives_the_checkpoints_returns(name, checkpoints, tmp_path):
     checkpoint = checkpoints(name)
     model = str(tmp_path / "policy.onnx")
@@ -113,7 +149,7 @@ def test_evaluating_the_onnx_file_gives_the_checkpoints_returns(name, checkpoint
                                "--json"], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         runs[flag] = json.loads(done.stdout)["returns"]
-    if name == "ppo-cartpole":  # discrete actions: the same episodes exactly
+    if name in ("ppo-cartpole", "ppo-lstm-maze"):  # discrete actions: the same episodes exactly
         assert runs["--onnx"] == runs["--checkpoint"]
     else:  # continuous actions agree to float32 rounding (<= 1e-5), and so do the returns
         np.testing.assert_allclose(runs["--onnx"], runs["--checkpoint"], rtol=1e-5)
