@@ -54,17 +54,19 @@ def take_rows(batch: SampleBatch, idx: np.ndarray | slice) -> SampleBatch:
     return tree.map_structure(lambda x: x[idx], batch)
 
 
-def to_sequences(batch: SampleBatch, *, max_seq_len: int, burn_in: int = 0) -> SampleBatch:
+def to_sequences(batch: SampleBatch, *, max_seq_len: int, burn_in: int = 0, lookahead: int = 0) -> SampleBatch:
     """A time-major batch (T, B, ...) with ``state_in`` (T, B, S) and ``is_first`` (T, B) ->
     sequences for a recurrent learner (rl/core.py, "Memory").
 
     Chunk k holds steps [kL, (k+1)L) of one env (L = ``max_seq_len``), preceded by up to
-    ``burn_in`` earlier steps of the fragment that only refresh the state. Every sequence
-    is W = burn_in + L long, from its first step left-aligned and padded at the end:
+    ``burn_in`` earlier steps of the fragment that only refresh the state, and followed by
+    up to ``lookahead`` later ones (n-step targets look past the chunk). Every sequence is
+    W = burn_in + L + lookahead long, from its first step left-aligned and padded at the end:
 
         columns     (N, W, ...)  N = chunks x B, sequence n = chunk n // B of env n % B
         state_in    (N, S)       the state the runner stored at the sequence's first step
-        loss_mask   (N, W)       1 on the chunk's own steps, 0 on burn-in and padding
+        loss_mask   (N, W)       1 on the chunk's own steps, 0 on burn-in, lookahead and padding
+        valid       (N, W)       1 on every step of the fragment, 0 on padding (with lookahead)
 
     A chunk that starts mid-episode starts from the stored state of that step, never from
     zeros; ``is_first`` zeroes it where an episode starts inside the sequence.
@@ -72,9 +74,10 @@ def to_sequences(batch: SampleBatch, *, max_seq_len: int, burn_in: int = 0) -> S
     T, B = batch["is_first"].shape
     starts = np.arange(0, T, max_seq_len)  # (K,)
     first = np.maximum(starts - burn_in, 0)  # each sequence's first step
-    width = burn_in + max_seq_len
+    width = burn_in + max_seq_len + lookahead
     t = first[:, None] + np.arange(width)[None, :]  # (K, W) the step at each position
     loss = (t >= starts[:, None]) & (t < np.minimum(starts + max_seq_len, T)[:, None])
+    valid = t < T
     t = np.minimum(t, T - 1)  # padding repeats the last step, masked out
 
     def gather(x: np.ndarray) -> np.ndarray:
@@ -85,4 +88,6 @@ def to_sequences(batch: SampleBatch, *, max_seq_len: int, burn_in: int = 0) -> S
     out = tree.map_structure(gather, columns)
     out["state_in"] = batch["state_in"][first].reshape(len(starts) * B, -1)  # (N, S)
     out["loss_mask"] = np.repeat(loss, B, axis=0).astype(np.float32)  # (K, W) -> (N, W), chunk-major
+    if lookahead:
+        out["valid"] = np.repeat(valid, B, axis=0)
     return out

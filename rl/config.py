@@ -208,6 +208,11 @@ class AlgorithmConfig:
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
 
+    def minibatch_rows(self, steps: int) -> int:
+        """The rows of a minibatch of ``steps`` env steps: the steps themselves, or with
+        memory (control configs) whole sequences, ``steps // max_seq_len`` (at least one)."""
+        return max(1, steps // self.max_seq_len) if getattr(self, "memory", None) else steps
+
     @property
     def num_runners(self) -> int:
         """Runners that sample: the ``num_env_runners`` actors, or one in this process when
@@ -446,7 +451,7 @@ class ControlConfig(AlgorithmConfig):
             if self.memory not in ("gru", "lstm"):
                 raise ConfigError(f"memory must be 'gru', 'lstm' or null; got {self.memory!r}{closest(self.memory, ('gru', 'lstm'))}")
             if not self.supports_memory:
-                raise ConfigError(f"memory is not built for {self.algo_name} yet; use ppo or impala, or leave memory out")
+                raise ConfigError(f"memory is not built for {self.algo_name} yet; use ppo, impala or dqn, or leave memory out")
         self.require_positive("memory_size", "max_seq_len")
         if not 0 <= self.burn_in < self.max_seq_len:
             raise ConfigError(f"burn_in must be in [0, max_seq_len {self.max_seq_len}), got {self.burn_in}")

@@ -70,9 +70,9 @@ mid-episode starts from its stored state (a restarted runner starts its episodes
 The learner trains on sequences (rl/batch.py ``to_sequences``: chunks of ``max_seq_len``
 steps, optional ``burn_in``, a ``loss_mask``); minibatches and learner groups split whole
 sequences, never through one (IMPALA runs whole fragments, restarting from the stored
-state every ``max_seq_len`` steps). PPO and IMPALA train memory, and ONNX export carries the
-state as an input and an output; the other algorithms, external and multi-agent envs and
-serving refuse it in one line.
+state every ``max_seq_len`` steps; DQN replays whole sequences, rl/replay/sequences.py).
+PPO, IMPALA and DQN train memory; evaluation, ONNX export and serving carry the state;
+SAC, TD3, external and multi-agent envs refuse it in one line.
 
 **Optimiser groups.** A learner's parameters are split into named groups
 (``Learner.parameter_groups``; one, :data:`DEFAULT_GROUP`, by default), each with its own

@@ -120,9 +120,7 @@ class Learner(abc.ABC):
         """``num_epochs`` passes over the rows in shuffled minibatches of
         ``minibatch_size``; this learner takes its equal part of each minibatch."""
         n = num_rows(data)
-        size = self.config.minibatch_size
-        if getattr(self.config, "memory", None):  # rows are sequences (rl/batch.py to_sequences)
-            size = max(1, size // self.config.max_seq_len)
+        size = self.config.minibatch_rows(self.config.minibatch_size)  # with memory, whole sequences
         # A batch short of a failed runner's fragment can be smaller than a minibatch:
         # learn from what arrived rather than take no step at all.
         size = min(size, n)

@@ -14,6 +14,7 @@ from rlfleet.rl.replay.config import OffPolicyConfig
 class DQNConfig(OffPolicyConfig):
     algo_name = "dqn"
     action_space_types = (spaces.Discrete,)
+    supports_memory = True  # R2D2: sequences with stored states (rl/replay/sequences.py)
 
     double_q: bool = True
     """Pick the next action with the online net, value it with the target (van Hasselt et al. 2016)."""

@@ -12,11 +12,13 @@ import math
 from typing import Any
 
 import torch
+import tree
 from gymnasium import spaces
 from torch import nn
 
-from rlfleet.rl.core import Q_VALUES
+from rlfleet.rl.core import MEMORY, Q_VALUES
 from rlfleet.rl.models.distributions import mask_logits
+from rlfleet.rl.models.memory import MemoryCore, state_size
 from rlfleet.rl.models.module import ModuleSpec, ObsEncoder, _init, legal_actions, mlp, run_layers
 from rlfleet.rl.spaces import UnsupportedSpaceError, check_spaces
 
@@ -45,7 +47,14 @@ class QModule(nn.Module):
         self.spec = spec
         self.num_actions = int(spec.action_space.n)
         self.encoder = ObsEncoder(spec)
-        self.mlp, dim = mlp(self.encoder.out_dim, spec.hidden_sizes, spec.activation)
+        in_dim = self.encoder.out_dim
+        # With memory (R2D2), the MLP reads the recurrent core's output.
+        self.core = MemoryCore(spec.memory, in_dim, spec.memory_size) if spec.memory else None
+        self.state_size = state_size(spec.memory, spec.memory_size)
+        if self.core is not None:
+            in_dim = spec.memory_size
+            self.capabilities = self.capabilities | {MEMORY}
+        self.mlp, dim = mlp(in_dim, spec.hidden_sizes, spec.activation)
         if spec.dueling:
             self.value_head = _init(nn.Linear(dim, 1), 1.0)
             self.advantage_head = _init(nn.Linear(dim, self.num_actions), math.sqrt(0.01))
@@ -53,41 +62,77 @@ class QModule(nn.Module):
             self.q_head = _init(nn.Linear(dim, self.num_actions), 1.0)
         self.register_buffer("epsilon", torch.tensor(1.0))
 
-    def forward_train(self, obs: Any) -> torch.Tensor:
-        """Q(s, a) for every action, (B, A)."""
-        h = run_layers(self.mlp, self.encoder.forward(obs))
+    def head(self, feats: torch.Tensor) -> torch.Tensor:
+        """Q(s, a) for every action from the features (B, F) the MLP reads, (B, A)."""
+        h = run_layers(self.mlp, feats)
         if self.spec.dueling:
             # Q = V + A - mean(A): the mean keeps V and A identifiable (Wang et al. 2016, eq. 9).
             adv = run_layers(self.advantage_head, h)
             return run_layers(self.value_head, h) + adv - adv.mean(-1, keepdim=True)
         return run_layers(self.q_head, h)
 
-    def greedy(self, obs: Any) -> torch.Tensor:
+    def forward_train(self, obs: Any) -> torch.Tensor:
+        """Q(s, a) for every action, (B, A) (without memory; with it, :meth:`sequence_q`)."""
+        return self.head(self.encoder.forward(obs))
+
+    def step_q(self, obs: Any, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Acting: (Q(s, .) (B, A), the next state), the core stepped once where there is one."""
+        feats = self.encoder.forward(obs)
+        if self.core is None:
+            return self.head(feats), None
+        feats, state = self.core.forward_step(feats, state)
+        return self.head(feats), state
+
+    def sequence_q(self, obs: Any, state: torch.Tensor, is_first: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training with memory: N sequences (N, W, ...) from their stored states (N, S), the
+        state zeroed at ``is_first`` (N, W): (Q (N, W, A), the state after each step (N, W, S))."""
+        n, w = is_first.shape
+        rows = tree.map_structure(lambda x: x.reshape(n * w, *x.shape[2:]), obs)
+        feats, states = self.core.forward_sequence(self.encoder.forward(rows).reshape(n, w, -1), state, is_first)
+        return self.head(feats.reshape(n * w, -1)).reshape(n, w, -1), states
+
+    def next_q(self, next_obs: Any, states: torch.Tensor) -> torch.Tensor:
+        """Q of each step's next observation (N, W, ...), from the state after the step
+        (N, W, S): the core stepped once more, (N, W, A)."""
+        n, w = states.shape[:2]
+        rows = tree.map_structure(lambda x: x.reshape(n * w, *x.shape[2:]), next_obs)
+        feats, _ = self.core.forward_step(self.encoder.forward(rows), states.reshape(n * w, -1))
+        return self.head(feats).reshape(n, w, -1)
+
+    @staticmethod
+    def greedy(q: torch.Tensor, obs: Any) -> torch.Tensor:
         """argmax_a Q(s, a) over the legal actions where ``obs`` has a mask, (B,)."""
-        q = self.forward_train(obs)
         legal = legal_actions(obs)
         return (q if legal is None else mask_logits(q, legal)).argmax(-1)
 
     @torch.inference_mode()
-    def forward_exploration(self, obs: Any) -> dict[str, Any]:
-        """Epsilon-greedy actions, random ones uniform over the legal actions: {"actions": [(B,) int64]}."""
-        greedy = self.greedy(obs)
+    def forward_exploration(self, obs: Any, state: torch.Tensor | None = None) -> dict[str, Any]:
+        """Epsilon-greedy actions, random ones uniform over the legal actions: {"actions": [(B,) int64]},
+        and with memory the next ``state``."""
+        q, state = self.step_q(obs, state)
+        greedy = self.greedy(q, obs)
         explore = torch.rand(greedy.shape) < self.epsilon
         legal = legal_actions(obs)
         if legal is None:
             random_actions = torch.randint(self.num_actions, greedy.shape)
         else:
             random_actions = torch.multinomial(legal.float(), 1).squeeze(-1)
-        return {"actions": [torch.where(explore, random_actions, greedy)]}
+        out = {"actions": [torch.where(explore, random_actions, greedy)]}
+        if state is not None:
+            out["state"] = state
+        return out
 
     @torch.inference_mode()
-    def forward_inference(self, obs: Any) -> list[torch.Tensor]:
-        return self.greedy_actions(obs)
+    def forward_inference(self, obs: Any, state: torch.Tensor | None = None) -> Any:
+        return self.greedy_actions(obs, state)
 
-    def greedy_actions(self, obs: Any) -> list[torch.Tensor]:
-        return [self.greedy(obs)]
+    def greedy_actions(self, obs: Any, state: torch.Tensor | None = None) -> Any:
+        """[argmax actions]; with memory ([argmax actions], next state)."""
+        q, state = self.step_q(obs, state)
+        actions = [self.greedy(q, obs)]
+        return actions if self.core is None else (actions, state)
 
     @torch.inference_mode()
-    def forward_details(self, obs: Any) -> dict[str, torch.Tensor]:
+    def forward_details(self, obs: Any, state: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """What serving returns on request besides the action: Q(s, .), (B, A)."""
-        return {"q_values": self.forward_train(obs)}
+        return {"q_values": self.step_q(obs, state)[0]}

@@ -72,9 +72,9 @@ class PPOConfig(ControlConfig):
             )
 
         n = max(1, self.num_learners)
-        if self.memory and max(1, self.minibatch_size // self.max_seq_len) % n:
+        if self.memory and self.minibatch_rows(self.minibatch_size) % n:
             raise ConfigError(
-                f"minibatch_size {self.minibatch_size} holds {max(1, self.minibatch_size // self.max_seq_len)} "
+                f"minibatch_size {self.minibatch_size} holds {self.minibatch_rows(self.minibatch_size)} "
                 f"sequences of max_seq_len {self.max_seq_len}, which must divide by num_learners {n}: "
                 "each learner takes whole sequences"
             )

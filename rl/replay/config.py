@@ -60,9 +60,14 @@ class OffPolicyConfig(ControlConfig):
             raise ConfigError(f"tau must be in (0, 1], got {self.tau}")
         if self.minibatch_size > self.buffer_size:
             raise ConfigError(f"minibatch_size {self.minibatch_size} > buffer_size {self.buffer_size}")
-        if self.minibatch_size % max(1, self.num_learners):
-            raise ConfigError(f"minibatch_size {self.minibatch_size} must divide by num_learners {self.num_learners}: "
-                              "each learner takes an equal part of every replay batch")
+        if self.minibatch_rows(self.minibatch_size) % max(1, self.num_learners):
+            raise ConfigError(f"minibatch_size {self.minibatch_size} ({self.minibatch_rows(self.minibatch_size)} rows) "
+                              f"must divide by num_learners {self.num_learners}: each learner takes an equal part of "
+                              "every replay batch")
+        if self.memory:  # sequences (rl/replay/sequences.py): uniform, single frames stacked by the core
+            for key, off in (("prioritized_replay", False), ("frame_stack", 1)):
+                if getattr(self, key) != off:
+                    raise ConfigError(f"{key} is not built for replay with memory yet; leave it at {off}")
 
 
 @dataclasses.dataclass

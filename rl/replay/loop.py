@@ -26,6 +26,7 @@ from rlfleet.rl.learner import Learner, TensorBatch, piecewise_linear
 from rlfleet.rl.replay.buffer import ReplayBuffer
 from rlfleet.rl.replay.config import OffPolicyConfig
 from rlfleet.rl.replay.prioritized import PrioritizedReplayBuffer
+from rlfleet.rl.replay.sequences import SequenceReplay
 from rlfleet.rl.spaces import UnsupportedSpaceError
 
 
@@ -35,6 +36,11 @@ class OffPolicyAlgorithm(Algorithm):
 
     def setup(self) -> None:
         c = self.config
+        self.update_budget = 0.0  # fractional gradient steps owed by the replay ratio
+        if c.memory:  # whole sequences with their stored states (R2D2)
+            self.buffer = SequenceReplay(c.buffer_size, max_seq_len=c.max_seq_len, burn_in=c.burn_in,
+                                         lookahead=c.n_step - 1, seed=c.seed)
+            return
         obs_space = self.module_spec.observation_space
         if c.frame_stack > 1:  # the env stacks frames; the buffer keeps one frame per step
             if not (len(obs_space.shape) >= 3 and obs_space.shape[0] == c.frame_stack):
@@ -54,7 +60,6 @@ class OffPolicyAlgorithm(Algorithm):
             )
         else:
             self.buffer = ReplayBuffer(c.buffer_size, obs_space, self.module_spec.action_space, **kwargs)
-        self.update_budget = 0.0  # fractional gradient steps owed by the replay ratio
         self.set_schedules()
 
     def set_schedules(self) -> None:
@@ -162,7 +167,7 @@ class OffPolicyLearner(Learner):
         return {"module": self.module}
 
     def minibatches(self, data: TensorBatch) -> Iterator[TensorBatch]:
-        size = self.config.minibatch_size
+        size = self.config.minibatch_rows(self.config.minibatch_size)  # with memory, whole sequences
         part = size // self.world_size
         for start in range(0, num_rows(data) - size + 1, size):
             yield take_rows(data, slice(start + self.rank * part, start + (self.rank + 1) * part))

@@ -34,7 +34,7 @@ from rlfleet.scripts.tools.experiment import Criteria
 
 SPEC_KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
 PBT_FIXED = ("hidden_sizes", "activation", "shared_encoder", "dueling", "normalize_obs", "normalize_rewards",
-             "encode_action_mask", "env", "env_config", "num_learners", "seed")
+             "encode_action_mask", "memory", "memory_size", "env", "env_config", "num_learners", "seed")
 """Keys PBT cannot change mid-trial: they shape the model or the run, and PBT copies one
 trial's checkpoint into another."""
 

@@ -67,6 +67,9 @@ CASES = {
                              memory="gru", memory_size=16, max_seq_len=8, burn_in=2, minibatch_size=64),
     "dqn-prioritized": lambda: tuned(DQNConfig, "dqn/CartPole-v1.yaml", learning_starts=256, prioritized_replay=True,
                                      double_q=True),
+    # R2D2: sequences of 2 + 8 + 2 steps from stored states, n-step targets inside them.
+    "dqn-gru": lambda: tuned(DQNConfig, "dqn/CartPole-v1.yaml", learning_starts=256, memory="gru", memory_size=16,
+                             max_seq_len=8, burn_in=2, minibatch_size=64),
     # Uniform replay: an iteration's replay batches in one call, a gradient step each.
     "dqn-uniform": lambda: tuned(DQNConfig, "dqn/CartPole-v1.yaml", learning_starts=256),
     "impala": lambda: tuned(IMPALAConfig, "impala/CartPole-v1.yaml"),

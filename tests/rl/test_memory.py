@@ -19,7 +19,6 @@ from rlfleet.algorithms.impala import IMPALAConfig
 from rlfleet.algorithms.ppo import PPOConfig
 from rlfleet.envs.testing import CueEnv
 from rlfleet.rl.batch import to_sequences
-from rlfleet.rl.checkpoint import CheckpointError
 from rlfleet.rl.config import ConfigError
 from rlfleet.rl.learner import numpy_weights
 from rlfleet.rl.models.memory import MemoryCore
@@ -216,8 +215,12 @@ def test_ppo_recomputes_the_acting_log_probs_and_values_on_its_sequences():
 
 
 def test_memory_is_refused_where_it_is_not_built_and_checked_where_it_is():
-    with pytest.raises(ConfigError, match="memory is not built for dqn yet; use ppo or impala"):
-        DQNConfig(memory="gru")
+    from rlfleet.algorithms.sac import SACConfig
+
+    with pytest.raises(ConfigError, match="memory is not built for sac yet; use ppo, impala or dqn"):
+        SACConfig(memory="gru")
+    with pytest.raises(ConfigError, match="prioritized_replay is not built for replay with memory yet"):
+        DQNConfig(memory="gru", prioritized_replay=True)
     with pytest.raises(ConfigError, match="burn_in 2: impala runs each fragment through the core whole"):
         IMPALAConfig(memory="lstm", burn_in=2)
     with pytest.raises(ConfigError, match=r"memory must be 'gru', 'lstm' or null; got 'lstn'; did you mean 'lstm'"):
@@ -265,17 +268,14 @@ def evaluate(checkpoint: str, capsys) -> dict:
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
-def test_a_memory_checkpoint_evaluates_and_is_refused_in_one_line_by_serving(tmp_path, capsys):
+def test_a_memory_checkpoint_evaluates_and_acts_through_the_python_api(tmp_path, capsys):
     checkpoint = short_memory_run(tmp_path, 320)
     summary = evaluate(checkpoint, capsys)
     assert summary["episodes"] == 20 and summary["requests"] == 20 * 5  # 5 steps a cue episode
     assert set(summary["returns"]) <= {-1.0, 1.0}
     from rlfleet.rl.inference import Policy
-    from rlfleet.scripts.tools.serving import PolicyService
 
     policy = Policy.load(checkpoint)
-    with pytest.raises(CheckpointError, match=r"holds a policy with memory \(gru\): serving its state is not built"):
-        PolicyService(checkpoint)
     # the Python API acts from a state and returns the next one
     obs = np.array([[1.0, 0.0, 0.0]], np.float32)
     first = policy.act(obs)
@@ -330,3 +330,117 @@ def test_impala_with_memory_solves_the_cue_task():
         while algo.env_steps < 60_000:
             result = algo.train()
     assert result["episode_return_mean"] >= 0.9, result["episode_return_mean"]
+
+
+def test_n_step_sequence_targets_equal_the_hand_computed_returns():
+    from rlfleet.algorithms.dqn.learner import sequence_targets
+
+    # gamma 0.5, 2-step: a termination at step 2, a truncation at step 5, padding at step 7
+    rewards = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 0.0]])
+    terminated = torch.tensor([[0, 0, 1, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    truncated = torch.tensor([[0, 0, 0, 0, 0, 1, 0, 0]], dtype=torch.bool)
+    valid = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 0]], dtype=torch.bool)
+    next_q = torch.tensor([[10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0]])
+    got = sequence_targets(rewards, terminated, truncated, valid, next_q, gamma=0.5, n_step=2)
+    expected = [
+        1 + 0.5 * 2 + 0.25 * 20,  # two rewards, then Q of step 1's next observation
+        2 + 0.5 * 3,  # the episode terminates at step 2: no bootstrap
+        3,  # the terminal step itself
+        4 + 0.5 * 5 + 0.25 * 50,
+        5 + 0.5 * 6 + 0.25 * 60,  # truncated at 5: bootstrap from its final observation's Q
+        6 + 0.5 * 60,
+        7 + 0.5 * 70,  # the last valid step: one reward, then its own next observation
+        0.0,  # padding
+    ]
+    assert got[0].tolist() == pytest.approx(expected)
+
+
+def test_the_sequence_replay_keeps_each_steps_next_observation_and_its_stored_state():
+    from rlfleet.rl.core import Fragment
+    from rlfleet.rl.replay.sequences import SequenceReplay, next_observations
+
+    T, B = 4, 2
+    obs = np.arange(T * B, dtype=np.float32).reshape(T, B, 1)  # value 2 t + b
+    batch = {"obs": obs, "actions": [np.zeros((T, B), np.int64)], "rewards": np.ones((T, B), np.float32),
+             "terminated": np.zeros((T, B), bool), "truncated": np.zeros((T, B), bool),
+             "is_first": np.zeros((T, B), bool), "bootstrap_obs": np.full((1, B, 1), 99.0, np.float32),
+             "state_in": np.repeat(obs, 3, -1)}
+    batch["truncated"][1, 0] = True
+    fragment = Fragment(batch, [], [], T * B, 0, final_obs=[(1, 0, np.array([-5.0], np.float32))])
+    nxt = next_observations(fragment)
+    assert nxt[:, 0, 0].tolist() == [2.0, -5.0, 6.0, 99.0] and nxt[:, 1, 0].tolist() == [3.0, 5.0, 7.0, 99.0]
+    replay = SequenceReplay(6, max_seq_len=2, burn_in=1, lookahead=1, seed=0)  # 3 sequences of 2 + 1 + 1 steps
+    replay.add(fragment)
+    assert len(replay) == 6 and replay.capacity == 3
+    # chunks (0, 1) and (2, 3) of 2 envs: 4 sequences, the ring keeps the newest 3
+    assert sorted(replay.data["state_in"][:, 0].tolist()) == [1.0, 2.0, 3.0]
+    sample = replay.sample(4)
+    assert len(sample["indices"]) == 2 and sample["obs"].shape == (2, 4, 1)
+    restored = SequenceReplay(6, max_seq_len=2, burn_in=1, lookahead=1, seed=5)
+    restored.set_state(replay.get_state())
+    np.testing.assert_equal(restored.sample(4), replay.sample(4))
+    with pytest.raises(ValueError, match="its replay holds 3 sequences, this run's holds 2"):
+        SequenceReplay(4, max_seq_len=2, burn_in=1, lookahead=1, seed=0).set_state(replay.get_state())
+
+
+def r2d2_config(**kw):
+    return DQNConfig(**{**dict(env=CueEnv, memory="gru", memory_size=32, max_seq_len=8, burn_in=2, n_step=3,
+                               num_envs_per_runner=8, rollout_fragment_length=16, minibatch_size=256, hidden_sizes=(32,),
+                               lr=1e-3, learning_starts=1000, epsilon_timesteps=5000, target_update_interval=100,
+                               buffer_size=20000, replay_ratio=0.25, metrics_smoothing_episodes=100, seed=0), **kw})
+
+
+def test_r2d2_unrolls_from_stored_states_to_the_states_the_runner_acted_from():
+    algo = r2d2_config(learning_starts=0).build()
+    try:
+        algo.train()
+        fragment = algo.sample()[0]
+        module = algo.module_spec.build()
+        module.load_state_dict({k: torch.from_numpy(v) for k, v in algo.learner_group.get_weights().items()})
+        sequences = algo.buffer.data
+    finally:
+        algo.stop()
+    batch = fragment.batch
+    with torch.no_grad():
+        _, states = module.sequence_q(torch.from_numpy(batch["obs"]).transpose(0, 1),
+                                      torch.from_numpy(batch["state_in"][0]),
+                                      torch.from_numpy(batch["is_first"]).transpose(0, 1))
+    after = states.transpose(0, 1).numpy()  # (T, B, S): the state after each step
+    carried = ~batch["is_first"][1:]
+    np.testing.assert_allclose(after[:-1][carried], batch["state_in"][1:][carried], atol=1e-5)
+    assert sequences["valid"].shape[1] == 2 + 8 + 2  # burn-in, the chunk, n_step - 1 of lookahead
+
+
+def test_an_r2d2_run_resumes_exactly_with_its_sequence_replay(tmp_path):
+    timing = {"time_s", "env_steps_per_s", "runner_busy_fraction", "weight_sync_s"}
+    strip = lambda row: {k: v for k, v in row.items() if k not in timing and not k.startswith("startup/")}  # noqa: E731
+    # a deterministic env, one episode per iteration (16 steps, 1 env), so a restored run's
+    # fresh episodes are the ones it would have had
+    from rlfleet.envs.testing import CorridorEnv
+
+    config = r2d2_config(env=CorridorEnv, env_config={"length": 100, "max_steps": 16}, num_envs_per_runner=1,
+                         learning_starts=32, minibatch_size=32, checkpoint_replay=True, buffer_size=400)
+    a = config.build()
+    try:
+        for _ in range(3):
+            a.train()
+        a.save(str(tmp_path))
+        straight = [strip(a.train()) for _ in range(5)]
+    finally:
+        a.stop()
+    b = config.build()
+    try:
+        b.restore(str(tmp_path))
+        resumed = [strip(b.train()) for _ in range(5)]
+    finally:
+        b.stop()
+    assert straight[-1]["learner/num_grad_steps"] > 0
+    np.testing.assert_equal(resumed, straight)
+
+
+@pytest.mark.learning
+def test_r2d2_solves_the_cue_task():
+    with r2d2_config().build() as algo:
+        while algo.env_steps < 10_000:
+            result = algo.train()
+    assert result["episode_return_mean"] >= 0.85, result["episode_return_mean"]  # epsilon 0.05 still explores

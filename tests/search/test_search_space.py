@@ -70,6 +70,8 @@ def test_pbt_refuses_keys_that_shape_the_model():
     check_pbt(parse({"lr": {"loguniform": [1e-4, 1e-2]}, "num_epochs": {"choice": [4, 10]}}))
     with pytest.raises(ConfigError, match="'hidden_sizes' cannot be searched with PBT"):
         check_pbt(parse({"hidden_sizes": {"choice": [[64], [32]]}}))
+    with pytest.raises(ConfigError, match="'memory_size' cannot be searched with PBT"):
+        check_pbt(parse({"memory_size": {"choice": [64, 128]}}))
 
 
 def row(steps, ret, t, full=True):

@@ -197,3 +197,24 @@ def test_an_off_policy_search_trains_each_trial_and_writes_a_tuned_example(tmp_p
 
     best = validate(os.path.join(logdir, "best.yaml"), get_config_class)
     assert best.algo == algo and best.config["tau"] in (0.005, 0.05) and best.config["minibatch_size"] == 32
+
+
+def test_a_search_over_memory_size_and_max_seq_len_trains_each_recurrent_trial(tmp_path):
+    example = tmp_path / "cue.yaml"
+    example.write_text("algo: ppo\nenv: rlfleet/Cue-v0\nconfig:\n  memory: gru\n  num_envs_per_runner: 4\n"
+                       "  rollout_fragment_length: 32\n  minibatch_size: 64\n  hidden_sizes: [16]\n"
+                       "stop:\n  episode_return_mean: 0.9\n  env_steps: 512\npass:\n  episode_return_mean: 0.9\n  env_steps: 512\n")
+    logdir = str(tmp_path / "search")
+    proc = subprocess.run([*TUNE, "--config", str(example), "--search", "memory_size={grid: [8, 16]}",
+                           "--search", "max_seq_len={grid: [4, 16]}", "--num-samples", "1", "--num-cpus", "2",
+                           "--logdir", logdir], capture_output=True, text=True, timeout=300)
+    assert proc.returncode in (0, 1), proc.stderr[-2000:]
+    with open(os.path.join(logdir, "results.csv"), encoding="utf-8") as f:
+        table = f.read().splitlines()
+    assert len(table) == 5 and ",failed," not in "\n".join(table)
+    for directory in trials(logdir).values():
+        progress = rows(os.path.join(directory, "run", "progress.jsonl"))
+        assert progress[-1]["env_steps"] >= 512 and progress[-1]["learner/num_grad_steps"] > 0
+    best = validate(os.path.join(logdir, "best.yaml"), lambda algo, env: PPOConfig)
+    assert best.config["memory"] == "gru" and best.config["memory_size"] in (8, 16)
+    assert best.config["max_seq_len"] in (4, 16)
