@@ -16,9 +16,9 @@ import tree
 from gymnasium import spaces
 from torch import nn
 
-from rlfleet.rl.core import MEMORY, Q_VALUES
+from rlfleet.rl.core import Q_VALUES
 from rlfleet.rl.models.distributions import mask_logits
-from rlfleet.rl.models.memory import MemoryCore, state_size
+from rlfleet.rl.models.memory import attach_core
 from rlfleet.rl.models.module import ModuleSpec, ObsEncoder, _init, legal_actions, mlp, run_layers
 from rlfleet.rl.spaces import UnsupportedSpaceError, check_spaces
 
@@ -47,13 +47,7 @@ class QModule(nn.Module):
         self.spec = spec
         self.num_actions = int(spec.action_space.n)
         self.encoder = ObsEncoder(spec)
-        in_dim = self.encoder.out_dim
-        # With memory (R2D2), the MLP reads the recurrent core's output.
-        self.core = MemoryCore(spec.memory, in_dim, spec.memory_size) if spec.memory else None
-        self.state_size = state_size(spec.memory, spec.memory_size)
-        if self.core is not None:
-            in_dim = spec.memory_size
-            self.capabilities = self.capabilities | {MEMORY}
+        in_dim = attach_core(self, spec, self.encoder.out_dim)  # with memory (R2D2), the MLP reads the core
         self.mlp, dim = mlp(in_dim, spec.hidden_sizes, spec.activation)
         if spec.dueling:
             self.value_head = _init(nn.Linear(dim, 1), 1.0)

@@ -11,8 +11,12 @@ matrix product before stepping the recurrence.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
+
+from rlfleet.rl.core import MEMORY
 
 GATES = {"gru": 3, "lstm": 4}
 """Gate blocks per kind, in PyTorch's order: GRU (r, z, n), LSTM (i, f, g, o)."""
@@ -23,6 +27,18 @@ def state_size(kind: str | None, size: int) -> int:
     if kind is None:
         return 0
     return size * (2 if kind == "lstm" else 1)
+
+
+def attach_core(module: nn.Module, spec: Any, in_dim: int) -> int:
+    """Give ``module`` the spec's core over ``in_dim`` encoder features (``module.core``,
+    None without memory), its ``state_size`` and the MEMORY capability; returns the width
+    of what the layers after it read."""
+    module.core = MemoryCore(spec.memory, in_dim, spec.memory_size) if spec.memory else None
+    module.state_size = state_size(spec.memory, spec.memory_size)
+    if module.core is None:
+        return in_dim
+    module.capabilities = module.capabilities | {MEMORY}
+    return spec.memory_size
 
 
 class MemoryCore(nn.Module):

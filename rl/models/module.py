@@ -22,8 +22,8 @@ import tree
 from gymnasium import spaces
 from torch import nn
 
-from rlfleet.rl.core import ACTION_MASK, DISTRIBUTION, MEMORY, VALUES
-from rlfleet.rl.models.memory import MemoryCore, state_size
+from rlfleet.rl.core import ACTION_MASK, DISTRIBUTION, VALUES
+from rlfleet.rl.models.memory import attach_core
 from rlfleet.rl.models.spec import ModuleSpec
 from rlfleet.rl.models.distributions import ActionDistribution, Categorical, DiagGaussian, MultiCategorical, dist_input_size
 from rlfleet.envs.schema import space_from_schema, space_to_schema
@@ -223,13 +223,7 @@ class RLModule(nn.Module):
         self.spec = spec
         self.action_space = spec.action_space
         self.encoder = ObsEncoder(spec)
-        feat_dim = self.encoder.out_dim
-        # With memory, the policy and value MLPs read the recurrent core's output.
-        self.core = MemoryCore(spec.memory, feat_dim, spec.memory_size) if spec.memory else None
-        self.state_size = state_size(spec.memory, spec.memory_size)
-        if self.core is not None:
-            feat_dim = spec.memory_size
-            self.capabilities = self.capabilities | {MEMORY}
+        feat_dim = attach_core(self, spec, self.encoder.out_dim)  # with memory, the MLPs read the core
         self.pi_mlp, pi_dim = mlp(feat_dim, spec.hidden_sizes, spec.activation)
         if spec.shared_encoder:
             self.vf_mlp, vf_dim = self.pi_mlp, pi_dim
