@@ -245,8 +245,10 @@ class AlgorithmConfig:
     def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> "AlgorithmConfig":
         return cls().updated(values, source=source)
 
-    def updated(self, values: dict[str, Any], *, source: str = "config") -> "AlgorithmConfig":
-        """A copy with ``values`` applied and validated; unknown keys name the closest one."""
+    def updated(self, values: dict[str, Any], *, source: str = "config", after: bool = True) -> "AlgorithmConfig":
+        """A copy with ``values`` applied and validated; unknown keys name the closest one.
+        ``after=False``: a layer that only fills fields no layer set (the family defaults),
+        so it counts as coming before them all and the lr-over-schedule rule is not applied."""
         names = self.field_names()
         for key in values:
             if key in self.renamed:
@@ -254,7 +256,7 @@ class AlgorithmConfig:
             if key not in names:
                 raise ConfigError(f"{source}: unknown key {key!r} for {self.algo_name}{closest(key, names)}")
         try:  # __post_init__ checks every field; a value's error is named with its source
-            layer = lr_over_schedule(self.lr_schedule, values, source=source)
+            layer = lr_over_schedule(self.lr_schedule, values, source=source) if after else values
             new = dataclasses.replace(self, **layer)
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}") from None
@@ -432,7 +434,7 @@ class ControlConfig(AlgorithmConfig):
         if not connectors:
             table.update(normalize_obs=False, normalize_rewards=False)
         picked = {key: value for key, value in table.items() if getattr(self, key) is None}
-        return (self.updated(picked, source=f"defaults for {family}") if picked else self), picked
+        return (self.updated(picked, source=f"defaults for {family}", after=False) if picked else self), picked
 
     def validate(self) -> None:
         super().validate()

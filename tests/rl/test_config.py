@@ -287,3 +287,8 @@ def test_lr_over_an_earlier_schedule_scales_the_whole_schedule():
         PPOConfig.layered([("x", {"lr_schedule": [[0, 0.0], [10, 1e-3]]}), ("--set", {"lr": 1e-3})])
     with pytest.raises(ConfigError, match=r"^--set: config key 'lr': cannot use 'fast' as float"):
         PPOConfig.layered([("x", {"lr_schedule": [[0, 1e-3], [10, 0.0]]}), ("--set", {"lr": "fast"})])
+    # the family defaults fill fields no layer set: they come first, and scale nothing
+    from rlfleet.algorithms.impala import IMPALAConfig
+
+    impala, picked = IMPALAConfig.layered([("x", {"lr_schedule": [[0, 1e-3], [10, 0.0]]})]).with_family_defaults("discrete")
+    assert picked["lr"] == 3e-4 and impala.lr_schedule == [[0, 1e-3], [10, 0.0]]
