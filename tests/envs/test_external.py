@@ -423,7 +423,7 @@ def test_a_q_network_is_fetched_epsilon_greedy_and_its_reports_of_any_lag_are_ke
             greedy = c.fetch_policy(seed=0)
             assert greedy.kind == "epsilon_greedy" and greedy.epsilon == 0.0
             with torch.no_grad():
-                expected = r.module.greedy(torch.from_numpy(np.stack(observations))).tolist()
+                expected = r.module.greedy_actions(torch.from_numpy(np.stack(observations)))[0].tolist()
             steps = [greedy.act(o)[1] for o in observations]
             assert [s["action"] for s in steps] == expected
             r.set_weights({**weights, "epsilon": np.asarray(1.0, np.float32)}, 9)  # 8 versions on: no limit
