@@ -65,6 +65,8 @@ class _Step:
     final_obs: Any = None  # at a truncation: V(final_obs) is the bootstrap
     next_value: float | None = None
     next_obs: Any = None  # what follows the step (for bootstrap_obs)
+    state_in: np.ndarray | None = None  # with memory: the agent's state it acted from
+    state_out: np.ndarray | None = None  # and the state after it (a truncation's bootstrap reads it)
 
 
 def _stack(items: list[Any]) -> Any:
@@ -87,6 +89,8 @@ class MultiAgentEnvRunner:
             obs, _ = env.reset(seed=seed + i)
             self.obs.append(obs)
         self.pending: dict[tuple[int, str], _Step] = {}  # the last action of each live agent
+        # with memory: each live agent's state, zero at its first step of an episode
+        self.states: dict[tuple[int, str], np.ndarray] = {}
         self.complete: dict[tuple[int, str], list[_Step]] = collections.defaultdict(list)
         self.returns: list[collections.Counter] = [collections.Counter() for _ in self.envs]  # per env, per agent
         self.lengths = [0] * len(self.envs)
@@ -127,6 +131,7 @@ class MultiAgentEnvRunner:
         for episode in range(num_episodes):
             obs, _ = env.reset(seed=10_000 + episode)
             returns: collections.Counter = collections.Counter()
+            states: dict[str, torch.Tensor] = {}  # with memory: each agent's, from zeros
             while obs:
                 actions = {}
                 for agent, o in obs.items():
@@ -134,9 +139,13 @@ class MultiAgentEnvRunner:
                     if pid == RANDOM_POLICY:
                         actions[agent] = self._random_action(agent, o)
                         continue
+                    module, one = self.modules[pid], tree.map_structure(lambda x: torch.from_numpy(np.asarray(x)[None]), o)
                     with torch.inference_mode():
-                        leaves = self.modules[pid].forward_inference(
-                            tree.map_structure(lambda x: torch.from_numpy(np.asarray(x)[None]), o))
+                        if getattr(module, "state_size", 0):
+                            leaves, states[agent] = module.forward_inference(
+                                one, states.get(agent, torch.zeros(1, module.state_size)))
+                        else:
+                            leaves = module.forward_inference(one)
                     action = actions_to_env([leaf.numpy() for leaf in leaves], self.specs[pid].action_space)
                     actions[agent] = tree.map_structure(lambda x: x[0], action)
                     if isinstance(o, dict) and ACTION_MASK in o and not o[ACTION_MASK][int(actions[agent])]:
@@ -183,11 +192,14 @@ class MultiAgentEnvRunner:
                     actions[i][agent] = self._random_action(agent, o)
                 continue
             module = self.modules[pid]
+            batch = tree.map_structure(torch.from_numpy, _stack([o for _, _, o in items]))
+            state_in = self._states(module, [(i, agent) for i, agent, _ in items])
             with torch.inference_mode():
-                out = module.forward_exploration(tree.map_structure(torch.from_numpy, _stack([o for _, _, o in items])))
+                out = module.forward_exploration(batch, **({} if state_in is None else {"state": state_in}))
             leaves = [a.numpy() for a in out["actions"]]
             env_actions = actions_to_env(leaves, self.specs[pid].action_space)
             logp, values = out["logp"].numpy(), out["values"].numpy()
+            state_out = out["state"].numpy() if state_in is not None else None
             for k, (i, agent, o) in enumerate(items):
                 key = (i, agent)
                 before = self.pending.pop(key, None)
@@ -196,6 +208,9 @@ class MultiAgentEnvRunner:
                     self.complete[key].append(before)
                 self.pending[key] = _Step(o, [leaf[k] for leaf in leaves], float(logp[k]), float(values[k]),
                                           self.weights_version, is_first=before is None)
+                if state_out is not None:
+                    self.pending[key].state_in, self.pending[key].state_out = state_in[k].numpy(), state_out[k]
+                    self.states[key] = state_out[k]
                 actions[i][agent] = tree.map_structure(lambda x, k=k: x[k], env_actions)
         for i, env in enumerate(self.envs):
             obs, rewards, terminations, truncations, _ = env.step(actions[i])
@@ -218,7 +233,17 @@ class MultiAgentEnvRunner:
                 acting, _ = env.reset()
             self.obs[i] = acting
 
+    def _states(self, module: Any, keys: list[tuple[int, str]]) -> torch.Tensor | None:
+        """The agents' states (B, S) for a module with memory (zeros where an agent's
+        episode starts), else None."""
+        size = getattr(module, "state_size", 0)
+        if not size:
+            return None
+        zeros = np.zeros(size, np.float32)
+        return torch.from_numpy(np.stack([self.states.get(key, zeros) for key in keys]))
+
     def _end(self, i: int, agent: str, last_obs: Any, *, terminated: bool) -> None:
+        self.states.pop((i, agent), None)  # its next episode starts from zeros
         step = self.pending.pop((i, agent), None)
         if step is None:
             return  # ended before it ever acted: nothing to learn from
@@ -243,16 +268,21 @@ class MultiAgentEnvRunner:
 
     def _batch(self, pid: str, columns: list[list[_Step]]) -> dict[str, Any]:
         bootstrap = [s for col in columns for s in col if s.next_value is None]  # truncations
+        memory = columns[0][0].state_in is not None
         if bootstrap:
+            # with memory, V(final observation) from the state after the agent's last step
+            state = {"state": torch.from_numpy(np.stack([s.state_out for s in bootstrap]))} if memory else {}
             with torch.inference_mode():
                 values = self.modules[pid].compute_values(
-                    tree.map_structure(torch.from_numpy, _stack([s.final_obs for s in bootstrap])))
+                    tree.map_structure(torch.from_numpy, _stack([s.final_obs for s in bootstrap])), **state)
             for s, v in zip(bootstrap, values.tolist()):
                 s.next_value = v
         rows = [[col[t] for col in columns] for t in range(self.fragment_length)]  # (T, B)
         truncations = [(t, b) for t, row in enumerate(rows) for b, s in enumerate(row) if s.final_obs is not None]
         obs = _stack([_stack([s.obs for s in row]) for row in rows])
+        memory_columns = {"state_in": np.array([[s.state_in for s in row] for row in rows], np.float32)} if memory else {}
         return {
+            **memory_columns,  # (T, B, S): each step's state, as the env runner stores it
             # the truncations' last observations, for learners that recompute values (IMPALA):
             # (K, 2) positions and (K, ...) observations
             "final_tb": np.asarray(truncations, np.int64).reshape(-1, 2),
@@ -284,6 +314,7 @@ class MultiAgentRunnerFactory(ControlRunnerFactory):
 
     kind = "multi-agent"
     connectors = False
+    memory = True  # each agent's state, per env (MultiAgentEnvRunner.states)
 
     def __init__(self, config: Any, *, adapt_spec: Callable[[ModuleSpec], Any] = lambda spec: spec) -> None:
         super().__init__(config)
