@@ -71,9 +71,9 @@ The learner trains on sequences (rl/batch.py ``to_sequences``: chunks of ``max_s
 steps, optional ``burn_in``, a ``loss_mask``); minibatches and learner groups split whole
 sequences, never through one (IMPALA runs whole fragments, restarting from the stored
 state every ``max_seq_len`` steps; DQN replays whole sequences, rl/replay/sequences.py).
-PPO, IMPALA and DQN train memory (on multi-agent envs each agent has its own state);
-evaluation, ONNX export and serving carry the state; SAC, TD3 and external simulators
-refuse it in one line.
+PPO, IMPALA and DQN train memory (on multi-agent envs each agent has its own state; an
+external simulator's connection keeps one per episode, server-side inference only);
+evaluation, ONNX export and serving carry the state; SAC and TD3 refuse it in one line.
 
 **Optimiser groups.** A learner's parameters are split into named groups
 (``Learner.parameter_groups``; one, :data:`DEFAULT_GROUP`, by default), each with its own

@@ -21,7 +21,7 @@ import torch
 import tree
 from torch import nn
 
-from rlfleet.rl.core import DISTRIBUTION, Q_VALUES, has_capability
+from rlfleet.rl.core import DISTRIBUTION, MEMORY, Q_VALUES, has_capability
 from rlfleet.rl.models.distributions import mask_logits
 from rlfleet.rl.inference import Policy, to_json
 from rlfleet.rl.models.module import legal_actions
@@ -230,6 +230,8 @@ def sampling_policy_onnx(module: nn.Module, observation_space: Any, action_space
     epsilon-greedy choice at the module's current epsilon."""
     if len(leaf_spaces(action_space)) != 1:
         raise ExportError("client-side inference needs one action leaf")
+    if has_capability(module, MEMORY):
+        raise ExportError("client-side inference of a policy with memory is not built (the server carries its state)")
     if has_capability(module, DISTRIBUTION):
         extra: dict[str, Any] = {}
         kind = {"Discrete": "categorical", "MultiDiscrete": "multi_categorical", "Box": "diag_gaussian"}[

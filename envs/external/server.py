@@ -4,8 +4,11 @@ one call of the policy, and how each connection's steps are recorded until they 
 columns of a fragment. Also the one-shot wait for the first hello's spaces
 (``await_declared_spaces``).
 
-Knows no policy: ``act(observations) -> (actions, extras)`` and ``value(observations)``
-are given by the env runner that owns the server (rl/runners/external_runner.py). A step is
+Knows no policy: ``act(observations, memories) -> (actions, leaves, extras, memories)``
+and ``value(observations, memories)`` are given by the env runner that owns the server
+(rl/runners/external_runner.py). A connection's memory is the policy's opaque per-episode
+value (a recurrent state; None at an episode's start and for a policy without one): the
+server keeps it with the connection and hands it back with each observation. A step is
 complete once its reward and its next observation are known (the next ``get_action``, or
 ``end_episode``); ``take_columns`` hands out runs of T complete steps of one connection.
 
@@ -46,6 +49,7 @@ class Step:
     final_obs: Any = None  # at a truncation
     next_value: float | None = None  # V(s_{t+1}); 0 after a termination
     complete: bool = False
+    memory: Any = None  # the connection's memory the step was acted from (None: an episode's start)
 
 
 @dataclasses.dataclass
@@ -63,6 +67,7 @@ class _Simulator(Peer):
         self.episode: Episode | None = None
         self.reported = Episode(-1)  # the client-side episode reported in parts so far
         self.steps: list[Step] = []
+        self.memory: Any = None  # the policy's memory of the running episode (module doc)
 
 
 class ExternalServer(PeerServer):
@@ -72,16 +77,19 @@ class ExternalServer(PeerServer):
 
     def __init__(self, *, host: str, port: int, token: str | None, observation_space: dict, action_space: dict,
                  spaces_equal: Callable[[dict, dict], bool], check_obs: Callable[[Any], str | None],
-                 act: Callable[[list[Any]], tuple[list[Any], list[Any], list[dict[str, float]]]],
-                 value: Callable[[list[Any]], list[float]] | None, hello_timeout_s: float = 10.0,
+                 act: Callable[[list[Any], list[Any]], tuple[list[Any], list[Any], list[dict[str, float]], list[Any]]],
+                 value: Callable[[list[Any], list[Any]], list[float]] | None, hello_timeout_s: float = 10.0,
                  label: str = "external runner", policy: Callable[[], tuple[bytes, dict]] | None = None,
-                 max_lag: int | None = 8, column_length: int = 0, column_count: int = 0) -> None:
+                 max_lag: int | None = 8, column_length: int = 0, column_count: int = 0,
+                 memory: bool = False) -> None:
+        """``memory``: the policy keeps a memory per episode, which only server-side
+        inference (``get_action``) can carry: ``report_episode`` is refused."""
         if host not in LOOPBACK and not token:
             raise ValueError(f"external env: host {host!r} is reachable from other machines; set a token")
         super().__init__(host=host, port=port, label=label, hello_timeout_s=hello_timeout_s)
         self.token, self.observation_space, self.action_space = token, observation_space, action_space
         self.spaces_equal, self.check_obs, self.act, self.value = spaces_equal, check_obs, act, value
-        self.policy, self.max_lag = policy, max_lag
+        self.policy, self.max_lag, self.memory = policy, max_lag, memory
         self.weights_version = 0
         self.too_stale = 0  # reports (episodes or parts of one) dropped for their policy lag
         self.columns: list[list[Step]] = []  # runs of T complete steps, ready for a fragment
@@ -140,7 +148,7 @@ class ExternalServer(PeerServer):
         if kind == "start_episode":
             if peer.episode is not None:
                 raise ProtocolError("start_episode while an episode is running: end it first")
-            peer.episode = Episode(next(self.episode_ids))
+            peer.episode, peer.memory = Episode(next(self.episode_ids)), None
             self._send(peer, {"type": "ok", "episode": peer.episode.id})
         elif kind == "get_action":
             if peer.episode is None:
@@ -167,6 +175,9 @@ class ExternalServer(PeerServer):
         elif kind == "get_policy":
             self._send_policy(peer)
         elif kind == "report_episode":
+            if self.memory:
+                raise ProtocolError("report_episode: this run's policy has memory, which the server carries "
+                                    "between observations: act through get_action")
             self._report(peer, message)
         elif kind == "bye":
             self._drop(peer)
@@ -226,7 +237,7 @@ class ExternalServer(PeerServer):
         stale = self.max_lag is not None and lag > self.max_lag
         values = [0.0] * (len(steps) + 1)
         if self.value is not None and not stale:
-            values = self.value(observations + [final_obs])
+            values = self.value(observations + [final_obs], [None] * (len(observations) + 1))
         with self.lock:
             episode = peer.reported
             if episode.steps_taken == 0:
@@ -267,7 +278,8 @@ class ExternalServer(PeerServer):
         """One forward pass for every pending get_action; the previous step of each
         connection learns its next observation's value."""
         try:
-            actions, leaves, extras = self.act([obs for _, obs in pending])
+            actions, leaves, extras, memories = self.act([obs for _, obs in pending],
+                                                         [peer.memory for peer, _ in pending])
         except Exception as e:  # noqa: BLE001 - an observation the space check let through broke the batch
             if len(pending) == 1:
                 self._refuse(pending[0][0], f"the policy could not act on this observation: {type(e).__name__}: {e}")
@@ -277,7 +289,7 @@ class ExternalServer(PeerServer):
             return
         version = self.weights_version
         with self.lock:
-            for (peer, obs), action, leaf, extra in zip(pending, actions, leaves, extras):
+            for (peer, obs), action, leaf, extra, memory in zip(pending, actions, leaves, extras, memories):
                 if peer.sock not in self.peers:
                     continue
                 if peer.steps and not peer.steps[-1].complete:
@@ -285,7 +297,8 @@ class ExternalServer(PeerServer):
                     previous.next_value = extra.get("values", 0.0)
                     previous.complete = True
                 first = peer.episode.steps_taken == 0
-                peer.steps.append(Step(obs, leaf, extra, version, first))
+                peer.steps.append(Step(obs, leaf, extra, version, first, memory=peer.memory))
+                peer.memory = memory
                 peer.episode.steps_taken += 1
                 self._send(peer, {"type": "action", "action": encode(action), "weights_version": version})
             self._cut_columns()
@@ -300,12 +313,12 @@ class ExternalServer(PeerServer):
                     last.next_value = 0.0
                 else:
                     last.final_obs = final_obs
-                    last.next_value = self.value([final_obs])[0] if self.value is not None else 0.0
+                    last.next_value = self.value([final_obs], [peer.memory])[0] if self.value is not None else 0.0
                 last.complete = True
             if episode.steps_taken:
                 self.episode_returns.append(episode.total)
                 self.episode_lengths.append(episode.steps_taken)
-            peer.episode = None
+            peer.episode, peer.memory = None, None
             self._cut_columns()
 
     def _cut_columns(self) -> None:

@@ -125,6 +125,7 @@ class ExternalEnvRunner:
         self.observation_space, self.action_space = module_spec.observation_space, module_spec.action_space
         self.module = module_spec.build()
         self.module.eval()
+        self.state_size = getattr(self.module, "state_size", 0)  # with memory: carried per connection
         self.weights_lock = threading.Lock()
         self.weights_version = 0
         self.exported: tuple[int, bytes, dict] | None = None  # the policy as ONNX, per weights version
@@ -146,7 +147,7 @@ class ExternalEnvRunner:
             value=self._value if has_capability(self.module, VALUES) else None,
             hello_timeout_s=float(env_config.get("hello_timeout_s", 10.0)), label=f"external runner {index}",
             policy=self._sampling_policy, max_lag=self.max_lag, column_length=self.fragment_length,
-            column_count=self.num_columns,
+            column_count=self.num_columns, memory=bool(self.state_size),
         )
 
     # -- called from the server's thread -------------------------------------------------------
@@ -157,17 +158,27 @@ class ExternalEnvRunner:
             ok = False
         return None if ok else f"{describe(obs)} is not in {self.observation_space}"
 
-    def _act(self, observations: list[Any]) -> tuple[list[Any], list[Any], list[dict[str, float]]]:
+    def _states(self, memories: list[Any]) -> dict[str, torch.Tensor]:
+        """The ``state`` argument of the acting entries for these connections' memories
+        (zeros where an episode starts), or nothing for a policy without memory."""
+        if not self.state_size:
+            return {}
+        zeros = np.zeros(self.state_size, np.float32)
+        return {"state": torch.from_numpy(np.stack([zeros if m is None else m for m in memories]))}
+
+    def _act(self, observations: list[Any], memories: list[Any]) -> tuple[list[Any], list[Any], list[dict], list[Any]]:
         batch = tree.map_structure(torch.from_numpy, _stack(observations))
         with self.weights_lock:
-            out = self.module.forward_exploration(batch)
+            out = self.module.forward_exploration(batch, **self._states(memories))
         leaves = [a.numpy() for a in out.pop("actions")]
+        state = out.pop("state", None)
         env_actions = actions_to_env(leaves, self.action_space)
         extras = {k: v.numpy() for k, v in out.items()}
         n = len(observations)
         return ([tree.map_structure(lambda x, i=i: x[i], env_actions) for i in range(n)],
                 [[leaf[i] for leaf in leaves] for i in range(n)],
-                [{k: float(v[i]) for k, v in extras.items()} for i in range(n)])
+                [{k: float(v[i]) for k, v in extras.items()} for i in range(n)],
+                [None] * n if state is None else list(state.numpy()))
 
     def _sampling_policy(self) -> tuple[bytes, dict]:
         """The current weights as ONNX for client-side inference (cached per version)."""
@@ -182,9 +193,10 @@ class ExternalEnvRunner:
                 self.exported = (self.weights_version, model, {**contract, "weights_version": self.weights_version})
             return self.exported[1], self.exported[2]
 
-    def _value(self, observations: list[Any]) -> list[float]:
+    def _value(self, observations: list[Any], memories: list[Any]) -> list[float]:
         with self.weights_lock:
-            return self.module.compute_values(tree.map_structure(torch.from_numpy, _stack(observations))).tolist()
+            return self.module.compute_values(tree.map_structure(torch.from_numpy, _stack(observations)),
+                                              **self._states(memories)).tolist()
 
     # -- the Runner interface -----------------------------------------------------------------
     def set_weights(self, weights: dict[str, np.ndarray], version: int, connector_state: Any = None) -> None:
@@ -212,7 +224,8 @@ class ExternalEnvRunner:
             # stream, and a cut that is no episode end ends like a truncation, with the
             # observation after it (what GAE and V-trace bootstrap from anyway; what replay
             # needs, which otherwise takes the next fragment's column b as the next state).
-            column[0].is_first = True
+            if not self.state_size:  # with memory, is_first keeps meaning an episode's start (its state zeroed)
+                column[0].is_first = True
             last = column[-1]
             if not (last.terminated or last.truncated):
                 last.truncated, last.final_obs = True, after  # next_value is V(after) already
@@ -229,6 +242,10 @@ class ExternalEnvRunner:
         }
         for key in steps[0][0].extras:
             batch[key] = np.array([[s.extras[key] for s in row] for row in steps], np.float32)
+        if self.state_size:  # (T, B, S): the state each step was acted from, zeros at an episode's start
+            zeros = np.zeros(self.state_size, np.float32)
+            batch["state_in"] = np.array([[zeros if s.memory is None else s.memory for s in row] for row in steps],
+                                         np.float32)
         if "values" in batch:
             batch["next_values"] = np.array([[s.next_value for s in row] for row in steps], np.float32)
         final_obs = [(t, b, s.final_obs) for t, row in enumerate(steps) for b, s in enumerate(row) if s.truncated]
@@ -263,6 +280,7 @@ class ExternalRunnerFactory(ControlRunnerFactory):
 
     kind = "external"
     connectors = False
+    memory = True  # carried per connection and episode, server-side inference only
 
     def __init__(self, config: Any, *, adapt_spec: Callable[[ModuleSpec], Any] = lambda spec: spec) -> None:
         super().__init__(config)

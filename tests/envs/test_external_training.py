@@ -210,3 +210,42 @@ def test_train_py_waiting_in_vain_for_a_hello_exits_3_with_one_line(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == (
         f"train.py: run failed (last checkpoint kept): env 'external': no simulator said hello on 127.0.0.1:{port} "
         "within 0.5 s to declare the spaces")
+
+
+def test_a_recurrent_policy_keeps_each_connections_state_through_its_episodes():
+    # Two simulators, 3-step episodes, 8-step columns: each column is one connection's run
+    # of steps, so its state_in is zeros at each episode start and otherwise the state after
+    # the step before. Client-side inference cannot carry the state: refused in one line.
+    import torch
+
+    port, stop = free_port(), threading.Event()
+    config = PPOConfig.from_dict({**SMALL, "minibatch_size": 8, "env": "external", "memory": "gru", "memory_size": 4,
+                                  "max_seq_len": 4, "env_config": {"port": port, **SCHEMAS}}, source="test")
+    algo = config.build()
+    sims = [threading.Thread(target=play, args=(port, 10_000, stop)) for _ in range(2)]
+    for s in sims:
+        s.start()
+    try:
+        batch = algo.sample()[0].batch
+        module = algo.module_spec.build()
+        module.load_state_dict({k: torch.from_numpy(v) for k, v in algo.learner_group.get_weights().items()})
+        result = algo.train()
+        with PolicyClient(port=port, connect_timeout_s=5, **SCHEMAS) as client:
+            with pytest.raises(ExternalError, match="client-side inference of a policy with memory is not built"):
+                client.fetch_policy()
+    finally:
+        stop.set()
+        algo.stop()
+        for s in sims:
+            s.join(timeout=30)
+    state_in, is_first = batch["state_in"], batch["is_first"]
+    assert state_in.shape == (8, 2, 4) and is_first.sum() >= 4  # episodes start inside the columns
+    assert np.all(state_in[is_first] == 0.0)
+    with torch.no_grad():
+        for t in range(1, 8):
+            for b in range(2):
+                if not is_first[t, b]:
+                    _, after = module.step_features(torch.from_numpy(batch["obs"][t - 1, b][None]),
+                                                    torch.from_numpy(state_in[t - 1, b][None]))
+                    np.testing.assert_allclose(state_in[t, b], after[0].numpy(), atol=1e-5)
+    assert np.abs(state_in).max() > 1e-3 and np.isfinite(result["losses/policy_loss"])

@@ -229,8 +229,6 @@ def test_memory_is_refused_where_it_is_not_built_and_checked_where_it_is():
         PPOConfig(memory="gru", max_seq_len=8, burn_in=8)
     with pytest.raises(ConfigError, match="holds 3 sequences of max_seq_len 16, which must divide by num_learners 2"):
         PPOConfig(memory="gru", max_seq_len=16, minibatch_size=48, num_learners=2)
-    with pytest.raises(ConfigError, match="memory is not built for external envs yet"):
-        PPOConfig(env="external", memory="gru", num_envs_per_runner=2, rollout_fragment_length=8).build()
 
 
 @pytest.mark.learning
