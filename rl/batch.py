@@ -25,12 +25,15 @@ every column reshaped from (T, B, ...) to (T*B, ...) by :func:`flatten_time`.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import tree
 
 from rlfleet.rl.core import SampleBatch
+
+if TYPE_CHECKING:  # the learner's side only: this module stays free of torch
+    import torch
 
 
 
@@ -91,3 +94,9 @@ def to_sequences(batch: SampleBatch, *, max_seq_len: int, burn_in: int = 0, look
     if lookahead:
         out["valid"] = np.repeat(valid, B, axis=0)
     return out
+
+
+def burn_in_end(loss_mask: "torch.Tensor") -> "torch.Tensor":
+    """(N, W) bool: each sequence's first loss step, where a burn-in before it ends (no
+    gradient flows back past it: ``MemoryCore.forward_sequence``'s ``cut``)."""
+    return (loss_mask > 0) & (loss_mask.cumsum(1) == 1)

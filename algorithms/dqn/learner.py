@@ -6,6 +6,7 @@ import torch
 
 from rlfleet.algorithms.dqn.config import DQNConfig
 from rlfleet.rl.models.distributions import mask_logits
+from rlfleet.rl.batch import burn_in_end
 from rlfleet.rl.learner import TensorBatch
 from rlfleet.rl.models.module import legal_actions
 from rlfleet.rl.replay.loop import OffPolicyLearner
@@ -110,7 +111,8 @@ class DQNLearner(OffPolicyLearner):
         A sequence's priority would be 0.9 max + 0.1 mean of its |TD errors| (returned per
         row; the sequence buffer samples uniformly so far)."""
         c = self.config
-        q, states = self.module.sequence_q(batch["obs"], batch["state_in"], batch["is_first"])  # (N, W, A)
+        q, states = self.module.sequence_q(batch["obs"], batch["state_in"], batch["is_first"],
+                                           cut=burn_in_end(batch["loss_mask"]))  # (N, W, A)
         q_taken = q.gather(-1, batch["actions"][0].long().unsqueeze(-1)).squeeze(-1)  # (N, W)
         with torch.no_grad():
             target = self.targets["module"]

@@ -77,12 +77,15 @@ class QModule(nn.Module):
         feats, state = self.core.forward_step(feats, state)
         return self.head(feats), state
 
-    def sequence_q(self, obs: Any, state: torch.Tensor, is_first: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def sequence_q(self, obs: Any, state: torch.Tensor, is_first: torch.Tensor,
+                   cut: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Training with memory: N sequences (N, W, ...) from their stored states (N, S), the
-        state zeroed at ``is_first`` (N, W): (Q (N, W, A), the state after each step (N, W, S))."""
+        state zeroed at ``is_first`` (N, W), no gradient back past ``cut`` (the burn-in's
+        end): (Q (N, W, A), the state after each step (N, W, S))."""
         n, w = is_first.shape
         rows = tree.map_structure(lambda x: x.reshape(n * w, *x.shape[2:]), obs)
-        feats, states = self.core.forward_sequence(self.encoder.forward(rows).reshape(n, w, -1), state, is_first)
+        feats, states = self.core.forward_sequence(self.encoder.forward(rows).reshape(n, w, -1), state, is_first,
+                                                   cut=cut)
         return self.head(feats.reshape(n * w, -1)).reshape(n, w, -1), states
 
     def next_q(self, next_obs: Any, states: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from rlfleet.algorithms.ppo.config import PPOConfig
+from rlfleet.rl.batch import burn_in_end
 from rlfleet.rl.learner import Learner, TensorBatch
 
 
@@ -58,7 +59,8 @@ class PPOLearner(Learner):
         c = self.config
         count = None
         if c.memory:  # sequences (N, W): the loss is over the steps of their loss mask
-            dist, values = self.module.forward_train(batch["obs"], batch["state_in"], batch["is_first"])
+            dist, values = self.module.forward_train(batch["obs"], batch["state_in"], batch["is_first"],
+                                                     cut=burn_in_end(batch["loss_mask"]))
             steps = batch["loss_mask"].reshape(-1) > 0  # (N * W,)
             logp, entropy, values = dist.logp(rows(batch["actions"]))[steps], dist.entropy()[steps], values[steps]
             batch = {k: rows(batch[k])[steps] for k in ("logp", "advantages", "values", "value_targets")}

@@ -82,20 +82,24 @@ class MemoryCore(nn.Module):
         return self.step(self.project(x), state)
 
     def forward_sequence(self, x: torch.Tensor, state: torch.Tensor, is_first: torch.Tensor, *,
-                         stored: torch.Tensor | None = None,
-                         restart_every: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         stored: torch.Tensor | None = None, restart_every: int | None = None,
+                         cut: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Training: features (N, L, F) of N sequences, each from its stored start state
         (N, S), the state zeroed wherever ``is_first`` (N, L) starts an episode inside the
         sequence. With ``stored`` (N, L, S) and ``restart_every`` k, steps 0, k, 2k, ...
         restart from the state stored there instead (chunks of k steps inside one time-major
-        pass, as IMPALA's learner runs whole fragments). Returns the outputs (N, L, H) and
-        the state after each step (N, L, S), step for step what acting computed."""
+        pass, as IMPALA's learner runs whole fragments). ``cut`` (N, L) marks where no
+        gradient flows back past (the end of a burn-in, which only refreshes the stored
+        state: R2D2, Kapturowski et al. 2019). Returns the outputs (N, L, H) and the state
+        after each step (N, L, S), step for step what acting computed."""
         proj = self.project(x)  # (N, L, G*H)
         keep = (~is_first.bool()).to(x.dtype).unsqueeze(-1)  # (N, L, 1)
         outs, states = [], []
         for t in range(x.shape[1]):
             if restart_every and t % restart_every == 0:
                 state = stored[:, t]
+            if cut is not None and t > 0:
+                state = torch.where(cut[:, t, None], state.detach(), state)
             out, state = self.step(proj[:, t], state * keep[:, t])
             outs.append(out)
             states.append(state)

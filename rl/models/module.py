@@ -280,16 +280,16 @@ class RLModule(nn.Module):
         return self.core.forward_step(feats, state)
 
     # -- training path ---------------------------------------------------------------
-    def forward_train(self, obs: Any, state: torch.Tensor | None = None,
-                      is_first: torch.Tensor | None = None) -> tuple[ActionDistribution, torch.Tensor]:
+    def forward_train(self, obs: Any, state: torch.Tensor | None = None, is_first: torch.Tensor | None = None,
+                      **cut: Any) -> tuple[ActionDistribution, torch.Tensor]:
         """The action distribution and values of a batch of rows. With memory, ``obs`` is
         N sequences (N, L, ...) run from their start states (N, S) with the state zeroed at
-        ``is_first`` (N, L); the distribution and values are then over their N * L steps,
-        sequence by sequence (rows n * L + t)."""
+        ``is_first`` (N, L) (``cut``: see ``MemoryCore.forward_sequence``); the distribution
+        and values are then over their N * L steps, sequence by sequence (rows n * L + t)."""
         if self.core is None:
             feats = self.features(obs)
             return self.dist(self.dist_inputs(feats), obs), self.values(feats)
-        rows, feats, _ = self.sequence_features(obs, state, is_first)
+        rows, feats, _ = self.sequence_features(obs, state, is_first, **cut)
         return self.dist(self.dist_inputs(feats), rows), self.values(feats)
 
     def sequence_features(self, obs: Any, state: torch.Tensor, is_first: torch.Tensor,

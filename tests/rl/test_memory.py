@@ -442,3 +442,22 @@ def test_r2d2_solves_the_cue_task():
         while algo.env_steps < 10_000:
             result = algo.train()
     assert result["episode_return_mean"] >= 0.85, result["episode_return_mean"]  # epsilon 0.05 still explores
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_no_gradient_flows_back_past_the_end_of_a_burn_in(kind):
+    from rlfleet.rl.batch import burn_in_end
+
+    core = MemoryCore(kind, 3, 4)
+    x = torch.randn(2, 5, 3, requires_grad=True)
+    loss_mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.float32)  # burn-in 2; none
+    cut = burn_in_end(loss_mask)
+    assert cut.tolist() == [[False, False, True, False, False], [True, False, False, False, False]]
+    for with_cut in (True, False):
+        x.grad = None
+        out, _ = core.forward_sequence(x, torch.zeros(2, core.weight_hh.shape[1] * (2 if kind == "lstm" else 1)),
+                                       torch.zeros(2, 5, dtype=torch.bool), cut=cut if with_cut else None)
+        (out.sum(-1) * loss_mask).sum().backward()
+        burn_in_grad = x.grad[0, :2].abs().sum().item()
+        assert (burn_in_grad == 0.0) == with_cut  # cut: the burn-in only refreshes the state
+        assert x.grad[1, :3].abs().sum().item() > 0  # a sequence without burn-in learns from its first step
