@@ -69,7 +69,7 @@ def to_sequences(batch: SampleBatch, *, max_seq_len: int, burn_in: int = 0, look
         columns     (N, W, ...)  N = chunks x B, sequence n = chunk n // B of env n % B
         state_in    (N, S)       the state the runner stored at the sequence's first step
         loss_mask   (N, W)       1 on the chunk's own steps, 0 on burn-in, lookahead and padding
-        valid       (N, W)       1 on every step of the fragment, 0 on padding (with lookahead)
+        valid       (N, W)       1 on every step of the fragment, 0 on padding
 
     A chunk that starts mid-episode starts from the stored state of that step, never from
     zeros; ``is_first`` zeroes it where an episode starts inside the sequence.
@@ -91,8 +91,7 @@ def to_sequences(batch: SampleBatch, *, max_seq_len: int, burn_in: int = 0, look
     out = tree.map_structure(gather, columns)
     out["state_in"] = batch["state_in"][first].reshape(len(starts) * B, -1)  # (N, S)
     out["loss_mask"] = np.repeat(loss, B, axis=0).astype(np.float32)  # (K, W) -> (N, W), chunk-major
-    if lookahead:
-        out["valid"] = np.repeat(valid, B, axis=0)
+    out["valid"] = np.repeat(valid, B, axis=0)
     return out
 
 

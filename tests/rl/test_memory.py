@@ -436,6 +436,14 @@ def test_an_r2d2_run_resumes_exactly_with_its_sequence_replay(tmp_path):
     np.testing.assert_equal(resumed, straight)
 
 
+def test_r2d2_learns_with_one_step_targets_too():
+    # n_step 1: no lookahead past the chunk; every step still knows whether it is real
+    with r2d2_config(n_step=1, learning_starts=0, minibatch_size=64).build() as algo:
+        result = algo.train()
+        assert algo.buffer.data["valid"].shape[1] == 2 + 8
+    assert result["learner/num_grad_steps"] > 0 and np.isfinite(result["losses/td_loss"])
+
+
 @pytest.mark.learning
 def test_r2d2_solves_the_cue_task():
     with r2d2_config().build() as algo:
@@ -461,3 +469,18 @@ def test_no_gradient_flows_back_past_the_end_of_a_burn_in(kind):
         burn_in_grad = x.grad[0, :2].abs().sum().item()
         assert (burn_in_grad == 0.0) == with_cut  # cut: the burn-in only refreshes the state
         assert x.grad[1, :3].abs().sum().item() > 0  # a sequence without burn-in learns from its first step
+
+
+@pytest.mark.parametrize("algo", ["ppo", "dqn"])
+def test_image_observations_train_and_evaluate_through_a_core(algo):
+    # the CNN's features go through the core; runners act through torch (the numpy path has no CNN)
+    extra = {"learning_starts": 0} if algo == "dqn" else {}
+    config = (PPOConfig if algo == "ppo" else DQNConfig)(
+        env="rlfleet/Image-v0", memory="lstm", memory_size=16, max_seq_len=8, num_envs_per_runner=2,
+        rollout_fragment_length=16, minibatch_size=16, **extra)
+    with config.build() as trained:
+        assert trained.module_spec.build().encoder.encoders[0].cnn is not None
+        results = [trained.train() for _ in range(2)]
+        evaluation = trained.evaluate()
+    loss = "losses/policy_loss" if algo == "ppo" else "losses/td_loss"
+    assert np.isfinite(results[-1][loss]) and evaluation["evaluation/num_episodes"] == 10
