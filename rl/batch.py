@@ -25,7 +25,7 @@ every column reshaped from (T, B, ...) to (T*B, ...) by :func:`flatten_time`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import tree
@@ -99,3 +99,20 @@ def burn_in_end(loss_mask: "torch.Tensor") -> "torch.Tensor":
     """(N, W) bool: each sequence's first loss step, where a burn-in before it ends (no
     gradient flows back past it: ``MemoryCore.forward_sequence``'s ``cut``)."""
     return (loss_mask > 0) & (loss_mask.cumsum(1) == 1)
+
+
+def step_columns(rows: Sequence[Sequence[Any]]) -> SampleBatch:
+    """The columns of a (T, B) grid of recorded steps (objects with ``obs``, ``action``
+    leaves, ``reward``, ``terminated``, ``truncated``, ``is_first``), time-major: what the
+    runners that record steps one by one (multi-agent, external) build their fragments from."""
+    stack = lambda items: tree.map_structure(lambda *xs: np.stack(xs), *items)  # noqa: E731
+    column = lambda name, dtype: np.array([[getattr(s, name) for s in row] for row in rows], dtype)  # noqa: E731
+    return {
+        "obs": stack([stack([s.obs for s in row]) for row in rows]),
+        "actions": [np.stack([np.stack([s.action[k] for s in row]) for row in rows])
+                    for k in range(len(rows[0][0].action))],
+        "rewards": column("reward", np.float32),
+        "terminated": column("terminated", bool),
+        "truncated": column("truncated", bool),
+        "is_first": column("is_first", bool),
+    }

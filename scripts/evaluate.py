@@ -61,6 +61,7 @@ class HttpPolicy:
         self.conn = http.client.HTTPConnection(parsed.hostname, parsed.port or 80, timeout=30)
         self.headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
         self.metadata = self._request("GET", "/metadata")
+        self.session = uuid.uuid4().hex  # a policy with memory: the server keeps this client's state under it
 
     def _request(self, method: str, path: str, body: Any = None) -> Any:
         try:
@@ -76,9 +77,6 @@ class HttpPolicy:
     def act(self, obs: Any, first: bool) -> Any:
         if "memory" not in self.metadata:
             return self._request("POST", "/act", {"obs": obs})["actions"]
-        # a policy with memory: the server keeps this client's state under its session id
-        if first and not hasattr(self, "session"):
-            self.session = uuid.uuid4().hex
         return self._request("POST", "/act", {"obs": obs, "session": self.session, "reset": first})["actions"]
 
 

@@ -12,10 +12,10 @@ import math
 from typing import Any
 
 import torch
-import tree
 from gymnasium import spaces
 from torch import nn
 
+from rlfleet.rl.batch import flatten_time
 from rlfleet.rl.core import Q_VALUES
 from rlfleet.rl.models.distributions import mask_logits
 from rlfleet.rl.models.memory import attach_core
@@ -83,8 +83,7 @@ class QModule(nn.Module):
         state zeroed at ``is_first`` (N, W), no gradient back past ``cut`` (the burn-in's
         end): (Q (N, W, A), the state after each step (N, W, S))."""
         n, w = is_first.shape
-        rows = tree.map_structure(lambda x: x.reshape(n * w, *x.shape[2:]), obs)
-        feats, states = self.core.forward_sequence(self.encoder.forward(rows).reshape(n, w, -1), state, is_first,
+        feats, states = self.core.forward_sequence(self.encoder.forward(flatten_time(obs)).reshape(n, w, -1), state, is_first,
                                                    cut=cut)
         return self.head(feats.reshape(n * w, -1)).reshape(n, w, -1), states
 
@@ -92,8 +91,7 @@ class QModule(nn.Module):
         """Q of each step's next observation (N, W, ...), from the state after the step
         (N, W, S): the core stepped once more, (N, W, A)."""
         n, w = states.shape[:2]
-        rows = tree.map_structure(lambda x: x.reshape(n * w, *x.shape[2:]), next_obs)
-        feats, _ = self.core.forward_step(self.encoder.forward(rows), states.reshape(n * w, -1))
+        feats, _ = self.core.forward_step(self.encoder.forward(flatten_time(next_obs)), flatten_time(states))
         return self.head(feats).reshape(n, w, -1)
 
     @staticmethod

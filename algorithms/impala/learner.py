@@ -9,6 +9,7 @@ import torch
 import tree
 
 from rlfleet.algorithms.impala.config import IMPALAConfig
+from rlfleet.rl.batch import flatten_time
 from rlfleet.rl.learner import Learner, TensorBatch
 from rlfleet.rl.postprocessing import vtrace
 
@@ -39,10 +40,6 @@ def impala_loss(
         "losses/entropy": entropy_mean.detach(),
     }
     return loss, metrics
-
-
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])  # (T, B, ...) -> (T*B, ...)
 
 
 def _swap(x: torch.Tensor) -> torch.Tensor:
@@ -82,8 +79,8 @@ class IMPALALearner(Learner):
         bootstrap = tree.map_structure(lambda x: x[0], batch["bootstrap_obs"])
         t, b = batch["final_tb"][:, 0], batch["final_tb"][:, 1]
         if not self.config.memory:
-            dist, values = self.module.forward_train(tree.map_structure(_rows, batch["obs"]))
-            target_logp = dist.logp([_rows(a) for a in batch["actions"]]).reshape(T, B)
+            dist, values = self.module.forward_train(flatten_time(batch["obs"]))
+            target_logp = dist.logp(flatten_time(batch["actions"])).reshape(T, B)
             values, entropy = values.reshape(T, B), dist.entropy().reshape(T, B)
             with torch.no_grad():
                 last = self.module.compute_values(bootstrap)
@@ -94,7 +91,7 @@ class IMPALALearner(Learner):
                 tree.map_structure(_swap, batch["obs"]), stored[:, 0], _swap(batch["is_first"]),
                 stored=stored, restart_every=self.config.max_seq_len)  # rows in (b, t) order
             dist = self.module.dist(self.module.dist_inputs(feats), rows)
-            target_logp = _swap(dist.logp([_rows(_swap(a)) for a in batch["actions"]]).reshape(B, T))
+            target_logp = _swap(dist.logp(flatten_time([_swap(a) for a in batch["actions"]])).reshape(B, T))
             values = _swap(self.module.values(feats).reshape(B, T))
             entropy = _swap(dist.entropy().reshape(B, T))
             with torch.no_grad():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from rlfleet.algorithms.ppo.config import PPOConfig
-from rlfleet.rl.batch import burn_in_end
+from rlfleet.rl.batch import burn_in_end, flatten_time
 from rlfleet.rl.learner import Learner, TensorBatch
 
 
@@ -62,8 +62,8 @@ class PPOLearner(Learner):
             dist, values = self.module.forward_train(batch["obs"], batch["state_in"], batch["is_first"],
                                                      cut=burn_in_end(batch["loss_mask"]))
             steps = batch["loss_mask"].reshape(-1) > 0  # (N * W,)
-            logp, entropy, values = dist.logp(rows(batch["actions"]))[steps], dist.entropy()[steps], values[steps]
-            batch = {k: rows(batch[k])[steps] for k in ("logp", "advantages", "values", "value_targets")}
+            logp, entropy, values = dist.logp(flatten_time(batch["actions"]))[steps], dist.entropy()[steps], values[steps]
+            batch = {k: flatten_time(batch[k])[steps] for k in ("logp", "advantages", "values", "value_targets")}
             count = self.mean_count(steps.sum())  # learners hold unequal numbers of steps
         else:
             dist, values = self.module.forward_train(batch["obs"])
@@ -85,10 +85,3 @@ class PPOLearner(Learner):
             entropy_coef=c.entropy_coef,
             count=count,
         )
-
-
-def rows(x):
-    """(N, W, ...) sequence columns (a tensor or a list of action leaves) -> (N * W, ...)."""
-    if isinstance(x, (list, tuple)):
-        return [rows(leaf) for leaf in x]
-    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])

@@ -17,16 +17,7 @@ import torch
 from torch import nn
 
 from rlfleet.rl.core import MEMORY
-
-GATES = {"gru": 3, "lstm": 4}
-"""Gate blocks per kind, in PyTorch's order: GRU (r, z, n), LSTM (i, f, g, o)."""
-
-
-def state_size(kind: str | None, size: int) -> int:
-    """Floats of state per env: H for a GRU, 2H (h then c) for an LSTM, 0 without memory."""
-    if kind is None:
-        return 0
-    return size * (2 if kind == "lstm" else 1)
+from rlfleet.rl.models.spec import GATES
 
 
 def attach_core(module: nn.Module, spec: Any, in_dim: int) -> int:
@@ -34,7 +25,7 @@ def attach_core(module: nn.Module, spec: Any, in_dim: int) -> int:
     None without memory), its ``state_size`` and the MEMORY capability; returns the width
     of what the layers after it read."""
     module.core = MemoryCore(spec.memory, in_dim, spec.memory_size) if spec.memory else None
-    module.state_size = state_size(spec.memory, spec.memory_size)
+    module.state_size = spec.state_size
     if module.core is None:
         return in_dim
     module.capabilities = module.capabilities | {MEMORY}

@@ -22,6 +22,7 @@ import tree
 from gymnasium import spaces
 from torch import nn
 
+from rlfleet.rl.batch import flatten_time
 from rlfleet.rl.core import ACTION_MASK, DISTRIBUTION, VALUES
 from rlfleet.rl.models.memory import attach_core
 from rlfleet.rl.models.spec import ModuleSpec
@@ -268,10 +269,6 @@ class RLModule(nn.Module):
         """The action distribution, restricted to the legal actions where ``obs`` has a mask."""
         return ActionDistribution(inputs, self.action_space, legal_actions(obs))
 
-    def initial_state(self, n: int) -> torch.Tensor:
-        """The state of ``n`` envs at their episodes' start: zeros (n, S)."""
-        return torch.zeros(n, self.state_size)
-
     def step_features(self, obs: Any, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Acting: (features (B, F'), next state) with the core stepped once (no memory: as is)."""
         feats = self.features(obs)
@@ -298,7 +295,7 @@ class RLModule(nn.Module):
         ``MemoryCore.forward_sequence``): (their observations as rows (N * L, ...), the
         features of those rows (N * L, H), the state after each step (N, L, S))."""
         n, length = is_first.shape
-        rows = tree.map_structure(lambda x: x.reshape(n * length, *x.shape[2:]), obs)
+        rows = flatten_time(obs)  # (N, L, ...) -> (N * L, ...)
         feats = self.features(rows).reshape(n, length, -1)
         feats, states = self.core.forward_sequence(feats, state, is_first, **restarts)
         return rows, feats.reshape(n * length, -1), states

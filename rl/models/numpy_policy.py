@@ -21,6 +21,7 @@ import tree
 from gymnasium import spaces
 
 from rlfleet.rl.core import ACTION_MASK
+from rlfleet.rl.models.spec import GATES
 from rlfleet.rl.spaces import is_image, leaf_spaces
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -67,8 +68,8 @@ class NumpyPolicy:
                            if isinstance(s, spaces.MultiDiscrete) else int(s.shape[0]) for s in self.act_leaves]
         self.head_at = np.cumsum([0] + self.head_sizes).tolist()
         self.memory, self.memory_size = spec.memory, spec.memory_size
-        self.state_size = 0 if spec.memory is None else spec.memory_size * (2 if spec.memory == "lstm" else 1)
-        """Floats of recurrent state per env (rl/models/memory.py; 0: no memory)."""
+        self.state_size = spec.state_size
+        """Floats of recurrent state per env (0: no memory)."""
         self.core: tuple[np.ndarray, ...] | None = None  # (W_ih.T, b_ih, W_hh.T, b_hh)
         self.rng = np.random.default_rng(seed)  # draws the initial weights, then the actions
         self.layers: list[tuple[np.ndarray, np.ndarray]] = []
@@ -89,7 +90,7 @@ class NumpyPolicy:
         width = sum(self._encoded_width(s) for s in self.obs_leaves)
         weights: dict[str, np.ndarray] = {}
         if self.memory is not None:
-            gates = (3 if self.memory == "gru" else 4) * self.memory_size
+            gates = GATES[self.memory] * self.memory_size
             weights["core.weight_ih"] = _orthogonal(gates, width, 1.0, rng)
             weights["core.weight_hh"] = _orthogonal(gates, self.memory_size, 1.0, rng)
             weights["core.bias_ih"] = weights["core.bias_hh"] = np.zeros(gates, np.float32)

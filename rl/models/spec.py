@@ -11,8 +11,10 @@ from typing import Any
 
 import gymnasium as gym
 
-from rlfleet.rl.models.numpy_policy import NumpyPolicy, numpy_covers
 from rlfleet.rl.spaces import encoder_space
+
+GATES = {"gru": 3, "lstm": 4}
+"""Gate blocks of each recurrent core, in PyTorch's order: GRU (r, z, n), LSTM (i, f, g, o)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +35,14 @@ class ModuleSpec:
     """Units of the recurrent core."""
 
     @property
+    def state_size(self) -> int:
+        """Floats of recurrent state per env: H for a GRU, 2H (h then c) for an LSTM, 0
+        without memory (rl/core.py, "Memory")."""
+        if self.memory is None:
+            return 0
+        return self.memory_size * (2 if self.memory == "lstm" else 1)
+
+    @property
     def encoder_space(self) -> gym.Space:
         return encoder_space(self.observation_space, encode_mask=self.encode_mask)
 
@@ -51,6 +61,8 @@ class ModuleSpec:
         """What an env runner acts with (numpy in, numpy out): the numpy policy where it
         computes this very module (a subclass builds another module), else the torch
         module behind the same interface (``rl/models/module.py`` ``TorchActing``)."""
+        from rlfleet.rl.models.numpy_policy import NumpyPolicy, numpy_covers
+
         if type(self) is ModuleSpec and numpy_covers(self):
             return NumpyPolicy(self, seed)
         import torch

@@ -30,6 +30,7 @@ import tree
 from rlfleet.envs.checks import describe
 from rlfleet.envs.external.protocol import ProtocolError
 from rlfleet.envs.external.server import LOOPBACK, ExternalServer, await_declared_spaces
+from rlfleet.rl.batch import step_columns
 from rlfleet.rl.config import ConfigError, closest
 from rlfleet.rl.core import VALUES, Fragment, has_capability
 from rlfleet.rl.runners.env_runner import ControlRunnerFactory
@@ -230,16 +231,8 @@ class ExternalEnvRunner:
             if not (last.terminated or last.truncated):
                 last.truncated, last.final_obs = True, after  # next_value is V(after) already
         steps = [[column[t] for column in columns] for t in range(T)]  # (T, B)
-        batch: dict[str, Any] = {
-            "obs": _stack([_stack([s.obs for s in row]) for row in steps]),
-            "actions": [np.stack([np.stack([s.action[k] for s in row]) for row in steps])
-                        for k in range(len(steps[0][0].action))],
-            "rewards": np.array([[s.reward for s in row] for row in steps], np.float32),
-            "terminated": np.array([[s.terminated for s in row] for row in steps], bool),
-            "truncated": np.array([[s.truncated for s in row] for row in steps], bool),
-            "is_first": np.array([[s.is_first for s in row] for row in steps], bool),
-            "bootstrap_obs": tree.map_structure(lambda x: x[None], _stack(bootstrap)),
-        }
+        batch: dict[str, Any] = {**step_columns(steps),
+                                 "bootstrap_obs": tree.map_structure(lambda x: x[None], _stack(bootstrap))}
         for key in steps[0][0].extras:
             batch[key] = np.array([[s.extras[key] for s in row] for row in steps], np.float32)
         if self.state_size:  # (T, B, S): the state each step was acted from, zeros at an episode's start

@@ -26,6 +26,7 @@ import torch
 import tree
 
 from rlfleet.envs.multi_agent import MultiAgentCreator
+from rlfleet.rl.batch import step_columns
 from rlfleet.rl.config import ConfigError, closest
 from rlfleet.rl.core import ACTION_MASK, Fragment
 from rlfleet.rl.runners.env_runner import ControlRunnerFactory
@@ -279,22 +280,17 @@ class MultiAgentEnvRunner:
                 s.next_value = v
         rows = [[col[t] for col in columns] for t in range(self.fragment_length)]  # (T, B)
         truncations = [(t, b) for t, row in enumerate(rows) for b, s in enumerate(row) if s.final_obs is not None]
-        obs = _stack([_stack([s.obs for s in row]) for row in rows])
+        columns_of_steps = step_columns(rows)
+        obs = columns_of_steps["obs"]
         memory_columns = {"state_in": np.array([[s.state_in for s in row] for row in rows], np.float32)} if memory else {}
         return {
+            **columns_of_steps,
             **memory_columns,  # (T, B, S): each step's state, as the env runner stores it
             # the truncations' last observations, for learners that recompute values (IMPALA):
             # (K, 2) positions and (K, ...) observations
             "final_tb": np.asarray(truncations, np.int64).reshape(-1, 2),
             "final_obs": (_stack([rows[t][b].final_obs for t, b in truncations]) if truncations
                           else tree.map_structure(lambda x: x[0, :0], obs)),
-            "obs": obs,
-            "actions": [np.stack([np.stack([s.action[k] for s in row]) for row in rows])
-                        for k in range(len(columns[0][0].action))],
-            "rewards": np.array([[s.reward for s in row] for row in rows], np.float32),
-            "terminated": np.array([[s.terminated for s in row] for row in rows], bool),
-            "truncated": np.array([[s.truncated for s in row] for row in rows], bool),
-            "is_first": np.array([[s.is_first for s in row] for row in rows], bool),
             "logp": np.array([[s.logp for s in row] for row in rows], np.float32),
             "values": np.array([[s.value for s in row] for row in rows], np.float32),
             "next_values": np.array([[s.next_value for s in row] for row in rows], np.float32),
