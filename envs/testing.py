@@ -33,7 +33,8 @@ class CorridorEnv(gym.Env):
         self.pos = max(0, self.pos + (1 if action == 1 else -1))
         terminated = self.pos >= self.length
         reward = 1.0 if terminated else -0.01
-        return self._obs(), reward, terminated, self.t >= self.max_steps, {}
+        # what info_metrics tests aggregate: a success flag and a distance
+        return self._obs(), reward, terminated, self.t >= self.max_steps, {"success": terminated, "position": self.pos}
 
 
 class NestedObsEnv(gym.Env):

@@ -44,6 +44,7 @@ class VectorStep:
     truncated: np.ndarray  # (B,) bool
     final_obs: dict[int, Any]  # sub-env index -> last observation of the episode that ended
     env_errors: np.ndarray  # (B,) bool: the episode ended because the simulator raised
+    info_of: Callable[[int], dict] = lambda i: {}  # sub-env i's info of this step (its last, when it ended)
 
 
 def _env_error(info: Any) -> bool:
@@ -106,7 +107,7 @@ class CheckedVectorEnv:
                 batch[i] = first
             else:
                 tree.map_structure(lambda leaf, x, i=i: leaf.__setitem__(i, x), batch, first)
-        return VectorStep(batch, rewards_np, term_np, trunc_np, final_obs, errors)
+        return VectorStep(batch, rewards_np, term_np, trunc_np, final_obs, errors, infos.__getitem__)
 
     def close(self) -> None:
         for env in self.envs:
@@ -198,7 +199,13 @@ class AsyncVectorEnv:
         final_obs = {i: info["final_obs"][i] for i in np.flatnonzero(done).tolist()}
         final_info = info.get("final_info") or {}
         errors = np.asarray(final_info.get("_env_error", np.zeros(self.num_envs, bool)), bool) & done
-        return VectorStep(obs, np.asarray(rewards, np.float64), terminated, truncated, final_obs, errors)
+
+        def info_of(i: int) -> dict:  # gymnasium's vector info: key -> (B,) values, "_key" -> which are set
+            source = final_info if done[i] else info
+            return {k: v[i] for k, v in source.items()
+                    if not k.startswith("_") and ("_" + k not in source or source["_" + k][i])}
+
+        return VectorStep(obs, np.asarray(rewards, np.float64), terminated, truncated, final_obs, errors, info_of)
 
     def close(self) -> None:
         self.env.close()

@@ -4,101 +4,26 @@ from __future__ import annotations
 
 import abc
 import collections
-import contextlib
-import os
 import random
-import signal
-import sys
-import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-import tree
 
 from rlfleet.envs import import_user_module
-from rlfleet.rl.checkpoint import FORMAT as CHECKPOINT_FORMAT
-from rlfleet.rl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from rlfleet.rl.config import AlgorithmConfig
+from rlfleet.rl.callbacks import CUSTOM, EpisodeHooks, load_callbacks, overrides
+from rlfleet.rl import checkpoint_state
+from rlfleet.rl.config import AlgorithmConfig, ConfigError
+from rlfleet.rl.interrupts import deferred_interrupts
 from rlfleet.rl.connectors import RewardNormalizer
 from rlfleet.rl.core import Fragment, Runner, RunnerFactory, Weights
 from rlfleet.rl.runners.env_runner_group import EnvRunnerGroup
 from rlfleet.rl.learner import Learner, LearnerFactory, LearnerGroup, MultiLearnerGroup
 from rlfleet.rl.metrics import MetricsLogger
-from rlfleet.rl.models.module import ModuleSpec, spec_to_dict
 from rlfleet.rl.spaces import FAMILIES
 from rlfleet.runtime import Runtime, make_runtime
 
-
-
-def _spec_state(spec: Any) -> dict[str, Any] | None:
-    """The module spec(s) as plain data: one, ``{"policies": {id: spec}}`` (multi-agent),
-    or None (an LM, which serving rebuilds from its config)."""
-    if isinstance(spec, dict):
-        return {"policies": {pid: spec_to_dict(s) for pid, s in spec.items()}}
-    return spec_to_dict(spec) if isinstance(spec, ModuleSpec) else None
-
-
-def _shapes(learner_state: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    """Parameter name -> shape of a learner state (one module, or one per policy)."""
-    if "policies" in learner_state:
-        learner_state = learner_state["policies"]
-    if "module" in learner_state:
-        return {k: tuple(v.shape) for k, v in learner_state["module"].items()}
-    return {f"{pid}/{k}": shape for pid, s in learner_state.items() for k, shape in _shapes(s).items()}
-
-
-def _to_torch(state: Any) -> Any:
-    return tree.map_structure(lambda x: torch.from_numpy(x) if isinstance(x, np.ndarray) else x, state)
-
-
-def _to_numpy(state: Any) -> Any:
-    return tree.map_structure(lambda x: x.numpy() if isinstance(x, torch.Tensor) else x, state)
-
-
-@contextlib.contextmanager
-def deferred_interrupts(notice: str) -> Iterator[None]:
-    """Hold a SIGINT (Ctrl-C) or SIGTERM that arrives inside the block until it ends, then
-    deliver it to the handler that was there, so that an iteration is never cut in half: a
-    checkpoint written on it holds the iteration the last progress row shows, weights and
-    counters alike. ``notice`` is printed when one is held. A second signal inside the block
-    is delivered at once (an iteration that hangs can still be stopped; ``get_state`` then
-    gives the counters of the last finished iteration). Main thread only; elsewhere a no-op."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[int] = []
-    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-
-    def restore() -> None:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-    def deliver(signum: int, frame: Any) -> None:
-        handler = previous[signum]
-        if callable(handler):
-            handler(signum, frame)
-        elif handler == signal.SIG_DFL:  # SIGTERM's default: end the process, as it would have
-            os.kill(os.getpid(), signum)
-
-    def hold(signum: int, frame: Any) -> None:
-        if held:
-            restore()
-            deliver(signum, frame)
-            return
-        held.append(signum)
-        print(notice, file=sys.stderr, flush=True)
-
-    for signum, handler in previous.items():
-        if handler is not None and handler != signal.SIG_IGN:
-            signal.signal(signum, hold)
-    try:
-        yield
-    finally:
-        restore()
-        if held:
-            deliver(held[0], None)
 
 
 class Algorithm(abc.ABC):
@@ -131,7 +56,13 @@ class Algorithm(abc.ABC):
 
         marks = [time.perf_counter()]  # start-up, phase by phase (``startup/*`` in the first progress row)
         self.user_modules = [import_user_module(m) for m in config.user_modules]  # registers their envs
+        self.callbacks = load_callbacks(config.callbacks)  # the driver's own instances (runners build theirs)
         self.runner_factory = type(self).runner_factory_class(config, adapt_spec=self.adapt_module_spec)
+        if EpisodeHooks.wanted(self.callbacks, config.info_metrics) and not getattr(self.runner_factory,
+                                                                                    "episode_hooks", False):
+            raise ConfigError(f"info_metrics and the callbacks' episode hooks are built for gymnasium envs only, not "
+                              f"{getattr(self.runner_factory, 'kind', 'text')} envs yet; leave them out")
+        self.video_recorder = self.make_video_recorder(config)  # checked now: no extra or no frames fail fast
         # the fields the config left None are chosen from the env's spaces from here on
         self.config = config = self.runner_factory.config
         self.module_spec = self.runner_factory.module_spec
@@ -156,7 +87,8 @@ class Algorithm(abc.ABC):
             requests_per_runner=config.requests_per_runner,
         )
         self.eval_runner: Runner | None = None
-        self.logger = MetricsLogger(config.logdir, console=config.log_to_console)
+        self.logger = MetricsLogger(config.logdir, console=config.log_to_console, log=config.log,
+                                    config=config.to_dict())
         self.defaults = self.runner_factory.defaults
         if self.defaults and config.log_to_console:
             print(self.defaults_line(), flush=True)
@@ -173,9 +105,13 @@ class Algorithm(abc.ABC):
         self.agent_returns: dict[str, collections.deque[float]] = {}  # multi-agent: per agent
         self.episode_returns: collections.deque[float] = collections.deque(maxlen=config.metrics_smoothing_episodes)
         self.episode_lengths: collections.deque[int] = collections.deque(maxlen=config.metrics_smoothing_episodes)
+        # per-episode metrics of info_metrics and callbacks, key -> the last episodes' values
+        self.custom_metrics: dict[str, collections.deque[float]] = {}
+        self.last_result: dict[str, Any] = {}
         # The best episode_return_mean over a full window so far: a run that learned and
         # then collapsed shows it beside the final mean (issue 31).
         self.best_return_mean = float("nan")
+        self.best_evaluation_return = float("nan")  # what checkpoint_best compares (scripts/tools/experiment.py)
         self.time_before_restore = 0.0
         self.started = time.perf_counter()
         self.last_logged: dict[str, Any] | None = None  # what a checkpoint holds while an iteration runs
@@ -264,6 +200,10 @@ class Algorithm(abc.ABC):
             self.num_stale_episodes += frag.num_stale_episodes
             self.runner_env_steps[frag.runner_index] = self.runner_env_steps.get(frag.runner_index, 0) + frag.env_steps
             self.runner_busy_s += frag.sample_time_s
+            for episode in frag.episode_metrics:
+                for key, value in episode.items():
+                    self.custom_metrics.setdefault(
+                        key, collections.deque(maxlen=self.config.metrics_smoothing_episodes)).append(value)
             for agent, returns in frag.agent_returns.items():
                 self.agent_returns.setdefault(
                     agent, collections.deque(maxlen=self.config.metrics_smoothing_episodes)).extend(returns)
@@ -316,6 +256,8 @@ class Algorithm(abc.ABC):
         interval = getattr(self.config, "evaluation_interval", 0)
         if interval and (self.iteration + 1) % interval == 0:
             metrics = {**metrics, **self.evaluate()}
+        if self.video_recorder is not None and (self.iteration + 1) % self.config.video_every == 0:
+            metrics = {**metrics, **self.record_video(self.iteration + 1)}
         self.iteration += 1
         dt = time.perf_counter() - t0
         lag = self.policy_lag or [0]
@@ -350,6 +292,7 @@ class Algorithm(abc.ABC):
             "num_fragments_dropped": self.env_runner_group.num_dropped_requests,
             **{f"env_runners/{i}/env_steps": n for i, n in sorted(self.runner_env_steps.items())},
             **{f"agents/{a}/episode_return_mean": float(np.mean(r)) for a, r in sorted(self.agent_returns.items())},
+            **{f"{CUSTOM}{k}": float(np.mean(v)) for k, v in sorted(self.custom_metrics.items())},
             **metrics,
         }
         if self.iteration == 1:  # the first iteration closes the start-up
@@ -358,8 +301,16 @@ class Algorithm(abc.ABC):
                 result.update({"defaults/family": self.runner_factory.family,
                                **{f"defaults/{k}": v for k, v in self.defaults.items()}})
         self.policy_lag = []
+        for callback in overrides(self.callbacks, "on_train_result"):
+            callback.on_train_result(algorithm=self, result=result)
         self.logger.log(result)
+        self.last_result = result
         return result
+
+    def notify(self, hook: str, **kwargs: Any) -> None:
+        """Call driver-side hook ``hook`` of every callback that overrides it."""
+        for callback in overrides(self.callbacks, hook):
+            getattr(callback, hook)(algorithm=self, **kwargs)
 
     def evaluate(self) -> dict[str, float]:
         """Greedy performance over ``evaluation_num_episodes`` on a runner apart from the
@@ -372,46 +323,26 @@ class Algorithm(abc.ABC):
 
     # -- checkpoints -------------------------------------------------------------------
     def get_state(self) -> dict[str, Any]:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "algo": self.config.algo_name,
-            "config": self.config.to_dict(),
-            "learner": self.learner_group.get_state(),
-            "connector": _to_torch(self.connector.get_state()) if self.connector is not None else None,
-            "reward_normalizer": self.reward_normalizer.get_state() if self.reward_normalizer is not None else None,
-            # What rebuilds the policy without its env (serving, export; rl/inference.py).
-            "module_spec": _spec_state(self.module_spec),
-            **self.checkpointed_progress(),
-            "rng": {"python": random.getstate(), "numpy": _to_torch(np.random.get_state()), "torch": torch.get_rng_state()},
-        }
+        """Everything a checkpoint holds (rl/checkpoint_state.py); subclasses add theirs."""
+        return checkpoint_state.algorithm_state(self)
 
     def progress_state(self) -> dict[str, Any]:
         """The counters and episode windows a checkpoint holds, as they are now."""
-        return {
-            "counters": {
-                "iteration": self.iteration,
-                "env_steps": self.env_steps,
-                "episodes": self.episodes,
-                "num_env_errors": self.num_env_errors,
-                "num_stale_episodes": self.num_stale_episodes,
-                "weights_version": self.weights_version,
-                "weight_sync_s": self.env_runner_group.last_sync_s,
-                "time_s": self.time_before_restore + time.perf_counter() - self.started,
-                "runner_env_steps": dict(self.runner_env_steps),
-                "best_return_mean": self.best_return_mean,
-            },
-            "episode_returns": list(self.episode_returns),
-            "episode_lengths": list(self.episode_lengths),
-        }
+        return checkpoint_state.progress_state(self)
 
     def checkpointed_progress(self) -> dict[str, Any]:
         """What a checkpoint written now holds of the progress: the last logged iteration's,
         also while an iteration runs or after one was cut."""
         return self.last_logged or self.progress_state()
 
-    def save(self, path: str) -> str:
-        """Write a checkpoint into directory ``path`` atomically; returns the file written."""
-        return save_checkpoint(path, self.get_state())
+    def save(self, path: str, *, copies: Sequence[str] = ()) -> str:
+        """Write checkpoint directory ``path`` atomically (rl/checkpoint.py: safetensors,
+        JSON, a model card), and the same checkpoint into each of ``copies``; returns ``path``."""
+        written = checkpoint_state.save(self, path, tuple(copies))
+        self.logger.checkpoint_saved(path)  # the trackers upload the last one when the run ends
+        for directory in [path, *copies]:
+            self.notify("on_checkpoint", path=directory)
+        return written[0]
 
     def restore(self, path: str) -> None:
         """Continue from a checkpoint: weights, optimiser, connectors, counters and RNG.
@@ -420,45 +351,7 @@ class Algorithm(abc.ABC):
         picklable): a restored run starts fresh episodes, so it continues the training
         exactly except for the episodes that were in progress.
         """
-        state = load_checkpoint(path)
-        if state["algo"] != self.config.algo_name:
-            raise CheckpointError(f"checkpoint {path!r} is for {state['algo']!r}, not {self.config.algo_name!r}")
-        if (state["connector"] is None) != (self.connector is None):
-            raise CheckpointError(f"checkpoint {path!r}: normalize_obs differs from this config")
-        if (state.get("reward_normalizer") is None) != (self.reward_normalizer is None):
-            raise CheckpointError(f"checkpoint {path!r}: normalize_rewards differs from this config")
-        saved = _shapes(state["learner"])
-        ours = _shapes(self.learner_group.get_state())
-        if saved != ours:
-            diff = sorted(set(saved.items()) ^ set(ours.items()))[0][0]
-            raise CheckpointError(
-                f"checkpoint {path!r} does not fit this config's model (first difference: {diff!r}); "
-                "was it saved with other hidden_sizes or another env?"
-            )
-        self.learner_group.set_state(state["learner"])
-        if self.connector is not None:
-            self.connector.set_state(_to_numpy(state["connector"]))  # reaches the runners below
-        if self.reward_normalizer is not None:
-            self.reward_normalizer.set_state(state["reward_normalizer"])
-            self.reward_normalizer.returns.clear()  # the restored run starts fresh episodes
-        c = state["counters"]
-        self.iteration, self.env_steps, self.episodes = c["iteration"], c["env_steps"], c["episodes"]
-        self.num_env_errors = c.get("num_env_errors", 0)
-        self.num_stale_episodes = c.get("num_stale_episodes", 0)
-        self.weights_version = c["weights_version"]
-        self.runner_env_steps = {int(k): int(v) for k, v in c.get("runner_env_steps", {}).items()}
-        self.best_return_mean = float(c.get("best_return_mean", float("nan")))
-        self.logger.drop_after(self.iteration)
-        self.time_before_restore, self.started = c["time_s"], time.perf_counter()
-        self.episode_returns.clear()
-        self.episode_returns.extend(state["episode_returns"])
-        self.episode_lengths.clear()
-        self.episode_lengths.extend(state["episode_lengths"])
-        random.setstate(state["rng"]["python"])
-        np.random.set_state(_to_numpy(state["rng"]["numpy"]))
-        torch.set_rng_state(state["rng"]["torch"])
-        self.restore_own_state(state, path)
-        self.sync_weights(new_version=False)
+        checkpoint_state.restore(self, path)
 
     def restore_own_state(self, state: dict[str, Any], path: str) -> None:
         """What a subclass added to ``get_state`` (a replay buffer), from a loaded checkpoint."""
@@ -466,22 +359,52 @@ class Algorithm(abc.ABC):
     @classmethod
     def from_checkpoint(cls, path: str, **overrides: Any) -> "Algorithm":
         """Rebuild the algorithm a checkpoint was saved from (its env must be a name), in
-        this process and without writing logs, and restore it: for inference and
-        evaluation. ``overrides`` change config keys first."""
-        state = load_checkpoint(path)
-        if state["algo"] != cls.config_class.algo_name:
-            raise CheckpointError(f"checkpoint {path!r} is for {state['algo']!r}, not {cls.config_class.algo_name!r}")
-        local = {"logdir": None, "log_to_console": False, "num_env_runners": 0, "num_learners": 0}
-        config = cls.config_class.from_dict({**state["config"], **local, **overrides}, source=path)
-        algo = cls(config)
-        algo.restore(path)
-        return algo
+        this process and without writing logs, with its weights, connectors and counters:
+        for inference and evaluation (nothing is unpickled; its optimisers stay fresh).
+        ``overrides`` change config keys first."""
+        return checkpoint_state.from_checkpoint(cls, path, overrides)
+
+    def make_video_recorder(self, config: AlgorithmConfig) -> Any:
+        """The recorder of ``video_every`` (rl/video.py), or None."""
+        if not config.video_every:
+            return None
+        if not config.logdir:
+            raise ConfigError("video_every writes into LOGDIR/videos: set logdir too")
+        if not hasattr(self.runner_factory, "env_creator"):
+            raise ConfigError(f"video_every is built for gymnasium envs only, not "
+                              f"{getattr(self.runner_factory, 'kind', 'text')} envs yet; leave it 0")
+        from rlfleet.rl.video import Recorder, VideoError
+
+        try:
+            return Recorder(self.runner_factory.env_creator)
+        except VideoError as e:  # no imageio, or an env that draws no frames: bad input, one line
+            raise ConfigError(f"video_every: {e}") from None
+
+    def record_video(self, iteration: int) -> dict[str, float]:
+        """One greedy episode into ``LOGDIR/videos/iteration_<N>.mp4``, handed to the loggers
+        that take videos; its return and frame count as ``video/*`` metrics."""
+        from rlfleet.rl.video import greedy_act
+
+        act = greedy_act(self.module_spec, self.acting_weights(self.learner_group.get_weights()),
+                         connector_state=self.connector_state(), seed=self.config.seed)
+        path = f"{self.config.logdir}/videos/iteration_{iteration:06d}.mp4"
+        video = self.video_recorder.record(act, path, seed=self.config.seed + 999_983)
+        self.logger.video(video.path, iteration)
+        return {"video/episode_return": video.episode_return, "video/frames": video.frames}
 
     def stop(self) -> None:
-        """Release envs, actors and log files."""
+        """Release envs, actors and log files (after the callbacks' ``on_run_end``)."""
+        try:
+            self.notify("on_run_end", result=self.last_result)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
         self.env_runner_group.stop()
         if self.eval_runner is not None:
             self.eval_runner.stop()
+        if self.video_recorder is not None:
+            self.video_recorder.close()
         self.learner_group.stop()
         self.logger.close()
         self.runtime.shutdown()

@@ -7,7 +7,6 @@ from a dict or YAML; an unknown key is an error naming the closest valid key.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import os
 import typing
@@ -16,83 +15,12 @@ from typing import Any, ClassVar
 import yaml
 from gymnasium import spaces
 
-
-class ConfigError(ValueError):
-    """A config key or value that cannot be used; the message names it."""
-
-
-def closest(name: str, choices: typing.Iterable[str]) -> str:
-    """`` (did you mean 'x'?)`` for the closest choice, or an empty string."""
-    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.4)
-    return f"; did you mean {match[0]!r}?" if match else ""
+# ConfigError and closest are imported from here across the package
+from rlfleet.rl.config_values import ConfigError, closest, coerce  # noqa: F401
 
 
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Make YAML/CLI values fit the field's type (YAML reads ``1e-3`` as a string)."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        if value is None and type(None) in args:
-            return None
-        real = [a for a in args if a is not type(None)]
-        if len(real) == 1:  # ``float | None``: the float's own message
-            return _coerce(value, real[0], key)
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"config key {key!r}: cannot use {value!r} as {hint}")
-    name = getattr(hint, "__name__", str(hint))
-    if hint in (float, int) and (isinstance(value, bool) or not isinstance(value, (int, float, str))):
-        raise ConfigError(f"config key {key!r}: expected a number, got {type(value).__name__} {value!r}")
-    if hint in (bool, str, dict) and not isinstance(value, (hint, str) if hint is bool else hint):
-        raise ConfigError(f"config key {key!r}: expected {'a mapping' if hint is dict else name}, "
-                          f"got {type(value).__name__} {value!r}")
-    if origin in (tuple, list) and not isinstance(value, (list, tuple)):
-        raise ConfigError(f"config key {key!r}: expected a list, got {type(value).__name__} {value!r}")
-    if hint is float:
-        try:
-            number = float(value)
-        except ValueError:
-            raise ConfigError(f"config key {key!r}: cannot use {value!r} as float") from None
-        if not math.isfinite(number):  # NaN trains, then fails deep inside a distribution
-            raise ConfigError(f"config key {key!r}: must be a finite number, got {value!r}")
-        return number
-    try:
-        if hint is int:
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            if isinstance(value, int):
-                return value
-            if isinstance(value, str):
-                number = float(value)  # '1e6' is a fine way to write a step count
-                if number.is_integer():
-                    return int(number)
-            raise ValueError(value)
-        if hint is int and isinstance(value, float):
-            raise ValueError(value)
-        if hint is bool and isinstance(value, str):
-            if value.lower() in ("true", "1", "yes"):
-                return True
-            if value.lower() in ("false", "0", "no"):
-                return False
-            raise ValueError(value)
-        if hint is str and not isinstance(value, str):
-            raise ValueError(value)
-        if origin is tuple and isinstance(value, (list, tuple)):
-            if len(args) == 2 and args[1] is Ellipsis:
-                return tuple(_coerce(v, args[0], key) for v in value)
-            if len(args) != len(value):
-                raise ValueError(value)
-            return tuple(_coerce(v, a, key) for v, a in zip(value, args))
-        if origin is list and isinstance(value, (list, tuple)):
-            return [_coerce(v, args[0], key) for v in value] if args else list(value)
-    except ValueError:
-        raise ConfigError(f"config key {key!r}: cannot use {value!r} as {name}") from None
-    return value
+DEFAULT_LOGGERS = ("jsonl", "csv", "tensorboard")
+"""What a run writes unless ``log`` says otherwise."""
 
 
 @dataclasses.dataclass
@@ -176,7 +104,27 @@ class AlgorithmConfig:
     logdir: str | None = None
     """Where progress.jsonl and TensorBoard events go; None writes no files."""
     log_to_console: bool = False
-    """Print one progress line per iteration."""
+    """Print one progress line per iteration (a live bar with an ETA on a terminal)."""
+    log: list[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_LOGGERS))
+    """Where the progress rows go besides ``progress.jsonl`` (always written): ``csv``,
+    ``tensorboard``, ``mlflow``, ``wandb`` (the last two are extras; rl/loggers.py)."""
+    callbacks: list = dataclasses.field(default_factory=list)
+    """Hooks into the run: ``rl/callbacks.py`` Callbacks subclasses, as classes or as
+    ``module:Class`` names (a YAML file's form; the module ships to Ray runners like
+    ``--import``)."""
+    info_metrics: dict = dataclasses.field(default_factory=dict)
+    """Env ``info`` keys aggregated per episode, ``{key: last|sum|mean|max|min}``; each
+    reaches the progress rows as ``custom/<key>``, the mean over the last
+    ``metrics_smoothing_episodes`` episodes that reported it."""
+    video_every: int = 0
+    """Record one greedy evaluation episode every N iterations into ``LOGDIR/videos``
+    (the ``video`` extra; 0: never)."""
+    keep_checkpoints: int = 0
+    """Besides ``checkpoint/`` (the latest), keep the last N checkpoints as
+    ``checkpoints/iteration-<N>/`` (0: only the latest)."""
+    checkpoint_best: bool = False
+    """Also keep ``checkpoint_best/``, rewritten whenever the evaluation return beats its
+    best so far (needs ``evaluation_interval``)."""
 
     def __post_init__(self) -> None:
         # Every field checked against its type, whichever way it came (Python, YAML, --set):
@@ -184,14 +132,14 @@ class AlgorithmConfig:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
             if f.name != "lr_schedule":
-                setattr(self, f.name, _coerce(getattr(self, f.name), hints[f.name], f.name))
+                setattr(self, f.name, coerce(getattr(self, f.name), hints[f.name], f.name))
         if self.logdir:  # learner actors and runners may run in another directory
             self.logdir = os.path.abspath(self.logdir)
         if self.lr_schedule is not None:
             # One canonical form, [[int step, float lr], ...], whether it came from Python,
             # YAML ('1e-3' is a string there) or the command line.
             try:
-                self.lr_schedule = [[_coerce(t, int, "lr_schedule"), _coerce(v, float, "lr_schedule")]
+                self.lr_schedule = [[coerce(t, int, "lr_schedule"), coerce(v, float, "lr_schedule")]
                                     for t, v in self.lr_schedule]
             except (TypeError, ValueError):
                 raise ConfigError(f"lr_schedule must be [[env_step, lr], ...], got {self.lr_schedule}") from None
@@ -220,7 +168,16 @@ class AlgorithmConfig:
         return max(1, self.num_env_runners)
 
     def validate(self) -> None:
-        self.require_non_negative("evaluation_interval")
+        self.require_non_negative("evaluation_interval", "video_every", "keep_checkpoints")
+        from rlfleet.rl.callbacks import check_callbacks, check_info_metrics
+        from rlfleet.rl.loggers import check_loggers
+
+        self.log = check_loggers(self.log)
+        check_callbacks(self.callbacks)
+        check_info_metrics(self.info_metrics)
+        if self.checkpoint_best and not self.evaluation_interval:
+            raise ConfigError("checkpoint_best keeps the checkpoint with the best evaluation return: set "
+                              "evaluation_interval (e.g. 10) too")
         self.require_positive("weight_sync_timeout_s", "requests_per_runner")
         self.require_positive("evaluation_num_episodes", "metrics_smoothing_episodes", "torch_threads",
                               "sample_timeout_s", "max_consecutive_runner_failures", "num_cpus_per_runner",
@@ -295,6 +252,8 @@ class AlgorithmConfig:
             value = getattr(self, f.name)
             if f.name == "env" and not isinstance(value, (str, type(None))):
                 value = getattr(value, "__name__", repr(value))
+            if f.name == "callbacks":  # a class given in Python is kept by its import name
+                value = [c if isinstance(c, str) else f"{c.__module__}:{c.__qualname__}" for c in value]
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 
@@ -468,7 +427,7 @@ def lr_over_schedule(schedule: list | None, values: dict[str, Any], *, source: s
     ``lr_schedule`` instead. Any other ``values`` come back as they are."""
     if "lr" not in values or "lr_schedule" in values or not schedule:
         return values
-    lr = _coerce(values["lr"], float, "lr")
+    lr = coerce(values["lr"], float, "lr")
     start = float(schedule[0][1])
     if start <= 0:
         raise ConfigError(f"lr={values['lr']}: the lr_schedule starts at 0, so it cannot be scaled to start at "
@@ -479,19 +438,3 @@ def lr_over_schedule(schedule: list | None, values: dict[str, Any], *, source: s
 def scaled_by(source: str) -> str:
     """The source of an ``lr_schedule`` that ``source``'s ``lr`` scaled."""
     return f"{source} (lr scales the schedule)"
-
-
-def parse_key_values(pairs: list[str], *, flag: str, value_name: str = "VALUE") -> dict[str, Any]:
-    """``KEY=VALUE`` flags (``--set``, ``--search``), each VALUE read as YAML."""
-    import yaml
-
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"{flag} expects KEY={value_name}, got {pair!r}")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{flag} {pair!r}: not a YAML value: {str(e).splitlines()[0]}") from None
-    return out

@@ -188,6 +188,9 @@ class Fragment:
     connector_delta: Any = None
     """What the runner's connectors (observation statistics) learned while sampling this
     fragment; the driver merges it into its copy (None: the runner has no connectors)."""
+    episode_metrics: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    """Per finished episode, the metrics of ``info_metrics`` and the callbacks'
+    ``episode.metrics`` (rl/callbacks.py; empty when there are none)."""
 
 
 @dataclasses.dataclass

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-import os
 from typing import Any
 
 import gymnasium as gym
@@ -17,7 +16,7 @@ import torch
 import tree
 from gymnasium import spaces
 
-from rlfleet.rl.checkpoint import CheckpointError, checkpoint_file, checkpoint_from_bytes
+from rlfleet.rl.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from rlfleet.rl.config import closest
 from rlfleet.rl.connectors import MeanStdFilter
 from rlfleet.rl.core import ACTION_MASK
@@ -58,26 +57,16 @@ class Policy:
     @classmethod
     def load(cls, path: str, *, policy_id: str | None = None) -> "Policy":
         """The checkpoint's policy; of a multi-agent checkpoint, ``policy_id``'s (needed
-        when it holds several)."""
-        file = checkpoint_file(path)
-        if not os.path.exists(file):
-            raise CheckpointError(f"no checkpoint at {path!r} (expected {file})")
-        with open(file, "rb") as f:
-            return cls.from_bytes(f.read(), source=file, policy_id=policy_id)
-
-    @classmethod
-    def from_bytes(cls, data: bytes, *, source: str, policy_id: str | None = None) -> "Policy":
-        return cls(checkpoint_from_bytes(data, source=source), source=source, policy_id=policy_id)
+        when it holds several). Reads state.json and model.safetensors: nothing is unpickled."""
+        source = resolve_checkpoint(path)
+        return cls(load_checkpoint(source), source=source, policy_id=policy_id)
 
     @classmethod
     def load_all(cls, path: str) -> dict[str | None, "Policy"]:
         """Every policy of a checkpoint, by id: ``{None: policy}`` when it holds one (a
         single-agent checkpoint, or a multi-agent one whose agents share one policy)."""
-        file = checkpoint_file(path)
-        if not os.path.exists(file):
-            raise CheckpointError(f"no checkpoint at {path!r} (expected {file})")
-        with open(file, "rb") as f:
-            state = checkpoint_from_bytes(f.read(), source=file)
+        file = resolve_checkpoint(path)
+        state = load_checkpoint(file)
         ids = sorted((state.get("module_spec") or {}).get("policies", {}))
         if len(ids) < 2:
             return {None: cls(state, source=file)}

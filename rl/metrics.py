@@ -1,59 +1,57 @@
-"""One metrics logger: a console line per iteration, TensorBoard events, progress.jsonl."""
+"""One metrics logger: the console (a line per iteration, or a live bar) and the run's loggers."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any
 
-from rlfleet.rl.tb_events import EventWriter
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # JSON has no NaN; null reads as "no episode finished yet"
-    return value
+from rlfleet.rl.loggers import make_loggers
 
 
 class MetricsLogger:
-    def __init__(self, logdir: str | None, *, console: bool) -> None:
+    """Fans each progress row out to the run's loggers (rl/loggers.py) and to the console:
+    a plain line per iteration, or a live bar when one is attached (a terminal)."""
+
+    def __init__(self, logdir: str | None, *, console: bool, log: list[str] = ("jsonl",),
+                 config: dict[str, Any] | None = None) -> None:
         self.logdir, self.console = logdir, console
-        self._writer: EventWriter | None = None
-        self._progress = None
+        self.bar: Any = None
+        self.last_checkpoint: str | None = None
+        self.loggers: list[Any] = []
         if logdir:
             os.makedirs(logdir, exist_ok=True)
-            # Append: a restored run continues the same progress file.
-            self._progress = open(os.path.join(logdir, "progress.jsonl"), "a", encoding="utf-8")
+            self.loggers = make_loggers(list(log), logdir, config or {})
+
+    def attach_bar(self, bar: Any) -> None:
+        """Show rows on ``bar`` (rl/progress.py) instead of a line each."""
+        self.bar = bar
 
     def drop_after(self, iteration: int) -> None:
-        """Forget the progress rows past ``iteration`` (a run killed after its last
-        checkpoint and restored from it): every iteration stays in the file once."""
-        if self._progress is None:
-            return
-        path = self._progress.name
-        self._progress.close()
-        with open(path, encoding="utf-8") as f:
-            kept = [line for line in f if line.strip() and json.loads(line).get("iteration", 0) <= iteration]
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            f.writelines(kept)
-        os.replace(path + ".tmp", path)  # atomically: a crash here leaves one file or the other
-        self._progress = open(path, "a", encoding="utf-8")
+        """Forget the rows past ``iteration`` (a run killed after its last checkpoint and
+        restored from it): every iteration stays in the files once."""
+        for logger in self.loggers:
+            if hasattr(logger, "drop_after"):
+                logger.drop_after(iteration)
 
     def log(self, result: dict[str, Any]) -> None:
         if self.console:
-            print(self.format_line(result), flush=True)
-        if self._progress is not None:
-            self._progress.write(json.dumps({k: _jsonable(v) for k, v in result.items()}) + "\n")
-            self._progress.flush()
-            self._tensorboard(result)
+            if self.bar is not None:
+                self.bar.update(result)
+            else:
+                print(self.format_line(result), flush=True)
+        for logger in self.loggers:
+            logger.write(result)
 
-    def _tensorboard(self, result: dict[str, Any]) -> None:
-        if self._writer is None:
-            self._writer = EventWriter(self.logdir)
-        self._writer.add_scalars(int(result.get("env_steps", 0)), [
-            (key, value) for key, value in result.items()
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)])
+    def checkpoint_saved(self, path: str) -> None:
+        """The run's latest checkpoint directory: the trackers upload it when the run ends."""
+        self.last_checkpoint = path
+
+    def video(self, path: str, step: int) -> None:
+        """A recorded episode, for the loggers that take videos."""
+        for logger in self.loggers:
+            if hasattr(logger, "video"):
+                logger.video(path, step)
 
     @staticmethod
     def format_line(r: dict[str, Any]) -> str:
@@ -72,9 +70,9 @@ class MetricsLogger:
         return line
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        loggers, self.loggers = self.loggers, []
+        for logger in loggers:
+            logger.close(self.last_checkpoint)

@@ -12,6 +12,8 @@ COMMANDS = {
     "evaluate": "evaluate a served policy or a checkpoint on a local env (scripts/evaluate.py)",
     "export": "export a checkpoint's policy to ONNX or TorchScript (scripts/export.py)",
     "tune": "search hyperparameters of a tuned example on Ray Tune (scripts/tune.py)",
+    "convert-checkpoint": "rewrite an old checkpoint.pt as a checkpoint directory (scripts/convert_checkpoint.py)",
+    "plot": "plot learning curves of runs, mean and 95% CI over seeds (scripts/plot.py)",
 }
 
 
@@ -33,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         from rlfleet.scripts.export import main as run
     elif command == "tune":
         from rlfleet.scripts.tune import main as run
+    elif command == "convert-checkpoint":
+        from rlfleet.scripts.convert_checkpoint import main as run
+    elif command == "plot":
+        from rlfleet.scripts.plot import main as run
     else:
         from rlfleet.rl.config import closest
 

@@ -3,11 +3,16 @@
     python scripts/evaluate.py --endpoint http://127.0.0.1:8000 --episodes 10
     python scripts/evaluate.py --checkpoint runs/ppo_Pendulum-v1_X/checkpoint --episodes 10
     rlfleet evaluate --endpoint URL --env CartPole-v1 --episodes 20 --json
+    python scripts/evaluate.py --checkpoint CKPT --episodes 5 --video videos/
 
 Episode i runs on the env reset with seed ``--seed + i``, acting greedily, so the two
 ways give the same per-episode returns for the same policy. Prints the mean, min and max
 return and the latency percentiles of the action requests (HTTP round trips, or in-process
 calls). ``--env`` defaults to the checkpoint's (or the server's) env and env_config.
+
+``--video DIR`` then plays the first K episodes again (``--video-episodes``, default all),
+each from its own seed, on an env made with ``render_mode="rgb_array"``, and writes
+``DIR/episode_<i>_seed<SEED+i>.mp4``: the reset frame and one frame per step (rl/video.py).
 
 Exit codes: 0 evaluated, 2 bad input (one line), 3 the endpoint failed mid-run.
 """
@@ -44,6 +49,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="print one JSON object (per-episode returns included)")
     p.add_argument("--sessions", type=int, default=1,
                    help="with --endpoint: clients acting side by side (a policy with memory: one session each)")
+    p.add_argument("--video", metavar="DIR",
+                   help="write an mp4 per recorded episode into DIR (made if missing): the episode replayed from "
+                        "its seed on an env with render_mode='rgb_array', the reset frame then one frame per step; "
+                        "needs pip install 'rlfleet[video]'; MuJoCo without a display: MUJOCO_GL=egl")
+    p.add_argument("--video-episodes", type=int, metavar="K",
+                   help="with --video: record the first K evaluated episodes (default: all of them)")
     return p.parse_args(argv)
 
 
@@ -113,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     from rlfleet.rl.inference import Policy, to_json
     from rlfleet.envs.schema import space_from_schema
     from rlfleet.rl.spaces import space_structure
+    from rlfleet.rl.video import Recorder, VideoError, check_video_dir, require_imageio
 
     def fail(message: str, code: int = 2) -> int:
         print(f"evaluate.py: error: {message}", file=sys.stderr)
@@ -122,6 +134,17 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"--episodes must be > 0, got {args.episodes}")
     if args.sessions <= 0 or (args.sessions > 1 and not args.endpoint):
         return fail(f"--sessions {args.sessions}: give a count > 0, and more than 1 only with --endpoint")
+    if args.video_episodes is not None and not args.video:
+        return fail("--video-episodes needs --video DIR")
+    video_episodes = args.episodes if args.video_episodes is None else args.video_episodes
+    if args.video and not 0 < video_episodes <= args.episodes:
+        return fail(f"--video-episodes must be in 1..--episodes ({args.episodes}), got {video_episodes}")
+    if args.video:
+        try:
+            require_imageio()
+            check_video_dir(args.video)
+        except VideoError as e:
+            return fail(f"--video: {e}")
     try:
         for module in args.imports:
             import_user_module(module)
@@ -158,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
             act = http_act(remote)
         env_name = args.env or meta["env"]
         env_config = yaml.safe_load(args.env_config) if args.env_config else (meta.get("env_config") or {})
+        # before the probe: under a MUJOCO_GL that cannot work even importing mujoco fails, said here in one line
+        recorder = Recorder(make_env_creator(env_name, env_config)) if args.video else None
         env = probe_env(make_env_creator(env_name, env_config))
     except (CheckpointError, EnvNotFoundError, EnvConfigError, UserModuleError, ValueError, yaml.YAMLError) as e:
         return fail(str(e).splitlines()[0])
@@ -178,10 +203,17 @@ def main(argv: list[str] | None = None) -> int:
             latencies = [x for _, part in done for x in part]
             for extra, _ in clients[1:]:
                 extra.close()
+        videos = [] if recorder is None else [
+            recorder.record(act, os.path.join(args.video, f"episode_{i:03d}_seed{args.seed + i}.mp4"),
+                            seed=args.seed + i) for i in range(video_episodes)]
     except EndpointError as e:
         return fail(f"the endpoint failed mid-run: {e}", 3)
+    except VideoError as e:  # a frame of another size, ffmpeg failing on a full disk
+        return fail(str(e).splitlines()[0])
     finally:
         env.close()
+        if recorder is not None:
+            recorder.close()
     ms = np.asarray(latencies) * 1000.0
     summary = {
         "source": args.endpoint or args.checkpoint or args.onnx, "env": env_name, "episodes": len(returns), "seed": args.seed,
@@ -189,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         "latency_ms_p50": float(np.percentile(ms, 50)), "latency_ms_p90": float(np.percentile(ms, 90)),
         "latency_ms_p99": float(np.percentile(ms, 99)), "requests": len(latencies),
         "weights_version": meta.get("weights_version"), "returns": returns,
+        **({"videos": [{"path": v.path, "frames": v.frames, "episode_length": v.episode_length,
+                        "episode_return": v.episode_return, "seed": v.seed} for v in videos]} if args.video else {}),
     }
     if args.json:
         print(json.dumps(summary))
@@ -197,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
               f"(min {summary['return_min']:.2f}, max {summary['return_max']:.2f}); {len(latencies)} action requests, "
               f"latency p50 {summary['latency_ms_p50']:.3f} ms, p90 {summary['latency_ms_p90']:.3f} ms, "
               f"p99 {summary['latency_ms_p99']:.3f} ms")
+        for v in videos:
+            print(f"video {v.path}: {v.frames} frames (the reset frame and {v.episode_length} steps), "
+                  f"return {v.episode_return:.2f}")
     return 0
 
 

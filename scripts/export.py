@@ -28,17 +28,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Export an rlfleet checkpoint's policy (ONNX or TorchScript).",
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="exit codes: 0 written; 2 bad input (one line)")
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory (or its checkpoint.pt)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory (or its state.json)")
     p.add_argument("--policy-id", help="of a multi-agent checkpoint: the policy to export")
     p.add_argument("--format", default="onnx", choices=("onnx", "torchscript"))
-    p.add_argument("--out", help="output file (default: policy.onnx / policy.pt beside the checkpoint)")
+    p.add_argument("--out", help="output file (default: policy.onnx / policy.pt beside the checkpoint directory)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from rlfleet.rl.checkpoint import CheckpointError, checkpoint_file
+    from rlfleet.rl.checkpoint import OWN_FILES, CheckpointError
     from rlfleet.rl.export import ExportError, export_onnx, export_torchscript
     from rlfleet.rl.inference import Policy
 
@@ -47,7 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     suffix = ".onnx" if args.format == "onnx" else ".pt"
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(checkpoint_file(args.checkpoint))), "policy" + (f"-{args.policy_id}" if args.policy_id else "") + suffix)
+    # beside the checkpoint directory, not in it: a save replaces the directory whole
+    directory = os.path.abspath(args.checkpoint)
+    directory = os.path.dirname(directory) if os.path.basename(directory) in OWN_FILES else directory
+    out = args.out or os.path.join(os.path.dirname(directory), "policy" + (f"-{args.policy_id}" if args.policy_id else "") + suffix)
     if not out.endswith(suffix):
         return fail(f"--out {out!r}: a {args.format} file must end in {suffix}")
     try:

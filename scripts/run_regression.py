@@ -3,6 +3,7 @@
     python scripts/run_regression.py --tag quick --seeds 3
     python scripts/run_regression.py tuned_examples/ppo/CartPole-v1.yaml --seeds 1 --baseline tuned_examples/baseline_quick.json
     python scripts/run_regression.py --tag quick --seeds 3 --out tuned_examples/baseline_quick.json
+    python scripts/run_regression.py --tag quick --seeds 3 --plot quick.png   # needs pip install 'rlfleet[plot]'
 
 Exit code 0 when every example passes (and nothing regressed), 1 on a fail or a
 regression, 2 on a bad example file (one line naming the file and the key).
@@ -16,8 +17,9 @@ import os
 import sys
 
 from rlfleet.algorithms import UnknownAlgorithmError, get_config_class
-from rlfleet.scripts.tools import regression
+from rlfleet.scripts.tools import plots, regression
 from rlfleet.rl.config import ConfigError
+from rlfleet.rl.progress import count_bar
 from rlfleet.runtime import make_runtime
 from rlfleet.tuned_examples import ROOT as TUNED
 
@@ -49,7 +51,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parallel", type=int, default=0, metavar="N",
                    help="run seeds as Ray tasks on N CPUs (or on the cluster of --address); default one after another")
     p.add_argument("--address", help="Ray cluster to run the tasks on, with --parallel")
+    p.add_argument("--plot", metavar="PNG", help="draw each example's seeds against env steps, with the pass bar, "
+                   "one subplot per example (needs pip install 'rlfleet[plot]')")
     args = p.parse_args(argv)
+    try:
+        if args.plot:  # before any seed runs: a missing extra or directory is found in a second, not an hour
+            plots.require_matplotlib()
+            plots.check_out(args.plot)
+    except plots.PlotError as e:
+        print(f"run_regression.py: error: {e}", file=sys.stderr)
+        return 2
     try:
         paths = regression.find_examples(args.paths, TUNED, args.tag)
         experiments = [regression.validate(path, get_config_class) for path in paths]
@@ -70,20 +81,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{example_key(exp.path)}: {args.seeds} seed(s), target {exp.pass_criteria.episode_return_mean} "
               f"within {exp.pass_criteria.env_steps} env steps / {exp.pass_criteria.time_s} s", flush=True)
 
+    bar = count_bar(len(tasks), unit=" seeds", desc="regression")  # on a terminal: seeds done, rate, ETA
+
     def report(task: regression.SeedTask, r: regression.SeedResult) -> None:
-        print(f"    {example_key(task.experiment.path)} seed {r.seed}: "
-              f"{'reached' if r.reached else 'NOT reached'}, final return {r.final_return}, "
-              f"threshold at {r.env_steps_to_threshold} env steps / {r.seconds_to_threshold} s", flush=True)
+        line = (f"    {example_key(task.experiment.path)} seed {r.seed}: "
+                f"{'reached' if r.reached else 'NOT reached'}, final return {r.final_return}, "
+                f"threshold at {r.env_steps_to_threshold} env steps / {r.seconds_to_threshold} s")
+        if bar is None:
+            print(line, flush=True)
+        else:
+            bar.write(line)
+            bar.update(1)
 
     runtime = make_runtime("ray", num_cpus=args.parallel, address=args.address) if args.parallel else make_runtime("local")
     try:
         results = regression.run_all(tasks, runtime, report)
     finally:
         runtime.shutdown()
-    summaries = {}
+        if bar is not None:
+            bar.close()
+    summaries, panels = {}, []
     for exp in experiments:
         key = example_key(exp.path)
-        summaries[key] = regression.summarise(key, [r for t, r in zip(tasks, results) if t.experiment is exp])
+        seeds = [r for t, r in zip(tasks, results) if t.experiment is exp]
+        summaries[key] = regression.summarise(key, seeds)
+        verdict = f"{'PASS' if summaries[key]['passed'] else 'FAIL'} ({summaries[key]['seeds_passed']}/{len(seeds)} seeds)"
+        panels.append(plots.regression_panel(f"{key}: {verdict}", exp.pass_criteria, seeds))
 
     problems, notes = regression.compare(summaries, baseline, args.tolerance) if baseline else ([], [])
     print()
@@ -96,9 +119,17 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump({"machine": regression.machine(), "seeds": args.seeds, "examples": summaries}, f, indent=2)
             f.write("\n")
+    plot_failed = False
+    if args.plot:
+        try:
+            plots.draw_regression(panels, args.plot)
+            print(f"wrote {args.plot}")
+        except plots.PlotError as e:  # the results above stand; the exit code says the plot is missing
+            print(f"run_regression.py: error: {e}", file=sys.stderr)
+            plot_failed = True
     failed = [k for k, s in summaries.items() if not s["passed"]]
     print(f"\n{len(summaries) - len(failed)} passed, {len(failed)} failed, {len(problems)} regressions")
-    return 1 if failed or problems else 0
+    return 1 if failed or problems else 2 if plot_failed else 0
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Serve an rlfleet checkpoint over HTTP on Ray Serve.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="exit codes: 0 stopped (Ctrl-C or --duration); 2 bad input; 3 the server failed")
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory (or its checkpoint.pt)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory (or its state.json)")
     p.add_argument("--policy-id", help="of a multi-agent checkpoint: the policy to serve")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need --token)")
     p.add_argument("--port", type=int, default=8000)

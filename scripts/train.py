@@ -34,7 +34,8 @@ last checkpoint is kept); 130 interrupted (a checkpoint is written first).
 logs: LOGDIR/progress.jsonl (one JSON line per iteration), TensorBoard event files and
 LOGDIR/checkpoint/; LOGDIR defaults to runs/ALGO_ENV_TIME. A logdir that already holds a
 run is refused unless --restore continues it; a restored run writes beside the checkpoint
-it was given (or to --logdir).
+it was given (or to --logdir); one restored from a kept copy (checkpoints/iteration-N/,
+checkpoint_best/) forks into a new run directory, leaving its run as it was.
 """
 
 
@@ -70,12 +71,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="N", help="checkpoint every N iterations")
     p.add_argument("--restore", metavar="DIR", help="continue from a checkpoint directory")
     p.add_argument("--eval", action="store_true", help="evaluate greedily after training")
-    p.add_argument("--quiet", action="store_true", help="no per-iteration console line")
+    p.add_argument("--quiet", action="store_true", help="no per-iteration console line (or bar, on a terminal)")
+    p.add_argument("--log", metavar="NAMES", help="comma-separated loggers besides progress.jsonl: csv, tensorboard, "
+                                                  "mlflow, wandb (default csv,tensorboard; mlflow and wandb are extras)")
+    p.add_argument("--track", action="store_true", help="track the run in Weights & Biases (adds wandb to --log; "
+                                                        "offline without an API key)")
     return p.parse_args(argv)
 
 
 def parse_sets(pairs: list[str]) -> dict[str, object]:
-    from rlfleet.rl.config import parse_key_values
+    from rlfleet.rl.config_values import parse_key_values
 
     return parse_key_values(pairs, flag="--set")
 
@@ -163,12 +168,15 @@ def interrupt_once() -> None:
     signal.signal(signal.SIGINT, first)
 
 
-def checkpoint_run_dir(path: str) -> str:
-    """The run directory a checkpoint lies in: the folder holding ``checkpoint/``."""
+def checkpoint_run_dir(path: str) -> str | None:
+    """The run directory a checkpoint continues: the folder holding ``checkpoint/``. A kept
+    copy (``checkpoints/iteration-<k>/``, ``checkpoint_best/``) continues nowhere: carrying
+    on in its run would drop that run's later rows and overwrite its latest checkpoint, so
+    it forks into a new directory (None)."""
     path = os.path.abspath(path)
     if os.path.isfile(path):
         path = os.path.dirname(path)
-    return os.path.dirname(path)
+    return os.path.dirname(path) if os.path.basename(path) == "checkpoint" else None
 
 
 def prepare_logdir(logdir: str, *, restoring: bool, default: bool) -> str:
@@ -198,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
     from rlfleet.algorithms import get_config_class
     from rlfleet.rl.checkpoint import CheckpointError, load_checkpoint
     from rlfleet.rl.config import ConfigError, scaled_by
+    from rlfleet.rl.progress import ProgressBar, is_terminal
     from rlfleet.scripts.tools.experiment import RETURN, Criteria, load_experiment, run_until
     from rlfleet.tuned_examples import ROOT as TUNED
 
@@ -242,6 +251,9 @@ def run(args: argparse.Namespace) -> int:
         flags["user_modules"] = [os.path.abspath(m) if m.endswith(".py") else m for m in args.imports]
     if args.seed is not None:
         flags["seed"] = args.seed
+    if args.log is not None or args.track:
+        names = [n.strip() for n in (args.log or "").split(",") if n.strip()] if args.log is not None else None
+        flags["log"] = (names if names is not None else list(config_cls().log)) + (["wandb"] if args.track else [])
     for key in ("num_envs_per_runner", "num_env_runners", "num_cpus_per_runner", "num_learners",
                 "num_gpus_per_learner", "address"):
         if getattr(args, key) is not None:
@@ -264,10 +276,11 @@ def run(args: argparse.Namespace) -> int:
         if getattr(config, "warmup_steps", 0):  # the checkpoint holds the trained LM: no warm-up first
             config = config.updated({"warmup_steps": 0}, source="--restore")
     default = os.path.join("runs", f"{algo_name.lower()}_{env.replace('/', '-')}_{time.strftime('%Y%m%d-%H%M%S')}")
-    logdir = args.logdir or (checkpoint_run_dir(args.restore) if args.restore else default)
-    default_name = not args.logdir and not args.restore
+    continued = checkpoint_run_dir(args.restore) if args.restore and not args.logdir else None
+    logdir = args.logdir or continued or default
+    default_name = not args.logdir and not continued
     created = default_name or not os.path.exists(logdir)  # a default name is always a new directory
-    logdir = prepare_logdir(logdir, restoring=bool(args.restore), default=default_name)
+    logdir = prepare_logdir(logdir, restoring=bool(args.restore) and not default_name, default=default_name)
     config = config.updated({"logdir": logdir}, source="--logdir")
 
     built_at = time.perf_counter()
@@ -284,6 +297,9 @@ def run(args: argparse.Namespace) -> int:
     if no_stop:
         print("no stop criterion given; stopping at 100000 env steps", flush=True)
     summary: dict[str, object] = {"interrupted": True, "reached": False, "checkpoint": None}
+    if config.log_to_console and is_terminal():  # a live bar with an ETA; the plain line in logs and pipes
+        algo.logger.attach_bar(ProgressBar(env_steps=stop.env_steps, seconds=stop.time_s, metric=metric,
+                                           target=threshold, desc=f"{config.algo_name} {env}"))
     try:
         if args.restore:
             algo.restore(args.restore)

@@ -16,6 +16,7 @@ ranked table), best.yaml (the winner as a tuned example: ``train.py --config`` a
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -46,6 +47,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="re-run the top configs on K fresh seeds; the winner by the median")
     p.add_argument("--confirm-top", type=int, default=3, metavar="N", help="how many configs --confirm-seeds re-runs")
     p.add_argument("--seed", type=int, default=0, help="seed of the search's sampling")
+    p.add_argument("--metric", help="progress-row key to maximise instead of the example's target, e.g. custom/success "
+                                    "(an info_metrics key) or evaluation/episode_return_mean")
+    p.add_argument("--threshold", type=float, help="the value --metric must reach for a trial to count as reached")
     p.add_argument("--logdir", help="the search's directory (default runs/tune_ALGO_ENV_TIME)")
     p.add_argument("--resume", action="store_true", help="continue the search in --logdir")
     return p.parse_args(argv)
@@ -114,7 +118,8 @@ def build(args: argparse.Namespace):  # -> (SearchOptions, Experiment, config cl
         overrides=parse_sets(args.set), scheduler=args.scheduler, search_alg=algo_alg[args.search_alg],
         num_samples=args.num_samples, cpus_per_trial=args.cpus_per_trial, confirm_seeds=args.confirm_seeds,
         confirm_top=args.confirm_top, perturbation_interval=args.perturbation_interval,
-        stop_env_steps=args.stop_timesteps, seed=args.seed, address=args.address, num_cpus=args.num_cpus)
+        stop_env_steps=args.stop_timesteps, seed=args.seed, address=args.address, num_cpus=args.num_cpus,
+        metric=args.metric, threshold=args.threshold)
     prepare(options, exp, config_class)  # every check before a directory is made
     _require_tune()
     os.makedirs(directory, exist_ok=True)
@@ -139,17 +144,26 @@ def run(args: argparse.Namespace, options, exp, config_class) -> int:
           f"{', '.join(sorted(options.search))}; logs in {options.directory}", flush=True)
     from rlfleet.scripts.tools.search import parse_search, schedule_note
 
-    note = schedule_note({**exp.config, **options.overrides},
-                         parse_search(options.search, config_class, {**exp.config, **options.overrides, "env": exp.env},
-                                      source=options.source))
+    from rlfleet.rl.progress import count_bar
+
+    specs = parse_search(options.search, config_class, {**exp.config, **options.overrides, "env": exp.env},
+                         source=options.source)
+    note = schedule_note({**exp.config, **options.overrides}, specs)
     if note:
         print(f"[search] {note}", flush=True)
+    # on a terminal, a bar over the trials (each grid point runs num_samples times), with an ETA
+    grid = math.prod(len(spec.args) for spec in specs.values() if spec.kind == "grid")
+    bar = count_bar(options.num_samples * grid, unit=" trials", desc="search")
     try:
         outcome = run_search(options, exp, config_class, resume=args.resume,
-                             echo=lambda line: print(line, flush=True))
+                             echo=bar.write if bar is not None else lambda line: print(line, flush=True),
+                             on_trial_end=(lambda: bar.update(1)) if bar is not None else None)
     except KeyboardInterrupt:
         print(f"tune.py: interrupted; continue with --resume --logdir {options.directory}", file=sys.stderr)
         return 130
+    finally:
+        if bar is not None:
+            bar.close()
     print(outcome.table)
     print(f"[search] {len(outcome.ranked)} trials in {time.perf_counter() - started:.0f} s; results in "
           f"{options.directory}/results.md")

@@ -348,3 +348,33 @@ class StallingGeneratorFactory:
 
     def make_connector(self):
         return self.inner.make_connector()
+
+
+# -- callbacks (tests/rl/test_callbacks.py), importable by name in Ray workers -----------
+from rlfleet.rl.callbacks import Callbacks  # noqa: E402
+
+
+class Recorder(Callbacks):
+    """Records the driver-side hooks it sees, and adds a key to each progress row."""
+
+    calls: list = []
+
+    def on_train_result(self, *, algorithm: Any, result: dict) -> None:
+        result["custom_key"] = result["iteration"] * 10
+        Recorder.calls.append(("result", result["iteration"]))
+
+    def on_checkpoint(self, *, algorithm: Any, path: str) -> None:
+        Recorder.calls.append(("checkpoint", os.path.basename(path)))
+
+    def on_run_end(self, *, algorithm: Any, result: dict) -> None:
+        Recorder.calls.append(("end", result.get("iteration")))
+
+
+class EpisodeCounter(Callbacks):
+    """Counts the episodes its runner ends, one line each in a file of its own per runner
+    process, in the directory named by $RLFLEET_TEST_COUNT_DIR."""
+
+    def on_episode_end(self, *, episode: Any) -> None:
+        path = os.path.join(os.environ["RLFLEET_TEST_COUNT_DIR"], f"runner-{episode.runner_index}-{os.getpid()}")
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"{episode.length}\n")

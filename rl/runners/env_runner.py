@@ -20,6 +20,7 @@ import tree
 
 from rlfleet.envs import ContractCheckWrapper, RecreateOnError, make_env_creator, probe_env
 from rlfleet.envs.vector import AsyncVectorEnv, CheckedVectorEnv
+from rlfleet.rl.callbacks import EpisodeHooks, load_callbacks
 from rlfleet.rl.config import ConfigError, ControlConfig
 from rlfleet.rl.connectors import MeanStdFilter
 from rlfleet.envs import EnvContractError
@@ -70,6 +71,8 @@ class EnvRunner:
         normalize_obs: bool = False,
         env_error_retries: int = 3,
         max_failed_episodes: int = 20,
+        callbacks: list | None = None,
+        info_metrics: dict[str, str] | None = None,
     ) -> None:
         self.index, self.fragment_length, self.num_envs = index, fragment_length, num_envs
         self.env_name = env_name
@@ -91,6 +94,10 @@ class EnvRunner:
         # A policy with memory: each sub-env's recurrent state, carried from one fragment
         # to the next and zeroed where an episode starts (rl/core.py, "Memory").
         self.state = np.zeros((num_envs, self.policy.state_size), np.float32) if self.policy.state_size else None
+        # the callbacks' episode hooks and info_metrics (rl/callbacks.py); None: nothing to call per step
+        hooks = load_callbacks(callbacks or [])
+        self.hooks = (EpisodeHooks(hooks, info_metrics or {}, num_envs=num_envs, runner_index=index)
+                      if EpisodeHooks.wanted(hooks, info_metrics or {}) else None)
 
     def _check_mask(self, obs: Any, episode_steps: np.ndarray) -> Any:
         """Refuse an observation to act in whose action mask leaves no legal action."""
@@ -132,8 +139,9 @@ class EnvRunner:
         final_states: list[np.ndarray] = []  # with memory: the state after each of those last steps
         memory = self.state is not None
         state_in = np.zeros((T, B, self.state.shape[1]), np.float32) if memory else None
-        returns, lengths = [], []
+        returns, lengths, episode_metrics = [], [], []
         num_env_errors = 0
+        hooks = self.hooks
         for t in range(T):
             obs_list.append(self.obs)
             is_first[t] = self.is_first
@@ -155,6 +163,9 @@ class EnvRunner:
             rewards[t], terminated[t], truncated[t] = step.rewards, term, trunc
             self.ep_return += step.rewards
             self.ep_length += 1
+            if hooks is not None:
+                for i in range(B):
+                    hooks.step(i, step.rewards[i], step.info_of(i))
             done = term | trunc
             self.is_first = done
             if done.any():
@@ -164,6 +175,9 @@ class EnvRunner:
                 kept = ids[~failed[ids]]  # an episode cut by a simulator crash is dropped
                 returns += self.ep_return[kept].tolist()
                 lengths += self.ep_length[kept].tolist()
+                if hooks is not None:
+                    ended = {int(i): hooks.end(int(i)) for i in ids}
+                    episode_metrics += [ended[int(i)] for i in kept]
                 self.ep_return[ids] = 0.0
                 self.ep_length[ids] = 0
                 cut = np.flatnonzero(trunc & ~term)
@@ -190,7 +204,8 @@ class EnvRunner:
             batch["next_values"] = self._next_values(extras["values"], terminated, final_obs, final_states)
         return Fragment(batch, returns, lengths, T * B, self.weights_version, self.index, num_env_errors, final_obs,
                         sample_time_s=time.perf_counter() - started,
-                        connector_delta=self.filter.pop_delta() if self.filter is not None else None)
+                        connector_delta=self.filter.pop_delta() if self.filter is not None else None,
+                        episode_metrics=episode_metrics)
 
     def _next_values(self, values: np.ndarray, terminated: np.ndarray, final_obs: list,
                      final_states: list) -> np.ndarray:
@@ -301,6 +316,8 @@ class EnvRunnerFactory(ControlRunnerFactory):
     its spaces; its runners are :class:`EnvRunner`s, which act without torch."""
 
     memory = True
+    episode_hooks = True
+    """Its runners call the callbacks' episode hooks and gather ``info_metrics``."""
 
     def __init__(self, config: ControlConfig, *, adapt_spec: Callable[[ModuleSpec], Any] = lambda spec: spec) -> None:
         super().__init__(config)
@@ -325,6 +342,8 @@ class EnvRunnerFactory(ControlRunnerFactory):
             num_envs=num_envs, fragment_length=c.rollout_fragment_length, seed=seed, index=index,
             vectorize_mode=c.vectorize_mode, normalize_obs=c.normalize_obs, env_error_retries=c.env_error_retries,
             max_failed_episodes=c.max_failed_episodes,
+            # the evaluation runner (index -1) counts no episodes for the training's metrics
+            callbacks=c.callbacks if index >= 0 else None, info_metrics=c.info_metrics if index >= 0 else None,
         )
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from rlfleet.rl.checkpoint import BEST_METRIC, remove_checkpoint
 from rlfleet.rl.config import ConfigError, closest
 
 EXPERIMENT_KEYS = ("algo", "env", "tags", "config", "stop", "pass", "search", "description")
@@ -142,16 +143,22 @@ def run_until(
     checkpoint_every: int = 0,
 ) -> dict[str, Any]:
     """Call ``algo.train()`` until ``stop`` holds; checkpoint every N iterations and at the
-    end (also on Ctrl-C or SIGTERM, so an interrupted run can be resumed)."""
+    end (also on Ctrl-C or SIGTERM, so an interrupted run can be resumed).
+
+    ``checkpoint_dir`` (``LOGDIR/checkpoint``) always holds the latest checkpoint. Beside it,
+    with the config's ``keep_checkpoints: N``, ``checkpoints/iteration-<k>/`` keeps the last N
+    written, and with ``checkpoint_best``, ``checkpoint_best/`` is rewritten at each iteration
+    whose ``evaluation/episode_return_mean`` beats the best so far (kept across restores)."""
     result: dict[str, Any] = {}
     interrupted = False
     first_iteration = algo.iteration
+    checkpoints = _Checkpoints(algo, checkpoint_dir) if checkpoint_dir else None
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         while not result or not stop.done(result):
             result = algo.train()
-            if checkpoint_dir and checkpoint_every and result["iteration"] % checkpoint_every == 0:
-                algo.save(checkpoint_dir)
+            if checkpoints is not None:
+                checkpoints.after(result, due=bool(checkpoint_every) and result["iteration"] % checkpoint_every == 0)
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -159,16 +166,57 @@ def run_until(
         # Ask the algorithm, not the last result: Ctrl-C can land after an iteration finished
         # (its line printed) but before train() returned it.
         trained = algo.checkpointed_progress()["counters"]["iteration"] > first_iteration
-        if checkpoint_dir and trained:
-            algo.save(checkpoint_dir)
+        if checkpoints is not None and trained:
+            checkpoints.write()
     summary = dict(result)
     # what the checkpoint holds: the last finished iteration, also when one was cut
     counters = algo.checkpointed_progress()["counters"]
     summary.update(iteration=counters["iteration"], env_steps=counters["env_steps"])
     summary["reached"] = stop.reached(result) if result else False
     summary["interrupted"] = interrupted
-    summary["checkpoint"] = os.path.join(checkpoint_dir, "checkpoint.pt") if checkpoint_dir and trained else None
+    summary["checkpoint"] = checkpoint_dir if checkpoint_dir and trained else None
     return summary
+
+
+class _Checkpoints:
+    """Where run_until writes checkpoints: the latest, the last ``keep_checkpoints`` and the
+    best evaluation's, each written from one ``get_state``."""
+
+    def __init__(self, algo: Any, latest: str) -> None:
+        root = os.path.dirname(os.path.abspath(latest))
+        self.algo, self.latest = algo, latest
+        self.keep = algo.config.keep_checkpoints
+        self.history = os.path.join(root, "checkpoints")
+        self.best_dir = os.path.join(root, "checkpoint_best") if algo.config.checkpoint_best else None
+        self.best = float(algo.checkpointed_progress()["counters"].get("best_evaluation_return", math.nan))
+
+    def after(self, result: dict[str, Any], *, due: bool) -> None:
+        """After an iteration: the latest (and a kept copy) when ``due``, the best when it improved."""
+        value = result.get(BEST_METRIC)
+        improved = (self.best_dir is not None and isinstance(value, (int, float)) and not math.isnan(value)
+                    and not value <= self.best)  # (a NaN best compares False: the first evaluation sets it)
+        if improved:
+            self.best = self.algo.best_evaluation_return = float(value)  # held by every checkpoint from now on
+        if due:
+            self.write(also_best=improved)
+        elif improved:
+            self.algo.save(self.best_dir)
+
+    def write(self, *, also_best: bool = False) -> None:
+        """The latest checkpoint, its kept copy, and the best one too when ``also_best``."""
+        copies = []
+        iteration = self.algo.checkpointed_progress()["counters"]["iteration"]
+        if self.keep:
+            copies.append(os.path.join(self.history, f"iteration-{iteration}"))
+        if also_best:
+            copies.append(self.best_dir)
+        self.algo.save(self.latest, copies=copies)
+        if self.keep:
+            kept = {int(name.split("-", 1)[1]): name for name in os.listdir(self.history)
+                    if name.startswith("iteration-") and name.split("-", 1)[1].isdigit()}
+            # the newest N, and none past this iteration (left by a run this one was restored before)
+            for k in [k for k in kept if k > iteration] + sorted(k for k in kept if k <= iteration)[:-self.keep]:
+                remove_checkpoint(os.path.join(self.history, kept[k]))
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:

@@ -41,6 +41,10 @@ class SeedResult:
     env_steps: int
     seconds: float
     exit_code: int
+    curve: list[tuple[int, float, float]] = dataclasses.field(default_factory=list, repr=False)
+    """(env_steps, time_s, value of the pass metric) of each progress row with a value, for
+    ``run_regression.py --plot``: the run's logdir is gone once it ends. Not in the results
+    JSON (a baseline stays one line per seed)."""
 
 
 def find_examples(patterns: list[str], root: str, tag: str | None) -> list[str]:
@@ -91,6 +95,8 @@ def run_seed(exp: Experiment, seed: int, train_command: list[str], overrides: li
         tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
         print(f"    seed {seed}: run failed (exit {proc.returncode}): {tail}", flush=True)
         return SeedResult(seed, False, None, None, None, 0, 0.0, proc.returncode)
+    curve = [(r["env_steps"], r["time_s"], r[target.metric]) for r in rows
+             if isinstance(r.get(target.metric), (int, float)) and not isinstance(r[target.metric], bool)]
     first = next((r for r in rows if target.reached(r)), None)
     reached = first is not None and (target.env_steps is None or first["env_steps"] <= target.env_steps) and (
         target.time_s is None or first["time_s"] <= target.time_s)
@@ -98,7 +104,7 @@ def run_seed(exp: Experiment, seed: int, train_command: list[str], overrides: li
     return SeedResult(
         seed, reached, _last_value(rows, target.metric),
         first["env_steps"] if first else None, round(first["time_s"], 3) if first else None,
-        last["env_steps"], round(last["time_s"], 3), proc.returncode,
+        last["env_steps"], round(last["time_s"], 3), proc.returncode, curve,
     )
 
 
@@ -139,7 +145,7 @@ def summarise(path: str, results: list[SeedResult]) -> dict[str, Any]:
     return {
         "passed": all(r.reached for r in results),
         "seeds_passed": sum(r.reached for r in results),
-        "seeds": [dataclasses.asdict(r) for r in results],
+        "seeds": [{k: v for k, v in dataclasses.asdict(r).items() if k != "curve"} for r in results],
         "median_final_return": _median([r.final_return for r in results]),
         "median_env_steps_to_threshold": _median([r.env_steps_to_threshold for r in results]),
         "median_seconds_to_threshold": _median([r.seconds_to_threshold for r in results]),

@@ -29,7 +29,8 @@ from typing import Any, Callable
 
 import yaml
 
-from rlfleet.rl.config import AlgorithmConfig, ConfigError, closest, lr_over_schedule, parse_key_values
+from rlfleet.rl.config import AlgorithmConfig, ConfigError, closest, lr_over_schedule
+from rlfleet.rl.config_values import parse_key_values
 from rlfleet.scripts.tools.experiment import Criteria
 
 SPEC_KINDS = ("choice", "grid", "uniform", "loguniform", "randint")

@@ -148,6 +148,8 @@ class SearchOptions:
     seed: int = 0
     address: str | None = None
     num_cpus: int | None = None
+    metric: str | None = None  # --metric: the score's progress-row key instead of the example's
+    threshold: float | None = None  # --threshold: what that key must reach
 
     def save(self) -> None:
         _atomic(os.path.join(self.directory, "search.json"), lambda f: json.dump(dataclasses.asdict(self), f, indent=1))
@@ -192,7 +194,8 @@ _SETTING_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "confirm_seeds": ((int,), "an integer"), "confirm_top": ((int,), "an integer"),
     "perturbation_interval": ((int, type(None)), "an integer"), "stop_env_steps": ((int, type(None)), "an integer"),
     "seed": ((int,), "an integer"), "address": ((str, type(None)), "an address"),
-    "num_cpus": ((int, type(None)), "an integer"),
+    "num_cpus": ((int, type(None)), "an integer"), "metric": ((str, type(None)), "a progress-row key"),
+    "threshold": ((int, float, type(None)), "a number"),
 }
 
 
@@ -241,6 +244,10 @@ def prepare(options: SearchOptions, exp: Experiment,
     target = exp.pass_criteria
     if target.episode_return_mean is None:
         target = dataclasses.replace(target, episode_return_mean=exp.stop.episode_return_mean)
+    if options.metric:  # a custom/<key> of info_metrics or a callback, an evaluation/* key, ...
+        target = dataclasses.replace(target, metric=options.metric, episode_return_mean=options.threshold)
+    elif options.threshold is not None:
+        raise ConfigError("--threshold needs --metric (the key it applies to)")
     interval = options.perturbation_interval or (stop.env_steps // 10 if stop.env_steps else None)
     checkpoint_steps = interval if options.scheduler == "pbt" else max(1, (stop.env_steps or 200_000) // 10)
     return TrialSetup(config_class, base, specs, stop, target, os.path.abspath(options.directory),
@@ -248,13 +255,13 @@ def prepare(options: SearchOptions, exp: Experiment,
 
 
 def run_search(options: SearchOptions, exp: Experiment, config_class: type[AlgorithmConfig], *, resume: bool,
-               echo: Callable[[str], None] = print) -> SearchOutcome:
+               echo: Callable[[str], None] = print, on_trial_end: Callable[[], None] | None = None) -> SearchOutcome:
     import functools
 
     from rlfleet.runtime import tune
 
     setup, specs = prepare(options, exp, config_class)
-    live = _LiveCount(setup, echo)
+    live = _LiveCount(setup, echo, on_trial_end)
     records = tune.run_search(
         functools.partial(run_trial, setup), directory=setup.directory,
         specs={k: (s.kind, s.args) for k, s in specs.items()}, metric=SCORE, time_attr="env_steps",
@@ -309,8 +316,9 @@ class _LiveCount:
     """The console side of a search: a line per started and finished trial, with the count
     of running, done and failed trials and the best so far."""
 
-    def __init__(self, setup: TrialSetup, echo: Callable[[str], None]) -> None:
-        self.setup, self.echo = setup, echo
+    def __init__(self, setup: TrialSetup, echo: Callable[[str], None],
+                 on_trial_end: Callable[[], None] | None = None) -> None:
+        self.setup, self.echo, self.on_trial_end = setup, echo, on_trial_end
         self.running: set[str] = set()
         self.finished: dict[str, TrialSummary] = {}
 
@@ -328,6 +336,8 @@ class _LiveCount:
         failed = sum(1 for s in self.finished.values() if s.status == "failed")
         self.echo(f"[search] trial {trial_id} {_outcome(summary)}: {shown} | running {len(self.running)}, "
                   f"done {len(self.finished) - failed}, failed {failed}, best {best.trial_id} ({_outcome(best)})")
+        if self.on_trial_end is not None:
+            self.on_trial_end()
 
 
 def _confirm(options: SearchOptions, setup: TrialSetup, top: list[TrialSummary],

@@ -38,17 +38,12 @@ from typing import Any, Callable
 import numpy as np
 import tree
 
-from rlfleet.rl.checkpoint import CheckpointError, checkpoint_file
+from rlfleet.rl.checkpoint import CheckpointError, checkpoint_stamp
 from rlfleet.rl.config import closest
 from rlfleet.rl.inference import Policy, parse_observations, to_json
 from rlfleet.runtime.base import BadRequest
 
 logger = logging.getLogger(__name__)
-
-
-def _stamp(path: str) -> tuple[int, int, int]:
-    st = os.stat(path)
-    return st.st_ino, st.st_mtime_ns, st.st_size  # the inode: a file renamed over it (an atomic save)
 
 
 def _check_keys(body: Any, allowed: tuple[str, ...], required: tuple[str, ...], usage: str) -> None:
@@ -79,18 +74,21 @@ class _Followed:
     (the same bytes would fail the same way). A file that stays unloadable is logged once."""
 
     def __init__(self, checkpoint: str, load: Callable[[str], Any]) -> None:
-        self.path = checkpoint_file(checkpoint)
+        self.path = os.path.abspath(checkpoint)
         self.load = load
         self.lock = threading.Lock()
-        self.stamp = _stamp(self.path) if os.path.exists(self.path) else None
+        try:
+            self.stamp: tuple[int, ...] | None = checkpoint_stamp(self.path)
+        except OSError:
+            self.stamp = None
         self.current = load(self.path)
-        self.failed: tuple[tuple[int, int, int], str] | None = None  # (stamp, why) of the last failed poll
-        self.reported: tuple[int, int, int] | None = None  # the stamp whose failure was logged
+        self.failed: tuple[tuple[int, ...], str] | None = None  # (stamp, why) of the last failed poll
+        self.reported: tuple[int, ...] | None = None  # the stamp whose failure was logged
 
     def reload(self) -> bool:
         with self.lock:
             try:
-                stamp = _stamp(self.path)
+                stamp = checkpoint_stamp(self.path)
             except OSError as e:
                 raise BadRequest(f"reload failed, still serving the loaded weights: {self.path}: {e.strerror}") from None
             try:
@@ -104,7 +102,7 @@ class _Followed:
         """Load the file if it changed since it was loaded; whether it did."""
         with self.lock:
             try:
-                stamp = _stamp(self.path)
+                stamp = checkpoint_stamp(self.path)
             except OSError:
                 return False
             if stamp == self.stamp:
@@ -123,7 +121,7 @@ class _Followed:
             self._swap(loaded, stamp)
             return True
 
-    def _swap(self, loaded: Any, stamp: tuple[int, int, int]) -> None:
+    def _swap(self, loaded: Any, stamp: tuple[int, ...]) -> None:
         self.current, self.stamp = loaded, stamp  # one assignment: a batch in flight keeps its reference
         self.failed = self.reported = None
 

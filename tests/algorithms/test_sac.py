@@ -181,4 +181,4 @@ def test_pendulum_cli_run_with_defaults(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "evaluation: return" in proc.stdout and "done: 4 iterations, 256 env steps" in proc.stdout, proc.stdout
-    assert (tmp_path / "run" / "checkpoint" / "checkpoint.pt").is_file()
+    assert (tmp_path / "run" / "checkpoint" / "model.safetensors").is_file()

@@ -1,7 +1,9 @@
 """Checkpoints: a restore reproduces the saved algorithm exactly, bad files fail with a
-CheckpointError naming the path, and a save killed midway leaves the previous one intact."""
+CheckpointError naming the path, and a save killed midway leaves the previous one intact
+(the format itself, sharing and the run loop's copies: test_checkpoint_format.py)."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +15,7 @@ import pytest
 import torch
 
 from rlfleet.algorithms.ppo import PPOConfig
-from rlfleet.rl.checkpoint import FILENAME, CheckpointError, load_checkpoint
+from rlfleet.rl.checkpoint import OLD, STATE, TRAINER, WEIGHTS, CheckpointError, load_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -91,7 +93,7 @@ def saved(tmp_path_factory):
     for _ in range(3):
         algo.train()
     written = algo.save(path)
-    assert written == os.path.join(path, FILENAME) and os.path.isfile(written)
+    assert written == path and all(os.path.isfile(os.path.join(path, f)) for f in (STATE, WEIGHTS, TRAINER))
     yield algo, path
     algo.stop()
 
@@ -188,31 +190,56 @@ def _empty(src, dst):
     open(dst, "wb").close()
 
 
-def _foreign_torch_file(src, dst):
-    torch.save({"weights": torch.zeros(3)}, dst)
+def _foreign_file(src, dst):
+    """The same kind of file, from something else: a torch file, JSON or safetensors."""
+    if dst.endswith(".pt"):
+        torch.save({"weights": torch.zeros(3)}, dst)
+    elif dst.endswith(".json"):
+        open(dst, "w").write('{"weights": [0, 0, 0]}')
+    else:
+        import safetensors.torch
+
+        safetensors.torch.save_file({"weights": torch.zeros(3)}, dst)
 
 
-@pytest.mark.parametrize("corrupt", [_truncated, _random_bytes, _empty, _foreign_torch_file])
-def test_corrupt_checkpoint_is_a_checkpoint_error_naming_the_file(saved, tmp_path, corrupt):
+@pytest.mark.parametrize("name", [STATE, WEIGHTS, TRAINER])
+@pytest.mark.parametrize("corrupt", [_truncated, _random_bytes, _empty, _foreign_file])
+def test_corrupt_checkpoint_is_a_checkpoint_error_naming_the_file(saved, tmp_path, corrupt, name):
     _, path = saved
     bad_dir = tmp_path / "bad"
-    bad_dir.mkdir()
-    bad_file = bad_dir / FILENAME
-    corrupt(os.path.join(path, FILENAME), str(bad_file))
-    with pytest.raises(CheckpointError, match="corrupt checkpoint") as err:
-        load_checkpoint(str(bad_dir))
-    assert str(bad_file) in str(err.value)
-    assert "\n" not in str(err.value)  # one line, fit for the CLI's stderr
+    shutil.copytree(path, bad_dir)
+    bad_file = str(bad_dir / name)
+    corrupt(os.path.join(path, name), bad_file)
+    if name != TRAINER:  # trainer.pt is read by a restore only
+        with pytest.raises(CheckpointError, match="corrupt checkpoint") as err:
+            load_checkpoint(str(bad_dir))
+        assert bad_file in str(err.value)
+        assert "\n" not in str(err.value)  # one line, fit for the CLI's stderr
+    else:
+        assert load_checkpoint(str(bad_dir))["counters"]["iteration"] == 3
 
     algo = build()
     try:
         before = counters(algo)
         with pytest.raises(CheckpointError, match="corrupt checkpoint") as err:
             algo.restore(str(bad_dir))
-        assert str(bad_file) in str(err.value)
+        assert bad_file in str(err.value) and "\n" not in str(err.value)
         assert counters(algo) == before
     finally:
         algo.stop()
+
+
+def test_files_of_two_saves_in_one_directory_are_refused(saved, tmp_path):
+    # A directory copied over another by hand, caught halfway: its files are of two saves.
+    algo, path = saved
+    other = str(tmp_path / "other")
+    algo.save(other)
+    mixed = tmp_path / "mixed"
+    shutil.copytree(path, mixed)
+    shutil.copy(os.path.join(other, WEIGHTS), mixed / WEIGHTS)
+    with pytest.raises(CheckpointError, match="from another save") as err:
+        load_checkpoint(str(mixed))
+    assert str(mixed / WEIGHTS) in str(err.value)
 
 
 def test_missing_checkpoint_directory_names_the_path(tmp_path):
@@ -231,7 +258,7 @@ def test_restore_accepts_the_file_as_well_as_the_directory(saved):
     algo, path = saved
     fresh = build()
     try:
-        fresh.restore(os.path.join(path, FILENAME))
+        fresh.restore(os.path.join(path, STATE))
         assert_same(module_state(algo), module_state(fresh), "module")
     finally:
         fresh.stop()
@@ -269,42 +296,60 @@ def test_restore_into_a_different_model_is_a_checkpoint_error(saved):
 
 KILLED_SAVE = textwrap.dedent(
     """
-    import io, os, shutil, sys, time
+    import os, shutil, sys, time
     sys.path.insert(0, {repo!r})
-    import torch
     from rlfleet.algorithms.ppo import PPOConfig
+    from rlfleet.rl import checkpoint
 
-    ckpt, reference, marker = sys.argv[1:4]
+    ckpt, reference, marker, where = sys.argv[1:5]
     algo = PPOConfig(**{config!r}).build()
     algo.train()
     algo.save(ckpt)
-    shutil.copyfile(os.path.join(ckpt, "checkpoint.pt"), reference)
+    shutil.copytree(ckpt, reference)
     algo.train()  # the second checkpoint would hold other weights and counters
 
-    real_save = torch.save  # what rl/checkpoint.py calls (it imports torch when it saves)
-
-    def slow_save(obj, f, *args, **kwargs):
-        buf = io.BytesIO()
-        real_save(obj, buf, *args, **kwargs)
-        data = buf.getvalue()
-        f.write(data[: len(data) // 2])
-        f.flush()
-        os.fsync(f.fileno())
+    def stall():
         open(marker, "w").close()
         time.sleep(120)  # killed here
-        f.write(data[len(data) // 2 :])
 
-    torch.save = slow_save
+    if where == "mid-write":  # half of the weights file written into the new directory
+        real_write = checkpoint._write_file
+
+        def write(path, data):
+            if path.endswith("model.safetensors"):
+                with open(path, "wb") as f:
+                    f.write(data[: len(data) // 2])
+                    f.flush()
+                    os.fsync(f.fileno())
+                stall()
+            real_write(path, data)
+
+        checkpoint._write_file = write
+    else:  # between the renames: the old directory moved away, the new one not yet in
+        real_rename, renames = os.rename, []
+
+        def rename(src, dst):
+            renames.append(dst)
+            if len(renames) == 2:
+                stall()
+            real_rename(src, dst)
+
+        checkpoint.os.rename = rename
     algo.save(ckpt)
     """
 )
 
 
-def test_save_killed_midway_leaves_the_previous_checkpoint(tmp_path):
-    ckpt, reference, marker = tmp_path / "ckpt", tmp_path / "reference.pt", tmp_path / "second-save-started"
+def _tree(path):
+    return {name: open(os.path.join(path, name), "rb").read() for name in sorted(os.listdir(path))}
+
+
+@pytest.mark.parametrize("where", ["mid-write", "between-renames"])
+def test_save_killed_midway_leaves_the_previous_checkpoint(tmp_path, where):
+    ckpt, reference, marker = tmp_path / "ckpt", tmp_path / "reference", tmp_path / "second-save-started"
     script = tmp_path / "killed_save.py"
     script.write_text(KILLED_SAVE.format(repo=REPO, config=SMALL))
-    proc = subprocess.Popen([sys.executable, str(script), str(ckpt), str(reference), str(marker)],
+    proc = subprocess.Popen([sys.executable, str(script), str(ckpt), str(reference), str(marker), where],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
@@ -323,18 +368,23 @@ def test_save_killed_midway_leaves_the_previous_checkpoint(tmp_path):
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
 
-    # checkpoint.pt is byte for byte the first checkpoint, never the half-written second.
-    assert (ckpt / FILENAME).read_bytes() == reference.read_bytes()
+    # The checkpoint read is byte for byte the first, never the half-written second: the
+    # directory itself, or (killed between the renames) the .old one that loaders fall back to.
+    if where == "mid-write":
+        assert _tree(ckpt) == _tree(reference)
+    else:
+        assert not ckpt.exists() and _tree(str(ckpt) + OLD) == _tree(reference)
     state = load_checkpoint(str(ckpt))
     assert state["counters"]["iteration"] == 1 and state["counters"]["env_steps"] == 32
     algo = build()
     try:
         algo.restore(str(ckpt))
-        assert_same(torch.load(reference, weights_only=True)["learner"]["module"], module_state(algo), "module")
+        assert_same(load_checkpoint(str(reference))["learner"]["module"], module_state(algo), "module")
         assert (algo.iteration, algo.env_steps, algo.episodes) == (1, 32, state["counters"]["episodes"])
-        # A later save into the same directory still works despite the leftover partial file.
+        # A later save into the same place works and clears what the killed one left.
         algo.save(str(ckpt))
         assert load_checkpoint(str(ckpt))["counters"]["iteration"] == 1
+        assert sorted(os.listdir(tmp_path)) == sorted(["ckpt", "reference", "second-save-started", "killed_save.py"])
     finally:
         algo.stop()
 

@@ -98,14 +98,16 @@ def small_lm_ppo(**kw):
 
 
 def test_lm_ppo_checkpoints_carry_its_name_and_old_formats_are_refused_in_one_line(tmp_path):
+    from rlfleet.rl.checkpoint import load_checkpoint
+
     algo = small_lm_ppo().build()
     try:
         algo.train()
         path = algo.save(str(tmp_path / "ckpt"))
+        state = algo.get_state()
     finally:
         algo.stop()
-    state = torch.load(path, weights_only=False)
-    assert state["algo"] == "lm-ppo" and state["format"] == 2
+    assert load_checkpoint(path)["algo"] == "lm-ppo" and load_checkpoint(path)["format"] == 3
     restored = LMPPO.from_checkpoint(str(tmp_path / "ckpt"))
     restored.stop()
 
@@ -116,10 +118,10 @@ def test_lm_ppo_checkpoints_carry_its_name_and_old_formats_are_refused_in_one_li
     with pytest.raises(CheckpointError) as info:
         LMPPO.from_checkpoint(str(old))
     message = str(info.value)
-    assert "format 1" in message and "reads 2" in message and "\n" not in message
+    assert "old checkpoint" in message and "rlfleet convert-checkpoint" in message and "\n" not in message
 
 
 def test_the_rlfleet_command_names_an_unknown_subcommand():
     out = subprocess.run([sys.executable, "-m", "rlfleet.scripts.cli", "trian"], capture_output=True, text=True)
     assert out.returncode == 2
-    assert out.stderr.strip() == "rlfleet: error: unknown command 'trian'; did you mean 'train'? (choose from train, regression, serve, evaluate, export, tune)"
+    assert out.stderr.strip() == "rlfleet: error: unknown command 'trian'; did you mean 'train'? (choose from train, regression, serve, evaluate, export, tune, convert-checkpoint, plot)"

@@ -488,7 +488,7 @@ def test_ctrl_c_of_train_py_checkpoints_exits_130_and_leaves_no_ray_process(tmp_
         # Interrupted after at least one finished iteration: the checkpoint keeps it, and the
         # summary line reports what the checkpoint holds.
         done = out.strip().splitlines()[-1]
-        checkpoint = logdir / "checkpoint" / "checkpoint.pt"
+        checkpoint = logdir / "checkpoint"
         assert done.startswith("done: ") and done.endswith(f"; checkpoint {checkpoint}"), done
         counters = load_checkpoint(str(logdir / "checkpoint"))["counters"]
         assert counters["iteration"] >= 1 and counters["env_steps"] >= 1

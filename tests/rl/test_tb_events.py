@@ -55,7 +55,7 @@ def test_a_corrupted_record_is_dropped_by_tensorboards_crc_check(tmp_path):
 
 
 def test_the_logger_writes_numbers_only_and_skips_flags_and_non_finite_values(tmp_path):
-    logger = MetricsLogger(str(tmp_path), console=False)
+    logger = MetricsLogger(str(tmp_path), console=False, log=["tensorboard"])
     logger.log({"iteration": 1, "env_steps": 128, "episode_return_mean": float("nan"), "loss": 0.5,
                 "episode_window_full": True, "name": "x"})
     logger.close()

@@ -13,6 +13,8 @@ import textwrap
 
 import pytest
 
+from tests.cli_checks import one_line_error as check_one_line
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = os.path.join(REPO, "scripts", "train.py")
 TINY = ["--algo", "ppo", "--env", "CartPole-v1", "--set", "num_envs_per_runner=2", "--set", "rollout_fragment_length=16",
@@ -29,14 +31,7 @@ def finished(run):
 
 
 def one_line_error(run, *needles):
-    assert run.returncode == 2, run.stdout + run.stderr
-    assert "Traceback" not in run.stderr
-    lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1, f"stderr should be one line, got:\n{run.stderr}"
-    assert lines[0].startswith("train.py: error: "), lines[0]
-    for needle in needles:
-        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
-    return lines[0]
+    return check_one_line(run, "train.py", *needles)
 
 
 def snapshot(folder):

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from tests.cli_checks import one_line_error
 from tests.extras import needs_extra, require_extra
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -21,17 +22,6 @@ CARTPOLE = os.path.join(REPO, "tuned_examples", "ppo", "CartPole-v1.yaml")
 def script(name: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, os.path.join(REPO, "scripts", name), *args], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
-
-
-def one_line_error(run: subprocess.CompletedProcess, prefix: str, *needles: str) -> str:
-    assert run.returncode == 2, run.stdout + run.stderr
-    assert "Traceback" not in run.stderr, run.stderr
-    lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1, f"stderr should be one line, got:\n{run.stderr}"
-    assert lines[0].startswith(f"{prefix}: error: "), lines[0]
-    for needle in needles:
-        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
-    return lines[0]
 
 
 def snapshot(folder) -> dict[str, bytes]:

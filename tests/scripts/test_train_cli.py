@@ -145,7 +145,7 @@ def test_console_shows_one_line_per_iteration_and_a_summary(first_run):
     assert [int(line.split("|")[1].split()[1]) for line in lines] == [STEPS_PER_ITER * i for i in range(1, 9)]
     done = run.stdout.strip().splitlines()[-1]
     assert done.startswith("done: 8 iterations, 1024 env steps, ")
-    assert os.path.join(logdir, "checkpoint", "checkpoint.pt") in done
+    assert done.endswith(f"; checkpoint {os.path.join(logdir, 'checkpoint')}")
     assert "Traceback" not in run.stderr
 
 
@@ -238,7 +238,7 @@ def test_readme_python_api(tmp_path, monkeypatch):
     assert result["iteration"] == 3 and result["env_steps"] == 3 * 8 * 128  # the discrete family: 8 envs x 128 steps
     assert all(isinstance(v, (int, float)) for v in result.values()), result
     state = load_checkpoint("ckpt/")
-    assert os.path.isfile(tmp_path / "ckpt" / "checkpoint.pt")
+    assert os.path.isfile(tmp_path / "ckpt" / "model.safetensors")
     assert (state["counters"]["iteration"], state["counters"]["env_steps"]) == (3, 3072)
 
 
@@ -313,3 +313,22 @@ def test_print_config_shows_every_key_with_its_source_and_exits(tmp_path):
     assert rows["normalize_obs"].endswith("defaults for discrete")  # left to the spaces
     assert rows["vf_coef"].endswith(" default")
     assert not os.path.exists(tmp_path / "runs")  # nothing was trained or written
+
+
+def test_restoring_a_kept_copy_forks_a_new_run_and_leaves_its_run_as_it_was(tiny_yaml, tmp_path):
+    logdir = str(tmp_path / "run")
+    first = train("--config", tiny_yaml, "--logdir", logdir, "--quiet", "--checkpoint-every", "2",
+                  "--stop-timesteps", "1024", "--set", "keep_checkpoints=2")
+    assert first.returncode == 0, first.stderr
+    assert sorted(os.listdir(os.path.join(logdir, "checkpoints"))) == ["iteration-6", "iteration-8"]
+    before = {name: open(os.path.join(logdir, name), "rb").read() for name in ("progress.jsonl", "progress.csv")}
+    latest = open(os.path.join(logdir, "checkpoint", "model.safetensors"), "rb").read()
+    kept = os.path.join(logdir, "checkpoints", "iteration-6")
+    run = subprocess.run([sys.executable, TRAIN, "--config", tiny_yaml, "--restore", kept, "--stop-timesteps", "1024",
+                          "--quiet"], cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"restored {kept} at iteration 6" in run.stdout
+    [fork] = os.listdir(tmp_path / "runs")  # the default new run directory, under the working directory
+    assert [r["iteration"] for r in progress(tmp_path / "runs" / fork)] == [7, 8]
+    assert {name: open(os.path.join(logdir, name), "rb").read() for name in before} == before
+    assert open(os.path.join(logdir, "checkpoint", "model.safetensors"), "rb").read() == latest

@@ -6,6 +6,7 @@ trial twice."""
 from __future__ import annotations
 
 import json
+import re
 import math
 import os
 import signal
@@ -218,3 +219,36 @@ def test_a_search_over_memory_size_and_max_seq_len_trains_each_recurrent_trial(t
     best = validate(os.path.join(logdir, "best.yaml"), lambda algo, env: PPOConfig)
     assert best.config["memory"] == "gru" and best.config["memory_size"] in (8, 16)
     assert best.config["max_seq_len"] in (4, 16)
+
+
+def test_a_search_can_maximise_an_info_metric(tmp_path):
+    # tune.py --metric ranks trials by any progress-row key: here custom/success, the
+    # share of Corridor episodes that reach the end (info_metrics {success: last}).
+    example = tmp_path / "corridor.yaml"
+    example.write_text("algo: ppo\nenv: rlfleet/Corridor-v0\nconfig:\n  env_config: {length: 3, max_steps: 8}\n"
+                       "  info_metrics: {success: last}\n  num_envs_per_runner: 4\n  rollout_fragment_length: 16\n"
+                       "  minibatch_size: 32\n  metrics_smoothing_episodes: 20\nstop:\n  env_steps: 1024\n"
+                       "pass:\n  episode_return_mean: 0.9\n")
+    logdir = str(tmp_path / "search")
+    proc = subprocess.run([*TUNE, "--config", str(example), "--search", "lr={grid: [1.0e-3, 1.0e-5]}",
+                           "--num-samples", "1", "--num-cpus", "2", "--logdir", logdir, "--metric", "custom/success",
+                           "--threshold", "2"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]  # a share never reaches 2
+    with open(os.path.join(logdir, "results.csv"), encoding="utf-8") as f:
+        header, *table = [line.split(",") for line in f.read().splitlines()]
+    best = {line[header.index("trial")]: float(line[header.index("best_return")]) for line in table}
+    for trial, directory in trials(logdir).items():
+        progress = rows(os.path.join(directory, "run", "progress.jsonl"))
+        assert best[trial] == pytest.approx(max(r["custom/success"] for r in progress if "custom/success" in r))
+    assert [float(line[header.index("best_return")]) for line in table] == sorted(best.values(), reverse=True)
+
+
+def test_a_search_on_a_terminal_shows_a_bar_over_its_trials(tmp_path):
+    from tests.terminal import run_on_a_terminal
+
+    code, out = run_on_a_terminal([*TUNE, "--config", CARTPOLE, "--search", "lr={grid: [3.0e-3, 1.0e-5]}",
+                                   "--num-samples", "1", "--stop-timesteps", "1024", "--num-cpus", "2",
+                                   "--logdir", str(tmp_path / "search")])
+    assert code == 1, out[-2000:]
+    assert re.search(r"search: +100%\|.*\| 2/2 \[", out), out[-2000:]
+    assert "[search] 2 trials in" in out

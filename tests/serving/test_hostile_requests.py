@@ -74,14 +74,13 @@ def test_a_hostile_body_is_a_bad_request_in_one_line(body, message):
 
 @pytest.fixture(scope="module")
 def two_versions(tmp_path_factory):
-    """(the bytes of an older checkpoint, of a newer one) of the same run."""
-    path = tmp_path_factory.mktemp("versions") / "checkpoint"
+    """(a copy of an older checkpoint directory, of a newer one) of the same run."""
+    root = tmp_path_factory.mktemp("versions")
+    path = root / "checkpoint"
     train("ppo-cartpole", path, iterations=1)
-    with open(path / "checkpoint.pt", "rb") as f:
-        old = f.read()
+    old = shutil.copytree(path, root / "old")
     train("ppo-cartpole", path, iterations=2)
-    with open(path / "checkpoint.pt", "rb") as f:
-        new = f.read()
+    new = shutil.copytree(path, root / "new")
     return old, new
 
 
@@ -94,28 +93,29 @@ def versions(service: PolicyService) -> int:
 def test_watch_serves_the_loaded_weights_while_the_checkpoint_is_half_written_then_loads_it(two_versions, tmp_path):
     old, new = two_versions
     directory = tmp_path / "checkpoint"
-    directory.mkdir()
-    (directory / "checkpoint.pt").write_bytes(old)
+    shutil.copytree(old, directory)
     service = PolicyService(str(directory))
     before = versions(service)
-    with open(directory / "checkpoint.pt", "wb") as f:  # a copy in place, caught halfway
-        f.write(new[: len(new) // 2])
+    shutil.copy(new / "state.json", directory / "state.json")  # a copy in place, caught halfway
+    weights = (new / "model.safetensors").read_bytes()
+    with open(directory / "model.safetensors", "wb") as f:
+        f.write(weights[: len(weights) // 2])
     for _ in range(3):
         service.watch()  # does not raise, twice on the same half file included
         assert versions(service) == before
-    os.unlink(directory / "checkpoint.pt")  # a directory swapped for a new one: missing for a moment
+    shutil.rmtree(directory)  # a directory swapped for a new one: missing for a moment
     service.watch()
     assert versions(service) == before
-    (directory / "checkpoint.pt").write_bytes(new)
+    shutil.copytree(new, directory)
     service.watch()
     assert versions(service) == before + 1
 
 
 def test_watch_logs_a_checkpoint_that_stays_unloadable_once(two_versions, tmp_path, caplog):
     old, new = two_versions
-    (tmp_path / "checkpoint.pt").write_bytes(old)
-    service = PolicyService(str(tmp_path / "checkpoint.pt"))
-    (tmp_path / "checkpoint.pt").write_bytes(new[:100])
+    directory = shutil.copytree(old, tmp_path / "checkpoint")
+    service = PolicyService(str(directory / "state.json"))  # the directory named by its file
+    (directory / "model.safetensors").write_bytes((new / "model.safetensors").read_bytes()[:100])
     with caplog.at_level("WARNING", logger="rlfleet.scripts.tools.serving"):
         for _ in range(4):
             service.watch()
@@ -123,5 +123,6 @@ def test_watch_logs_a_checkpoint_that_stays_unloadable_once(two_versions, tmp_pa
     # asked for, a reload says why it failed (the request that asks is about reloading)
     with pytest.raises(BadRequest, match="reload failed, still serving the loaded weights: corrupt checkpoint"):
         service.reload()
-    shutil.copy(tmp_path / "checkpoint.pt", tmp_path / "copy.pt")  # the service read, never wrote
-    assert (tmp_path / "copy.pt").read_bytes() == new[:100]
+    # the service read, never wrote
+    assert (directory / "model.safetensors").read_bytes() == (new / "model.safetensors").read_bytes()[:100]
+    assert sorted(os.listdir(directory)) == sorted(os.listdir(old))

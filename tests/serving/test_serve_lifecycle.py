@@ -4,6 +4,7 @@ these live apart from test_serve.py's module-wide server)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -158,10 +159,10 @@ def test_watch_keeps_answering_while_a_new_checkpoint_is_half_written_then_serve
     all, by a poll: valid requests still get 200 from the loaded weights, and the new ones
     are served once the file is complete."""
     newer = train("ppo-cartpole", tmp_path / "newer", iterations=2)
-    with open(os.path.join(newer, "checkpoint.pt"), "rb") as f:
+    with open(os.path.join(newer, "model.safetensors"), "rb") as f:
         new = f.read()
     checkpoint = train("ppo-cartpole", tmp_path / "checkpoint", iterations=1)
-    file = os.path.join(checkpoint, "checkpoint.pt")
+    file = os.path.join(checkpoint, "model.safetensors")
     server, client = start(checkpoint, watch=True)
     try:
         old = client.request("GET", "/metadata")[1]["weights_version"]
@@ -178,8 +179,8 @@ def test_watch_keeps_answering_while_a_new_checkpoint_is_half_written_then_serve
         assert set(answers(2.5)) == {(200, old)}
         os.unlink(file)  # a directory swapped for a new one: the file missing for a moment
         assert set(answers(1.5)) == {(200, old)}
-        with open(file, "wb") as f:
-            f.write(new)
+        for name in ("trainer.pt", "model.safetensors", "state.json"):  # the copy completes, file by file
+            shutil.copy(os.path.join(newer, name), os.path.join(checkpoint, name))
         served = answers(2.5)
         assert {status for status, _ in served} == {200} and served[-1][1] == old + 1
     finally:
