@@ -290,5 +290,5 @@ def test_lr_over_an_earlier_schedule_scales_the_whole_schedule():
     # the family defaults fill fields no layer set: they come first, and scale nothing
     from rlfleet.algorithms.impala import IMPALAConfig
 
-    impala, picked = IMPALAConfig.layered([("x", {"lr_schedule": [[0, 1e-3], [10, 0.0]]})]).with_family_defaults("discrete")
-    assert picked["lr"] == 3e-4 and impala.lr_schedule == [[0, 1e-3], [10, 0.0]]
+    impala, picked = IMPALAConfig.layered([("x", {"lr_schedule": [[0, 2e-3], [10, 0.0]]})]).with_family_defaults("discrete")
+    assert picked["lr"] == 1e-3 and impala.lr_schedule == [[0, 2e-3], [10, 0.0]]

@@ -60,7 +60,8 @@ def test_dqn_and_impala_tables():
     assert (cfg.rollout_fragment_length, cfg.normalize_obs, cfg.normalize_rewards) == (50, True, True)
     assert (cfg.lr, cfg.num_epochs, cfg.entropy_coef) == (1e-3, 4, 0.0)
     cfg, _ = IMPALAConfig().with_family_defaults("discrete")
-    assert (cfg.lr, cfg.num_epochs, cfg.entropy_coef, cfg.normalize_obs) == (3e-4, 1, 0.01, False)
+    assert (cfg.lr, cfg.num_epochs, cfg.entropy_coef, cfg.normalize_obs, cfg.normalize_rewards) == (
+        1e-3, 4, 0.01, False, True)
 
 
 def test_a_run_reports_its_defaults_in_the_header_and_first_progress_row(tmp_path, capsys):
