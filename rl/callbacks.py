@@ -75,10 +75,6 @@ class Callbacks:
         ``result`` is the last iteration's row (empty if none finished)."""
 
 
-def _name(spec: Any) -> str:
-    return spec if isinstance(spec, str) else getattr(spec, "__qualname__", repr(spec))
-
-
 def check_callbacks(specs: list) -> None:
     """Each entry a Callbacks subclass or a ``module:Class`` name (imported later, where
     it runs: the user's module may register itself only in the runner's process)."""
@@ -101,9 +97,9 @@ def check_info_metrics(metrics: dict) -> None:
                               f"{', '.join(AGGREGATIONS)}{closest(str(how), AGGREGATIONS)}")
 
 
-def load_callbacks(specs: list) -> list[Callbacks]:
-    """One instance of each class in ``specs``; a name that does not import, or names no
-    Callbacks subclass, is one line (ConfigError)."""
+def callback_classes(specs: list) -> list[type[Callbacks]]:
+    """The classes ``specs`` name; a name that does not import, or names no Callbacks
+    subclass, is one line (ConfigError)."""
     out = []
     for spec in specs:
         cls = spec
@@ -116,10 +112,18 @@ def load_callbacks(specs: list) -> list[Callbacks]:
             except AttributeError:
                 raise ConfigError(f"callbacks: {spec!r}: module {module!r} has no {name!r}") from None
         check_callbacks([cls])
+        out.append(cls)
+    return out
+
+
+def load_callbacks(specs: list) -> list[Callbacks]:
+    """One instance of each class in ``specs`` (:func:`callback_classes`)."""
+    out = []
+    for cls in callback_classes(specs):
         try:
             out.append(cls())
         except TypeError as e:
-            raise ConfigError(f"callbacks: {_name(spec)} cannot be built without arguments: {e}") from None
+            raise ConfigError(f"callbacks: {cls.__qualname__} cannot be built without arguments: {e}") from None
     return out
 
 

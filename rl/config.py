@@ -273,6 +273,11 @@ class AlgorithmConfig:
         shipped = [module for module in map(import_user_module, self.user_modules) if shippable(module)]
         # and the module a registered creator or an env class comes from, when it is the user's own
         shipped += [m for m in user_code_modules(self.env) if m not in shipped]
+        # and the modules of the callbacks, whose episode hooks run in the runners
+        from rlfleet.rl.callbacks import callback_classes
+
+        for cls in callback_classes(self.callbacks):
+            shipped += [m for m in user_code_modules(cls) if m not in shipped]
         return "ray", {"address": self.address, "num_cpus": max(1, math.ceil(cpus)), "num_gpus": math.ceil(gpus),
                        "py_modules": shipped,
                        "include_dashboard": self.ray_dashboard, "lean": not self.ray_dashboard}

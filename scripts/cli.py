@@ -20,7 +20,9 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ("-h", "--help"):
-        print("usage: rlfleet {" + ",".join(COMMANDS) + "} [options]\n" + "\n".join(f"  {k:11s} {v}" for k, v in COMMANDS.items()))
+        width = max(map(len, COMMANDS))
+        print("usage: rlfleet {" + ",".join(COMMANDS) + "} [options]\n"
+              + "\n".join(f"  {k:{width}s} {v}" for k, v in COMMANDS.items()))
         return 0 if args else 2
     command, rest = args[0], args[1:]
     if command == "train":

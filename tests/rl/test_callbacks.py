@@ -5,6 +5,7 @@ runners to the progress rows."""
 from __future__ import annotations
 
 import json
+import textwrap
 import os
 
 import numpy as np
@@ -153,3 +154,24 @@ def test_a_callback_counts_the_episodes_of_two_ray_runners_as_the_progress_rows_
     counted = sum(len(open(count_dir / f).read().split()) for f in files)
     rows = [json.loads(line) for line in open(tmp_path / "run" / "progress.jsonl")]
     assert counted == rows[-1]["episodes_total"] == result["episodes_total"] > 0
+
+
+def test_a_callbacks_module_of_the_users_own_is_shipped_to_the_ray_workers(tmp_path, monkeypatch):
+    # a hooks module beside the user's script is on the driver's path, not on a remote
+    # node's: it goes to Ray's py_modules like an --import module (a class or its name alike)
+    (tmp_path / "my_hooks.py").write_text(textwrap.dedent("""
+        from rlfleet.rl.callbacks import Callbacks
+
+        class Ones(Callbacks):
+            def on_episode_end(self, *, episode):
+                episode.metrics["one"] = 1.0
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import my_hooks
+
+    for given in ("my_hooks:Ones", my_hooks.Ones):
+        kind, options = PPOConfig(env="CartPole-v1", num_env_runners=2, callbacks=[given]).runtime_request()
+        assert kind == "ray" and options["py_modules"] == [my_hooks]
+    # rlfleet's own (or an installed package's) is imported by the workers themselves
+    assert PPOConfig(env="CartPole-v1", num_env_runners=2,
+                     callbacks=["rlfleet.rl.callbacks:Callbacks"]).runtime_request()[1]["py_modules"] == []
