@@ -350,7 +350,7 @@ def test_reward_scale_scales_the_rewards_the_learner_sees(monkeypatch):
     ({"broadcast_interval": 0}, "broadcast_interval must be > 0, got 0"),
     ({"max_policy_lag": -1}, "max_policy_lag must be >= 0, got -1"),
     ({"vtrace_c_bar": 0.0}, "vtrace_rho_bar and vtrace_c_bar must be > 0, got 1.0, 0.0"),
-    ({"num_learners": 3, "num_envs_per_runner": 8}, "the learner batch's 16 envs (train_batch_fragments 2 x num_envs_per_runner 8) must divide "
+    ({"num_learners": 3, "num_envs_per_runner": 8, "train_batch_fragments": 2}, "the learner batch's 16 envs (train_batch_fragments 2 x num_envs_per_runner 8) must divide "
                           "by num_learners 3: each learner takes an equal share of the envs"),
 ])
 def test_config_errors_quote_the_numbers(overrides, message):

@@ -58,10 +58,10 @@ def test_dqn_and_impala_tables():
     cfg, _ = IMPALAConfig().with_family_defaults("continuous")
     # its own fragment length stays; the normalisers ride on its asynchronous requests
     assert (cfg.rollout_fragment_length, cfg.normalize_obs, cfg.normalize_rewards) == (50, True, True)
-    assert (cfg.lr, cfg.num_epochs, cfg.entropy_coef) == (1e-3, 4, 0.0)
+    assert (cfg.lr, cfg.num_epochs, cfg.entropy_coef, cfg.train_batch_fragments) == (1e-3, 4, 0.0, 4)
     cfg, _ = IMPALAConfig().with_family_defaults("discrete")
-    assert (cfg.lr, cfg.num_epochs, cfg.entropy_coef, cfg.normalize_obs, cfg.normalize_rewards) == (
-        1e-3, 4, 0.01, False, True)
+    assert (cfg.lr, cfg.num_epochs, cfg.entropy_coef, cfg.normalize_obs, cfg.normalize_rewards,
+            cfg.train_batch_fragments) == (1e-3, 4, 0.01, False, True, 2)
 
 
 def test_a_run_reports_its_defaults_in_the_header_and_first_progress_row(tmp_path, capsys):
