@@ -158,7 +158,7 @@ class MlflowLogger:
     own active MLflow run is left alone."""
 
     def __init__(self, logdir: str, config: dict[str, Any]) -> None:
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
         uri = os.environ.get("MLFLOW_TRACKING_URI")
@@ -182,7 +182,6 @@ class MlflowLogger:
         for i in range(0, len(params), 100):  # and on a batch
             self.client.log_batch(self.run_id, params=params[i:i + 100])
         self.client.log_dict(self.run_id, config, "config.json")
-        self._tag = RunTag
 
     def write(self, row: dict[str, Any]) -> None:
         from mlflow.entities import Metric
