@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from rlfleet.envs import import_user_module
+from rlfleet.envs import EnvCreator, import_user_module
 from rlfleet.rl.callbacks import CUSTOM, EpisodeHooks, load_callbacks, overrides
 from rlfleet.rl import checkpoint_state
 from rlfleet.rl.config import AlgorithmConfig, ConfigError
@@ -370,7 +370,9 @@ class Algorithm(abc.ABC):
             return None
         if not config.logdir:
             raise ConfigError("video_every writes into LOGDIR/videos: set logdir too")
-        if not hasattr(self.runner_factory, "env_creator"):
+        # what the recorder plays: a gymnasium env's creator (a multi-agent factory has a creator of
+        # PettingZoo envs under the same name, external and text envs none)
+        if not isinstance(getattr(self.runner_factory, "env_creator", None), EnvCreator):
             raise ConfigError(f"video_every is built for gymnasium envs only, not "
                               f"{getattr(self.runner_factory, 'kind', 'text')} envs yet; leave it 0")
         from rlfleet.rl.video import Recorder, VideoError

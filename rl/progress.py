@@ -38,13 +38,8 @@ class ProgressBar:
             self.key, total, unit = "iteration", None, " it"
         self.metric, self.target, self.done = metric, target, 0.0
         stream = sys.stdout if stream is None else stream
-        try:  # a pseudo-terminal without a window size reports 0 x 0: tqdm would draw nothing
-            size = os.get_terminal_size(stream.fileno())
-            width = {"dynamic_ncols": True} if size.columns and size.lines else {"ncols": 100, "nrows": 20}
-        except (AttributeError, OSError, ValueError):
-            width = {"ncols": 100, "nrows": 20}
         self.bar = tqdm(total=total, unit=unit, unit_scale=self.key == "env_steps", desc=desc, file=stream,
-                        leave=True, smoothing=0.1, **width)
+                        leave=True, smoothing=0.1, **_size(stream))
 
     def update(self, row: dict[str, Any]) -> None:
         now = float(row.get(self.key, 0.0))
@@ -79,4 +74,14 @@ def count_bar(total: int, *, unit: str, desc: str, stream: TextIO | None = None)
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, unit=unit, desc=desc, file=stream, ncols=100, nrows=20)
+    return tqdm(total=total, unit=unit, desc=desc, file=stream, **_size(stream))
+
+
+def _size(stream: TextIO) -> dict[str, Any]:
+    """tqdm's size options for ``stream``: follow the terminal, or a fixed 100 x 20 where a
+    pseudo-terminal reports 0 x 0 (as ``script`` gives), on which tqdm would draw nothing."""
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return {"ncols": 100, "nrows": 20}
+    return {"dynamic_ncols": True} if size.columns and size.lines else {"ncols": 100, "nrows": 20}

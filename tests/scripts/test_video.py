@@ -440,3 +440,12 @@ def test_video_every_without_a_logdir_is_refused():
 
     with pytest.raises(ConfigError, match="^video_every writes into LOGDIR/videos: set logdir too$"):
         PPOConfig(env="CartPole-v1", video_every=1).build()
+
+
+@needs_extra("pettingzoo", "pettingzoo")
+def test_video_every_on_a_multi_agent_env_is_refused(tmp_path):
+    from rlfleet.algorithms.ppo.config import PPOConfig
+    from rlfleet.rl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="^video_every is built for gymnasium envs only, not multi-agent envs yet"):
+        PPOConfig(env="pettingzoo:pettingzoo.classic.rps_v2", video_every=1, logdir=str(tmp_path / "run")).build()
